@@ -1,0 +1,320 @@
+//! What `baton` prints: plan and simulation reports, and errors.
+
+use crate::Failure;
+use baton_core::campaign::Phase;
+use baton_core::units::format_duration;
+use baton_core::{CampaignSpec, Fleet, Plan};
+use baton_sim::{SimOptions, SimReport};
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub fn report_failure(f: Failure, tty: bool) {
+    let theme = if tty {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme);
+    let mut out = String::new();
+    match f {
+        Failure::Input(d, text) => {
+            // The place is in the first line too, so it survives any rendering.
+            let mut m = MietteDiagnostic::new(format!("{}: {}", d.location(), d.message));
+            if let Some(h) = &d.help {
+                m = m.with_help(h.clone());
+            }
+            match (&d.span, text) {
+                (Some(span), Some(text)) => {
+                    let len = span.len().max(1);
+                    m = m.with_label(LabeledSpan::at(span.start..span.start + len, "here"));
+                    let r =
+                        miette::Report::new(m).with_source_code(NamedSource::new(&d.file, text));
+                    let _ = handler.render_report(&mut out, r.as_ref());
+                }
+                _ => {
+                    let _ = handler.render_report(&mut out, &m);
+                }
+            }
+        }
+        Failure::Infeasible(i) => {
+            let m = MietteDiagnostic::new(format!("infeasible: {}", i.message)).with_help(i.help);
+            let _ = handler.render_report(&mut out, &m);
+        }
+        Failure::Internal(msg) => {
+            out = format!("baton: internal error: {msg}\n");
+        }
+    }
+    eprint!("{out}");
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    campaign: &'a str,
+    strategy: &'a str,
+    waves: Vec<Vec<&'a str>>,
+    skipped: Vec<SkipJson<'a>>,
+    lower_bound: usize,
+    binding: &'a str,
+}
+
+#[derive(Serialize)]
+struct SkipJson<'a> {
+    node: &'a str,
+    reason: &'a str,
+}
+
+/// DESIGN.md §Plan JSON (**contract**).
+pub fn plan_json(fleet: &Fleet, plan: &Plan) -> String {
+    let j = PlanJson {
+        campaign: &plan.campaign,
+        strategy: plan.strategy.as_str(),
+        waves: plan
+            .waves
+            .iter()
+            .map(|w| w.iter().map(|&n| fleet.node_name(n)).collect())
+            .collect(),
+        skipped: plan
+            .skipped
+            .iter()
+            .map(|(n, r)| SkipJson {
+                node: fleet.node_name(*n),
+                reason: r,
+            })
+            .collect(),
+        lower_bound: plan.lower_bound,
+        binding: &plan.binding,
+    };
+    serde_json::to_string(&j).expect("plan serializes")
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plan {} for fleet {}: {} → {}, strategy {}, max_parallel {}",
+        plan.campaign,
+        fleet.name,
+        fleet.functional_level.as_deref().unwrap_or("?"),
+        spec.target_version,
+        plan.strategy,
+        plan.max_parallel
+    );
+    let _ = writeln!(
+        s,
+        "{} to update, {} skipped",
+        plural(plan.to_update(), "node", "nodes"),
+        plan.skipped.len()
+    );
+    let width = plan.waves.len().to_string().len();
+    for (i, wave) in plan.waves.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "\nwave {:>width$}  ({})",
+            i + 1,
+            plural(wave.len(), "node", "nodes")
+        );
+        let mut by_ud: BTreeMap<Option<u32>, Vec<&str>> = BTreeMap::new();
+        for &n in wave {
+            by_ud
+                .entry(fleet.nodes[n as usize].update_domain)
+                .or_default()
+                .push(fleet.node_name(n));
+        }
+        // Domains in order, nodes without one last.
+        let mut groups: Vec<_> = by_ud.into_iter().collect();
+        groups.sort_by_key(|(ud, _)| (ud.is_none(), *ud));
+        for (ud, names) in groups {
+            let label = match ud {
+                Some(u) => format!("UD {u}"),
+                None => "no UD".to_string(),
+            };
+            let _ = writeln!(s, "  {label:<6} {}", names.join(" "));
+        }
+    }
+    if !plan.skipped.is_empty() {
+        let _ = writeln!(s, "\nskipped");
+        for (n, why) in &plan.skipped {
+            let _ = writeln!(s, "  {:<10} {why}", fleet.node_name(*n));
+        }
+    }
+    let verdict = if plan.waves.len() == plan.lower_bound {
+        "optimal"
+    } else {
+        "above the bound"
+    };
+    let _ = writeln!(
+        s,
+        "\n{}; lower bound {} ({verdict}): {}",
+        plural(plan.waves.len(), "wave", "waves"),
+        plan.lower_bound,
+        plan.binding
+    );
+    s
+}
+
+#[derive(Serialize)]
+struct RunJson<'a> {
+    strategy: &'a str,
+    makespan_s: f64,
+    lower_bound_s: f64,
+    updated: usize,
+    failed: usize,
+    skipped: usize,
+    outcome: &'a str,
+    peak_down: &'a BTreeMap<String, u32>,
+    violations: usize,
+}
+
+#[derive(Serialize)]
+struct SimJson<'a> {
+    runs: Vec<RunJson<'a>>,
+}
+
+/// DESIGN.md §Simulate JSON (**contract**).
+pub fn simulate_json(reports: &[SimReport]) -> String {
+    let runs = reports
+        .iter()
+        .map(|r| RunJson {
+            strategy: r.strategy.as_str(),
+            makespan_s: r.makespan as f64 / 1000.0,
+            lower_bound_s: r.lower_bound as f64 / 1000.0,
+            updated: r.updated,
+            failed: r.failed,
+            skipped: r.skipped,
+            outcome: r.outcome.as_str(),
+            peak_down: &r.peak_down,
+            violations: r.violations.len(),
+        })
+        .collect();
+    serde_json::to_string(&SimJson { runs }).expect("report serializes")
+}
+
+fn secs(ms: u64) -> String {
+    // Round to whole seconds for people.
+    format_duration((ms + 500) / 1000 * 1000)
+}
+
+fn over(r: &SimReport) -> String {
+    if r.lower_bound == 0 {
+        return "-".into();
+    }
+    format!(
+        "{:+.1}%",
+        (r.makespan as f64 / r.lower_bound as f64 - 1.0) * 100.0
+    )
+}
+
+pub fn simulate_text(
+    fleet: &Fleet,
+    spec: &CampaignSpec,
+    opts: &SimOptions,
+    reports: &[SimReport],
+) -> String {
+    let mut s = String::new();
+    let dur = if opts.duration.0 == opts.duration.1 {
+        format_duration(opts.duration.0)
+    } else {
+        format!(
+            "{}..{}",
+            format_duration(opts.duration.0),
+            format_duration(opts.duration.1)
+        )
+    };
+    let _ = writeln!(
+        s,
+        "simulate {} on fleet {}: {} nodes, out of service {dur} each, update fail rate {}%, seed {}\n",
+        spec.name,
+        fleet.name,
+        fleet.nodes.len(),
+        opts.fail_rate * 100.0,
+        opts.seed
+    );
+    let _ = writeln!(
+        s,
+        "{:<14} {:>10} {:>11} {:>7} {:>7} {:>6} {:>7}  {:<11} {:>10}  peak down",
+        "strategy",
+        "makespan",
+        "lower bound",
+        "over",
+        "updated",
+        "failed",
+        "skipped",
+        "outcome",
+        "violations"
+    );
+    for r in reports {
+        let peak: Vec<String> = r
+            .peak_down
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:<14} {:>10} {:>11} {:>7} {:>7} {:>6} {:>7}  {:<11} {:>10}  {}",
+            r.strategy.as_str(),
+            secs(r.makespan),
+            secs(r.lower_bound),
+            over(r),
+            r.updated,
+            r.failed,
+            r.skipped,
+            r.outcome.as_str(),
+            r.violations.len(),
+            if peak.is_empty() {
+                "-".to_string()
+            } else {
+                peak.join(", ")
+            }
+        );
+    }
+    let first = &reports[0];
+    let best = reports
+        .iter()
+        .min_by_key(|r| r.makespan)
+        .expect("at least one run");
+    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    let how = match first.outcome {
+        Phase::Completed => format!(
+            "updated {} in {}",
+            plural(first.updated, "node", "nodes"),
+            secs(first.makespan)
+        ),
+        p => format!(
+            "ended {p} after {} with {} updated and {} failed",
+            secs(first.makespan),
+            first.updated,
+            first.failed
+        ),
+    };
+    let cmp = if reports.len() > 1 {
+        if best.strategy == first.strategy || best.makespan == first.makespan {
+            format!("; fastest of {} strategies", reports.len())
+        } else {
+            format!("; {} was faster ({})", best.strategy, secs(best.makespan))
+        }
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "\n{}: {how}, {} the lower bound{cmp}; {}.",
+        first.strategy,
+        if first.lower_bound == 0 {
+            "at".to_string()
+        } else {
+            format!("{} over", over(first))
+        },
+        if violations == 0 {
+            "no safety rule was broken".to_string()
+        } else {
+            format!("{violations} SAFETY VIOLATIONS")
+        }
+    );
+    s
+}

@@ -1,0 +1,1180 @@
+//! The campaign state machine, event-sourced and sans-IO.
+//!
+//! `state = fold(journal)`: [`Campaign::handle`] takes the time and one [`Event`] and returns the
+//! [`Command`]s that follow from it. The driver (simulator or orchestrator) appends the event to
+//! its journal before it sends those commands; replaying the journal through `handle` gives the
+//! same state. An event that is not legal in the current state returns a [`CampaignError`] and
+//! leaves the state untouched, so it is never journaled.
+
+use crate::model::*;
+use crate::plan::{plan, Infeasible, Placement, Plan};
+use crate::units::{format_duration, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Planned,
+    Running,
+    Paused,
+    Halted,
+    Completed,
+    Committed,
+    RollingBack,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Halted => "halted",
+            Phase::Completed => "completed",
+            Phase::Committed => "committed",
+            Phase::RollingBack => "rolling-back",
+            Phase::RolledBack => "rolled-back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Forward (to the target) or back (rollback to the version each node had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pass {
+    Forward,
+    Back,
+}
+
+/// Whether a node that left the campaign's active states is back in service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "back")]
+pub enum Back {
+    /// In service.
+    In,
+    /// Out of service, and stays out until an operator acts.
+    Out,
+    /// Out of service; healthy since then (if at all) and to be restored once stable.
+    Checking { healthy_since: Option<Millis> },
+    /// Out of service; the restore step was sent.
+    Restoring,
+}
+
+/// A node's lifecycle in a campaign (DESIGN.md §Node lifecycle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum NodeState {
+    /// Not part of this campaign.
+    NotTargeted,
+    Pending,
+    Draining,
+    Updating {
+        attempt: u32,
+    },
+    Rebooting {
+        deadline: Millis,
+        old_boot: Option<String>,
+    },
+    Verifying {
+        since: Millis,
+        healthy_since: Option<Millis>,
+    },
+    Restoring,
+    Done {
+        back: Back,
+    },
+    Failed {
+        reason: String,
+        back: Back,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+impl NodeState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeState::NotTargeted => "not-targeted",
+            NodeState::Pending => "pending",
+            NodeState::Draining => "draining",
+            NodeState::Updating { .. } => "updating",
+            NodeState::Rebooting { .. } => "rebooting",
+            NodeState::Verifying { .. } => "verifying",
+            NodeState::Restoring => "restoring",
+            NodeState::Done { .. } => "done",
+            NodeState::Failed { .. } => "failed",
+            NodeState::Skipped { .. } => "skipped",
+        }
+    }
+    /// In the campaign's active states (counted against `max_parallel`).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            NodeState::Draining
+                | NodeState::Updating { .. }
+                | NodeState::Rebooting { .. }
+                | NodeState::Verifying { .. }
+                | NodeState::Restoring
+        )
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            NodeState::Done { .. } | NodeState::Failed { .. } | NodeState::Skipped { .. }
+        )
+    }
+    fn back(&self) -> Option<&Back> {
+        match self {
+            NodeState::Done { back } | NodeState::Failed { back, .. } => Some(back),
+            _ => None,
+        }
+    }
+    /// Out of service because of the campaign.
+    pub fn is_out(&self) -> bool {
+        self.is_active() || self.back().map(|b| *b != Back::In).unwrap_or(false)
+    }
+}
+
+/// Everything the campaign knows about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRun {
+    pub state: NodeState,
+    pub pass: Pass,
+    /// Last version known (from the fleet file, then from the agent).
+    pub version: Option<String>,
+    /// The version before the campaign: where a rollback takes the node.
+    pub from_version: Option<String>,
+    pub boot_id: Option<String>,
+    /// Observed down outside the campaign (crashed, unreachable, ...).
+    pub observed_down: bool,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// An input to the state machine. Operator actions carry who did them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "event")]
+pub enum Event {
+    Start {
+        by: String,
+    },
+    Pause {
+        by: String,
+    },
+    Resume {
+        by: String,
+    },
+    Abort {
+        by: String,
+    },
+    Rollback {
+        by: String,
+    },
+    Commit {
+        by: String,
+    },
+    /// Time passed; timers are due.
+    Tick,
+    /// A step finished well. For an update, `reboot` says the node must reboot, `boot_id` is the
+    /// boot id before that reboot and `version` the version installed.
+    StepOk {
+        node: String,
+        step: String,
+        #[serde(default)]
+        reboot: bool,
+        #[serde(default)]
+        boot_id: Option<String>,
+        #[serde(default)]
+        version: Option<String>,
+    },
+    StepFailed {
+        node: String,
+        step: String,
+        reason: String,
+    },
+    /// The node's agent answered with this boot id.
+    Booted {
+        node: String,
+        boot_id: String,
+    },
+    /// The node's health checks, as of now.
+    Health {
+        node: String,
+        healthy: bool,
+    },
+    /// The node was seen up or down, outside of what the campaign did to it.
+    Observed {
+        node: String,
+        up: bool,
+        #[serde(default)]
+        version: Option<String>,
+    },
+    /// The maintenance window opened or closed.
+    Window {
+        open: bool,
+    },
+    /// A named gate (alert, health policy, ...) opened or closed.
+    Gate {
+        name: String,
+        open: bool,
+    },
+}
+
+/// A workload to move off a node being drained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadMove {
+    pub workload: String,
+    pub to: String,
+    pub live: bool,
+}
+
+/// An output of the state machine, for the driver to carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "command")]
+pub enum Command {
+    /// Take the node out of service: out of the load balancer, workloads moved, local services
+    /// stopped with `stop_grace` then forced.
+    Drain {
+        node: String,
+        step: String,
+        stop_grace: Millis,
+        moves: Vec<WorkloadMove>,
+    },
+    /// Run the allow-listed `action` on the node's agent.
+    Update {
+        node: String,
+        step: String,
+        action: String,
+        version: String,
+    },
+    /// Report `Booted` when the node answers with a boot id other than `old_boot`.
+    WatchBoot {
+        node: String,
+        old_boot: Option<String>,
+        deadline: Millis,
+    },
+    /// Report `Health` for the node until told otherwise.
+    WatchHealth { node: String },
+    /// Put the node back into service.
+    Restore { node: String, step: String },
+    /// Keep the node out of service: it may not rejoin (older than the committed level).
+    Fence { node: String, reason: String },
+    /// Something worth telling people about (webhooks, logs).
+    Notify { notice: Notice },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "notice")]
+pub enum Notice {
+    Phase {
+        from: Phase,
+        to: Phase,
+        by: Option<String>,
+    },
+    NodeDone {
+        node: String,
+    },
+    NodeFailed {
+        node: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignError {
+    #[error("cannot {action} a campaign that is {phase}")]
+    NotAllowed { action: &'static str, phase: Phase },
+    #[error("no node named {0} in this fleet")]
+    UnknownNode(String),
+    #[error("node {node} is not waiting for step {step} (it is {state})")]
+    StaleStep {
+        node: String,
+        step: String,
+        state: &'static str,
+    },
+    #[error("commit refused: {0}")]
+    CommitRefused(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Campaign {
+    pub spec: CampaignSpec,
+    pub fleet: Arc<Fleet>,
+    pub plan: Plan,
+    pub phase: Phase,
+    pub pass: Pass,
+    pub nodes: Vec<NodeRun>,
+    /// The functional level (raised by commit).
+    pub level: Option<String>,
+    pub max_parallel: u32,
+    /// Failed nodes, and how many of them an operator accepted by resuming.
+    pub failed: u32,
+    pub failed_accepted: u32,
+    pub window_open: bool,
+    pub closed_gates: BTreeSet<String>,
+    pub placement: Placement,
+    rank: Vec<u32>,
+    by_rank: Vec<NodeId>,
+    /// Barrier group per node: the wave (batch) or update domain (domain-walk); 0 otherwise.
+    group: Vec<u32>,
+    group_left: Vec<u32>,
+    current_group: u32,
+    group_open_at: Millis,
+    pending: BTreeSet<u32>,
+    /// Nodes with a step or timer outstanding.
+    busy: BTreeSet<NodeId>,
+    active: u32,
+    /// Members down per service, for any reason.
+    down: Vec<u32>,
+}
+
+impl Campaign {
+    /// Plans the campaign and sets it up in the Planned phase.
+    pub fn new(fleet: Arc<Fleet>, spec: CampaignSpec) -> Result<Campaign, Infeasible> {
+        let plan = plan(&fleet, &spec)?;
+        let n = fleet.nodes.len();
+        let mut nodes: Vec<NodeRun> = fleet
+            .nodes
+            .iter()
+            .map(|node| NodeRun {
+                state: NodeState::NotTargeted,
+                pass: Pass::Forward,
+                version: node.version.clone(),
+                from_version: node.version.clone(),
+                boot_id: None,
+                observed_down: false,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
+        for (id, reason) in &plan.skipped {
+            nodes[*id as usize].state = NodeState::Skipped {
+                reason: reason.clone(),
+            };
+        }
+        let mut rank = vec![u32::MAX; n];
+        let mut by_rank = Vec::with_capacity(plan.to_update());
+        let mut group = vec![0u32; n];
+        let mut groups = 0u32;
+        let mut last_ud = None;
+        for (w, wave) in plan.waves.iter().enumerate() {
+            for &id in wave {
+                let ud = fleet.nodes[id as usize].update_domain;
+                let g = match spec.strategy {
+                    Strategy::Batch => w as u32,
+                    Strategy::DomainWalk => {
+                        if by_rank.is_empty() || ud != last_ud {
+                            groups += 1;
+                        }
+                        groups - 1
+                    }
+                    _ => 0,
+                };
+                last_ud = ud;
+                group[id as usize] = g;
+                rank[id as usize] = by_rank.len() as u32;
+                by_rank.push(id);
+                nodes[id as usize].state = NodeState::Pending;
+            }
+        }
+        let ngroups = match spec.strategy {
+            Strategy::Batch => plan.waves.len(),
+            Strategy::DomainWalk => groups as usize,
+            _ => 1,
+        };
+        let mut group_left = vec![0u32; ngroups.max(1)];
+        for &id in &by_rank {
+            group_left[group[id as usize] as usize] += 1;
+        }
+        Ok(Campaign {
+            max_parallel: plan.max_parallel as u32,
+            level: fleet.functional_level.clone(),
+            placement: Placement::initial(&fleet),
+            down: vec![0; fleet.services.len()],
+            pending: (0..by_rank.len() as u32).collect(),
+            spec,
+            plan,
+            phase: Phase::Planned,
+            pass: Pass::Forward,
+            nodes,
+            failed: 0,
+            failed_accepted: 0,
+            window_open: true,
+            closed_gates: BTreeSet::new(),
+            rank,
+            by_rank,
+            group,
+            group_left,
+            current_group: 0,
+            group_open_at: 0,
+            busy: BTreeSet::new(),
+            active: 0,
+            fleet,
+        })
+    }
+
+    /// Rebuilds a campaign from its journal.
+    pub fn replay<'a>(
+        fleet: Arc<Fleet>,
+        spec: CampaignSpec,
+        journal: impl IntoIterator<Item = &'a (Millis, Event)>,
+    ) -> Result<Campaign, ReplayError> {
+        let mut c = Campaign::new(fleet, spec).map_err(ReplayError::Infeasible)?;
+        for (i, (t, e)) in journal.into_iter().enumerate() {
+            c.handle(*t, e.clone())
+                .map_err(|err| ReplayError::Event { index: i, err })?;
+        }
+        Ok(c)
+    }
+
+    /// Nodes in active states.
+    pub fn active(&self) -> u32 {
+        self.active
+    }
+
+    /// Members of service `s` down now, for any reason.
+    pub fn down(&self, s: usize) -> u32 {
+        self.down[s]
+    }
+
+    pub fn failure_threshold_passed(&self) -> bool {
+        self.failed > self.spec.max_failed_nodes + self.failed_accepted
+    }
+
+    /// Nodes still to start.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next time at which [`Event::Tick`] would change something.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let mut best: Option<Millis> = None;
+        let mut consider = |t: Millis| best = Some(best.map_or(t, |b| b.min(t)));
+        for &n in &self.busy {
+            match &self.nodes[n as usize].state {
+                NodeState::Rebooting { deadline, .. } => consider(*deadline),
+                NodeState::Verifying {
+                    since,
+                    healthy_since,
+                } => {
+                    if let Some(h) = healthy_since {
+                        consider(h + self.spec.health_stable);
+                    }
+                    consider(since + self.spec.ready_timeout);
+                }
+                NodeState::Done {
+                    back:
+                        Back::Checking {
+                            healthy_since: Some(h),
+                        },
+                }
+                | NodeState::Failed {
+                    back:
+                        Back::Checking {
+                            healthy_since: Some(h),
+                        },
+                    ..
+                } => consider(h + self.spec.health_stable),
+                _ => {}
+            }
+        }
+        // A barrier pause that has not passed yet (it is cleared once it has).
+        if self.phase == Phase::Running && self.group_open_at > 0 && !self.pending.is_empty() {
+            consider(self.group_open_at);
+        }
+        best
+    }
+
+    fn node(&self, name: &str) -> Result<NodeId, CampaignError> {
+        self.fleet
+            .node_id(name)
+            .ok_or_else(|| CampaignError::UnknownNode(name.to_string()))
+    }
+
+    /// The step id of a step: derived from campaign, node, pass, attempt and step name, so
+    /// a resent command carries the same id and an agent can answer with the recorded outcome.
+    pub fn step_id(&self, n: NodeId, attempt: u32, step: &str) -> String {
+        let pass = match self.nodes[n as usize].pass {
+            Pass::Forward => "",
+            Pass::Back => "rb",
+        };
+        format!(
+            "{}/{}/{pass}{attempt}/{step}",
+            self.spec.name,
+            self.fleet.node_name(n)
+        )
+    }
+
+    fn is_down(&self, n: NodeId) -> bool {
+        let r = &self.nodes[n as usize];
+        r.observed_down || r.state.is_out()
+    }
+
+    /// The one place node state changes, so that the down counts stay right.
+    fn set_state(&mut self, n: NodeId, state: NodeState) {
+        let was_down = self.is_down(n);
+        let was_active = self.nodes[n as usize].state.is_active();
+        self.nodes[n as usize].state = state;
+        self.recount(n, was_down, was_active);
+    }
+
+    fn set_observed_down(&mut self, n: NodeId, down: bool) {
+        let was_down = self.is_down(n);
+        let was_active = self.nodes[n as usize].state.is_active();
+        self.nodes[n as usize].observed_down = down;
+        self.recount(n, was_down, was_active);
+    }
+
+    fn recount(&mut self, n: NodeId, was_down: bool, was_active: bool) {
+        let is_down = self.is_down(n);
+        if was_down != is_down {
+            for &s in &self.fleet.memberships[n as usize] {
+                if is_down {
+                    self.down[s as usize] += 1;
+                } else {
+                    self.down[s as usize] -= 1;
+                }
+            }
+        }
+        let is_active = self.nodes[n as usize].state.is_active();
+        if was_active && !is_active {
+            self.active -= 1;
+        } else if !was_active && is_active {
+            self.active += 1;
+        }
+    }
+
+    fn set_phase(&mut self, to: Phase, by: Option<&str>, out: &mut Vec<Command>) {
+        if self.phase != to {
+            out.push(Command::Notify {
+                notice: Notice::Phase {
+                    from: self.phase,
+                    to,
+                    by: by.map(str::to_string),
+                },
+            });
+            self.phase = to;
+        }
+    }
+
+    /// Applies one event at time `now` and returns the commands that follow.
+    pub fn handle(&mut self, now: Millis, event: Event) -> Result<Vec<Command>, CampaignError> {
+        let mut out = Vec::new();
+        self.apply(now, event, &mut out)?;
+        self.advance(now, &mut out);
+        Ok(out)
+    }
+
+    fn not_allowed(&self, action: &'static str) -> CampaignError {
+        CampaignError::NotAllowed {
+            action,
+            phase: self.phase,
+        }
+    }
+
+    /// Checks and applies the event itself. Every check comes before any change.
+    fn apply(
+        &mut self,
+        now: Millis,
+        event: Event,
+        out: &mut Vec<Command>,
+    ) -> Result<(), CampaignError> {
+        match event {
+            Event::Start { by } => {
+                if self.phase != Phase::Planned {
+                    return Err(self.not_allowed("start"));
+                }
+                self.set_phase(Phase::Running, Some(&by), out);
+            }
+            Event::Pause { by } => {
+                if !matches!(self.phase, Phase::Running | Phase::RollingBack) {
+                    return Err(self.not_allowed("pause"));
+                }
+                self.set_phase(Phase::Paused, Some(&by), out);
+            }
+            Event::Resume { by } => {
+                if !matches!(self.phase, Phase::Paused | Phase::Halted) {
+                    return Err(self.not_allowed("resume"));
+                }
+                if self.phase == Phase::Halted {
+                    // Resuming a halted campaign accepts the failures so far.
+                    self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
+                }
+                let to = if self.pass == Pass::Back {
+                    Phase::RollingBack
+                } else {
+                    Phase::Running
+                };
+                self.set_phase(to, Some(&by), out);
+            }
+            Event::Abort { by } => {
+                if matches!(
+                    self.phase,
+                    Phase::Completed | Phase::Committed | Phase::RolledBack | Phase::Aborted
+                ) {
+                    return Err(self.not_allowed("abort"));
+                }
+                self.skip_pending(now, &format!("campaign aborted by {by}"));
+                self.set_phase(Phase::Aborted, Some(&by), out);
+            }
+            Event::Rollback { by } => {
+                if !matches!(self.phase, Phase::Paused | Phase::Halted | Phase::Completed)
+                    || self.pass == Pass::Back
+                {
+                    return Err(self.not_allowed("roll back"));
+                }
+                self.skip_pending(now, &format!("campaign rolled back by {by}"));
+                self.pass = Pass::Back;
+                self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
+                for n in 0..self.nodes.len() as NodeId {
+                    if matches!(self.nodes[n as usize].state, NodeState::Done { .. }) {
+                        self.repend_for_rollback(n);
+                    }
+                }
+                self.set_phase(Phase::RollingBack, Some(&by), out);
+            }
+            Event::Commit { by } => {
+                if self.phase != Phase::Completed {
+                    return Err(self.not_allowed("commit"));
+                }
+                self.check_commit()?;
+                self.level = Some(self.spec.target_version.clone());
+                self.set_phase(Phase::Committed, Some(&by), out);
+            }
+            Event::Tick => {}
+            Event::StepOk {
+                node,
+                step,
+                reboot,
+                boot_id,
+                version,
+            } => {
+                let n = self.node(&node)?;
+                let state = self.nodes[n as usize].state.clone();
+                match state {
+                    NodeState::Draining if step == self.step_id(n, 0, "drain") => {
+                        self.send_update(n, 0, out);
+                    }
+                    NodeState::Updating { attempt }
+                        if step == self.step_id(n, attempt, "update") =>
+                    {
+                        let installed = version.unwrap_or_else(|| self.target_for(n).to_string());
+                        self.nodes[n as usize].version = Some(installed);
+                        if boot_id.is_some() {
+                            self.nodes[n as usize].boot_id = boot_id;
+                        }
+                        if reboot {
+                            let old_boot = self.nodes[n as usize].boot_id.clone();
+                            let deadline = now + self.spec.reboot_timeout;
+                            self.set_state(
+                                n,
+                                NodeState::Rebooting {
+                                    deadline,
+                                    old_boot: old_boot.clone(),
+                                },
+                            );
+                            out.push(Command::WatchBoot {
+                                node,
+                                old_boot,
+                                deadline,
+                            });
+                        } else {
+                            self.start_verify(n, now, out);
+                        }
+                    }
+                    NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
+                        self.finish(n, now, NodeState::Done { back: Back::In }, out);
+                    }
+                    NodeState::Done {
+                        back: Back::Restoring,
+                    }
+                    | NodeState::Failed {
+                        back: Back::Restoring,
+                        ..
+                    } if step == self.step_id(n, 0, "restore") => {
+                        self.set_back(n, Back::In);
+                    }
+                    s => {
+                        return Err(CampaignError::StaleStep {
+                            node,
+                            step,
+                            state: s.name(),
+                        })
+                    }
+                }
+            }
+            Event::StepFailed { node, step, reason } => {
+                let n = self.node(&node)?;
+                let state = self.nodes[n as usize].state.clone();
+                match state {
+                    NodeState::Draining if step == self.step_id(n, 0, "drain") => {
+                        let back = Back::Checking {
+                            healthy_since: None,
+                        };
+                        self.fail(n, now, format!("drain failed: {reason}"), back, out);
+                    }
+                    NodeState::Updating { attempt }
+                        if step == self.step_id(n, attempt, "update") =>
+                    {
+                        if attempt < self.spec.max_retries_per_node {
+                            self.send_update(n, attempt + 1, out);
+                        } else {
+                            let back = Back::Checking {
+                                healthy_since: None,
+                            };
+                            let why = format!(
+                                "{} failed after {} attempt(s): {reason}",
+                                self.action_for(n),
+                                attempt + 1
+                            );
+                            self.fail(n, now, why, back, out);
+                        }
+                    }
+                    NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
+                        self.fail(n, now, format!("restore failed: {reason}"), Back::Out, out);
+                    }
+                    NodeState::Done {
+                        back: Back::Restoring,
+                    }
+                    | NodeState::Failed {
+                        back: Back::Restoring,
+                        ..
+                    } if step == self.step_id(n, 0, "restore") => {
+                        self.set_back(n, Back::Out);
+                    }
+                    s => {
+                        return Err(CampaignError::StaleStep {
+                            node,
+                            step,
+                            state: s.name(),
+                        })
+                    }
+                }
+            }
+            Event::Booted { node, boot_id } => {
+                let n = self.node(&node)?;
+                if let NodeState::Rebooting { old_boot, .. } = &self.nodes[n as usize].state {
+                    if old_boot.as_deref() != Some(boot_id.as_str()) {
+                        self.nodes[n as usize].boot_id = Some(boot_id);
+                        self.start_verify(n, now, out);
+                        return Ok(());
+                    }
+                }
+                self.nodes[n as usize].boot_id = Some(boot_id);
+            }
+            Event::Health { node, healthy } => {
+                let n = self.node(&node)?;
+                let wait = self.spec.health_wait;
+                match &mut self.nodes[n as usize].state {
+                    NodeState::Verifying {
+                        since,
+                        healthy_since,
+                    } => {
+                        *healthy_since = match (healthy, *healthy_since) {
+                            (false, _) => None,
+                            (true, Some(h)) => Some(h),
+                            (true, None) => Some(now.max(*since + wait)),
+                        };
+                    }
+                    NodeState::Done {
+                        back: Back::Checking { healthy_since },
+                    }
+                    | NodeState::Failed {
+                        back: Back::Checking { healthy_since },
+                        ..
+                    } => {
+                        *healthy_since = match (healthy, *healthy_since) {
+                            (false, _) => None,
+                            (true, Some(h)) => Some(h),
+                            (true, None) => Some(now),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            Event::Observed { node, up, version } => {
+                let n = self.node(&node)?;
+                if let Some(v) = version {
+                    self.nodes[n as usize].version = Some(v);
+                }
+                if up && self.phase == Phase::Committed {
+                    if let Some(reason) = self.too_old(n) {
+                        self.set_observed_down(n, true);
+                        out.push(Command::Fence { node, reason });
+                        return Ok(());
+                    }
+                }
+                self.set_observed_down(n, !up);
+            }
+            Event::Window { open } => self.window_open = open,
+            Event::Gate { name, open } => {
+                if open {
+                    self.closed_gates.remove(&name);
+                } else {
+                    self.closed_gates.insert(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn too_old(&self, n: NodeId) -> Option<String> {
+        let level = self.level.as_deref()?;
+        let v = self.nodes[n as usize].version.as_deref()?;
+        let (rv, rl) = (self.fleet.version_rank(v)?, self.fleet.version_rank(level)?);
+        (rv < rl).then(|| format!("node is at {v}, older than the committed level {level}"))
+    }
+
+    fn check_commit(&self) -> Result<(), CampaignError> {
+        let target = &self.spec.target_version;
+        let mut bad = Vec::new();
+        for (i, r) in self.nodes.iter().enumerate() {
+            let name = self.fleet.node_name(i as NodeId);
+            let why = if r.observed_down {
+                Some("down".to_string())
+            } else if r.state.is_out() {
+                Some(format!("out of service ({})", r.state.name()))
+            } else if let NodeState::Failed { reason, .. } = &r.state {
+                Some(format!("failed: {reason}"))
+            } else if r.version.as_deref() != Some(target.as_str()) {
+                Some(format!(
+                    "at {}",
+                    r.version.as_deref().unwrap_or("an unknown version")
+                ))
+            } else {
+                None
+            };
+            if let Some(w) = why {
+                bad.push(format!("{name} is {w}"));
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let more = if bad.len() > 5 {
+            format!(" and {} more", bad.len() - 5)
+        } else {
+            String::new()
+        };
+        bad.truncate(5);
+        Err(CampaignError::CommitRefused(format!(
+            "every node must be up, healthy and at {target}: {}{more}",
+            bad.join("; ")
+        )))
+    }
+
+    fn target_for(&self, n: NodeId) -> &str {
+        match self.nodes[n as usize].pass {
+            Pass::Forward => &self.spec.target_version,
+            Pass::Back => self.nodes[n as usize].from_version.as_deref().unwrap_or(""),
+        }
+    }
+
+    fn action_for(&self, n: NodeId) -> &str {
+        match self.nodes[n as usize].pass {
+            Pass::Forward => &self.spec.action,
+            Pass::Back => "rollback",
+        }
+    }
+
+    fn send_update(&mut self, n: NodeId, attempt: u32, out: &mut Vec<Command>) {
+        self.set_state(n, NodeState::Updating { attempt });
+        out.push(Command::Update {
+            node: self.fleet.node_name(n).to_string(),
+            step: self.step_id(n, attempt, "update"),
+            action: self.action_for(n).to_string(),
+            version: self.target_for(n).to_string(),
+        });
+    }
+
+    fn start_verify(&mut self, n: NodeId, now: Millis, out: &mut Vec<Command>) {
+        self.set_state(
+            n,
+            NodeState::Verifying {
+                since: now,
+                healthy_since: None,
+            },
+        );
+        out.push(Command::WatchHealth {
+            node: self.fleet.node_name(n).to_string(),
+        });
+    }
+
+    fn set_back(&mut self, n: NodeId, back: Back) {
+        let state = match self.nodes[n as usize].state.clone() {
+            NodeState::Done { .. } => NodeState::Done { back: back.clone() },
+            NodeState::Failed { reason, .. } => NodeState::Failed {
+                reason,
+                back: back.clone(),
+            },
+            s => s,
+        };
+        self.set_state(n, state);
+        if matches!(back, Back::In | Back::Out) {
+            self.busy.remove(&n);
+        }
+    }
+
+    /// Moves a node into a terminal state.
+    fn finish(&mut self, n: NodeId, now: Millis, state: NodeState, out: &mut Vec<Command>) {
+        let name = self.fleet.node_name(n).to_string();
+        let failed = matches!(state, NodeState::Failed { .. });
+        let keeps_busy = matches!(
+            state.back(),
+            Some(Back::Checking { .. }) | Some(Back::Restoring)
+        );
+        if let NodeState::Failed { reason, .. } = &state {
+            out.push(Command::Notify {
+                notice: Notice::NodeFailed {
+                    node: name.clone(),
+                    reason: reason.clone(),
+                },
+            });
+        } else {
+            out.push(Command::Notify {
+                notice: Notice::NodeDone { node: name.clone() },
+            });
+        }
+        if let Some(Back::Checking { .. }) = state.back() {
+            out.push(Command::WatchHealth { node: name });
+        }
+        self.set_state(n, state);
+        let r = &mut self.nodes[n as usize];
+        r.finished_at = Some(now);
+        if !keeps_busy {
+            self.busy.remove(&n);
+        }
+        if failed {
+            self.failed += 1;
+        }
+        if self.nodes[n as usize].pass == Pass::Forward && self.rank[n as usize] != u32::MAX {
+            let g = self.group[n as usize] as usize;
+            self.group_left[g] = self.group_left[g].saturating_sub(1);
+        }
+        // A node that finishes its update while the campaign rolls back goes back too.
+        if self.pass == Pass::Back && self.nodes[n as usize].pass == Pass::Forward && !failed {
+            self.repend_for_rollback(n);
+        }
+    }
+
+    fn repend_for_rollback(&mut self, n: NodeId) {
+        self.nodes[n as usize].pass = Pass::Back;
+        self.set_state(n, NodeState::Pending);
+        self.busy.remove(&n);
+        self.pending.insert(self.rank[n as usize]);
+    }
+
+    fn fail(&mut self, n: NodeId, now: Millis, reason: String, back: Back, out: &mut Vec<Command>) {
+        self.finish(n, now, NodeState::Failed { reason, back }, out);
+    }
+
+    fn skip_pending(&mut self, now: Millis, reason: &str) {
+        let ranks: Vec<u32> = std::mem::take(&mut self.pending).into_iter().collect();
+        for r in ranks {
+            let n = self.by_rank[r as usize];
+            self.set_state(
+                n,
+                NodeState::Skipped {
+                    reason: reason.to_string(),
+                },
+            );
+            self.nodes[n as usize].finished_at = Some(now);
+            if self.nodes[n as usize].pass == Pass::Forward {
+                let g = self.group[n as usize] as usize;
+                self.group_left[g] = self.group_left[g].saturating_sub(1);
+            }
+        }
+    }
+
+    /// Timers, the failure threshold, barriers, new starts and completion.
+    fn advance(&mut self, now: Millis, out: &mut Vec<Command>) {
+        self.fire_timers(now, out);
+        if self.failure_threshold_passed()
+            && matches!(self.phase, Phase::Running | Phase::RollingBack)
+        {
+            self.set_phase(Phase::Halted, None, out);
+        }
+        self.advance_group(now);
+        if self.group_open_at != 0 && now >= self.group_open_at {
+            self.group_open_at = 0;
+        }
+        self.start_nodes(now, out);
+        if self.pending.is_empty() && self.active == 0 {
+            match (self.phase, self.pass) {
+                (Phase::Running, Pass::Forward) => self.set_phase(Phase::Completed, None, out),
+                (Phase::RollingBack, Pass::Back) => self.set_phase(Phase::RolledBack, None, out),
+                _ => {}
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let busy: Vec<NodeId> = self.busy.iter().copied().collect();
+        for n in busy {
+            let state = self.nodes[n as usize].state.clone();
+            match state {
+                NodeState::Rebooting { deadline, .. } if now >= deadline => {
+                    let why = format!(
+                        "no new boot id within reboot_timeout {}",
+                        format_duration(self.spec.reboot_timeout)
+                    );
+                    self.fail(n, now, why, Back::Out, out);
+                }
+                NodeState::Verifying {
+                    since,
+                    healthy_since,
+                } => {
+                    if healthy_since.is_some_and(|h| now >= h + self.spec.health_stable) {
+                        self.set_state(n, NodeState::Restoring);
+                        out.push(Command::Restore {
+                            node: self.fleet.node_name(n).to_string(),
+                            step: self.step_id(n, 0, "restore"),
+                        });
+                    } else if now >= since + self.spec.ready_timeout {
+                        let late = format!(
+                            "not healthy within ready_timeout {}",
+                            format_duration(self.spec.ready_timeout)
+                        );
+                        match self.spec.on_ready_timeout {
+                            OnReadyTimeout::Halt => self.fail(n, now, late, Back::Out, out),
+                            OnReadyTimeout::Proceed => {
+                                // Counted unavailable; the campaign moves on and keeps watching.
+                                let back = Back::Checking { healthy_since };
+                                self.finish(n, now, NodeState::Done { back }, out);
+                            }
+                        }
+                    }
+                }
+                NodeState::Done {
+                    back:
+                        Back::Checking {
+                            healthy_since: Some(h),
+                        },
+                }
+                | NodeState::Failed {
+                    back:
+                        Back::Checking {
+                            healthy_since: Some(h),
+                        },
+                    ..
+                } if now >= h + self.spec.health_stable => {
+                    self.set_back(n, Back::Restoring);
+                    out.push(Command::Restore {
+                        node: self.fleet.node_name(n).to_string(),
+                        step: self.step_id(n, 0, "restore"),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn barriers(&self) -> bool {
+        self.pass == Pass::Forward
+            && matches!(self.spec.strategy, Strategy::Batch | Strategy::DomainWalk)
+    }
+
+    fn advance_group(&mut self, now: Millis) {
+        if !self.barriers() {
+            return;
+        }
+        let mut moved = false;
+        while (self.current_group as usize) + 1 < self.group_left.len()
+            && self.group_left[self.current_group as usize] == 0
+        {
+            self.current_group += 1;
+            moved = true;
+        }
+        if moved && self.spec.pause_between_waves > 0 {
+            self.group_open_at = now + self.spec.pause_between_waves;
+        }
+    }
+
+    /// Whether `n` may start now without breaking a rule; the moves its workloads need.
+    fn may_start(&self, n: NodeId) -> Option<Vec<(u32, NodeId)>> {
+        if self.nodes[n as usize].observed_down {
+            return None;
+        }
+        for &s in &self.fleet.memberships[n as usize] {
+            if self.down[s as usize] + 1 > self.fleet.services[s as usize].allowance {
+                return None;
+            }
+        }
+        if self.fleet.workloads.is_empty() {
+            return Some(Vec::new());
+        }
+        let settled = |d: NodeId| match &self.nodes[d as usize].state {
+            NodeState::NotTargeted | NodeState::Skipped { .. } => true,
+            NodeState::Done { .. } => self.nodes[d as usize].pass == self.pass,
+            _ => false,
+        };
+        self.placement
+            .find_moves(&self.fleet, n, |d| !self.is_down(d), settled)
+            .ok()
+    }
+
+    fn start_nodes(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if !matches!(self.phase, Phase::Running | Phase::RollingBack)
+            || !self.window_open
+            || !self.closed_gates.is_empty()
+            || self.failure_threshold_passed()
+            || (self.barriers() && now < self.group_open_at)
+        {
+            return;
+        }
+        let mut cursor = 0u32;
+        while self.active < self.max_parallel {
+            let Some(&r) = self.pending.range(cursor..).next() else {
+                break;
+            };
+            cursor = r + 1;
+            let n = self.by_rank[r as usize];
+            if self.barriers() && self.group[n as usize] > self.current_group {
+                break;
+            }
+            let Some(moves) = self.may_start(n) else {
+                continue;
+            };
+            self.pending.remove(&r);
+            self.busy.insert(n);
+            self.set_state(n, NodeState::Draining);
+            self.placement.apply(&self.fleet, &moves);
+            self.nodes[n as usize].started_at = Some(now);
+            let moves = moves
+                .into_iter()
+                .map(|(w, to)| WorkloadMove {
+                    workload: self.fleet.workloads[w as usize].name.clone(),
+                    to: self.fleet.node_name(to).to_string(),
+                    live: self.fleet.workloads[w as usize].movable == Movable::Live,
+                })
+                .collect();
+            out.push(Command::Drain {
+                node: self.fleet.node_name(n).to_string(),
+                step: self.step_id(n, 0, "drain"),
+                stop_grace: self.spec.stop_grace,
+                moves,
+            });
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the campaign cannot be planned: {0}")]
+    Infeasible(Infeasible),
+    #[error("journal entry {index} does not apply: {err}")]
+    Event { index: usize, err: CampaignError },
+}

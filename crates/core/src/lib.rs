@@ -1,0 +1,17 @@
+//! baton's pure core: the fleet model and file formats, the planner and the campaign state
+//! machine. Nothing in this crate does I/O, reads a clock, spawns a task or holds global state:
+//! time, observations and randomness come in as values, commands go out as values.
+
+pub mod diag;
+pub mod load;
+pub mod model;
+pub mod units;
+
+pub use diag::{Diagnostic, Format};
+pub use load::{load_campaign, load_fleet};
+pub use model::*;
+pub use units::{Amount, Dur, Millis};
+pub mod plan;
+pub use plan::{plan, Infeasible, Plan};
+pub mod campaign;
+pub use campaign::{Back, Campaign, CampaignError, Command, Event, NodeState, Notice, Pass, Phase};

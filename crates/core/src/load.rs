@@ -1,0 +1,590 @@
+//! Reading fleet and campaign files: strict parsing, then validation with located errors.
+//!
+//! Input is text (the caller reads the file); nothing here touches the file system.
+
+use crate::diag::{locate, offset_of, Diagnostic, DocPath, Format};
+use crate::model::*;
+use crate::units::{Amount, Dur, MINUTE, SECOND};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    name: String,
+    #[serde(default)]
+    versions: Vec<String>,
+    functional_level: Option<String>,
+    #[serde(default, rename = "node")]
+    nodes: Vec<RawNode>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+    #[serde(default, rename = "workload")]
+    workloads: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    address: Option<String>,
+    update_domain: Option<u32>,
+    fault_domain: Option<u32>,
+    version: Option<String>,
+    capacity: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    nodes: Option<Vec<String>>,
+    selector: Option<String>,
+    max_unavailable: Option<Amount>,
+    min_available: Option<Amount>,
+    #[serde(default)]
+    quorum: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: String,
+    node: String,
+    #[serde(default)]
+    demand: u64,
+    #[serde(default = "default_movable")]
+    movable: Movable,
+}
+
+fn default_movable() -> Movable {
+    Movable::Live
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    name: String,
+    target_version: String,
+    #[serde(default = "default_action")]
+    action: String,
+    #[serde(default = "default_strategy")]
+    strategy: Strategy,
+    #[serde(default = "one")]
+    max_parallel: Amount,
+    #[serde(default)]
+    max_failed_nodes: u32,
+    #[serde(default = "one_u32")]
+    max_retries_per_node: u32,
+    #[serde(default = "d30m")]
+    reboot_timeout: Dur,
+    #[serde(default = "d10s")]
+    health_wait: Dur,
+    #[serde(default = "d2m")]
+    health_stable: Dur,
+    #[serde(default = "d15m")]
+    ready_timeout: Dur,
+    #[serde(default = "halt")]
+    on_ready_timeout: OnReadyTimeout,
+    #[serde(default = "d5m")]
+    stop_grace: Dur,
+    #[serde(default)]
+    pause_between_waves: Dur,
+    nodes: Option<Vec<String>>,
+    #[serde(default)]
+    order: Vec<String>,
+}
+
+fn default_action() -> String {
+    "upgrade".into()
+}
+fn default_strategy() -> Strategy {
+    Strategy::Continuous
+}
+fn one() -> Amount {
+    Amount::Count(1)
+}
+fn one_u32() -> u32 {
+    1
+}
+fn d30m() -> Dur {
+    Dur(30 * MINUTE)
+}
+fn d10s() -> Dur {
+    Dur(10 * SECOND)
+}
+fn d2m() -> Dur {
+    Dur(2 * MINUTE)
+}
+fn d15m() -> Dur {
+    Dur(15 * MINUTE)
+}
+fn d5m() -> Dur {
+    Dur(5 * MINUTE)
+}
+fn halt() -> OnReadyTimeout {
+    OnReadyTimeout::Halt
+}
+
+/// Where errors are reported: the file's name, its text and its format.
+struct Src<'a> {
+    file: &'a str,
+    text: &'a str,
+    format: Format,
+}
+
+impl Src<'_> {
+    fn err(&self, path: DocPath, msg: impl Into<String>, help: impl Into<String>) -> Diagnostic {
+        Diagnostic::at(
+            self.file,
+            self.text,
+            locate(self.text, self.format, &path),
+            msg,
+        )
+        .with_help(help)
+    }
+
+    fn parse<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, Diagnostic> {
+        match self.format {
+            Format::Toml => toml::from_str(self.text).map_err(|e| {
+                let msg = e.message().trim().to_string();
+                Diagnostic::at(self.file, self.text, e.span(), msg.clone())
+                    .with_help(parse_help(&msg, what))
+            }),
+            Format::Json => serde_json::from_str(self.text).map_err(|e| {
+                let full = e.to_string();
+                let msg = match full.rfind(" at line ") {
+                    Some(i) => full[..i].to_string(),
+                    None => full,
+                };
+                let span = if e.line() == 0 {
+                    None
+                } else {
+                    let off = offset_of(self.text, e.line(), e.column());
+                    // serde_json points just past the offending token; step back onto it.
+                    let start = off.saturating_sub(1);
+                    Some(start..off)
+                };
+                Diagnostic::at(self.file, self.text, span, msg.clone())
+                    .with_help(parse_help(&msg, what))
+            }),
+        }
+    }
+}
+
+fn parse_help(msg: &str, what: &str) -> String {
+    if msg.starts_with("unknown field") {
+        format!("remove it or fix its spelling; DESIGN.md §Formats lists the keys of a {what} file")
+    } else if msg.starts_with("missing field") {
+        format!("add it: every {what} file needs it")
+    } else if msg.contains("expected a string") {
+        "quote the value, e.g. version = \"1.0\"".into()
+    } else if msg.contains("duplicate key") {
+        "each key may appear once per table".into()
+    } else if msg.contains("unknown variant") {
+        "use one of the values listed".into()
+    } else {
+        format!("fix the {what} file at this place")
+    }
+}
+
+/// Parses and validates a fleet file (TOML or JSON by `file`'s extension).
+pub fn load_fleet(file: &str, text: &str) -> Result<Fleet, Diagnostic> {
+    let src = Src {
+        file,
+        text,
+        format: Format::from_path(file),
+    };
+    let raw: RawFleet = src.parse("fleet")?;
+    validate_fleet(raw, &src)
+}
+
+fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
+    let root = DocPath::root;
+    if raw.name.trim().is_empty() {
+        return Err(src.err(
+            root().key("name"),
+            "the fleet's name is empty",
+            "give the fleet a name",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, v) in raw.versions.iter().enumerate() {
+        if !seen.insert(v.as_str()) {
+            return Err(src.err(
+                root().key("versions").idx(i),
+                format!("version {v} appears twice in the version chain"),
+                "list each version once, oldest first",
+            ));
+        }
+    }
+    let chain = |v: &str| raw.versions.is_empty() || raw.versions.iter().any(|x| x == v);
+    let chain_text = raw.versions.join(" → ");
+    if let Some(level) = &raw.functional_level {
+        if !chain(level) {
+            return Err(src.err(
+                root().key("functional_level"),
+                format!("functional_level {level} is not in the version chain ({chain_text})"),
+                "add it to `versions` or fix the level",
+            ));
+        }
+    }
+
+    let mut by_name: HashMap<String, NodeId> = HashMap::with_capacity(raw.nodes.len());
+    let mut nodes = Vec::with_capacity(raw.nodes.len());
+    for (i, n) in raw.nodes.into_iter().enumerate() {
+        let p = || root().key("node").idx(i);
+        if n.name.trim().is_empty() {
+            return Err(src.err(
+                p().key("name"),
+                "a node's name is empty",
+                "give every node a unique name",
+            ));
+        }
+        if let Some(v) = &n.version {
+            if !chain(v) {
+                return Err(src.err(
+                    p().key("version"),
+                    format!("node {} is at version {v}, which is not in the version chain ({chain_text})", n.name),
+                    "add the version to `versions` or fix the node's version",
+                ));
+            }
+        }
+        if by_name.insert(n.name.clone(), i as NodeId).is_some() {
+            return Err(src.err(
+                p().key("name"),
+                format!("node name {} is used twice", n.name),
+                "node names must be unique; rename one of them",
+            ));
+        }
+        nodes.push(Node {
+            name: n.name,
+            address: n.address,
+            update_domain: n.update_domain,
+            fault_domain: n.fault_domain,
+            version: n.version,
+            capacity: n.capacity,
+            labels: n.labels,
+        });
+    }
+
+    let mut memberships: Vec<Vec<u32>> = vec![Vec::new(); nodes.len()];
+    let mut services = Vec::with_capacity(raw.services.len());
+    let mut service_names = HashSet::new();
+    for (si, s) in raw.services.into_iter().enumerate() {
+        let p = || root().key("service").idx(si);
+        if !service_names.insert(s.name.clone()) {
+            return Err(src.err(
+                p().key("name"),
+                format!("service name {} is used twice", s.name),
+                "service names must be unique",
+            ));
+        }
+        let members: Vec<NodeId> = match (&s.nodes, &s.selector) {
+            (Some(_), Some(_)) => {
+                return Err(src.err(
+                    p().key("selector"),
+                    format!("service {} has both `nodes` and `selector`", s.name),
+                    "keep one of them",
+                ))
+            }
+            (None, None) => {
+                return Err(src.err(
+                    p().key("name"),
+                    format!("service {} has no members", s.name),
+                    "add `nodes = [...]` or `selector = \"role=web\"`",
+                ))
+            }
+            (Some(list), None) => {
+                let mut ids = Vec::with_capacity(list.len());
+                let mut dup = HashSet::with_capacity(list.len());
+                for (j, m) in list.iter().enumerate() {
+                    let Some(&id) = by_name.get(m.as_str()) else {
+                        return Err(src.err(
+                            p().key("nodes").idx(j),
+                            format!(
+                                "service {} lists {m}, which is not a node of this fleet",
+                                s.name
+                            ),
+                            "add a [[node]] with that name or fix the member's name",
+                        ));
+                    };
+                    if !dup.insert(id) {
+                        return Err(src.err(
+                            p().key("nodes").idx(j),
+                            format!("service {} lists {m} twice", s.name),
+                            "list each member once",
+                        ));
+                    }
+                    ids.push(id);
+                }
+                ids
+            }
+            (None, Some(sel)) => {
+                let terms = parse_selector(sel).map_err(|m| {
+                    src.err(p().key("selector"), m, "write a selector as key=value pairs joined by commas, e.g. \"role=web,rack=r1\"")
+                })?;
+                let ids: Vec<NodeId> = nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| {
+                        terms
+                            .iter()
+                            .all(|(k, v)| n.labels.get(*k).map(|x| x == v).unwrap_or(false))
+                    })
+                    .map(|(i, _)| i as NodeId)
+                    .collect();
+                if ids.is_empty() {
+                    return Err(src.err(
+                        p().key("selector"),
+                        format!("selector {sel} of service {} matches no node", s.name),
+                        "check the labels of the nodes or the selector's spelling",
+                    ));
+                }
+                ids
+            }
+        };
+        let n = members.len();
+        let rule = match (s.max_unavailable, s.min_available) {
+            (Some(_), Some(_)) => {
+                return Err(src.err(
+                    p().key("min_available"),
+                    format!(
+                        "service {} sets both max_unavailable and min_available",
+                        s.name
+                    ),
+                    "keep one of them",
+                ))
+            }
+            (Some(a), None) => Rule::MaxUnavailable(a),
+            (None, Some(a)) => {
+                if let Amount::Count(m) = a {
+                    if m as usize > n {
+                        return Err(src.err(
+                            p().key("min_available"),
+                            format!(
+                                "service {} needs {m} members available but has only {n}",
+                                s.name
+                            ),
+                            format!("use at most {n}, or add members"),
+                        ));
+                    }
+                }
+                Rule::MinAvailable(a)
+            }
+            (None, None) => Rule::MaxUnavailable(Amount::Count(1)),
+        };
+        let allowance = allowance(&rule, s.quorum, n) as u32;
+        for &m in &members {
+            memberships[m as usize].push(si as u32);
+        }
+        services.push(Service {
+            name: s.name,
+            members,
+            rule,
+            quorum: s.quorum,
+            allowance,
+        });
+    }
+
+    let mut workloads = Vec::with_capacity(raw.workloads.len());
+    let mut wnames = HashSet::new();
+    for (wi, w) in raw.workloads.into_iter().enumerate() {
+        let p = || root().key("workload").idx(wi);
+        if !wnames.insert(w.name.clone()) {
+            return Err(src.err(
+                p().key("name"),
+                format!("workload name {} is used twice", w.name),
+                "workload names must be unique",
+            ));
+        }
+        let Some(&node) = by_name.get(w.node.as_str()) else {
+            return Err(src.err(
+                p().key("node"),
+                format!(
+                    "workload {} is on {}, which is not a node of this fleet",
+                    w.name, w.node
+                ),
+                "fix the node's name or add a [[node]] with it",
+            ));
+        };
+        workloads.push(Workload {
+            name: w.name,
+            node,
+            demand: w.demand,
+            movable: w.movable,
+        });
+    }
+
+    Ok(Fleet {
+        name: raw.name,
+        versions: raw.versions,
+        functional_level: raw.functional_level,
+        nodes,
+        services,
+        workloads,
+        memberships,
+        by_name,
+    })
+}
+
+fn parse_selector(sel: &str) -> Result<Vec<(&str, &str)>, String> {
+    let mut out = Vec::new();
+    for term in sel.split(',') {
+        let Some((k, v)) = term.split_once('=') else {
+            return Err(format!("selector term `{}` has no `=`", term.trim()));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            return Err(format!("selector term `{}` has no label name", term.trim()));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Parses and validates a campaign file against its fleet.
+pub fn load_campaign(file: &str, text: &str, fleet: &Fleet) -> Result<CampaignSpec, Diagnostic> {
+    let src = Src {
+        file,
+        text,
+        format: Format::from_path(file),
+    };
+    let raw: RawCampaign = src.parse("campaign")?;
+    validate_campaign(raw, &src, fleet)
+}
+
+fn validate_campaign(
+    raw: RawCampaign,
+    src: &Src,
+    fleet: &Fleet,
+) -> Result<CampaignSpec, Diagnostic> {
+    let root = DocPath::root;
+    if raw.name.trim().is_empty() {
+        return Err(src.err(
+            root().key("name"),
+            "the campaign's name is empty",
+            "give the campaign a name",
+        ));
+    }
+    if raw.action.trim().is_empty() {
+        return Err(src.err(
+            root().key("action"),
+            "the action is empty",
+            "name the agent action to run, e.g. \"upgrade\"",
+        ));
+    }
+    check_target(&raw.target_version, fleet)
+        .map_err(|(m, h)| src.err(root().key("target_version"), m, h))?;
+    if raw.max_parallel.of_ceil(1) == 0 {
+        return Err(src.err(
+            root().key("max_parallel"),
+            format!(
+                "max_parallel {} would never let a node start",
+                raw.max_parallel
+            ),
+            "use 1 or more, or a percentage above 0%",
+        ));
+    }
+    let ids = |key: &str, list: &[String]| -> Result<Vec<NodeId>, Diagnostic> {
+        let mut out = Vec::with_capacity(list.len());
+        let mut seen = HashSet::new();
+        for (i, n) in list.iter().enumerate() {
+            let Some(id) = fleet.node_id(n) else {
+                return Err(src.err(
+                    root().key(key).idx(i),
+                    format!("{n} in `{key}` is not a node of fleet {}", fleet.name),
+                    "fix the name or add the node to the fleet file",
+                ));
+            };
+            if !seen.insert(id) {
+                return Err(src.err(
+                    root().key(key).idx(i),
+                    format!("{n} is listed twice in `{key}`"),
+                    "list each node once",
+                ));
+            }
+            out.push(id);
+        }
+        Ok(out)
+    };
+    let nodes = match &raw.nodes {
+        Some(list) => Some(ids("nodes", list)?),
+        None => None,
+    };
+    let order = ids("order", &raw.order)?;
+    if let Some(only) = &nodes {
+        let set: HashSet<_> = only.iter().collect();
+        if let Some((i, &n)) = order.iter().enumerate().find(|(_, n)| !set.contains(n)) {
+            return Err(src.err(
+                root().key("order").idx(i),
+                format!("{} is in `order` but not in `nodes`", fleet.node_name(n)),
+                "add it to `nodes` or remove it from `order`",
+            ));
+        }
+    }
+    Ok(CampaignSpec {
+        name: raw.name,
+        target_version: raw.target_version,
+        action: raw.action,
+        strategy: raw.strategy,
+        max_parallel: raw.max_parallel,
+        max_failed_nodes: raw.max_failed_nodes,
+        max_retries_per_node: raw.max_retries_per_node,
+        reboot_timeout: raw.reboot_timeout.ms(),
+        health_wait: raw.health_wait.ms(),
+        health_stable: raw.health_stable.ms(),
+        ready_timeout: raw.ready_timeout.ms(),
+        on_ready_timeout: raw.on_ready_timeout,
+        stop_grace: raw.stop_grace.ms(),
+        pause_between_waves: raw.pause_between_waves.ms(),
+        nodes,
+        order,
+    })
+}
+
+/// The target must be in the chain and be the next version after the functional level.
+fn check_target(target: &str, fleet: &Fleet) -> Result<(), (String, String)> {
+    if fleet.versions.is_empty() {
+        return Ok(());
+    }
+    let chain = fleet.versions.join(" → ");
+    let Some(t) = fleet.version_rank(target) else {
+        return Err((
+            format!(
+                "target_version {target} is not in fleet {}'s version chain ({chain})",
+                fleet.name
+            ),
+            "add it to `versions` in the fleet file, or pick a version of the chain".into(),
+        ));
+    };
+    let Some(level) = &fleet.functional_level else {
+        return Ok(());
+    };
+    let l = fleet.version_rank(level).unwrap_or(0);
+    if t == l {
+        return Err((
+            format!(
+                "fleet {} is already at functional level {target}",
+                fleet.name
+            ),
+            "nothing to do; target the next version of the chain".into(),
+        ));
+    }
+    if t < l {
+        return Err((
+            format!("target_version {target} is older than the functional level {level}, which is committed and cannot be undone"),
+            format!("target {}", fleet.versions.get(l + 1).map(String::as_str).unwrap_or("a newer version")),
+        ));
+    }
+    if t > l + 1 {
+        let path = fleet.versions[l..=t].join(" → ");
+        return Err((
+            format!("target_version {target} skips versions: {path}"),
+            format!("run a campaign to {} first", fleet.versions[l + 1]),
+        ));
+    }
+    Ok(())
+}

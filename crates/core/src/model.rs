@@ -1,0 +1,202 @@
+//! The validated fleet and campaign: what the planner and the state machine work on.
+//!
+//! Values here are only built by [`crate::load`], which checks every rule of DESIGN.md §Formats,
+//! so code downstream can rely on them (member ids are valid, allowances are computed, ...).
+
+use crate::units::{Amount, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Index of a node in [`Fleet::nodes`].
+pub type NodeId = u32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    pub name: String,
+    /// The version chain, oldest first (may be empty: then any target is accepted).
+    pub versions: Vec<String>,
+    pub functional_level: Option<String>,
+    pub nodes: Vec<Node>,
+    pub services: Vec<Service>,
+    pub workloads: Vec<Workload>,
+    /// For each node, the services it is a member of (indices into `services`).
+    pub memberships: Vec<Vec<u32>>,
+    pub by_name: HashMap<String, NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub address: Option<String>,
+    pub update_domain: Option<u32>,
+    pub fault_domain: Option<u32>,
+    pub version: Option<String>,
+    /// Abstract capacity units; `None` means unlimited.
+    pub capacity: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How many members of a service may be down at once, as the operator wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    MaxUnavailable(Amount),
+    MinAvailable(Amount),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub members: Vec<NodeId>,
+    pub rule: Rule,
+    pub quorum: bool,
+    /// Members that may be down at once, computed from `rule`, `quorum` and the member count.
+    pub allowance: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Movable {
+    Live,
+    Restart,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub node: NodeId,
+    pub demand: u64,
+    pub movable: Movable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Continuous,
+    DomainWalk,
+    OneAtATime,
+    Batch,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [
+        Strategy::Continuous,
+        Strategy::DomainWalk,
+        Strategy::OneAtATime,
+        Strategy::Batch,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Continuous => "continuous",
+            Strategy::DomainWalk => "domain-walk",
+            Strategy::OneAtATime => "one-at-a-time",
+            Strategy::Batch => "batch",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown strategy `{s}`: use continuous, domain-walk, one-at-a-time or batch"
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReadyTimeout {
+    Halt,
+    Proceed,
+}
+
+/// A validated campaign file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignSpec {
+    pub name: String,
+    pub target_version: String,
+    pub action: String,
+    pub strategy: Strategy,
+    pub max_parallel: Amount,
+    pub max_failed_nodes: u32,
+    pub max_retries_per_node: u32,
+    pub reboot_timeout: Millis,
+    pub health_wait: Millis,
+    pub health_stable: Millis,
+    pub ready_timeout: Millis,
+    pub on_ready_timeout: OnReadyTimeout,
+    pub stop_grace: Millis,
+    pub pause_between_waves: Millis,
+    /// Only these nodes, when given.
+    pub nodes: Option<Vec<NodeId>>,
+    /// Start these first when the rules allow.
+    pub order: Vec<NodeId>,
+}
+
+impl Fleet {
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name).copied()
+    }
+    pub fn node_name(&self, id: NodeId) -> &str {
+        &self.nodes[id as usize].name
+    }
+    /// Workloads per node (indices into `workloads`).
+    pub fn workloads_by_node(&self) -> Vec<Vec<u32>> {
+        let mut v = vec![Vec::new(); self.nodes.len()];
+        for (i, w) in self.workloads.iter().enumerate() {
+            v[w.node as usize].push(i as u32);
+        }
+        v
+    }
+    /// Position of a version in the chain.
+    pub fn version_rank(&self, v: &str) -> Option<usize> {
+        self.versions.iter().position(|x| x == v)
+    }
+}
+
+/// Members that may be down at once for a service with `n` members (DESIGN.md §Safety rules).
+pub fn allowance(rule: &Rule, quorum: bool, n: usize) -> usize {
+    let by_rule = match rule {
+        Rule::MaxUnavailable(a) => a.of_ceil(n).min(n),
+        Rule::MinAvailable(Amount::Count(m)) => n.saturating_sub(*m as usize),
+        Rule::MinAvailable(p) => n.saturating_sub(p.of_ceil(n)),
+    };
+    if quorum {
+        by_rule.min(n.saturating_sub(1) / 2)
+    } else {
+        by_rule
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowances_follow_design() {
+        let mu = |a| Rule::MaxUnavailable(a);
+        let ma = |a| Rule::MinAvailable(a);
+        assert_eq!(allowance(&mu(Amount::Count(1)), false, 3), 1);
+        assert_eq!(allowance(&mu(Amount::Percent(25.0)), false, 3), 1);
+        assert_eq!(allowance(&mu(Amount::Percent(25.0)), false, 10), 3);
+        assert_eq!(allowance(&ma(Amount::Count(2)), false, 3), 1);
+        assert_eq!(allowance(&ma(Amount::Percent(50.0)), false, 5), 2);
+        assert_eq!(allowance(&ma(Amount::Percent(100.0)), false, 5), 0);
+        assert_eq!(allowance(&mu(Amount::Count(5)), true, 5), 2);
+        assert_eq!(allowance(&mu(Amount::Count(1)), true, 5), 1);
+        assert_eq!(allowance(&mu(Amount::Count(1)), true, 2), 0);
+        assert_eq!(allowance(&mu(Amount::Count(9)), false, 3), 3);
+    }
+}

@@ -1,0 +1,537 @@
+//! The planner: waves of nodes that may be down together without breaking any rule.
+//!
+//! Waves are built first-fit over a priority order (the campaign's `order`, then the nodes of
+//! the most constrained services first). Per service and per wave the planner keeps member
+//! counts, and per service a pointer to the first wave that still has room, so placing a node
+//! costs about its number of memberships. When workloads must move and nodes have capacity, a
+//! second pass walks the waves in order, places each drained node's workloads on nodes that stay
+//! up (preferring nodes already updated, so a workload moves once), and pushes a node to a later
+//! wave when its workloads do not fit.
+
+use crate::model::*;
+use std::cmp::Reverse;
+
+/// The result of planning a campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub campaign: String,
+    pub strategy: Strategy,
+    pub waves: Vec<Vec<NodeId>>,
+    /// Targeted nodes that need no update, with the reason.
+    pub skipped: Vec<(NodeId, String)>,
+    /// No plan can have fewer waves than this.
+    pub lower_bound: usize,
+    /// The constraint that gives the lower bound, in words.
+    pub binding: String,
+    /// Nodes that may be in service work at once (max_parallel resolved; 1 for one-at-a-time).
+    pub max_parallel: usize,
+}
+
+impl Plan {
+    /// Nodes to update, in the order the plan starts them.
+    pub fn order(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.waves.iter().flatten().copied()
+    }
+    pub fn to_update(&self) -> usize {
+        self.waves.iter().map(Vec::len).sum()
+    }
+}
+
+/// Why a campaign can never run: the rules can never be met.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Infeasible {
+    /// The service or workload at fault.
+    pub subject: String,
+    pub message: String,
+    pub help: String,
+}
+
+/// Nodes the campaign targets, split into those to update and those already at the target.
+pub fn targets(fleet: &Fleet, spec: &CampaignSpec) -> (Vec<NodeId>, Vec<(NodeId, String)>) {
+    let all: Vec<NodeId> = match &spec.nodes {
+        Some(list) => list.clone(),
+        None => (0..fleet.nodes.len() as NodeId).collect(),
+    };
+    let mut update = Vec::with_capacity(all.len());
+    let mut skipped = Vec::new();
+    for n in all {
+        if fleet.nodes[n as usize].version.as_deref() == Some(spec.target_version.as_str()) {
+            skipped.push((n, format!("already at {}", spec.target_version)));
+        } else {
+            update.push(n);
+        }
+    }
+    (update, skipped)
+}
+
+/// `max_parallel` resolved against the nodes to update (at least 1).
+pub fn resolve_parallel(spec: &CampaignSpec, to_update: usize) -> usize {
+    if spec.strategy == Strategy::OneAtATime {
+        return 1;
+    }
+    spec.max_parallel.of_ceil(to_update).max(1)
+}
+
+pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
+    let (update, skipped) = targets(fleet, spec);
+    let p = resolve_parallel(spec, update.len());
+    let mut in_update = vec![false; fleet.nodes.len()];
+    for &n in &update {
+        in_update[n as usize] = true;
+    }
+    // Members to update per service.
+    let mut todo = vec![0usize; fleet.services.len()];
+    for &n in &update {
+        for &s in &fleet.memberships[n as usize] {
+            todo[s as usize] += 1;
+        }
+    }
+    for (s, svc) in fleet.services.iter().enumerate() {
+        if todo[s] > 0 && svc.allowance == 0 {
+            return Err(Infeasible {
+                subject: svc.name.clone(),
+                message: format!(
+                    "service {}: {} members and {}, so none may be down, but {} of them need the update",
+                    svc.name,
+                    svc.members.len(),
+                    rule_words(svc),
+                    todo[s]
+                ),
+                help: format!("relax the availability rule of service {} or add members to it", svc.name),
+            });
+        }
+    }
+
+    let order = priority(fleet, spec, &update, &todo);
+    let mut ff = FirstFit::new(fleet, p);
+    match spec.strategy {
+        Strategy::OneAtATime => {
+            for &n in &order {
+                ff.push_alone(n);
+            }
+        }
+        Strategy::Continuous | Strategy::Batch => {
+            for &n in &order {
+                ff.insert(n, 0);
+            }
+        }
+        Strategy::DomainWalk => {
+            // `order` is grouped by update domain already: start a fresh set of waves per group.
+            let mut group_start = 0u32;
+            let mut last_ud = None;
+            for (i, &n) in order.iter().enumerate() {
+                let ud = fleet.nodes[n as usize].update_domain;
+                if i > 0 && ud != last_ud {
+                    group_start = ff.waves.len() as u32;
+                }
+                last_ud = ud;
+                ff.insert(n, group_start);
+            }
+        }
+    }
+    if needs_capacity_pass(fleet) {
+        capacity_pass(fleet, &mut ff, &in_update)?;
+    }
+    let waves: Vec<Vec<NodeId>> = ff.waves.into_iter().filter(|w| !w.is_empty()).collect();
+    let (lower_bound, binding) = lower_bound(fleet, &update, &todo, p);
+    Ok(Plan {
+        campaign: spec.name.clone(),
+        strategy: spec.strategy,
+        waves,
+        skipped,
+        lower_bound,
+        binding,
+        max_parallel: p,
+    })
+}
+
+/// The rule of a service in words: "max_unavailable 1", "min_available 3", "quorum".
+pub fn rule_words(s: &Service) -> String {
+    let r = match &s.rule {
+        Rule::MaxUnavailable(a) => format!("max_unavailable {a}"),
+        Rule::MinAvailable(a) => format!("min_available {a}"),
+    };
+    if s.quorum {
+        format!("{r} with quorum")
+    } else {
+        r
+    }
+}
+
+/// The order in which nodes are considered: `order` first, then the nodes whose services bind
+/// hardest, then by update domain and file order. For domain-walk, update domains come first.
+fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize]) -> Vec<NodeId> {
+    let mut pos = vec![u32::MAX; fleet.nodes.len()];
+    for (i, &n) in spec.order.iter().enumerate() {
+        pos[n as usize] = i as u32;
+    }
+    let tight = |n: NodeId| -> usize {
+        fleet.memberships[n as usize]
+            .iter()
+            .map(|&s| {
+                todo[s as usize].div_ceil(fleet.services[s as usize].allowance.max(1) as usize)
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let ud = |n: NodeId| {
+        fleet.nodes[n as usize]
+            .update_domain
+            .map(|u| u as u64)
+            .unwrap_or(u64::MAX)
+    };
+    // For domain-walk, a domain goes earlier when it holds a node named in `order`.
+    let mut ud_first = std::collections::HashMap::new();
+    if spec.strategy == Strategy::DomainWalk {
+        for &n in update {
+            let e = ud_first.entry(ud(n)).or_insert(u32::MAX);
+            *e = (*e).min(pos[n as usize]);
+        }
+    }
+    let mut keyed: Vec<_> = update
+        .iter()
+        .map(|&n| {
+            let group = if spec.strategy == Strategy::DomainWalk {
+                (ud_first[&ud(n)], ud(n))
+            } else {
+                (0, 0)
+            };
+            (group, pos[n as usize], Reverse(tight(n)), ud(n), n)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|k| k.4).collect()
+}
+
+struct FirstFit<'a> {
+    fleet: &'a Fleet,
+    p: u32,
+    waves: Vec<Vec<NodeId>>,
+    /// Per service: (wave, members in it), sorted by wave.
+    counts: Vec<Vec<(u32, u32)>>,
+    /// Per service: no wave before this one has room.
+    open: Vec<u32>,
+    size_open: u32,
+}
+
+impl<'a> FirstFit<'a> {
+    fn new(fleet: &'a Fleet, p: usize) -> Self {
+        FirstFit {
+            fleet,
+            p: p.min(u32::MAX as usize) as u32,
+            waves: Vec::new(),
+            counts: vec![Vec::new(); fleet.services.len()],
+            open: vec![0; fleet.services.len()],
+            size_open: 0,
+        }
+    }
+
+    fn count(&self, s: u32, w: u32) -> u32 {
+        let c = &self.counts[s as usize];
+        match c.binary_search_by_key(&w, |e| e.0) {
+            Ok(i) => c[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    fn size(&self, w: u32) -> u32 {
+        self.waves
+            .get(w as usize)
+            .map(|v| v.len() as u32)
+            .unwrap_or(0)
+    }
+
+    fn fits(&self, n: NodeId, w: u32) -> bool {
+        self.size(w) < self.p
+            && self.fleet.memberships[n as usize]
+                .iter()
+                .all(|&s| self.count(s, w) < self.fleet.services[s as usize].allowance)
+    }
+
+    fn push_alone(&mut self, n: NodeId) {
+        self.waves.push(vec![n]);
+    }
+
+    /// Puts `n` into the first wave at or after `from` where it fits; returns that wave.
+    fn insert(&mut self, n: NodeId, from: u32) -> u32 {
+        let mems = &self.fleet.memberships[n as usize];
+        let mut w = from.max(self.size_open);
+        for &s in mems {
+            w = w.max(self.open[s as usize]);
+        }
+        while !self.fits(n, w) {
+            w += 1;
+        }
+        while self.waves.len() <= w as usize {
+            self.waves.push(Vec::new());
+        }
+        self.waves[w as usize].push(n);
+        for &s in mems {
+            let c = &mut self.counts[s as usize];
+            match c.binary_search_by_key(&w, |e| e.0) {
+                Ok(i) => c[i].1 += 1,
+                Err(i) => c.insert(i, (w, 1)),
+            }
+            let allow = self.fleet.services[s as usize].allowance;
+            while self.count(s, self.open[s as usize]) >= allow {
+                self.open[s as usize] += 1;
+            }
+        }
+        while self.size(self.size_open) >= self.p {
+            self.size_open += 1;
+        }
+        w
+    }
+
+    fn remove(&mut self, n: NodeId, w: u32) {
+        self.waves[w as usize].retain(|&x| x != n);
+        for &s in &self.fleet.memberships[n as usize] {
+            let c = &mut self.counts[s as usize];
+            if let Ok(i) = c.binary_search_by_key(&w, |e| e.0) {
+                c[i].1 -= 1;
+            }
+            self.open[s as usize] = self.open[s as usize].min(w);
+        }
+        self.size_open = self.size_open.min(w);
+    }
+}
+
+fn needs_capacity_pass(fleet: &Fleet) -> bool {
+    fleet
+        .workloads
+        .iter()
+        .any(|w| w.movable != Movable::None && w.demand > 0)
+        && fleet.nodes.iter().any(|n| n.capacity.is_some())
+}
+
+/// Where workloads are, and how much of each node's capacity they use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub at: Vec<NodeId>,
+    pub used: Vec<u64>,
+}
+
+impl Placement {
+    pub fn initial(fleet: &Fleet) -> Self {
+        let mut used = vec![0u64; fleet.nodes.len()];
+        for w in &fleet.workloads {
+            used[w.node as usize] += w.demand;
+        }
+        Placement {
+            at: fleet.workloads.iter().map(|w| w.node).collect(),
+            used,
+        }
+    }
+
+    /// Finds homes for the movable workloads on `node`, on nodes for which `up(n)` holds,
+    /// preferring nodes for which `settled(n)` holds (already updated or never to be), then the
+    /// tightest fit. Applies nothing; returns the moves, or the workload that fits nowhere.
+    pub fn find_moves(
+        &self,
+        fleet: &Fleet,
+        node: NodeId,
+        up: impl Fn(NodeId) -> bool,
+        settled: impl Fn(NodeId) -> bool,
+    ) -> Result<Vec<(u32, NodeId)>, u32> {
+        let mut mine: Vec<u32> = (0..fleet.workloads.len() as u32)
+            .filter(|&w| {
+                self.at[w as usize] == node && fleet.workloads[w as usize].movable != Movable::None
+            })
+            .collect();
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        mine.sort_by_key(|&w| (Reverse(fleet.workloads[w as usize].demand), w));
+        let mut extra: Vec<(NodeId, u64)> = Vec::new();
+        let mut moves = Vec::with_capacity(mine.len());
+        for w in mine {
+            let demand = fleet.workloads[w as usize].demand;
+            let mut best: Option<(bool, u64, NodeId)> = None;
+            for (d, dn) in fleet.nodes.iter().enumerate() {
+                let d = d as NodeId;
+                if d == node || !up(d) {
+                    continue;
+                }
+                let used = self.used[d as usize]
+                    + extra.iter().filter(|e| e.0 == d).map(|e| e.1).sum::<u64>();
+                let left = match dn.capacity {
+                    None => u64::MAX,
+                    Some(c) if c >= used + demand => c - used - demand,
+                    Some(_) => continue,
+                };
+                let key = (!settled(d), left, d);
+                if best.map(|b| key < b).unwrap_or(true) {
+                    best = Some(key);
+                }
+            }
+            match best {
+                Some((_, _, d)) => {
+                    extra.push((d, demand));
+                    moves.push((w, d));
+                }
+                None => return Err(w),
+            }
+        }
+        Ok(moves)
+    }
+
+    pub fn apply(&mut self, fleet: &Fleet, moves: &[(u32, NodeId)]) {
+        for &(w, to) in moves {
+            let d = fleet.workloads[w as usize].demand;
+            let from = self.at[w as usize];
+            self.used[from as usize] -= d;
+            self.used[to as usize] += d;
+            self.at[w as usize] = to;
+        }
+    }
+}
+
+fn capacity_pass(fleet: &Fleet, ff: &mut FirstFit, in_update: &[bool]) -> Result<(), Infeasible> {
+    let mut place = Placement::initial(fleet);
+    let mut settled: Vec<bool> = in_update.iter().map(|u| !u).collect();
+    let mut down = vec![false; fleet.nodes.len()];
+    let mut k = 0usize;
+    while k < ff.waves.len() {
+        let wave = ff.waves[k].clone();
+        for &n in &wave {
+            down[n as usize] = true;
+        }
+        for &n in &wave {
+            match place.find_moves(fleet, n, |d| !down[d as usize], |d| settled[d as usize]) {
+                Ok(moves) => place.apply(fleet, &moves),
+                Err(_) => {
+                    down[n as usize] = false;
+                    // Would it fit with only this node down? If not, it never will.
+                    if let Err(w) = place.find_moves(fleet, n, |d| d != n, |d| settled[d as usize])
+                    {
+                        return Err(no_room(fleet, &place, w));
+                    }
+                    ff.remove(n, k as u32);
+                    ff.insert(n, k as u32 + 1);
+                }
+            }
+        }
+        for &n in &ff.waves[k] {
+            down[n as usize] = false;
+            settled[n as usize] = true;
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
+fn no_room(fleet: &Fleet, place: &Placement, w: u32) -> Infeasible {
+    let wl = &fleet.workloads[w as usize];
+    let home = place.at[w as usize];
+    let best_free = fleet
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as NodeId != home)
+        .map(|(i, n)| {
+            n.capacity
+                .map(|c| c.saturating_sub(place.used[i]))
+                .unwrap_or(u64::MAX)
+        })
+        .max()
+        .unwrap_or(0);
+    Infeasible {
+        subject: wl.name.clone(),
+        message: format!(
+            "workload {} (demand {}) fits on no other node while {} is drained: the most free capacity elsewhere is {}",
+            wl.name,
+            wl.demand,
+            fleet.node_name(home),
+            best_free
+        ),
+        help: format!("add capacity, lower {}'s demand, or mark it movable = \"none\" if it may go down with its node", wl.name),
+    }
+}
+
+/// `max(ceil(U / P), max over services ceil(members to update / allowance), capacity bound)`.
+fn lower_bound(fleet: &Fleet, update: &[NodeId], todo: &[usize], p: usize) -> (usize, String) {
+    let u = update.len();
+    if u == 0 {
+        return (0, "nothing to update".into());
+    }
+    let mut best = (
+        u.div_ceil(p),
+        format!("max_parallel {p}: {u} nodes to update, {p} at a time"),
+    );
+    // Services, strictly larger than max_parallel's bound, or equal (a service is the more
+    // useful thing to name when both bind).
+    let mut svc_best: Option<(usize, usize)> = None;
+    for (s, svc) in fleet.services.iter().enumerate() {
+        if todo[s] == 0 || svc.allowance == 0 {
+            continue;
+        }
+        let b = todo[s].div_ceil(svc.allowance as usize);
+        if svc_best.map(|(bb, _)| b > bb).unwrap_or(true) {
+            svc_best = Some((b, s));
+        }
+    }
+    if let Some((b, s)) = svc_best {
+        if b >= best.0 {
+            let svc = &fleet.services[s];
+            best = (
+                b,
+                format!(
+                    "service {}: {} members, {} may be down",
+                    svc.name,
+                    svc.members.len(),
+                    svc.allowance
+                ),
+            );
+        }
+    }
+    if let Some((b, text)) = capacity_bound(fleet, update) {
+        if b > best.0 {
+            best = (b, text);
+        }
+    }
+    best
+}
+
+/// How many of `update` may be down at once for capacity's sake, when capacity binds at all:
+/// with total capacity C and movable demand D, the nodes down together have capacity ≤ C − D,
+/// so at most as many as the smallest capacities that fit in C − D.
+pub fn capacity_limit(fleet: &Fleet, update: &[NodeId]) -> Option<(usize, u64, u64)> {
+    if !needs_capacity_pass(fleet) || fleet.nodes.iter().any(|n| n.capacity.is_none()) {
+        return None;
+    }
+    let total: u64 = fleet.nodes.iter().filter_map(|n| n.capacity).sum();
+    let demand: u64 = fleet
+        .workloads
+        .iter()
+        .filter(|w| w.movable != Movable::None)
+        .map(|w| w.demand)
+        .sum();
+    let room = total.checked_sub(demand)?;
+    let mut caps: Vec<u64> = update
+        .iter()
+        .map(|&n| fleet.nodes[n as usize].capacity.unwrap_or(0))
+        .collect();
+    caps.sort_unstable();
+    let mut k = 0usize;
+    let mut acc = 0u64;
+    for c in caps {
+        if acc + c > room {
+            break;
+        }
+        acc += c;
+        k += 1;
+    }
+    (k > 0).then_some((k, demand, total))
+}
+
+fn capacity_bound(fleet: &Fleet, update: &[NodeId]) -> Option<(usize, String)> {
+    let (k, demand, total) = capacity_limit(fleet, update)?;
+    Some((
+        update.len().div_ceil(k),
+        format!(
+            "capacity: {demand} units of movable workloads need room in {total}, so at most {k} node{} may be down at once",
+            if k == 1 { "" } else { "s" }
+        ),
+    ))
+}

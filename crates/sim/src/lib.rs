@@ -1,0 +1,557 @@
+//! A discrete-event simulator that drives baton's real campaign state machine in virtual time.
+//!
+//! The simulated world answers the core's commands after random but reproducible delays: every
+//! draw is a hash of (seed, node, attempt, what), never a sequence, so `--compare` gives every
+//! strategy the same durations and the same failures. An [`Observer`], independent of the core's
+//! bookkeeping, watches the commands and checks DESIGN.md's safety rules as they happen.
+
+pub mod gen;
+
+use baton_core::campaign::{Command, Event, Notice, Phase};
+use baton_core::plan::Infeasible;
+use baton_core::{Campaign, CampaignSpec, Fleet, Millis, NodeId, NodeState};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// What the simulated world is like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Time a node is out of service, drawn uniformly from this range (inclusive).
+    pub duration: (Millis, Millis),
+    /// Chance that one update attempt fails.
+    pub fail_rate: f64,
+    /// Chance that a node never comes back from its reboot.
+    pub stuck_reboot_rate: f64,
+    /// Chance that a node never becomes healthy after its update.
+    pub unhealthy_rate: f64,
+    /// Stop after this many events (a guard; a campaign never needs that many).
+    pub max_events: usize,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            seed: 1,
+            duration: (10 * 60_000, 10 * 60_000),
+            fail_rate: 0.0,
+            stuck_reboot_rate: 0.0,
+            unhealthy_rate: 0.0,
+            max_events: 50_000_000,
+        }
+    }
+}
+
+/// The outcome of one simulated campaign.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub strategy: baton_core::Strategy,
+    /// From start until the last node finished.
+    pub makespan: Millis,
+    /// max(total work / max_parallel, per service work / allowance, longest node).
+    pub lower_bound: Millis,
+    pub updated: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub outcome: Phase,
+    /// Most members of each service down at once.
+    pub peak_down: BTreeMap<String, u32>,
+    pub violations: Vec<String>,
+    /// Events the core refused (an operator action at the wrong time, for instance).
+    pub refused: Vec<(Millis, Event, String)>,
+    pub journal: Vec<(Millis, Event)>,
+    pub campaign: Campaign,
+    /// Executed steps (drain, update, restore) sent by the core.
+    pub steps_sent: usize,
+}
+
+/// Reproducible draws: SplitMix64 over (seed, node, attempt, salt).
+fn draw(seed: u64, node: u64, attempt: u64, salt: u64) -> u64 {
+    let mut z = seed
+        ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ attempt.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ salt.wrapping_mul(0x1656_67B1_9E37_79F9);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn unit(seed: u64, node: u64, attempt: u64, salt: u64) -> f64 {
+    (draw(seed, node, attempt, salt) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const SALT_DURATION: u64 = 1;
+const SALT_FAIL: u64 = 2;
+const SALT_STUCK: u64 = 3;
+const SALT_UNHEALTHY: u64 = 4;
+
+/// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
+#[derive(Debug, Default)]
+pub struct Observer {
+    allowance: Vec<u32>,
+    members: Vec<Vec<u32>>,
+    max_parallel: u32,
+    max_failed: u32,
+    /// Out of service because of the campaign (drained, not yet restored).
+    out: Vec<bool>,
+    /// Down outside the campaign.
+    lost: Vec<bool>,
+    /// Started and not yet finished.
+    active: HashSet<String>,
+    down: Vec<u32>,
+    pub peak: Vec<u32>,
+    executed: HashSet<String>,
+    phase: Option<Phase>,
+    failed: u32,
+    accepted: u32,
+    window_open: bool,
+    closed_gates: HashSet<String>,
+    /// Finishes per drain step (one per node and pass).
+    finished: HashMap<String, u32>,
+    last_drain: HashMap<String, String>,
+    pub violations: Vec<String>,
+    pub drained_at: HashMap<NodeId, Millis>,
+    pub work: HashMap<NodeId, Millis>,
+}
+
+impl Observer {
+    pub fn new(c: &Campaign) -> Self {
+        let f = &c.fleet;
+        Observer {
+            allowance: f.services.iter().map(|s| s.allowance).collect(),
+            members: f.memberships.clone(),
+            max_parallel: c.max_parallel,
+            max_failed: c.spec.max_failed_nodes,
+            out: vec![false; f.nodes.len()],
+            lost: vec![false; f.nodes.len()],
+            down: vec![0; f.services.len()],
+            peak: vec![0; f.services.len()],
+            phase: Some(Phase::Planned),
+            window_open: true,
+            ..Default::default()
+        }
+    }
+
+    fn set(&mut self, n: NodeId, out: Option<bool>, lost: Option<bool>) {
+        let i = n as usize;
+        let before = self.out[i] || self.lost[i];
+        if let Some(o) = out {
+            self.out[i] = o;
+        }
+        if let Some(l) = lost {
+            self.lost[i] = l;
+        }
+        let after = self.out[i] || self.lost[i];
+        if before != after {
+            for &s in &self.members[i] {
+                let d = &mut self.down[s as usize];
+                if after {
+                    *d += 1;
+                } else {
+                    *d -= 1;
+                }
+                let p = &mut self.peak[s as usize];
+                *p = (*p).max(*d);
+            }
+        }
+    }
+
+    /// An event the core accepted.
+    pub fn on_event(&mut self, fleet: &Fleet, ev: &Event) {
+        match ev {
+            Event::Observed { node, up, .. } => {
+                if let Some(n) = fleet.node_id(node) {
+                    self.set(n, None, Some(!up));
+                }
+            }
+            Event::Window { open } => self.window_open = *open,
+            Event::Gate { name, open } => {
+                if *open {
+                    self.closed_gates.remove(name);
+                } else {
+                    self.closed_gates.insert(name.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A restore step that completed: the node is back in service.
+    pub fn on_restored(&mut self, n: NodeId) {
+        self.set(n, Some(false), None);
+    }
+
+    pub fn on_command(&mut self, fleet: &Fleet, now: Millis, cmd: &Command) {
+        let mut once = |step: &str, v: &mut Vec<String>| {
+            if !self.executed.insert(step.to_string()) {
+                v.push(format!("at {now}ms: step {step} sent twice"));
+            }
+        };
+        match cmd {
+            Command::Drain { node, step, .. } => {
+                let mut v = std::mem::take(&mut self.violations);
+                once(step, &mut v);
+                self.violations = v;
+                let n = fleet.node_id(node).expect("core names fleet nodes");
+                if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
+                    self.violations.push(format!(
+                        "at {now}ms: {node} started while the campaign is {:?}",
+                        self.phase
+                    ));
+                }
+                if !self.window_open || !self.closed_gates.is_empty() {
+                    self.violations.push(format!(
+                        "at {now}ms: {node} started while a window or gate is closed"
+                    ));
+                }
+                if self.failed > self.max_failed + self.accepted {
+                    self.violations.push(format!(
+                        "at {now}ms: {node} started after {} failures",
+                        self.failed
+                    ));
+                }
+                if self.lost[n as usize] {
+                    self.violations
+                        .push(format!("at {now}ms: {node} started while it is down"));
+                }
+                self.active.insert(node.clone());
+                if self.active.len() as u32 > self.max_parallel {
+                    self.violations.push(format!(
+                        "at {now}ms: {} nodes active, max_parallel {}",
+                        self.active.len(),
+                        self.max_parallel
+                    ));
+                }
+                self.set(n, Some(true), None);
+                for &s in &self.members[n as usize] {
+                    if self.down[s as usize] > self.allowance[s as usize] {
+                        self.violations.push(format!(
+                            "at {now}ms: starting {node} takes service {} to {} down, allowance {}",
+                            fleet.services[s as usize].name,
+                            self.down[s as usize],
+                            self.allowance[s as usize]
+                        ));
+                    }
+                }
+                self.drained_at.insert(n, now);
+                self.last_drain.insert(node.clone(), step.clone());
+            }
+            Command::Update { step, .. } | Command::Restore { step, .. } => {
+                let mut v = std::mem::take(&mut self.violations);
+                once(step, &mut v);
+                self.violations = v;
+            }
+            Command::Notify { notice } => match notice {
+                Notice::Phase { from, to, .. } => {
+                    if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
+                        self.accepted = self.failed.saturating_sub(self.max_failed);
+                    }
+                    if *to == Phase::RollingBack {
+                        self.accepted = self.failed.saturating_sub(self.max_failed);
+                    }
+                    self.phase = Some(*to);
+                }
+                Notice::NodeDone { node } | Notice::NodeFailed { node, .. } => {
+                    self.active.remove(node);
+                    let n = fleet.node_id(node).expect("core names fleet nodes");
+                    if let Some(t) = self.drained_at.get(&n) {
+                        *self.work.entry(n).or_default() += now - t;
+                    }
+                    if matches!(notice, Notice::NodeFailed { .. }) {
+                        self.failed += 1;
+                    }
+                    let run = self.last_drain.get(node).cloned().unwrap_or_default();
+                    let k = self.finished.entry(run).or_default();
+                    *k += 1;
+                    if *k > 1 {
+                        self.violations
+                            .push(format!("at {now}ms: {node} finished twice in one pass"));
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Runs a campaign to its end in virtual time. `inject` adds outside events (operator actions,
+/// nodes lost outside the campaign, gates) at given times; the campaign is started at time 0.
+pub fn run(
+    fleet: Arc<Fleet>,
+    spec: CampaignSpec,
+    opts: &SimOptions,
+    inject: &[(Millis, Event)],
+) -> Result<SimReport, Infeasible> {
+    let campaign = Campaign::new(fleet.clone(), spec)?;
+    let mut sim = Sim::new(campaign, opts.clone());
+    sim.push(0, Event::Start { by: "sim".into() });
+    for (t, e) in inject {
+        sim.push(*t, e.clone());
+    }
+    sim.run_to_end();
+    Ok(sim.report())
+}
+
+/// The simulated world around one campaign.
+pub struct Sim {
+    pub campaign: Campaign,
+    opts: SimOptions,
+    queue: BinaryHeap<Reverse<(Millis, u64)>>,
+    events: HashMap<u64, Event>,
+    seq: u64,
+    pub now: Millis,
+    pub journal: Vec<(Millis, Event)>,
+    pub observer: Observer,
+    refused: Vec<(Millis, Event, String)>,
+    attempts: HashMap<NodeId, u64>,
+    boots: HashMap<NodeId, u64>,
+    steps_sent: usize,
+    last_finish: Millis,
+}
+
+impl Sim {
+    pub fn new(campaign: Campaign, opts: SimOptions) -> Self {
+        let observer = Observer::new(&campaign);
+        Sim {
+            campaign,
+            opts,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            now: 0,
+            journal: Vec::new(),
+            observer,
+            refused: Vec::new(),
+            attempts: HashMap::new(),
+            boots: HashMap::new(),
+            steps_sent: 0,
+            last_finish: 0,
+        }
+    }
+
+    pub fn push(&mut self, at: Millis, e: Event) {
+        self.seq += 1;
+        self.events.insert(self.seq, e);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn duration(&self, n: NodeId) -> Millis {
+        let (lo, hi) = self.opts.duration;
+        if hi <= lo {
+            return lo;
+        }
+        lo + (unit(self.opts.seed, n as u64, 0, SALT_DURATION) * (hi - lo + 1) as f64) as Millis
+    }
+
+    fn chance(&self, n: NodeId, attempt: u64, salt: u64, p: f64) -> bool {
+        p > 0.0 && unit(self.opts.seed, n as u64, attempt, salt) < p
+    }
+
+    /// Processes events until nothing is left to happen.
+    pub fn run_to_end(&mut self) {
+        let mut handled = 0usize;
+        loop {
+            let next_q = self.queue.peek().map(|r| r.0 .0);
+            let next_d = self.campaign.next_deadline().map(|d| d.max(self.now));
+            let (t, ev) = match (next_q, next_d) {
+                (None, None) => break,
+                (Some(q), Some(d)) if d < q => (d, Event::Tick),
+                (None, Some(d)) => (d, Event::Tick),
+                (Some(_), _) => {
+                    let Reverse((t, id)) = self.queue.pop().expect("peeked");
+                    (t, self.events.remove(&id).expect("queued event"))
+                }
+            };
+            handled += 1;
+            if handled > self.opts.max_events {
+                self.refused.push((t, ev, "event limit reached".into()));
+                break;
+            }
+            self.step(t, ev);
+        }
+    }
+
+    /// Feeds one event to the core at time `t` and carries out its commands.
+    pub fn step(&mut self, t: Millis, ev: Event) {
+        self.now = self.now.max(t);
+        let now = self.now;
+        let restored = match &ev {
+            Event::StepOk { node, step, .. } if step.ends_with("/restore") => {
+                self.campaign.fleet.node_id(node)
+            }
+            _ => None,
+        };
+        match self.campaign.handle(now, ev.clone()) {
+            Err(e) => self.refused.push((now, ev, e.to_string())),
+            Ok(cmds) => {
+                let fleet = self.campaign.fleet.clone();
+                self.observer.on_event(&fleet, &ev);
+                if let Some(n) = restored {
+                    self.observer.on_restored(n);
+                }
+                self.journal.push((now, ev));
+                for c in &cmds {
+                    self.observer.on_command(&fleet, now, c);
+                    self.carry_out(now, c);
+                }
+            }
+        }
+    }
+
+    fn verify_time(&self) -> Millis {
+        self.campaign.spec.health_wait + self.campaign.spec.health_stable
+    }
+
+    fn carry_out(&mut self, now: Millis, cmd: &Command) {
+        let fleet = self.campaign.fleet.clone();
+        let id = |name: &str| fleet.node_id(name).expect("core names fleet nodes");
+        match cmd {
+            Command::Drain { node, step, .. } => {
+                self.steps_sent += 1;
+                self.push(
+                    now,
+                    Event::StepOk {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reboot: false,
+                        boot_id: None,
+                        version: None,
+                    },
+                );
+            }
+            Command::Update {
+                node,
+                step,
+                version,
+                ..
+            } => {
+                self.steps_sent += 1;
+                let n = id(node);
+                let attempt = {
+                    let a = self.attempts.entry(n).or_default();
+                    *a += 1;
+                    *a
+                };
+                let took = self.duration(n).saturating_sub(self.verify_time());
+                let boot = *self.boots.entry(n).or_default();
+                let e = if self.chance(n, attempt, SALT_FAIL, self.opts.fail_rate) {
+                    Event::StepFailed {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reason: "simulated failure".into(),
+                    }
+                } else {
+                    Event::StepOk {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reboot: true,
+                        boot_id: Some(format!("{node}-boot{boot}")),
+                        version: Some(version.clone()),
+                    }
+                };
+                self.push(now + took, e);
+            }
+            Command::WatchBoot { node, .. } => {
+                let n = id(node);
+                if !self.chance(n, 0, SALT_STUCK, self.opts.stuck_reboot_rate) {
+                    let b = self.boots.entry(n).or_default();
+                    *b += 1;
+                    let boot_id = format!("{node}-boot{b}");
+                    self.push(
+                        now,
+                        Event::Booted {
+                            node: node.clone(),
+                            boot_id,
+                        },
+                    );
+                }
+            }
+            Command::WatchHealth { node } => {
+                let n = id(node);
+                // A node that failed before its reboot is still healthy on its old version.
+                let updated = matches!(
+                    self.campaign.nodes[n as usize].state,
+                    NodeState::Verifying { .. } | NodeState::Done { .. }
+                );
+                let sick = updated && self.chance(n, 0, SALT_UNHEALTHY, self.opts.unhealthy_rate);
+                if !sick {
+                    self.push(
+                        now,
+                        Event::Health {
+                            node: node.clone(),
+                            healthy: true,
+                        },
+                    );
+                }
+            }
+            Command::Restore { node, step } => {
+                self.steps_sent += 1;
+                self.push(
+                    now,
+                    Event::StepOk {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reboot: false,
+                        boot_id: None,
+                        version: None,
+                    },
+                );
+            }
+            Command::Notify {
+                notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. },
+            } => {
+                self.last_finish = now;
+            }
+            Command::Fence { .. } | Command::Notify { .. } => {}
+        }
+    }
+
+    pub fn report(self) -> SimReport {
+        let c = &self.campaign;
+        let f = &c.fleet;
+        let (mut updated, mut failed, mut skipped) = (0, 0, 0);
+        for r in &c.nodes {
+            match r.state {
+                NodeState::Done { .. } => updated += 1,
+                NodeState::Failed { .. } => failed += 1,
+                NodeState::Skipped { .. } => skipped += 1,
+                _ => {}
+            }
+        }
+        let work = &self.observer.work;
+        let total: Millis = work.values().sum();
+        let longest = work.values().copied().max().unwrap_or(0);
+        let mut lb = total.div_ceil(c.max_parallel.max(1) as Millis).max(longest);
+        let worked: Vec<NodeId> = work.keys().copied().collect();
+        if let Some((k, _, _)) = baton_core::plan::capacity_limit(f, &worked) {
+            lb = lb.max(total.div_ceil(k as Millis));
+        }
+        for svc in f.services.iter().filter(|s| s.allowance > 0) {
+            let w: Millis = svc.members.iter().filter_map(|m| work.get(m)).sum();
+            lb = lb.max(w.div_ceil(svc.allowance as Millis));
+        }
+        let peak_down = f
+            .services
+            .iter()
+            .zip(&self.observer.peak)
+            .map(|(s, p)| (s.name.clone(), *p))
+            .collect();
+        SimReport {
+            strategy: c.spec.strategy,
+            makespan: self.last_finish,
+            lower_bound: lb,
+            updated,
+            failed,
+            skipped,
+            outcome: c.phase,
+            peak_down,
+            violations: self.observer.violations.clone(),
+            refused: self.refused,
+            steps_sent: self.steps_sent,
+            journal: self.journal,
+            campaign: self.campaign,
+        }
+    }
+}
