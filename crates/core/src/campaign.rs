@@ -78,7 +78,12 @@ pub enum Back {
 pub enum NodeState {
     /// Not part of this campaign.
     NotTargeted,
-    Pending,
+    /// Waiting to start. `out_of_service` is set for a node queued for rollback that never got
+    /// back into service after its update: it counts as down while it waits.
+    Pending {
+        #[serde(default)]
+        out_of_service: bool,
+    },
     Draining,
     Updating {
         attempt: u32,
@@ -108,7 +113,7 @@ impl NodeState {
     pub fn name(&self) -> &'static str {
         match self {
             NodeState::NotTargeted => "not-targeted",
-            NodeState::Pending => "pending",
+            NodeState::Pending { .. } => "pending",
             NodeState::Draining => "draining",
             NodeState::Updating { .. } => "updating",
             NodeState::Rebooting { .. } => "rebooting",
@@ -144,7 +149,14 @@ impl NodeState {
     }
     /// Out of service because of the campaign.
     pub fn is_out(&self) -> bool {
-        self.is_active() || self.back().map(|b| *b != Back::In).unwrap_or(false)
+        self.is_active()
+            || self.back().map(|b| *b != Back::In).unwrap_or(false)
+            || matches!(
+                self,
+                NodeState::Pending {
+                    out_of_service: true
+                }
+            )
     }
 }
 
@@ -387,7 +399,9 @@ impl Campaign {
                 group[id as usize] = g;
                 rank[id as usize] = by_rank.len() as u32;
                 by_rank.push(id);
-                nodes[id as usize].state = NodeState::Pending;
+                nodes[id as usize].state = NodeState::Pending {
+                    out_of_service: false,
+                };
             }
         }
         let ngroups = match spec.strategy {
@@ -640,9 +654,7 @@ impl Campaign {
                 self.pass = Pass::Back;
                 self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
                 for n in 0..self.nodes.len() as NodeId {
-                    if matches!(self.nodes[n as usize].state, NodeState::Done { .. }) {
-                        self.repend_for_rollback(n);
-                    }
+                    self.repend_for_rollback(n);
                 }
                 self.set_phase(Phase::RollingBack, Some(&by), out);
             }
@@ -925,6 +937,7 @@ impl Campaign {
         self.set_state(n, state);
         if matches!(back, Back::In | Back::Out) {
             self.busy.remove(&n);
+            self.repend_for_rollback(n);
         }
     }
 
@@ -965,14 +978,26 @@ impl Campaign {
             self.group_left[g] = self.group_left[g].saturating_sub(1);
         }
         // A node that finishes its update while the campaign rolls back goes back too.
-        if self.pass == Pass::Back && self.nodes[n as usize].pass == Pass::Forward && !failed {
-            self.repend_for_rollback(n);
-        }
+        self.repend_for_rollback(n);
     }
 
+    /// During a rollback, queues an updated node (Done in the forward pass) to go back. A node
+    /// whose restore is in flight waits for its answer; one that never got back into service
+    /// stays counted as down while it waits.
     fn repend_for_rollback(&mut self, n: NodeId) {
+        let r = &self.nodes[n as usize];
+        if self.pass != Pass::Back || r.pass != Pass::Forward {
+            return;
+        }
+        let out_of_service = match &r.state {
+            NodeState::Done {
+                back: Back::Restoring,
+            } => return,
+            NodeState::Done { back } => *back != Back::In,
+            _ => return,
+        };
         self.nodes[n as usize].pass = Pass::Back;
-        self.set_state(n, NodeState::Pending);
+        self.set_state(n, NodeState::Pending { out_of_service });
         self.busy.remove(&n);
         self.pending.insert(self.rank[n as usize]);
     }
@@ -1108,8 +1133,10 @@ impl Campaign {
         if self.nodes[n as usize].observed_down {
             return None;
         }
+        // A node already out of service adds nothing to any service's down count.
+        let adds = u32::from(!self.is_down(n));
         for &s in &self.fleet.memberships[n as usize] {
-            if self.down[s as usize] + 1 > self.fleet.services[s as usize].allowance {
+            if self.down[s as usize] + adds > self.fleet.services[s as usize].allowance {
                 return None;
             }
         }

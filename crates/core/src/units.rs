@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
     let b = t.as_bytes();
     let mut i = 0;
     let mut total: u128 = 0;
-    let mut last_rank = usize::MAX;
+    let mut last_rank: Option<usize> = None;
     while i < b.len() {
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
@@ -59,12 +59,12 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
             "" => return Err(format!("`{t}` needs a unit after {n}")),
             u => return Err(format!("`{u}` in `{t}` is not a unit")),
         };
-        if rank >= last_rank && last_rank != usize::MAX {
+        if last_rank.is_some_and(|l| rank <= l) {
             return Err(format!(
                 "units in `{t}` must go from largest to smallest, once each"
             ));
         }
-        last_rank = rank;
+        last_rank = Some(rank);
         total += n * mult as u128;
     }
     if total > (u64::MAX / 2) as u128 {

@@ -224,8 +224,11 @@ impl Observer {
                         self.max_parallel
                     ));
                 }
+                let was_down = self.out[n as usize] || self.lost[n as usize];
                 self.set(n, Some(true), None);
-                for &s in &self.members[n as usize] {
+                // A start that takes a service above its allowance breaks rule 1; a node that
+                // was out of service already adds nothing.
+                for &s in self.members[n as usize].iter().filter(|_| !was_down) {
                     if self.down[s as usize] > self.allowance[s as usize] {
                         self.violations.push(format!(
                             "at {now}ms: starting {node} takes service {} to {} down, allowance {}",

@@ -1,0 +1,481 @@
+//! Scripted scenarios of the campaign state machine: each drives the core by hand, event by
+//! event, and checks the commands and states that follow.
+
+use baton_core::campaign::{Back, Command, Event, Notice, Phase};
+use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, NodeState};
+use std::sync::Arc;
+
+const S: u64 = 1000;
+const M: u64 = 60 * S;
+
+fn fleet3() -> &'static str {
+    r#"
+name = "t"
+versions = ["1", "2"]
+functional_level = "1"
+[[node]]
+name = "a"
+version = "1"
+[[node]]
+name = "b"
+version = "1"
+[[node]]
+name = "c"
+version = "1"
+[[service]]
+name = "web"
+nodes = ["a", "b", "c"]
+max_unavailable = 1
+"#
+}
+
+fn campaign(extra: &str) -> Campaign {
+    let fleet = load_fleet("f.toml", fleet3()).unwrap();
+    let text = format!(
+        "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 3\nreboot_timeout = \"10m\"\nhealth_wait = \"10s\"\n\
+         health_stable = \"1m\"\nready_timeout = \"5m\"\n{extra}"
+    );
+    let spec = load_campaign("c.toml", &text, &fleet).unwrap();
+    Campaign::new(Arc::new(fleet), spec).unwrap()
+}
+
+fn by() -> String {
+    "op".into()
+}
+
+fn drains(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Drain { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok(node: &str, step: &str) -> Event {
+    Event::StepOk {
+        node: node.into(),
+        step: step.into(),
+        reboot: false,
+        boot_id: None,
+        version: None,
+    }
+}
+
+/// Drives node `n` from Draining through a reboot and verification to Done, starting at `t`.
+fn walk(c: &mut Campaign, n: &str, t: u64) -> Vec<Command> {
+    c.handle(t, ok(n, &format!("c1/{n}/0/drain"))).unwrap();
+    c.handle(
+        t + S,
+        Event::StepOk {
+            node: n.into(),
+            step: format!("c1/{n}/0/update"),
+            reboot: true,
+            boot_id: Some("b0".into()),
+            version: Some("2".into()),
+        },
+    )
+    .unwrap();
+    c.handle(
+        t + 2 * S,
+        Event::Booted {
+            node: n.into(),
+            boot_id: "b1".into(),
+        },
+    )
+    .unwrap();
+    c.handle(
+        t + 3 * S,
+        Event::Health {
+            node: n.into(),
+            healthy: true,
+        },
+    )
+    .unwrap();
+    // Healthy from health_wait (10s after verification began) for health_stable (1m).
+    let due = c.next_deadline().unwrap();
+    assert_eq!(due, t + 2 * S + 10 * S + M);
+    let cmds = c.handle(due, Event::Tick).unwrap();
+    assert!(cmds
+        .iter()
+        .any(|x| matches!(x, Command::Restore { node, .. } if node == n)));
+    c.handle(due + S, ok(n, &format!("c1/{n}/0/restore")))
+        .unwrap()
+}
+
+#[test]
+fn a_campaign_walks_one_node_at_a_time_and_completes() {
+    let mut c = campaign("");
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    // web allows 1 down: only one node starts, although max_parallel is 3.
+    assert_eq!(drains(&cmds), vec!["a"]);
+    let cmds = walk(&mut c, "a", 0);
+    assert_eq!(drains(&cmds), vec!["b"]);
+    assert_eq!(c.nodes[0].state, NodeState::Done { back: Back::In });
+    assert_eq!(c.nodes[0].version.as_deref(), Some("2"));
+    walk(&mut c, "b", 100 * S);
+    let cmds = walk(&mut c, "c", 200 * S);
+    assert_eq!(c.phase, Phase::Completed);
+    assert!(cmds.iter().any(|x| matches!(
+        x,
+        Command::Notify {
+            notice: Notice::Phase {
+                to: Phase::Completed,
+                ..
+            }
+        }
+    )));
+    // Commit raises the level; afterwards rollback is refused.
+    c.handle(300 * S, Event::Commit { by: by() }).unwrap();
+    assert_eq!(c.level.as_deref(), Some("2"));
+    assert_eq!(
+        c.handle(301 * S, Event::Rollback { by: by() }),
+        Err(CampaignError::NotAllowed {
+            action: "roll back",
+            phase: Phase::Committed
+        })
+    );
+    // A node that comes back at an older version after commit is fenced.
+    let cmds = c
+        .handle(
+            302 * S,
+            Event::Observed {
+                node: "b".into(),
+                up: true,
+                version: Some("1".into()),
+            },
+        )
+        .unwrap();
+    assert!(matches!(&cmds[0], Command::Fence { node, .. } if node == "b"));
+}
+
+#[test]
+fn step_ids_are_deterministic_and_stale_reports_are_refused() {
+    let mut c = campaign("");
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    assert!(matches!(&cmds[1], Command::Drain { step, .. } if step == "c1/a/0/drain"));
+    // A report for a step the node is not on is a typed error, and changes nothing.
+    let before = c.clone();
+    let e = c.handle(S, ok("a", "c1/a/0/update")).unwrap_err();
+    assert!(matches!(e, CampaignError::StaleStep { .. }));
+    assert_eq!(c, before);
+    assert_eq!(
+        c.handle(S, ok("zz", "x")),
+        Err(CampaignError::UnknownNode("zz".into()))
+    );
+}
+
+#[test]
+fn failed_update_is_retried_then_fails_and_the_node_returns_if_healthy() {
+    let mut c = campaign("max_retries_per_node = 1\nmax_failed_nodes = 0");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    let cmds = c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    assert!(matches!(&cmds[0], Command::Update { step, .. } if step == "c1/a/0/update"));
+    let fail = |step: &str| Event::StepFailed {
+        node: "a".into(),
+        step: step.into(),
+        reason: "dpkg error".into(),
+    };
+    let cmds = c.handle(2 * S, fail("c1/a/0/update")).unwrap();
+    assert!(matches!(&cmds[0], Command::Update { step, .. } if step == "c1/a/1/update"));
+    let cmds = c.handle(3 * S, fail("c1/a/1/update")).unwrap();
+    assert!(
+        matches!(&c.nodes[0].state, NodeState::Failed { reason, back: Back::Checking { .. } } if reason.contains("2 attempt"))
+    );
+    // More failures than max_failed_nodes: the campaign halts and no other node starts.
+    assert_eq!(c.phase, Phase::Halted);
+    assert!(drains(&cmds).is_empty());
+    // Still healthy on its old version: after health_stable it is restored.
+    c.handle(
+        4 * S,
+        Event::Health {
+            node: "a".into(),
+            healthy: true,
+        },
+    )
+    .unwrap();
+    let cmds = c.handle(4 * S + M, Event::Tick).unwrap();
+    assert!(matches!(&cmds[0], Command::Restore { step, .. } if step == "c1/a/0/restore"));
+    c.handle(5 * S + M, ok("a", "c1/a/0/restore")).unwrap();
+    assert!(!c.nodes[0].state.is_out());
+    // Resuming accepts the failure and goes on with the next node.
+    let cmds = c.handle(6 * S + M, Event::Resume { by: by() }).unwrap();
+    assert_eq!(drains(&cmds), vec!["b"]);
+}
+
+#[test]
+fn a_node_that_never_reboots_fails_after_reboot_timeout_and_stays_out() {
+    let mut c = campaign("max_failed_nodes = 1");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    let cmds = c
+        .handle(
+            2 * S,
+            Event::StepOk {
+                node: "a".into(),
+                step: "c1/a/0/update".into(),
+                reboot: true,
+                boot_id: Some("b0".into()),
+                version: None,
+            },
+        )
+        .unwrap();
+    assert!(matches!(&cmds[0], Command::WatchBoot { deadline, .. } if *deadline == 2 * S + 10 * M));
+    // The same boot id again is not a reboot.
+    c.handle(
+        3 * S,
+        Event::Booted {
+            node: "a".into(),
+            boot_id: "b0".into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Rebooting { .. }));
+    assert_eq!(c.next_deadline(), Some(2 * S + 10 * M));
+    let cmds = c.handle(2 * S + 10 * M, Event::Tick).unwrap();
+    assert!(matches!(
+        &c.nodes[0].state,
+        NodeState::Failed {
+            back: Back::Out,
+            ..
+        }
+    ));
+    // One failure is within max_failed_nodes = 1, but a is still down, so web has no room.
+    assert_eq!(c.phase, Phase::Running);
+    assert!(drains(&cmds).is_empty());
+    assert_eq!(c.down(0), 1);
+}
+
+#[test]
+fn ready_timeout_halts_or_proceeds() {
+    for (policy, expect_failed) in [("halt", true), ("proceed", false)] {
+        let mut c = campaign(&format!(
+            "on_ready_timeout = \"{policy}\"\nmax_failed_nodes = 3"
+        ));
+        c.handle(0, Event::Start { by: by() }).unwrap();
+        c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+        c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
+        // Unhealthy: verification times out after ready_timeout (5m).
+        c.handle(
+            3 * S,
+            Event::Health {
+                node: "a".into(),
+                healthy: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
+        c.handle(2 * S + 5 * M, Event::Tick).unwrap();
+        let st = &c.nodes[0].state;
+        assert_eq!(
+            matches!(st, NodeState::Failed { .. }),
+            expect_failed,
+            "{policy}: {st:?}"
+        );
+        // Either way a stays out of service and counts against web.
+        assert!(st.is_out());
+        assert_eq!(c.down(0), 1);
+        if !expect_failed {
+            // proceed: counted unavailable; once healthy and stable it is restored.
+            assert!(matches!(
+                st,
+                NodeState::Done {
+                    back: Back::Checking { .. }
+                }
+            ));
+            c.handle(
+                6 * M,
+                Event::Health {
+                    node: "a".into(),
+                    healthy: true,
+                },
+            )
+            .unwrap();
+            let cmds = c.handle(7 * M, Event::Tick).unwrap();
+            assert!(matches!(&cmds[0], Command::Restore { .. }));
+            let cmds = c.handle(7 * M + S, ok("a", "c1/a/0/restore")).unwrap();
+            assert_eq!(drains(&cmds), vec!["b"]);
+        }
+    }
+}
+
+#[test]
+fn health_must_hold_for_health_stable() {
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
+    c.handle(
+        20 * S,
+        Event::Health {
+            node: "a".into(),
+            healthy: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(c.next_deadline(), Some(20 * S + M));
+    // A flap resets the clock.
+    c.handle(
+        30 * S,
+        Event::Health {
+            node: "a".into(),
+            healthy: false,
+        },
+    )
+    .unwrap();
+    c.handle(
+        40 * S,
+        Event::Health {
+            node: "a".into(),
+            healthy: true,
+        },
+    )
+    .unwrap();
+    let cmds = c.handle(20 * S + M, Event::Tick).unwrap();
+    assert!(cmds.is_empty());
+    assert_eq!(c.next_deadline(), Some(40 * S + M));
+}
+
+#[test]
+fn pause_resume_abort_and_illegal_transitions() {
+    let mut c = campaign("");
+    assert!(matches!(
+        c.handle(0, Event::Pause { by: by() }),
+        Err(CampaignError::NotAllowed { .. })
+    ));
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, Event::Pause { by: by() }).unwrap();
+    // In-flight a finishes while paused; nothing new starts.
+    let cmds = walk(&mut c, "a", 2 * S);
+    assert!(drains(&cmds).is_empty());
+    assert_eq!(c.phase, Phase::Paused);
+    let cmds = c.handle(200 * S, Event::Resume { by: by() }).unwrap();
+    assert_eq!(drains(&cmds), vec!["b"]);
+    c.handle(201 * S, Event::Abort { by: by() }).unwrap();
+    assert_eq!(c.phase, Phase::Aborted);
+    assert!(
+        matches!(&c.nodes[2].state, NodeState::Skipped { reason } if reason.contains("aborted by op"))
+    );
+    // b, in flight, is finished and restored.
+    walk(&mut c, "b", 202 * S);
+    assert_eq!(c.nodes[1].state, NodeState::Done { back: Back::In });
+    assert!(matches!(
+        c.handle(400 * S, Event::Resume { by: by() }),
+        Err(CampaignError::NotAllowed { .. })
+    ));
+    assert!(matches!(
+        c.handle(400 * S, Event::Commit { by: by() }),
+        Err(CampaignError::NotAllowed { .. })
+    ));
+}
+
+#[test]
+fn windows_gates_and_outside_losses_close_the_door() {
+    let mut c = campaign("");
+    c.handle(0, Event::Window { open: false }).unwrap();
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    assert!(drains(&cmds).is_empty());
+    c.handle(
+        S,
+        Event::Gate {
+            name: "alert".into(),
+            open: false,
+        },
+    )
+    .unwrap();
+    assert!(drains(&c.handle(2 * S, Event::Window { open: true }).unwrap()).is_empty());
+    // A node lost outside the campaign uses web's whole allowance.
+    c.handle(
+        3 * S,
+        Event::Observed {
+            node: "c".into(),
+            up: false,
+            version: None,
+        },
+    )
+    .unwrap();
+    assert!(drains(
+        &c.handle(
+            4 * S,
+            Event::Gate {
+                name: "alert".into(),
+                open: true
+            }
+        )
+        .unwrap()
+    )
+    .is_empty());
+    let cmds = c
+        .handle(
+            5 * S,
+            Event::Observed {
+                node: "c".into(),
+                up: true,
+                version: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(drains(&cmds), vec!["a"]);
+}
+
+#[test]
+fn commit_is_refused_until_every_node_is_at_the_target() {
+    let mut c = campaign("nodes = [\"a\"]");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    walk(&mut c, "a", 0);
+    assert_eq!(c.phase, Phase::Completed);
+    let e = c.handle(200 * S, Event::Commit { by: by() }).unwrap_err();
+    assert!(
+        matches!(&e, CampaignError::CommitRefused(m) if m.contains("b is at 1") && m.contains("c is at 1")),
+        "{e}"
+    );
+    assert_eq!(c.phase, Phase::Completed);
+}
+
+#[test]
+fn rollback_takes_updated_nodes_back_with_the_same_safety() {
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    walk(&mut c, "a", 0);
+    c.handle(100 * S, Event::Pause { by: by() }).unwrap();
+    walk(&mut c, "b", 100 * S);
+    let cmds = c.handle(200 * S, Event::Rollback { by: by() }).unwrap();
+    assert_eq!(c.phase, Phase::RollingBack);
+    // c was never started: skipped. a goes back first, alone (web allows 1).
+    assert!(matches!(c.nodes[2].state, NodeState::Skipped { .. }));
+    assert_eq!(drains(&cmds), vec!["a"]);
+    let cmds = c.handle(201 * S, ok("a", "c1/a/rb0/drain")).unwrap();
+    assert!(
+        matches!(&cmds[0], Command::Update { action, version, step, .. }
+        if action == "rollback" && version == "1" && step == "c1/a/rb0/update")
+    );
+}
+
+#[test]
+fn replay_gives_the_same_state() {
+    let mut c = campaign("");
+    let mut journal = Vec::new();
+    let mut feed = |c: &mut Campaign, t: u64, e: Event| {
+        c.handle(t, e.clone()).unwrap();
+        journal.push((t, e));
+    };
+    feed(&mut c, 0, Event::Start { by: by() });
+    feed(&mut c, S, ok("a", "c1/a/0/drain"));
+    feed(&mut c, 2 * S, Event::Pause { by: by() });
+    feed(&mut c, 3 * S, ok("a", "c1/a/0/update"));
+    feed(
+        &mut c,
+        4 * S,
+        Event::Health {
+            node: "a".into(),
+            healthy: true,
+        },
+    );
+    let fleet = c.fleet.clone();
+    let r = Campaign::replay(fleet, c.spec.clone(), &journal).unwrap();
+    assert_eq!(r, c);
+    // Events serialize for the journal and come back equal.
+    let text = serde_json::to_string(&journal).unwrap();
+    let back: Vec<(u64, Event)> = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, journal);
+}

@@ -1,0 +1,387 @@
+//! Property tests of DESIGN.md's safety rules over random fleets, settings, timings and faults.
+//! Each property runs at least 1,000 cases (more with PROPTEST_CASES).
+
+use baton_core::campaign::{Event, Phase};
+use baton_core::{load_campaign, load_fleet, Campaign, NodeState, Strategy as Kind};
+use baton_sim::{Sim, SimOptions};
+use proptest::prelude::*;
+use std::collections::HashSet;
+use std::fmt::Write;
+use std::sync::Arc;
+
+const MIN: u64 = 60_000;
+
+#[derive(Debug, Clone)]
+enum RuleKind {
+    MaxCount(u64),
+    MaxPct(u32),
+    MinPct(u32),
+    Quorum,
+}
+
+#[derive(Debug, Clone)]
+struct Svc {
+    members: Vec<bool>,
+    rule: RuleKind,
+}
+
+#[derive(Debug, Clone)]
+struct FleetCase {
+    uds: Vec<u32>,
+    at_target: Vec<bool>,
+    services: Vec<Svc>,
+    capacity: Option<(Vec<u64>, Vec<(usize, u64, u8)>)>,
+}
+
+#[derive(Debug, Clone)]
+struct CampaignCase {
+    strategy: Kind,
+    max_parallel: String,
+    max_failed: u32,
+    retries: u32,
+    proceed: bool,
+    pause_between: bool,
+    only: Option<Vec<bool>>,
+    order: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Inj {
+    Pause,
+    Resume,
+    Down(usize),
+    Up(usize),
+    WindowClose,
+    WindowOpen,
+    GateClose,
+    GateOpen,
+    Abort,
+    Rollback,
+    Commit,
+}
+
+fn rule() -> impl Strategy<Value = RuleKind> {
+    prop_oneof![
+        (1u64..4).prop_map(RuleKind::MaxCount),
+        (10u32..80).prop_map(RuleKind::MaxPct),
+        (0u32..70).prop_map(RuleKind::MinPct),
+        Just(RuleKind::Quorum),
+    ]
+}
+
+fn fleet_case() -> impl Strategy<Value = FleetCase> {
+    (1usize..=16).prop_flat_map(|n| {
+        (
+            prop::collection::vec(0u32..4, n),
+            prop::collection::vec(prop::bool::weighted(0.15), n),
+            prop::collection::vec(
+                (prop::collection::vec(prop::bool::weighted(0.5), n), rule()),
+                0..4,
+            ),
+            prop::option::weighted(
+                0.3,
+                (
+                    prop::collection::vec(20u64..64, n),
+                    prop::collection::vec((0..n, 1u64..20, 0u8..3), 0..8),
+                ),
+            ),
+        )
+            .prop_map(|(uds, at_target, services, capacity)| FleetCase {
+                uds,
+                at_target,
+                services: services
+                    .into_iter()
+                    .map(|(members, rule)| Svc { members, rule })
+                    .collect(),
+                capacity,
+            })
+    })
+}
+
+fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
+    (
+        prop::sample::select(Kind::ALL.to_vec()),
+        prop_oneof![
+            (1u32..5).prop_map(|k| k.to_string()),
+            (10u32..60).prop_map(|p| format!("\"{p}%\""))
+        ],
+        0u32..3,
+        0u32..3,
+        any::<bool>(),
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.2, prop::collection::vec(prop::bool::weighted(0.7), n)),
+        prop::collection::vec(0..n, 0..3),
+    )
+        .prop_map(
+            |(strategy, max_parallel, max_failed, retries, proceed, pause_between, only, order)| {
+                CampaignCase {
+                    strategy,
+                    max_parallel,
+                    max_failed,
+                    retries,
+                    proceed,
+                    pause_between,
+                    only,
+                    order,
+                }
+            },
+        )
+}
+
+fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
+    let inj = prop_oneof![
+        3 => Just(Inj::Pause),
+        3 => Just(Inj::Resume),
+        4 => (0..n).prop_map(Inj::Down),
+        4 => (0..n).prop_map(Inj::Up),
+        1 => Just(Inj::WindowClose),
+        1 => Just(Inj::WindowOpen),
+        1 => Just(Inj::GateClose),
+        1 => Just(Inj::GateOpen),
+        1 => Just(Inj::Abort),
+        1 => Just(Inj::Rollback),
+        1 => Just(Inj::Commit),
+    ];
+    prop::collection::vec((0u64..240 * MIN, inj), 0..10)
+}
+
+fn sim_opts() -> impl Strategy<Value = SimOptions> {
+    (
+        any::<u64>(),
+        1u64..15,
+        0u64..20,
+        0.0f64..0.4,
+        0.0f64..0.15,
+        0.0f64..0.15,
+    )
+        .prop_map(
+            |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate)| SimOptions {
+                seed,
+                duration: (lo * MIN, (lo + span) * MIN),
+                fail_rate,
+                stuck_reboot_rate,
+                unhealthy_rate,
+                max_events: 200_000,
+            },
+        )
+}
+
+fn name(i: usize) -> String {
+    format!("n{i:02}")
+}
+
+fn fleet_toml(f: &FleetCase) -> String {
+    let mut s =
+        String::from("name = \"prop\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n");
+    for (i, ud) in f.uds.iter().enumerate() {
+        let v = if f.at_target[i] { "2" } else { "1" };
+        let _ = write!(
+            s,
+            "[[node]]\nname = \"{}\"\nupdate_domain = {ud}\nversion = \"{v}\"\n",
+            name(i)
+        );
+        if let Some((caps, _)) = &f.capacity {
+            let _ = writeln!(s, "capacity = {}", caps[i]);
+        }
+    }
+    for (k, svc) in f.services.iter().enumerate() {
+        let members: Vec<String> = svc
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m)
+            .map(|(i, _)| format!("\"{}\"", name(i)))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let rule = match &svc.rule {
+            RuleKind::MaxCount(c) => format!("max_unavailable = {c}"),
+            RuleKind::MaxPct(p) => format!("max_unavailable = \"{p}%\""),
+            RuleKind::MinPct(p) => format!("min_available = \"{p}%\""),
+            RuleKind::Quorum => "quorum = true\nmax_unavailable = 9".to_string(),
+        };
+        let _ = write!(
+            s,
+            "[[service]]\nname = \"s{k}\"\nnodes = [{}]\n{rule}\n",
+            members.join(", ")
+        );
+    }
+    if let Some((_, wls)) = &f.capacity {
+        for (k, (node, demand, mv)) in wls.iter().enumerate() {
+            let movable = ["live", "restart", "none"][*mv as usize];
+            let _ = write!(
+                s,
+                "[[workload]]\nname = \"w{k}\"\nnode = \"{}\"\ndemand = {demand}\nmovable = \"{movable}\"\n",
+                name(*node)
+            );
+        }
+    }
+    s
+}
+
+fn campaign_toml(c: &CampaignCase) -> String {
+    let mut s = format!(
+        "name = \"c\"\ntarget_version = \"2\"\nstrategy = \"{}\"\nmax_parallel = {}\nmax_failed_nodes = {}\n\
+         max_retries_per_node = {}\nreboot_timeout = \"20m\"\nhealth_wait = \"10s\"\nhealth_stable = \"1m\"\n\
+         ready_timeout = \"5m\"\non_ready_timeout = \"{}\"\npause_between_waves = \"{}\"\n",
+        c.strategy,
+        c.max_parallel,
+        c.max_failed,
+        c.retries,
+        if c.proceed { "proceed" } else { "halt" },
+        if c.pause_between { "3m" } else { "0s" }
+    );
+    let only: Option<Vec<usize>> = c.only.as_ref().map(|m| {
+        m.iter()
+            .enumerate()
+            .filter(|(_, x)| **x)
+            .map(|(i, _)| i)
+            .collect()
+    });
+    if let Some(only) = &only {
+        let list: Vec<String> = only.iter().map(|&i| format!("\"{}\"", name(i))).collect();
+        let _ = writeln!(s, "nodes = [{}]", list.join(", "));
+    }
+    let mut seen = HashSet::new();
+    let order: Vec<String> = c
+        .order
+        .iter()
+        .filter(|i| only.as_ref().map(|o| o.contains(i)).unwrap_or(true) && seen.insert(**i))
+        .map(|&i| format!("\"{}\"", name(i)))
+        .collect();
+    let _ = writeln!(s, "order = [{}]", order.join(", "));
+    s
+}
+
+fn event(i: &Inj, n: usize) -> Event {
+    let by = || "prop".to_string();
+    match i {
+        Inj::Pause => Event::Pause { by: by() },
+        Inj::Resume => Event::Resume { by: by() },
+        Inj::Down(k) => Event::Observed {
+            node: name(k % n),
+            up: false,
+            version: None,
+        },
+        Inj::Up(k) => Event::Observed {
+            node: name(k % n),
+            up: true,
+            version: None,
+        },
+        Inj::WindowClose => Event::Window { open: false },
+        Inj::WindowOpen => Event::Window { open: true },
+        Inj::GateClose => Event::Gate {
+            name: "alert".into(),
+            open: false,
+        },
+        Inj::GateOpen => Event::Gate {
+            name: "alert".into(),
+            open: true,
+        },
+        Inj::Abort => Event::Abort { by: by() },
+        Inj::Rollback => Event::Rollback { by: by() },
+        Inj::Commit => Event::Commit { by: by() },
+    }
+}
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .max(1000);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Rules 1–6 on whole campaigns with faults, operator actions and outside losses.
+    #[test]
+    fn campaigns_keep_every_safety_rule(
+        (f, c, inj) in fleet_case().prop_flat_map(|f| {
+            let n = f.uds.len();
+            (Just(f), campaign_case(n), injections(n))
+        }),
+        opts in sim_opts(),
+    ) {
+        let n = f.uds.len();
+        let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
+        let spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+        let campaign = match Campaign::new(fleet.clone(), spec.clone()) {
+            Ok(c) => c,
+            Err(inf) => {
+                // Refusing is only right when a rule truly can never be met.
+                let svc_zero = fleet.services.iter().any(|s| s.allowance == 0 && inf.subject == s.name);
+                let wl = fleet.workloads.iter().any(|w| w.name == inf.subject);
+                prop_assert!(svc_zero || wl, "refused without cause: {inf}");
+                return Ok(());
+            }
+        };
+        let mut sim = Sim::new(campaign, opts);
+        sim.push(0, Event::Start { by: "prop".into() });
+        for (t, i) in &inj {
+            sim.push(*t, event(i, n));
+        }
+        sim.run_to_end();
+        // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
+        let t = sim.now + 1;
+        sim.step(t, Event::Window { open: true });
+        sim.step(t, Event::Gate { name: "alert".into(), open: true });
+        sim.step(t, Event::Abort { by: "prop-end".into() });
+        sim.run_to_end();
+        let report = sim.report();
+
+        prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
+        for (t, e, why) in &report.refused {
+            let operator = matches!(e, Event::Pause{..} | Event::Resume{..} | Event::Abort{..} | Event::Rollback{..} | Event::Commit{..});
+            prop_assert!(operator, "the core refused a report from the world at {t}: {e:?}: {why}");
+        }
+        let c = &report.campaign;
+        for (i, r) in c.nodes.iter().enumerate() {
+            prop_assert!(
+                matches!(r.state, NodeState::NotTargeted) || r.state.is_terminal(),
+                "node {} ended {:?} in phase {}", fleet.node_name(i as u32), r.state, c.phase
+            );
+        }
+        prop_assert!(matches!(c.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted),
+            "campaign ended {}", c.phase);
+        let replayed = Campaign::replay(fleet.clone(), spec, &report.journal).expect("journal replays");
+        prop_assert!(replayed == report.campaign, "replaying the journal gave another state");
+    }
+
+    /// Every plan respects max_parallel, every allowance, and covers each node to update once.
+    #[test]
+    fn plans_are_valid(
+        (f, c) in fleet_case().prop_flat_map(|f| { let n = f.uds.len(); (Just(f), campaign_case(n)) }),
+    ) {
+        let fleet = load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid");
+        let spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+        let Ok(plan) = baton_core::plan(&fleet, &spec) else { return Ok(()) };
+        let (update, skipped) = baton_core::plan::targets(&fleet, &spec);
+        let mut seen = HashSet::new();
+        for wave in &plan.waves {
+            prop_assert!(!wave.is_empty());
+            prop_assert!(wave.len() <= plan.max_parallel);
+            for &n in wave {
+                prop_assert!(seen.insert(n), "node in two waves");
+            }
+            for s in &fleet.services {
+                let down = wave.iter().filter(|n| s.members.contains(n)).count();
+                prop_assert!(down <= s.allowance as usize, "service {} over its allowance", s.name);
+            }
+            if spec.strategy == Kind::DomainWalk {
+                let uds: HashSet<_> = wave.iter().map(|&n| fleet.nodes[n as usize].update_domain).collect();
+                prop_assert_eq!(uds.len(), 1, "a domain-walk wave spans domains");
+            }
+        }
+        prop_assert_eq!(seen.len(), update.len());
+        prop_assert!(update.iter().all(|n| seen.contains(n)));
+        prop_assert!(skipped.iter().all(|(n, _)| !seen.contains(n)));
+        prop_assert!(plan.waves.len() >= plan.lower_bound);
+    }
+}
