@@ -10,11 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(
-    name = "baton",
-    version,
-    about = "Roll an update across a fleet without taking the service down"
-)]
+#[command(name = "baton", version, about = "Roll an update across a fleet without taking the service down")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -114,8 +110,7 @@ fn read(path: &str) -> Result<String, Failure> {
 
 fn load(fleet_path: &str, campaign_path: &str) -> Result<(Arc<Fleet>, CampaignSpec), Failure> {
     let ft = read(fleet_path)?;
-    let fleet =
-        load_fleet(fleet_path, &ft).map_err(|d| Failure::Input(Box::new(d), Some(ft.clone())))?;
+    let fleet = load_fleet(fleet_path, &ft).map_err(|d| Failure::Input(Box::new(d), Some(ft.clone())))?;
     let ct = read(campaign_path)?;
     let spec = load_campaign(campaign_path, &ct, &fleet)
         .map_err(|d| Failure::Input(Box::new(d), Some(ct.clone())))?;
@@ -136,11 +131,7 @@ fn flag_error(flag: &str, message: String, help: &str) -> Failure {
 
 fn run(cmd: Cmd) -> Result<(), Failure> {
     match cmd {
-        Cmd::Plan {
-            fleet,
-            campaign,
-            format,
-        } => {
+        Cmd::Plan { fleet, campaign, format } => {
             let (fleet, spec) = load(&fleet, &campaign)?;
             let plan = baton_core::plan(&fleet, &spec).map_err(Failure::Infeasible)?;
             match format {
@@ -149,22 +140,10 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Simulate {
-            fleet,
-            campaign,
-            compare,
-            seed,
-            duration,
-            fail_rate,
-            format,
-        } => {
+        Cmd::Simulate { fleet, campaign, compare, seed, duration, fail_rate, format } => {
             let (fleet, spec) = load(&fleet, &campaign)?;
             let range = parse_range(&duration).map_err(|m| {
-                flag_error(
-                    "--duration",
-                    m,
-                    "give a duration such as 10m, or a range such as 5m..15m",
-                )
+                flag_error("--duration", m, "give a duration such as 10m, or a range such as 5m..15m")
             })?;
             if !(0.0..=1.0).contains(&fail_rate) {
                 return Err(flag_error(
@@ -173,23 +152,14 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                     "use a number from 0 to 1",
                 ));
             }
-            let opts = baton_sim::SimOptions {
-                seed,
-                duration: range,
-                fail_rate,
-                ..Default::default()
-            };
-            let strategies: Vec<Strategy> = if compare {
-                Strategy::ALL.to_vec()
-            } else {
-                vec![spec.strategy]
-            };
+            let opts = baton_sim::SimOptions { seed, duration: range, fail_rate, ..Default::default() };
+            let strategies: Vec<Strategy> =
+                if compare { Strategy::ALL.to_vec() } else { vec![spec.strategy] };
             let mut reports = Vec::new();
             for s in strategies {
                 let mut sp = spec.clone();
                 sp.strategy = s;
-                let r =
-                    baton_sim::run(fleet.clone(), sp, &opts, &[]).map_err(Failure::Infeasible)?;
+                let r = baton_sim::run(fleet.clone(), sp, &opts, &[]).map_err(Failure::Infeasible)?;
                 reports.push(r);
             }
             match format {
@@ -200,29 +170,16 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             let bad: usize = reports.iter().map(|r| r.violations.len()).sum();
             if bad > 0 {
-                let first = reports
-                    .iter()
-                    .flat_map(|r| r.violations.iter())
-                    .next()
-                    .cloned()
-                    .unwrap_or_default();
+                let first =
+                    reports.iter().flat_map(|r| r.violations.iter()).next().cloned().unwrap_or_default();
                 return Err(Failure::Internal(format!(
                     "{bad} safety violation(s) in the simulation; first: {first}"
                 )));
             }
             Ok(())
         }
-        Cmd::GenFleet {
-            nodes,
-            memberships,
-            service_size,
-        } => {
-            let o = baton_sim::gen::GenOptions {
-                nodes,
-                memberships,
-                service_size,
-                ..Default::default()
-            };
+        Cmd::GenFleet { nodes, memberships, service_size } => {
+            let o = baton_sim::gen::GenOptions { nodes, memberships, service_size, ..Default::default() };
             println!("{}", baton_sim::gen::fleet_json(&o));
             Ok(())
         }

@@ -11,11 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub fn report_failure(f: Failure, tty: bool) {
-    let theme = if tty {
-        GraphicalTheme::unicode()
-    } else {
-        GraphicalTheme::unicode_nocolor()
-    };
+    let theme = if tty { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
     let handler = GraphicalReportHandler::new_themed(theme);
     let mut out = String::new();
     match f {
@@ -29,8 +25,7 @@ pub fn report_failure(f: Failure, tty: bool) {
                 (Some(span), Some(text)) => {
                     let len = span.len().max(1);
                     m = m.with_label(LabeledSpan::at(span.start..span.start + len, "here"));
-                    let r =
-                        miette::Report::new(m).with_source_code(NamedSource::new(&d.file, text));
+                    let r = miette::Report::new(m).with_source_code(NamedSource::new(&d.file, text));
                     let _ = handler.render_report(&mut out, r.as_ref());
                 }
                 _ => {
@@ -70,18 +65,11 @@ pub fn plan_json(fleet: &Fleet, plan: &Plan) -> String {
     let j = PlanJson {
         campaign: &plan.campaign,
         strategy: plan.strategy.as_str(),
-        waves: plan
-            .waves
-            .iter()
-            .map(|w| w.iter().map(|&n| fleet.node_name(n)).collect())
-            .collect(),
+        waves: plan.waves.iter().map(|w| w.iter().map(|&n| fleet.node_name(n)).collect()).collect(),
         skipped: plan
             .skipped
             .iter()
-            .map(|(n, r)| SkipJson {
-                node: fleet.node_name(*n),
-                reason: r,
-            })
+            .map(|(n, r)| SkipJson { node: fleet.node_name(*n), reason: r })
             .collect(),
         lower_bound: plan.lower_bound,
         binding: &plan.binding,
@@ -113,18 +101,10 @@ pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
     );
     let width = plan.waves.len().to_string().len();
     for (i, wave) in plan.waves.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "\nwave {:>width$}  ({})",
-            i + 1,
-            plural(wave.len(), "node", "nodes")
-        );
+        let _ = writeln!(s, "\nwave {:>width$}  ({})", i + 1, plural(wave.len(), "node", "nodes"));
         let mut by_ud: BTreeMap<Option<u32>, Vec<&str>> = BTreeMap::new();
         for &n in wave {
-            by_ud
-                .entry(fleet.nodes[n as usize].update_domain)
-                .or_default()
-                .push(fleet.node_name(n));
+            by_ud.entry(fleet.nodes[n as usize].update_domain).or_default().push(fleet.node_name(n));
         }
         // Domains in order, nodes without one last.
         let mut groups: Vec<_> = by_ud.into_iter().collect();
@@ -143,11 +123,7 @@ pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
             let _ = writeln!(s, "  {:<10} {why}", fleet.node_name(*n));
         }
     }
-    let verdict = if plan.waves.len() == plan.lower_bound {
-        "optimal"
-    } else {
-        "above the bound"
-    };
+    let verdict = if plan.waves.len() == plan.lower_bound { "optimal" } else { "above the bound" };
     let _ = writeln!(
         s,
         "\n{}; lower bound {} ({verdict}): {}",
@@ -204,27 +180,15 @@ fn over(r: &SimReport) -> String {
     if r.lower_bound == 0 {
         return "-".into();
     }
-    format!(
-        "{:+.1}%",
-        (r.makespan as f64 / r.lower_bound as f64 - 1.0) * 100.0
-    )
+    format!("{:+.1}%", (r.makespan as f64 / r.lower_bound as f64 - 1.0) * 100.0)
 }
 
-pub fn simulate_text(
-    fleet: &Fleet,
-    spec: &CampaignSpec,
-    opts: &SimOptions,
-    reports: &[SimReport],
-) -> String {
+pub fn simulate_text(fleet: &Fleet, spec: &CampaignSpec, opts: &SimOptions, reports: &[SimReport]) -> String {
     let mut s = String::new();
     let dur = if opts.duration.0 == opts.duration.1 {
         format_duration(opts.duration.0)
     } else {
-        format!(
-            "{}..{}",
-            format_duration(opts.duration.0),
-            format_duration(opts.duration.1)
-        )
+        format!("{}..{}", format_duration(opts.duration.0), format_duration(opts.duration.1))
     };
     let _ = writeln!(
         s,
@@ -249,11 +213,7 @@ pub fn simulate_text(
         "violations"
     );
     for r in reports {
-        let peak: Vec<String> = r
-            .peak_down
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let peak: Vec<String> = r.peak_down.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             s,
             "{:<14} {:>10} {:>11} {:>7} {:>7} {:>6} {:>7}  {:<11} {:>10}  {}",
@@ -266,25 +226,16 @@ pub fn simulate_text(
             r.skipped,
             r.outcome.as_str(),
             r.violations.len(),
-            if peak.is_empty() {
-                "-".to_string()
-            } else {
-                peak.join(", ")
-            }
+            if peak.is_empty() { "-".to_string() } else { peak.join(", ") }
         );
     }
     let first = &reports[0];
-    let best = reports
-        .iter()
-        .min_by_key(|r| r.makespan)
-        .expect("at least one run");
+    let best = reports.iter().min_by_key(|r| r.makespan).expect("at least one run");
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let how = match first.outcome {
-        Phase::Completed => format!(
-            "updated {} in {}",
-            plural(first.updated, "node", "nodes"),
-            secs(first.makespan)
-        ),
+        Phase::Completed => {
+            format!("updated {} in {}", plural(first.updated, "node", "nodes"), secs(first.makespan))
+        }
         p => format!(
             "ended {p} after {} with {} updated and {} failed",
             secs(first.makespan),
@@ -305,11 +256,7 @@ pub fn simulate_text(
         s,
         "\n{}: {how}, {} the lower bound{cmp}; {}.",
         first.strategy,
-        if first.lower_bound == 0 {
-            "at".to_string()
-        } else {
-            format!("{} over", over(first))
-        },
+        if first.lower_bound == 0 { "at".to_string() } else { format!("{} over", over(first)) },
         if violations == 0 {
             "no safety rule was broken".to_string()
         } else {

@@ -38,9 +38,7 @@ struct Out {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("errors")
-        .join(name);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("errors").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -50,33 +48,19 @@ fn plan(case: &str, fleet_name: &str, fleet: &str, campaign: &str) -> Out {
     let d = dir(case);
     std::fs::write(d.join(fleet_name), fleet).unwrap();
     std::fs::write(d.join("campaign.toml"), campaign).unwrap();
-    run(
-        &d,
-        &["plan", "--fleet", fleet_name, "--campaign", "campaign.toml"],
-    )
+    run(&d, &["plan", "--fleet", fleet_name, "--campaign", "campaign.toml"])
 }
 
 fn run(d: &PathBuf, args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(args).current_dir(d).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!stderr.contains("panicked"), "baton panicked: {stderr}");
-    Out {
-        code: o.status.code().expect("exited"),
-        stderr,
-    }
+    Out { code: o.status.code().expect("exited"), stderr }
 }
 
 fn expect(o: &Out, code: i32, place: &str, words: &[&str]) {
     assert_eq!(o.code, code, "exit code; stderr:\n{}", o.stderr);
-    assert!(
-        o.stderr.contains(place),
-        "expected {place} in:\n{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains(place), "expected {place} in:\n{}", o.stderr);
     for w in words {
         assert!(o.stderr.contains(w), "expected `{w}` in:\n{}", o.stderr);
     }
@@ -106,36 +90,21 @@ fn unknown_key_in_campaign() {
 fn duplicate_node_name() {
     let f = FLEET.replace("name = \"n03\"", "name = \"n01\"");
     let o = plan("dup-node", "fleet.toml", &f, CAMPAIGN);
-    expect(
-        &o,
-        2,
-        "fleet.toml:14:8",
-        &["node name n01 is used twice", "unique"],
-    );
+    expect(&o, 2, "fleet.toml:14:8", &["node name n01 is used twice", "unique"]);
 }
 
 #[test]
 fn member_that_is_not_a_node() {
     let f = FLEET.replace("[\"n01\", \"n02\", \"n03\"]", "[\"n01\", \"n02\", \"n04\"]");
     let o = plan("bad-member", "fleet.toml", &f, CAMPAIGN);
-    expect(
-        &o,
-        2,
-        "fleet.toml:19:24",
-        &["web lists n04, which is not a node"],
-    );
+    expect(&o, 2, "fleet.toml:19:24", &["web lists n04, which is not a node"]);
 }
 
 #[test]
 fn workload_on_a_node_that_does_not_exist() {
     let f = format!("{FLEET}\n[[workload]]\nname = \"vm1\"\nnode = \"n09\"\ndemand = 4\n");
     let o = plan("bad-workload", "fleet.toml", &f, CAMPAIGN);
-    expect(
-        &o,
-        2,
-        "fleet.toml:24:8",
-        &["workload vm1 is on n09, which is not a node"],
-    );
+    expect(&o, 2, "fleet.toml:24:8", &["workload vm1 is on n09, which is not a node"]);
 }
 
 #[test]
@@ -152,52 +121,27 @@ fn percentage_outside_range() {
 fn bad_duration() {
     let c = CAMPAIGN.replace("\"30m\"", "\"30 minutes\"");
     let o = plan("bad-duration", "fleet.toml", FLEET, &c);
-    expect(
-        &o,
-        2,
-        "campaign.toml:4:18",
-        &["needs a unit after 30", "90s, 5m, 1h30m"],
-    );
+    expect(&o, 2, "campaign.toml:4:18", &["needs a unit after 30", "90s, 5m, 1h30m"]);
 }
 
 #[test]
 fn version_not_in_chain() {
     let f = FLEET.replacen("version = \"1.0\"", "version = \"2.0\"", 1);
     let o = plan("bad-version", "fleet.toml", &f, CAMPAIGN);
-    expect(
-        &o,
-        2,
-        "fleet.toml:7:11",
-        &["n01 is at version 2.0, which is not in the version chain"],
-    );
+    expect(&o, 2, "fleet.toml:7:11", &["n01 is at version 2.0, which is not in the version chain"]);
     let c = CAMPAIGN.replace("\"1.1\"", "\"1.9\"");
     let o = plan("target-not-in-chain", "fleet.toml", FLEET, &c);
-    expect(
-        &o,
-        2,
-        "campaign.toml:2:18",
-        &["1.9 is not in fleet t's version chain"],
-    );
+    expect(&o, 2, "campaign.toml:2:18", &["1.9 is not in fleet t's version chain"]);
 }
 
 #[test]
 fn target_that_skips_a_version() {
     let c = CAMPAIGN.replace("\"1.1\"", "\"1.2\"");
     let o = plan("skip-version", "fleet.toml", FLEET, &c);
-    expect(
-        &o,
-        2,
-        "campaign.toml:2:18",
-        &["1.0 → 1.1 → 1.2", "run a campaign to 1.1 first"],
-    );
+    expect(&o, 2, "campaign.toml:2:18", &["1.0 → 1.1 → 1.2", "run a campaign to 1.1 first"]);
     let c = CAMPAIGN.replace("\"1.1\"", "\"1.0\"");
     let o = plan("same-version", "fleet.toml", FLEET, &c);
-    expect(
-        &o,
-        2,
-        "campaign.toml:2:18",
-        &["already at functional level 1.0"],
-    );
+    expect(&o, 2, "campaign.toml:2:18", &["already at functional level 1.0"]);
 }
 
 #[test]
@@ -211,16 +155,7 @@ fn syntax_error() {
 #[test]
 fn missing_file() {
     let d = dir("missing");
-    let o = run(
-        &d,
-        &[
-            "plan",
-            "--fleet",
-            "nope.toml",
-            "--campaign",
-            "campaign.toml",
-        ],
-    );
+    let o = run(&d, &["plan", "--fleet", "nope.toml", "--campaign", "campaign.toml"]);
     expect(&o, 2, "nope.toml", &["cannot read nope.toml"]);
 }
 
@@ -233,28 +168,13 @@ fn json_fleets_are_located_too() {
     {"name": "n01"}
   ]
 }"#;
-    let o = plan(
-        "json-dup",
-        "fleet.json",
-        json,
-        "name = \"c\"\ntarget_version = \"x\"\n",
-    );
+    let o = plan("json-dup", "fleet.json", json, "name = \"c\"\ntarget_version = \"x\"\n");
     expect(&o, 2, "fleet.json:5:14", &["node name n01 is used twice"]);
     let json = "{\n  \"name\": \"t\",\n  \"nodes\": []\n}";
-    let o = plan(
-        "json-unknown",
-        "fleet.json",
-        json,
-        "name = \"c\"\ntarget_version = \"x\"\n",
-    );
+    let o = plan("json-unknown", "fleet.json", json, "name = \"c\"\ntarget_version = \"x\"\n");
     expect(&o, 2, "fleet.json:3:", &["unknown field `nodes`"]);
     let json = "{\n  \"name\": \"t\",\n  \"node\": [{\"name\": 5}]\n}";
-    let o = plan(
-        "json-type",
-        "fleet.json",
-        json,
-        "name = \"c\"\ntarget_version = \"x\"\n",
-    );
+    let o = plan("json-type", "fleet.json", json, "name = \"c\"\ntarget_version = \"x\"\n");
     expect(&o, 2, "fleet.json:3:", &["invalid type"]);
 }
 
@@ -262,15 +182,7 @@ fn json_fleets_are_located_too() {
 fn infeasible_service_exits_3_naming_it() {
     let f = FLEET.replace("max_unavailable = 1", "min_available = 3");
     let o = plan("infeasible-service", "fleet.toml", &f, CAMPAIGN);
-    expect(
-        &o,
-        3,
-        "service web",
-        &[
-            "none may be down",
-            "relax the availability rule of service web",
-        ],
-    );
+    expect(&o, 3, "service web", &["none may be down", "relax the availability rule of service web"]);
     // Quorum of two members: losing one loses the majority.
     let f = FLEET
         .replace("[\"n01\", \"n02\", \"n03\"]", "[\"n01\", \"n02\"]")
@@ -292,13 +204,7 @@ fn bad_flags_exit_2() {
     let d = dir("flags");
     std::fs::write(d.join("fleet.toml"), FLEET).unwrap();
     std::fs::write(d.join("campaign.toml"), CAMPAIGN).unwrap();
-    let base = [
-        "simulate",
-        "--fleet",
-        "fleet.toml",
-        "--campaign",
-        "campaign.toml",
-    ];
+    let base = ["simulate", "--fleet", "fleet.toml", "--campaign", "campaign.toml"];
     let o = run(&d, &[&base[..], &["--duration", "20m..10m"]].concat());
     expect(&o, 2, "--duration", &["ends before it starts"]);
     let o = run(&d, &[&base[..], &["--fail-rate", "1.5"]].concat());

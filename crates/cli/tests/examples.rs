@@ -13,24 +13,13 @@ fn root() -> PathBuf {
 }
 
 fn baton(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "baton {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(args).current_dir(root()).output().unwrap();
+    assert!(o.status.success(), "baton {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
 
 fn files(ex: &str) -> (String, String) {
-    (
-        format!("examples/{ex}/fleet.toml"),
-        format!("examples/{ex}/campaign.toml"),
-    )
+    (format!("examples/{ex}/fleet.toml"), format!("examples/{ex}/campaign.toml"))
 }
 
 #[test]
@@ -44,38 +33,18 @@ fn plan_text_snapshots() {
 
 /// Checks the plan JSON contract; returns (waves, lower bound).
 fn check_plan(fleet: &str, campaign: &str) -> (Vec<Vec<String>>, u64) {
-    let j: Value = serde_json::from_str(&baton(&[
-        "plan",
-        "--fleet",
-        fleet,
-        "--campaign",
-        campaign,
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let j: Value =
+        serde_json::from_str(&baton(&["plan", "--fleet", fleet, "--campaign", campaign, "--format", "json"]))
+            .unwrap();
     let keys: HashSet<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        HashSet::from([
-            "campaign",
-            "strategy",
-            "waves",
-            "skipped",
-            "lower_bound",
-            "binding"
-        ])
-    );
+    assert_eq!(keys, HashSet::from(["campaign", "strategy", "waves", "skipped", "lower_bound", "binding"]));
     let waves: Vec<Vec<String>> = serde_json::from_value(j["waves"].clone()).unwrap();
     let mut seen = HashSet::new();
     for n in waves.iter().flatten() {
         assert!(seen.insert(n.clone()), "{n} is in two waves");
     }
     for s in j["skipped"].as_array().unwrap() {
-        assert!(
-            seen.insert(s["node"].as_str().unwrap().to_string()),
-            "skipped node also planned"
-        );
+        assert!(seen.insert(s["node"].as_str().unwrap().to_string()), "skipped node also planned");
         assert!(!s["reason"].as_str().unwrap().is_empty());
     }
     // Every node of these examples is targeted.
@@ -96,9 +65,7 @@ fn plans_cover_every_node_once_and_meet_the_bound() {
 #[test]
 fn domain_walk_gives_one_wave_per_update_domain_on_the_azure_fleet() {
     let (f, c) = files("azure-fleet");
-    let text = std::fs::read_to_string(root().join(&c))
-        .unwrap()
-        .replace("\"continuous\"", "\"domain-walk\"");
+    let text = std::fs::read_to_string(root().join(&c)).unwrap().replace("\"continuous\"", "\"domain-walk\"");
     let dw = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("azure-domain-walk.toml");
     std::fs::write(&dw, text).unwrap();
     let (waves, _) = check_plan(&f, dw.to_str().unwrap());
@@ -132,59 +99,31 @@ fn simulate_compare_is_safe_and_continuous_is_fastest() {
         ]);
         let j: Value = serde_json::from_str(&out).unwrap();
         let runs = j["runs"].as_array().unwrap();
-        let by: HashMap<&str, &Value> = runs
-            .iter()
-            .map(|r| (r["strategy"].as_str().unwrap(), r))
-            .collect();
+        let by: HashMap<&str, &Value> = runs.iter().map(|r| (r["strategy"].as_str().unwrap(), r)).collect();
         assert_eq!(by.len(), 4, "{ex}: one run per strategy");
         for r in runs {
             assert_eq!(r["violations"], 0, "{ex}: {r}");
             assert_eq!(r["outcome"], "completed", "{ex}: {r}");
             assert_eq!(r["failed"], 0);
-            for key in [
-                "makespan_s",
-                "lower_bound_s",
-                "updated",
-                "skipped",
-                "peak_down",
-            ] {
+            for key in ["makespan_s", "lower_bound_s", "updated", "skipped", "peak_down"] {
                 assert!(r.get(key).is_some(), "{key} missing");
             }
         }
         let cont = by["continuous"];
         let m = cont["makespan_s"].as_f64().unwrap();
         for r in runs {
-            assert!(
-                m <= r["makespan_s"].as_f64().unwrap(),
-                "{ex}: continuous slower than {}",
-                r["strategy"]
-            );
+            assert!(m <= r["makespan_s"].as_f64().unwrap(), "{ex}: continuous slower than {}", r["strategy"]);
         }
         let ratio = m / cont["lower_bound_s"].as_f64().unwrap();
-        assert!(
-            ratio <= 1.10,
-            "{ex}: continuous is {ratio:.3} times its lower bound"
-        );
+        assert!(ratio <= 1.10, "{ex}: continuous is {ratio:.3} times its lower bound");
     }
 }
 
 #[test]
 fn simulate_text_ends_with_a_summary_line() {
     let (f, c) = files("azure-fleet");
-    let out = baton(&[
-        "simulate",
-        "--fleet",
-        &f,
-        "--campaign",
-        &c,
-        "--compare",
-        "--duration",
-        "10m..20m",
-    ]);
+    let out = baton(&["simulate", "--fleet", &f, "--campaign", &c, "--compare", "--duration", "10m..20m"]);
     let last = out.lines().last().unwrap();
-    assert!(
-        last.starts_with("continuous: updated 29 nodes in "),
-        "{last}"
-    );
+    assert!(last.starts_with("continuous: updated 29 nodes in "), "{last}");
     assert!(last.contains("no safety rule was broken"), "{last}");
 }

@@ -136,10 +136,7 @@ impl NodeState {
         )
     }
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            NodeState::Done { .. } | NodeState::Failed { .. } | NodeState::Skipped { .. }
-        )
+        matches!(self, NodeState::Done { .. } | NodeState::Failed { .. } | NodeState::Skipped { .. })
     }
     fn back(&self) -> Option<&Back> {
         match self {
@@ -151,12 +148,7 @@ impl NodeState {
     pub fn is_out(&self) -> bool {
         self.is_active()
             || self.back().map(|b| *b != Back::In).unwrap_or(false)
-            || matches!(
-                self,
-                NodeState::Pending {
-                    out_of_service: true
-                }
-            )
+            || matches!(self, NodeState::Pending { out_of_service: true })
     }
 }
 
@@ -259,25 +251,11 @@ pub struct WorkloadMove {
 pub enum Command {
     /// Take the node out of service: out of the load balancer, workloads moved, local services
     /// stopped with `stop_grace` then forced.
-    Drain {
-        node: String,
-        step: String,
-        stop_grace: Millis,
-        moves: Vec<WorkloadMove>,
-    },
+    Drain { node: String, step: String, stop_grace: Millis, moves: Vec<WorkloadMove> },
     /// Run the allow-listed `action` on the node's agent.
-    Update {
-        node: String,
-        step: String,
-        action: String,
-        version: String,
-    },
+    Update { node: String, step: String, action: String, version: String },
     /// Report `Booted` when the node answers with a boot id other than `old_boot`.
-    WatchBoot {
-        node: String,
-        old_boot: Option<String>,
-        deadline: Millis,
-    },
+    WatchBoot { node: String, old_boot: Option<String>, deadline: Millis },
     /// Report `Health` for the node until told otherwise.
     WatchHealth { node: String },
     /// Put the node back into service.
@@ -291,18 +269,9 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "notice")]
 pub enum Notice {
-    Phase {
-        from: Phase,
-        to: Phase,
-        by: Option<String>,
-    },
-    NodeDone {
-        node: String,
-    },
-    NodeFailed {
-        node: String,
-        reason: String,
-    },
+    Phase { from: Phase, to: Phase, by: Option<String> },
+    NodeDone { node: String },
+    NodeFailed { node: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -312,11 +281,7 @@ pub enum CampaignError {
     #[error("no node named {0} in this fleet")]
     UnknownNode(String),
     #[error("node {node} is not waiting for step {step} (it is {state})")]
-    StaleStep {
-        node: String,
-        step: String,
-        state: &'static str,
-    },
+    StaleStep { node: String, step: String, state: &'static str },
     #[error("commit refused: {0}")]
     CommitRefused(String),
 }
@@ -346,8 +311,16 @@ pub struct Campaign {
     current_group: u32,
     group_open_at: Millis,
     pending: BTreeSet<u32>,
-    /// Nodes with a step or timer outstanding.
-    busy: BTreeSet<NodeId>,
+    /// Pending ranks that may be able to start. A pending node found blocked leaves this set and
+    /// waits on what blocked it; it comes back only when that changes, so a start scan never
+    /// re-examines a node that cannot have become startable.
+    candidates: BTreeSet<u32>,
+    /// Per service: pending ranks blocked because the service had no room.
+    waiters: Vec<Vec<u32>>,
+    /// Pending ranks blocked because their workloads did not fit.
+    cap_waiters: Vec<u32>,
+    /// Node timers (reboot, readiness, stability), soonest first; kept by `set_state`.
+    timers: BTreeSet<(Millis, NodeId)>,
     active: u32,
     /// Members down per service, for any reason.
     down: Vec<u32>,
@@ -373,9 +346,7 @@ impl Campaign {
             })
             .collect();
         for (id, reason) in &plan.skipped {
-            nodes[*id as usize].state = NodeState::Skipped {
-                reason: reason.clone(),
-            };
+            nodes[*id as usize].state = NodeState::Skipped { reason: reason.clone() };
         }
         let mut rank = vec![u32::MAX; n];
         let mut by_rank = Vec::with_capacity(plan.to_update());
@@ -399,9 +370,7 @@ impl Campaign {
                 group[id as usize] = g;
                 rank[id as usize] = by_rank.len() as u32;
                 by_rank.push(id);
-                nodes[id as usize].state = NodeState::Pending {
-                    out_of_service: false,
-                };
+                nodes[id as usize].state = NodeState::Pending { out_of_service: false };
             }
         }
         let ngroups = match spec.strategy {
@@ -419,6 +388,9 @@ impl Campaign {
             placement: Placement::initial(&fleet),
             down: vec![0; fleet.services.len()],
             pending: (0..by_rank.len() as u32).collect(),
+            candidates: (0..by_rank.len() as u32).collect(),
+            waiters: vec![Vec::new(); fleet.services.len()],
+            cap_waiters: Vec::new(),
             spec,
             plan,
             phase: Phase::Planned,
@@ -434,7 +406,7 @@ impl Campaign {
             group_left,
             current_group: 0,
             group_open_at: 0,
-            busy: BTreeSet::new(),
+            timers: BTreeSet::new(),
             active: 0,
             fleet,
         })
@@ -448,8 +420,7 @@ impl Campaign {
     ) -> Result<Campaign, ReplayError> {
         let mut c = Campaign::new(fleet, spec).map_err(ReplayError::Infeasible)?;
         for (i, (t, e)) in journal.into_iter().enumerate() {
-            c.handle(*t, e.clone())
-                .map_err(|err| ReplayError::Event { index: i, err })?;
+            c.handle(*t, e.clone()).map_err(|err| ReplayError::Event { index: i, err })?;
         }
         Ok(c)
     }
@@ -475,47 +446,16 @@ impl Campaign {
 
     /// The next time at which [`Event::Tick`] would change something.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let mut best: Option<Millis> = None;
-        let mut consider = |t: Millis| best = Some(best.map_or(t, |b| b.min(t)));
-        for &n in &self.busy {
-            match &self.nodes[n as usize].state {
-                NodeState::Rebooting { deadline, .. } => consider(*deadline),
-                NodeState::Verifying {
-                    since,
-                    healthy_since,
-                } => {
-                    if let Some(h) = healthy_since {
-                        consider(h + self.spec.health_stable);
-                    }
-                    consider(since + self.spec.ready_timeout);
-                }
-                NodeState::Done {
-                    back:
-                        Back::Checking {
-                            healthy_since: Some(h),
-                        },
-                }
-                | NodeState::Failed {
-                    back:
-                        Back::Checking {
-                            healthy_since: Some(h),
-                        },
-                    ..
-                } => consider(h + self.spec.health_stable),
-                _ => {}
-            }
-        }
+        let mut best = self.timers.first().map(|t| t.0);
         // A barrier pause that has not passed yet (it is cleared once it has).
         if self.phase == Phase::Running && self.group_open_at > 0 && !self.pending.is_empty() {
-            consider(self.group_open_at);
+            best = Some(best.map_or(self.group_open_at, |b| b.min(self.group_open_at)));
         }
         best
     }
 
     fn node(&self, name: &str) -> Result<NodeId, CampaignError> {
-        self.fleet
-            .node_id(name)
-            .ok_or_else(|| CampaignError::UnknownNode(name.to_string()))
+        self.fleet.node_id(name).ok_or_else(|| CampaignError::UnknownNode(name.to_string()))
     }
 
     /// The step id of a step: derived from campaign, node, pass, attempt and step name, so
@@ -525,11 +465,7 @@ impl Campaign {
             Pass::Forward => "",
             Pass::Back => "rb",
         };
-        format!(
-            "{}/{}/{pass}{attempt}/{step}",
-            self.spec.name,
-            self.fleet.node_name(n)
-        )
+        format!("{}/{}/{pass}{attempt}/{step}", self.spec.name, self.fleet.node_name(n))
     }
 
     fn is_down(&self, n: NodeId) -> bool {
@@ -541,8 +477,33 @@ impl Campaign {
     fn set_state(&mut self, n: NodeId, state: NodeState) {
         let was_down = self.is_down(n);
         let was_active = self.nodes[n as usize].state.is_active();
+        let (old, new) = (self.deadline_of(&self.nodes[n as usize].state), self.deadline_of(&state));
+        if old != new {
+            if let Some(t) = old {
+                self.timers.remove(&(t, n));
+            }
+            if let Some(t) = new {
+                self.timers.insert((t, n));
+            }
+        }
         self.nodes[n as usize].state = state;
         self.recount(n, was_down, was_active);
+    }
+
+    /// When a node in this state next needs a look, if ever: reboot timeout, readiness timeout,
+    /// or the end of its stable-health period.
+    fn deadline_of(&self, st: &NodeState) -> Option<Millis> {
+        let stable = self.spec.health_stable;
+        match st {
+            NodeState::Rebooting { deadline, .. } => Some(*deadline),
+            NodeState::Verifying { since, healthy_since } => {
+                let ready = since + self.spec.ready_timeout;
+                Some(healthy_since.map_or(ready, |h| ready.min(h + stable)))
+            }
+            NodeState::Done { back: Back::Checking { healthy_since: Some(h) } }
+            | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. } => Some(h + stable),
+            _ => None,
+        }
     }
 
     fn set_observed_down(&mut self, n: NodeId, down: bool) {
@@ -550,17 +511,27 @@ impl Campaign {
         let was_active = self.nodes[n as usize].state.is_active();
         self.nodes[n as usize].observed_down = down;
         self.recount(n, was_down, was_active);
+        if !down && self.pending.contains(&self.rank[n as usize]) {
+            self.candidates.insert(self.rank[n as usize]);
+        }
     }
 
     fn recount(&mut self, n: NodeId, was_down: bool, was_active: bool) {
         let is_down = self.is_down(n);
         if was_down != is_down {
-            for &s in &self.fleet.memberships[n as usize] {
+            let fleet = self.fleet.clone();
+            for &s in &fleet.memberships[n as usize] {
                 if is_down {
                     self.down[s as usize] += 1;
                 } else {
                     self.down[s as usize] -= 1;
+                    let woken = std::mem::take(&mut self.waiters[s as usize]);
+                    self.wake(woken);
                 }
+            }
+            if !is_down && !self.cap_waiters.is_empty() {
+                let woken = std::mem::take(&mut self.cap_waiters);
+                self.wake(woken);
             }
         }
         let is_active = self.nodes[n as usize].state.is_active();
@@ -571,14 +542,19 @@ impl Campaign {
         }
     }
 
+    /// Makes waiting pending nodes candidates again.
+    fn wake(&mut self, ranks: Vec<u32>) {
+        for r in ranks {
+            if self.pending.contains(&r) {
+                self.candidates.insert(r);
+            }
+        }
+    }
+
     fn set_phase(&mut self, to: Phase, by: Option<&str>, out: &mut Vec<Command>) {
         if self.phase != to {
             out.push(Command::Notify {
-                notice: Notice::Phase {
-                    from: self.phase,
-                    to,
-                    by: by.map(str::to_string),
-                },
+                notice: Notice::Phase { from: self.phase, to, by: by.map(str::to_string) },
             });
             self.phase = to;
         }
@@ -593,19 +569,11 @@ impl Campaign {
     }
 
     fn not_allowed(&self, action: &'static str) -> CampaignError {
-        CampaignError::NotAllowed {
-            action,
-            phase: self.phase,
-        }
+        CampaignError::NotAllowed { action, phase: self.phase }
     }
 
     /// Checks and applies the event itself. Every check comes before any change.
-    fn apply(
-        &mut self,
-        now: Millis,
-        event: Event,
-        out: &mut Vec<Command>,
-    ) -> Result<(), CampaignError> {
+    fn apply(&mut self, now: Millis, event: Event, out: &mut Vec<Command>) -> Result<(), CampaignError> {
         match event {
             Event::Start { by } => {
                 if self.phase != Phase::Planned {
@@ -627,11 +595,7 @@ impl Campaign {
                     // Resuming a halted campaign accepts the failures so far.
                     self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
                 }
-                let to = if self.pass == Pass::Back {
-                    Phase::RollingBack
-                } else {
-                    Phase::Running
-                };
+                let to = if self.pass == Pass::Back { Phase::RollingBack } else { Phase::Running };
                 self.set_phase(to, Some(&by), out);
             }
             Event::Abort { by } => {
@@ -667,22 +631,14 @@ impl Campaign {
                 self.set_phase(Phase::Committed, Some(&by), out);
             }
             Event::Tick => {}
-            Event::StepOk {
-                node,
-                step,
-                reboot,
-                boot_id,
-                version,
-            } => {
+            Event::StepOk { node, step, reboot, boot_id, version } => {
                 let n = self.node(&node)?;
                 let state = self.nodes[n as usize].state.clone();
                 match state {
                     NodeState::Draining if step == self.step_id(n, 0, "drain") => {
                         self.send_update(n, 0, out);
                     }
-                    NodeState::Updating { attempt }
-                        if step == self.step_id(n, attempt, "update") =>
-                    {
+                    NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
                         let installed = version.unwrap_or_else(|| self.target_for(n).to_string());
                         self.nodes[n as usize].version = Some(installed);
                         if boot_id.is_some() {
@@ -691,18 +647,8 @@ impl Campaign {
                         if reboot {
                             let old_boot = self.nodes[n as usize].boot_id.clone();
                             let deadline = now + self.spec.reboot_timeout;
-                            self.set_state(
-                                n,
-                                NodeState::Rebooting {
-                                    deadline,
-                                    old_boot: old_boot.clone(),
-                                },
-                            );
-                            out.push(Command::WatchBoot {
-                                node,
-                                old_boot,
-                                deadline,
-                            });
+                            self.set_state(n, NodeState::Rebooting { deadline, old_boot: old_boot.clone() });
+                            out.push(Command::WatchBoot { node, old_boot, deadline });
                         } else {
                             self.start_verify(n, now, out);
                         }
@@ -710,22 +656,13 @@ impl Campaign {
                     NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
                         self.finish(n, now, NodeState::Done { back: Back::In }, out);
                     }
-                    NodeState::Done {
-                        back: Back::Restoring,
-                    }
-                    | NodeState::Failed {
-                        back: Back::Restoring,
-                        ..
-                    } if step == self.step_id(n, 0, "restore") => {
+                    NodeState::Done { back: Back::Restoring }
+                    | NodeState::Failed { back: Back::Restoring, .. }
+                        if step == self.step_id(n, 0, "restore") =>
+                    {
                         self.set_back(n, Back::In);
                     }
-                    s => {
-                        return Err(CampaignError::StaleStep {
-                            node,
-                            step,
-                            state: s.name(),
-                        })
-                    }
+                    s => return Err(CampaignError::StaleStep { node, step, state: s.name() }),
                 }
             }
             Event::StepFailed { node, step, reason } => {
@@ -733,20 +670,14 @@ impl Campaign {
                 let state = self.nodes[n as usize].state.clone();
                 match state {
                     NodeState::Draining if step == self.step_id(n, 0, "drain") => {
-                        let back = Back::Checking {
-                            healthy_since: None,
-                        };
+                        let back = Back::Checking { healthy_since: None };
                         self.fail(n, now, format!("drain failed: {reason}"), back, out);
                     }
-                    NodeState::Updating { attempt }
-                        if step == self.step_id(n, attempt, "update") =>
-                    {
+                    NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
                         if attempt < self.spec.max_retries_per_node {
                             self.send_update(n, attempt + 1, out);
                         } else {
-                            let back = Back::Checking {
-                                healthy_since: None,
-                            };
+                            let back = Back::Checking { healthy_since: None };
                             let why = format!(
                                 "{} failed after {} attempt(s): {reason}",
                                 self.action_for(n),
@@ -758,22 +689,13 @@ impl Campaign {
                     NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
                         self.fail(n, now, format!("restore failed: {reason}"), Back::Out, out);
                     }
-                    NodeState::Done {
-                        back: Back::Restoring,
-                    }
-                    | NodeState::Failed {
-                        back: Back::Restoring,
-                        ..
-                    } if step == self.step_id(n, 0, "restore") => {
+                    NodeState::Done { back: Back::Restoring }
+                    | NodeState::Failed { back: Back::Restoring, .. }
+                        if step == self.step_id(n, 0, "restore") =>
+                    {
                         self.set_back(n, Back::Out);
                     }
-                    s => {
-                        return Err(CampaignError::StaleStep {
-                            node,
-                            step,
-                            state: s.name(),
-                        })
-                    }
+                    s => return Err(CampaignError::StaleStep { node, step, state: s.name() }),
                 }
             }
             Event::Booted { node, boot_id } => {
@@ -789,32 +711,28 @@ impl Campaign {
             }
             Event::Health { node, healthy } => {
                 let n = self.node(&node)?;
+                // Healthy since when: unchanged while it stays healthy, cleared by a failing check.
+                let since_now =
+                    |h: Option<Millis>, from: Millis| if healthy { Some(h.unwrap_or(from)) } else { None };
                 let wait = self.spec.health_wait;
-                match &mut self.nodes[n as usize].state {
-                    NodeState::Verifying {
+                let next = match self.nodes[n as usize].state.clone() {
+                    NodeState::Verifying { since, healthy_since } => Some(NodeState::Verifying {
                         since,
-                        healthy_since,
-                    } => {
-                        *healthy_since = match (healthy, *healthy_since) {
-                            (false, _) => None,
-                            (true, Some(h)) => Some(h),
-                            (true, None) => Some(now.max(*since + wait)),
-                        };
+                        healthy_since: since_now(healthy_since, now.max(since + wait)),
+                    }),
+                    NodeState::Done { back: Back::Checking { healthy_since } } => Some(NodeState::Done {
+                        back: Back::Checking { healthy_since: since_now(healthy_since, now) },
+                    }),
+                    NodeState::Failed { reason, back: Back::Checking { healthy_since } } => {
+                        Some(NodeState::Failed {
+                            reason,
+                            back: Back::Checking { healthy_since: since_now(healthy_since, now) },
+                        })
                     }
-                    NodeState::Done {
-                        back: Back::Checking { healthy_since },
-                    }
-                    | NodeState::Failed {
-                        back: Back::Checking { healthy_since },
-                        ..
-                    } => {
-                        *healthy_since = match (healthy, *healthy_since) {
-                            (false, _) => None,
-                            (true, Some(h)) => Some(h),
-                            (true, None) => Some(now),
-                        };
-                    }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some(st) = next {
+                    self.set_state(n, st);
                 }
             }
             Event::Observed { node, up, version } => {
@@ -862,10 +780,7 @@ impl Campaign {
             } else if let NodeState::Failed { reason, .. } = &r.state {
                 Some(format!("failed: {reason}"))
             } else if r.version.as_deref() != Some(target.as_str()) {
-                Some(format!(
-                    "at {}",
-                    r.version.as_deref().unwrap_or("an unknown version")
-                ))
+                Some(format!("at {}", r.version.as_deref().unwrap_or("an unknown version")))
             } else {
                 None
             };
@@ -876,11 +791,7 @@ impl Campaign {
         if bad.is_empty() {
             return Ok(());
         }
-        let more = if bad.len() > 5 {
-            format!(" and {} more", bad.len() - 5)
-        } else {
-            String::new()
-        };
+        let more = if bad.len() > 5 { format!(" and {} more", bad.len() - 5) } else { String::new() };
         bad.truncate(5);
         Err(CampaignError::CommitRefused(format!(
             "every node must be up, healthy and at {target}: {}{more}",
@@ -913,30 +824,18 @@ impl Campaign {
     }
 
     fn start_verify(&mut self, n: NodeId, now: Millis, out: &mut Vec<Command>) {
-        self.set_state(
-            n,
-            NodeState::Verifying {
-                since: now,
-                healthy_since: None,
-            },
-        );
-        out.push(Command::WatchHealth {
-            node: self.fleet.node_name(n).to_string(),
-        });
+        self.set_state(n, NodeState::Verifying { since: now, healthy_since: None });
+        out.push(Command::WatchHealth { node: self.fleet.node_name(n).to_string() });
     }
 
     fn set_back(&mut self, n: NodeId, back: Back) {
         let state = match self.nodes[n as usize].state.clone() {
             NodeState::Done { .. } => NodeState::Done { back: back.clone() },
-            NodeState::Failed { reason, .. } => NodeState::Failed {
-                reason,
-                back: back.clone(),
-            },
+            NodeState::Failed { reason, .. } => NodeState::Failed { reason, back: back.clone() },
             s => s,
         };
         self.set_state(n, state);
         if matches!(back, Back::In | Back::Out) {
-            self.busy.remove(&n);
             self.repend_for_rollback(n);
         }
     }
@@ -945,21 +844,12 @@ impl Campaign {
     fn finish(&mut self, n: NodeId, now: Millis, state: NodeState, out: &mut Vec<Command>) {
         let name = self.fleet.node_name(n).to_string();
         let failed = matches!(state, NodeState::Failed { .. });
-        let keeps_busy = matches!(
-            state.back(),
-            Some(Back::Checking { .. }) | Some(Back::Restoring)
-        );
         if let NodeState::Failed { reason, .. } = &state {
             out.push(Command::Notify {
-                notice: Notice::NodeFailed {
-                    node: name.clone(),
-                    reason: reason.clone(),
-                },
+                notice: Notice::NodeFailed { node: name.clone(), reason: reason.clone() },
             });
         } else {
-            out.push(Command::Notify {
-                notice: Notice::NodeDone { node: name.clone() },
-            });
+            out.push(Command::Notify { notice: Notice::NodeDone { node: name.clone() } });
         }
         if let Some(Back::Checking { .. }) = state.back() {
             out.push(Command::WatchHealth { node: name });
@@ -967,9 +857,6 @@ impl Campaign {
         self.set_state(n, state);
         let r = &mut self.nodes[n as usize];
         r.finished_at = Some(now);
-        if !keeps_busy {
-            self.busy.remove(&n);
-        }
         if failed {
             self.failed += 1;
         }
@@ -990,16 +877,14 @@ impl Campaign {
             return;
         }
         let out_of_service = match &r.state {
-            NodeState::Done {
-                back: Back::Restoring,
-            } => return,
+            NodeState::Done { back: Back::Restoring } => return,
             NodeState::Done { back } => *back != Back::In,
             _ => return,
         };
         self.nodes[n as usize].pass = Pass::Back;
         self.set_state(n, NodeState::Pending { out_of_service });
-        self.busy.remove(&n);
         self.pending.insert(self.rank[n as usize]);
+        self.candidates.insert(self.rank[n as usize]);
     }
 
     fn fail(&mut self, n: NodeId, now: Millis, reason: String, back: Back, out: &mut Vec<Command>) {
@@ -1007,15 +892,11 @@ impl Campaign {
     }
 
     fn skip_pending(&mut self, now: Millis, reason: &str) {
+        self.candidates.clear();
         let ranks: Vec<u32> = std::mem::take(&mut self.pending).into_iter().collect();
         for r in ranks {
             let n = self.by_rank[r as usize];
-            self.set_state(
-                n,
-                NodeState::Skipped {
-                    reason: reason.to_string(),
-                },
-            );
+            self.set_state(n, NodeState::Skipped { reason: reason.to_string() });
             self.nodes[n as usize].finished_at = Some(now);
             if self.nodes[n as usize].pass == Pass::Forward {
                 let g = self.group[n as usize] as usize;
@@ -1027,9 +908,7 @@ impl Campaign {
     /// Timers, the failure threshold, barriers, new starts and completion.
     fn advance(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.fire_timers(now, out);
-        if self.failure_threshold_passed()
-            && matches!(self.phase, Phase::Running | Phase::RollingBack)
-        {
+        if self.failure_threshold_passed() && matches!(self.phase, Phase::Running | Phase::RollingBack) {
             self.set_phase(Phase::Halted, None, out);
         }
         self.advance_group(now);
@@ -1047,8 +926,9 @@ impl Campaign {
     }
 
     fn fire_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
-        let busy: Vec<NodeId> = self.busy.iter().copied().collect();
-        for n in busy {
+        // Each due node is looked at once; what it moves to has a later deadline or none.
+        let due: Vec<NodeId> = self.timers.range(..=(now, NodeId::MAX)).map(|t| t.1).collect();
+        for n in due {
             let state = self.nodes[n as usize].state.clone();
             match state {
                 NodeState::Rebooting { deadline, .. } if now >= deadline => {
@@ -1058,10 +938,7 @@ impl Campaign {
                     );
                     self.fail(n, now, why, Back::Out, out);
                 }
-                NodeState::Verifying {
-                    since,
-                    healthy_since,
-                } => {
+                NodeState::Verifying { since, healthy_since } => {
                     if healthy_since.is_some_and(|h| now >= h + self.spec.health_stable) {
                         self.set_state(n, NodeState::Restoring);
                         out.push(Command::Restore {
@@ -1083,19 +960,10 @@ impl Campaign {
                         }
                     }
                 }
-                NodeState::Done {
-                    back:
-                        Back::Checking {
-                            healthy_since: Some(h),
-                        },
-                }
-                | NodeState::Failed {
-                    back:
-                        Back::Checking {
-                            healthy_since: Some(h),
-                        },
-                    ..
-                } if now >= h + self.spec.health_stable => {
+                NodeState::Done { back: Back::Checking { healthy_since: Some(h) } }
+                | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. }
+                    if now >= h + self.spec.health_stable =>
+                {
                     self.set_back(n, Back::Restoring);
                     out.push(Command::Restore {
                         node: self.fleet.node_name(n).to_string(),
@@ -1108,8 +976,7 @@ impl Campaign {
     }
 
     fn barriers(&self) -> bool {
-        self.pass == Pass::Forward
-            && matches!(self.spec.strategy, Strategy::Batch | Strategy::DomainWalk)
+        self.pass == Pass::Forward && matches!(self.spec.strategy, Strategy::Batch | Strategy::DomainWalk)
     }
 
     fn advance_group(&mut self, now: Millis) {
@@ -1128,20 +995,21 @@ impl Campaign {
         }
     }
 
-    /// Whether `n` may start now without breaking a rule; the moves its workloads need.
-    fn may_start(&self, n: NodeId) -> Option<Vec<(u32, NodeId)>> {
+    /// Whether `n` may start now without breaking a rule: the moves its workloads need, or
+    /// what blocks it.
+    fn may_start(&self, n: NodeId) -> Result<Vec<(u32, NodeId)>, Blocked> {
         if self.nodes[n as usize].observed_down {
-            return None;
+            return Err(Blocked::Down);
         }
         // A node already out of service adds nothing to any service's down count.
         let adds = u32::from(!self.is_down(n));
         for &s in &self.fleet.memberships[n as usize] {
             if self.down[s as usize] + adds > self.fleet.services[s as usize].allowance {
-                return None;
+                return Err(Blocked::Service(s));
             }
         }
         if self.fleet.workloads.is_empty() {
-            return Some(Vec::new());
+            return Ok(Vec::new());
         }
         let settled = |d: NodeId| match &self.nodes[d as usize].state {
             NodeState::NotTargeted | NodeState::Skipped { .. } => true,
@@ -1150,7 +1018,7 @@ impl Campaign {
         };
         self.placement
             .find_moves(&self.fleet, n, |d| !self.is_down(d), settled)
-            .ok()
+            .map_err(|_| Blocked::Capacity)
     }
 
     fn start_nodes(&mut self, now: Millis, out: &mut Vec<Command>) {
@@ -1164,7 +1032,7 @@ impl Campaign {
         }
         let mut cursor = 0u32;
         while self.active < self.max_parallel {
-            let Some(&r) = self.pending.range(cursor..).next() else {
+            let Some(&r) = self.candidates.range(cursor..).next() else {
                 break;
             };
             cursor = r + 1;
@@ -1172,11 +1040,20 @@ impl Campaign {
             if self.barriers() && self.group[n as usize] > self.current_group {
                 break;
             }
-            let Some(moves) = self.may_start(n) else {
-                continue;
+            self.candidates.remove(&r);
+            let moves = match self.may_start(n) {
+                Ok(moves) => moves,
+                Err(Blocked::Down) => continue, // back when it is seen up
+                Err(Blocked::Service(s)) => {
+                    self.waiters[s as usize].push(r);
+                    continue;
+                }
+                Err(Blocked::Capacity) => {
+                    self.cap_waiters.push(r);
+                    continue;
+                }
             };
             self.pending.remove(&r);
-            self.busy.insert(n);
             self.set_state(n, NodeState::Draining);
             self.placement.apply(&self.fleet, &moves);
             self.nodes[n as usize].started_at = Some(now);
@@ -1196,6 +1073,13 @@ impl Campaign {
             });
         }
     }
+}
+
+/// Why a pending node cannot start now.
+enum Blocked {
+    Down,
+    Service(u32),
+    Capacity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

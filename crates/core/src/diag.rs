@@ -79,24 +79,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn at(
-        file: &str,
-        src: &str,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at(file: &str, src: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         let (line, col) = match &span {
             Some(r) => line_col(src, r.start),
             None => (0, 0),
         };
-        Diagnostic {
-            file: file.to_string(),
-            line,
-            col,
-            span,
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { file: file.to_string(), line, col, span, message: message.into(), help: None }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -262,10 +250,7 @@ mod json {
                 }
                 _ => {
                     while self.i < self.b.len()
-                        && !matches!(
-                            self.b[self.i],
-                            b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'
-                        )
+                        && !matches!(self.b[self.i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
                     {
                         self.i += 1;
                     }
@@ -276,10 +261,7 @@ mod json {
     }
 
     pub fn locate(src: &str, path: &[Seg]) -> Option<Range<usize>> {
-        let mut w = W {
-            b: src.as_bytes(),
-            i: 0,
-        };
+        let mut w = W { b: src.as_bytes(), i: 0 };
         for seg in path {
             match seg {
                 Seg::Key(k) => {

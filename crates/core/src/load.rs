@@ -6,19 +6,20 @@ use crate::diag::{locate, offset_of, Diagnostic, DocPath, Format};
 use crate::model::*;
 use crate::units::{Amount, Dur, MINUTE, SECOND};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFleet {
+struct RawFleet<'a> {
     name: String,
     #[serde(default)]
     versions: Vec<String>,
     functional_level: Option<String>,
     #[serde(default, rename = "node")]
     nodes: Vec<RawNode>,
-    #[serde(default, rename = "service")]
-    services: Vec<RawService>,
+    #[serde(default, rename = "service", borrow)]
+    services: Vec<RawService<'a>>,
     #[serde(default, rename = "workload")]
     workloads: Vec<RawWorkload>,
 }
@@ -38,9 +39,11 @@ struct RawNode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawService {
+struct RawService<'a> {
     name: String,
-    nodes: Option<Vec<String>>,
+    /// Borrowed from the text where it can be: large fleets list a million members.
+    #[serde(borrow)]
+    nodes: Option<Vec<Cow<'a, str>>>,
     selector: Option<String>,
     max_unavailable: Option<Amount>,
     min_available: Option<Amount>,
@@ -137,21 +140,14 @@ struct Src<'a> {
 
 impl Src<'_> {
     fn err(&self, path: DocPath, msg: impl Into<String>, help: impl Into<String>) -> Diagnostic {
-        Diagnostic::at(
-            self.file,
-            self.text,
-            locate(self.text, self.format, &path),
-            msg,
-        )
-        .with_help(help)
+        Diagnostic::at(self.file, self.text, locate(self.text, self.format, &path), msg).with_help(help)
     }
 
-    fn parse<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, Diagnostic> {
+    fn parse<'t, T: Deserialize<'t>>(&'t self, what: &str) -> Result<T, Diagnostic> {
         match self.format {
             Format::Toml => toml::from_str(self.text).map_err(|e| {
                 let msg = e.message().trim().to_string();
-                Diagnostic::at(self.file, self.text, e.span(), msg.clone())
-                    .with_help(parse_help(&msg, what))
+                Diagnostic::at(self.file, self.text, e.span(), msg.clone()).with_help(parse_help(&msg, what))
             }),
             Format::Json => serde_json::from_str(self.text).map_err(|e| {
                 let full = e.to_string();
@@ -167,8 +163,7 @@ impl Src<'_> {
                     let start = off.saturating_sub(1);
                     Some(start..off)
                 };
-                Diagnostic::at(self.file, self.text, span, msg.clone())
-                    .with_help(parse_help(&msg, what))
+                Diagnostic::at(self.file, self.text, span, msg.clone()).with_help(parse_help(&msg, what))
             }),
         }
     }
@@ -192,23 +187,15 @@ fn parse_help(msg: &str, what: &str) -> String {
 
 /// Parses and validates a fleet file (TOML or JSON by `file`'s extension).
 pub fn load_fleet(file: &str, text: &str) -> Result<Fleet, Diagnostic> {
-    let src = Src {
-        file,
-        text,
-        format: Format::from_path(file),
-    };
+    let src = Src { file, text, format: Format::from_path(file) };
     let raw: RawFleet = src.parse("fleet")?;
     validate_fleet(raw, &src)
 }
 
-fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
+fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
     let root = DocPath::root;
     if raw.name.trim().is_empty() {
-        return Err(src.err(
-            root().key("name"),
-            "the fleet's name is empty",
-            "give the fleet a name",
-        ));
+        return Err(src.err(root().key("name"), "the fleet's name is empty", "give the fleet a name"));
     }
     let mut seen = HashSet::new();
     for (i, v) in raw.versions.iter().enumerate() {
@@ -237,17 +224,16 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
     for (i, n) in raw.nodes.into_iter().enumerate() {
         let p = || root().key("node").idx(i);
         if n.name.trim().is_empty() {
-            return Err(src.err(
-                p().key("name"),
-                "a node's name is empty",
-                "give every node a unique name",
-            ));
+            return Err(src.err(p().key("name"), "a node's name is empty", "give every node a unique name"));
         }
         if let Some(v) = &n.version {
             if !chain(v) {
                 return Err(src.err(
                     p().key("version"),
-                    format!("node {} is at version {v}, which is not in the version chain ({chain_text})", n.name),
+                    format!(
+                        "node {} is at version {v}, which is not in the version chain ({chain_text})",
+                        n.name
+                    ),
                     "add the version to `versions` or fix the node's version",
                 ));
             }
@@ -271,6 +257,8 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
     }
 
     let mut memberships: Vec<Vec<u32>> = vec![Vec::new(); nodes.len()];
+    // Which service last listed each node: finds a member listed twice without hashing.
+    let mut listed_by = vec![u32::MAX; nodes.len()];
     let mut services = Vec::with_capacity(raw.services.len());
     let mut service_names = HashSet::new();
     for (si, s) in raw.services.into_iter().enumerate() {
@@ -299,19 +287,15 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
             }
             (Some(list), None) => {
                 let mut ids = Vec::with_capacity(list.len());
-                let mut dup = HashSet::with_capacity(list.len());
                 for (j, m) in list.iter().enumerate() {
-                    let Some(&id) = by_name.get(m.as_str()) else {
+                    let Some(&id) = by_name.get(m.as_ref()) else {
                         return Err(src.err(
                             p().key("nodes").idx(j),
-                            format!(
-                                "service {} lists {m}, which is not a node of this fleet",
-                                s.name
-                            ),
+                            format!("service {} lists {m}, which is not a node of this fleet", s.name),
                             "add a [[node]] with that name or fix the member's name",
                         ));
                     };
-                    if !dup.insert(id) {
+                    if std::mem::replace(&mut listed_by[id as usize], si as u32) == si as u32 {
                         return Err(src.err(
                             p().key("nodes").idx(j),
                             format!("service {} lists {m} twice", s.name),
@@ -324,15 +308,17 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
             }
             (None, Some(sel)) => {
                 let terms = parse_selector(sel).map_err(|m| {
-                    src.err(p().key("selector"), m, "write a selector as key=value pairs joined by commas, e.g. \"role=web,rack=r1\"")
+                    src.err(
+                        p().key("selector"),
+                        m,
+                        "write a selector as key=value pairs joined by commas, e.g. \"role=web,rack=r1\"",
+                    )
                 })?;
                 let ids: Vec<NodeId> = nodes
                     .iter()
                     .enumerate()
                     .filter(|(_, n)| {
-                        terms
-                            .iter()
-                            .all(|(k, v)| n.labels.get(*k).map(|x| x == v).unwrap_or(false))
+                        terms.iter().all(|(k, v)| n.labels.get(*k).map(|x| x == v).unwrap_or(false))
                     })
                     .map(|(i, _)| i as NodeId)
                     .collect();
@@ -351,10 +337,7 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
             (Some(_), Some(_)) => {
                 return Err(src.err(
                     p().key("min_available"),
-                    format!(
-                        "service {} sets both max_unavailable and min_available",
-                        s.name
-                    ),
+                    format!("service {} sets both max_unavailable and min_available", s.name),
                     "keep one of them",
                 ))
             }
@@ -364,10 +347,7 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
                     if m as usize > n {
                         return Err(src.err(
                             p().key("min_available"),
-                            format!(
-                                "service {} needs {m} members available but has only {n}",
-                                s.name
-                            ),
+                            format!("service {} needs {m} members available but has only {n}", s.name),
                             format!("use at most {n}, or add members"),
                         ));
                     }
@@ -380,13 +360,7 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
         for &m in &members {
             memberships[m as usize].push(si as u32);
         }
-        services.push(Service {
-            name: s.name,
-            members,
-            rule,
-            quorum: s.quorum,
-            allowance,
-        });
+        services.push(Service { name: s.name, members, rule, quorum: s.quorum, allowance });
     }
 
     let mut workloads = Vec::with_capacity(raw.workloads.len());
@@ -403,19 +377,11 @@ fn validate_fleet(raw: RawFleet, src: &Src) -> Result<Fleet, Diagnostic> {
         let Some(&node) = by_name.get(w.node.as_str()) else {
             return Err(src.err(
                 p().key("node"),
-                format!(
-                    "workload {} is on {}, which is not a node of this fleet",
-                    w.name, w.node
-                ),
+                format!("workload {} is on {}, which is not a node of this fleet", w.name, w.node),
                 "fix the node's name or add a [[node]] with it",
             ));
         };
-        workloads.push(Workload {
-            name: w.name,
-            node,
-            demand: w.demand,
-            movable: w.movable,
-        });
+        workloads.push(Workload { name: w.name, node, demand: w.demand, movable: w.movable });
     }
 
     Ok(Fleet {
@@ -447,27 +413,15 @@ fn parse_selector(sel: &str) -> Result<Vec<(&str, &str)>, String> {
 
 /// Parses and validates a campaign file against its fleet.
 pub fn load_campaign(file: &str, text: &str, fleet: &Fleet) -> Result<CampaignSpec, Diagnostic> {
-    let src = Src {
-        file,
-        text,
-        format: Format::from_path(file),
-    };
+    let src = Src { file, text, format: Format::from_path(file) };
     let raw: RawCampaign = src.parse("campaign")?;
     validate_campaign(raw, &src, fleet)
 }
 
-fn validate_campaign(
-    raw: RawCampaign,
-    src: &Src,
-    fleet: &Fleet,
-) -> Result<CampaignSpec, Diagnostic> {
+fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<CampaignSpec, Diagnostic> {
     let root = DocPath::root;
     if raw.name.trim().is_empty() {
-        return Err(src.err(
-            root().key("name"),
-            "the campaign's name is empty",
-            "give the campaign a name",
-        ));
+        return Err(src.err(root().key("name"), "the campaign's name is empty", "give the campaign a name"));
     }
     if raw.action.trim().is_empty() {
         return Err(src.err(
@@ -476,15 +430,11 @@ fn validate_campaign(
             "name the agent action to run, e.g. \"upgrade\"",
         ));
     }
-    check_target(&raw.target_version, fleet)
-        .map_err(|(m, h)| src.err(root().key("target_version"), m, h))?;
+    check_target(&raw.target_version, fleet).map_err(|(m, h)| src.err(root().key("target_version"), m, h))?;
     if raw.max_parallel.of_ceil(1) == 0 {
         return Err(src.err(
             root().key("max_parallel"),
-            format!(
-                "max_parallel {} would never let a node start",
-                raw.max_parallel
-            ),
+            format!("max_parallel {} would never let a node start", raw.max_parallel),
             "use 1 or more, or a percentage above 0%",
         ));
     }
@@ -553,10 +503,7 @@ fn check_target(target: &str, fleet: &Fleet) -> Result<(), (String, String)> {
     let chain = fleet.versions.join(" → ");
     let Some(t) = fleet.version_rank(target) else {
         return Err((
-            format!(
-                "target_version {target} is not in fleet {}'s version chain ({chain})",
-                fleet.name
-            ),
+            format!("target_version {target} is not in fleet {}'s version chain ({chain})", fleet.name),
             "add it to `versions` in the fleet file, or pick a version of the chain".into(),
         ));
     };
@@ -566,10 +513,7 @@ fn check_target(target: &str, fleet: &Fleet) -> Result<(), (String, String)> {
     let l = fleet.version_rank(level).unwrap_or(0);
     if t == l {
         return Err((
-            format!(
-                "fleet {} is already at functional level {target}",
-                fleet.name
-            ),
+            format!("fleet {} is already at functional level {target}", fleet.name),
             "nothing to do; target the next version of the chain".into(),
         ));
     }

@@ -79,12 +79,8 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
-        Strategy::Continuous,
-        Strategy::DomainWalk,
-        Strategy::OneAtATime,
-        Strategy::Batch,
-    ];
+    pub const ALL: [Strategy; 4] =
+        [Strategy::Continuous, Strategy::DomainWalk, Strategy::OneAtATime, Strategy::Batch];
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Continuous => "continuous",
@@ -104,14 +100,9 @@ impl std::fmt::Display for Strategy {
 impl std::str::FromStr for Strategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Strategy::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown strategy `{s}`: use continuous, domain-walk, one-at-a-time or batch"
-                )
-            })
+        Strategy::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown strategy `{s}`: use continuous, domain-walk, one-at-a-time or batch")
+        })
     }
 }
 

@@ -104,36 +104,31 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
     }
 
     let order = priority(fleet, spec, &update, &todo);
-    let mut ff = FirstFit::new(fleet, p);
-    match spec.strategy {
-        Strategy::OneAtATime => {
-            for &n in &order {
+    // Domain-walk plans each update domain on its own (`order` is grouped by domain already);
+    // the other strategies plan all nodes together.
+    let groups: Vec<&[NodeId]> = if spec.strategy == Strategy::DomainWalk {
+        order
+            .chunk_by(|a, b| fleet.nodes[*a as usize].update_domain == fleet.nodes[*b as usize].update_domain)
+            .collect()
+    } else {
+        vec![&order[..]]
+    };
+    let mut capacity = needs_capacity_pass(fleet).then(|| CapacityState::new(fleet, &in_update));
+    let mut waves: Vec<Vec<NodeId>> = Vec::new();
+    for group in groups {
+        let mut ff = FirstFit::new(fleet, p);
+        for &n in group {
+            if spec.strategy == Strategy::OneAtATime {
                 ff.push_alone(n);
-            }
-        }
-        Strategy::Continuous | Strategy::Batch => {
-            for &n in &order {
+            } else {
                 ff.insert(n, 0);
             }
         }
-        Strategy::DomainWalk => {
-            // `order` is grouped by update domain already: start a fresh set of waves per group.
-            let mut group_start = 0u32;
-            let mut last_ud = None;
-            for (i, &n) in order.iter().enumerate() {
-                let ud = fleet.nodes[n as usize].update_domain;
-                if i > 0 && ud != last_ud {
-                    group_start = ff.waves.len() as u32;
-                }
-                last_ud = ud;
-                ff.insert(n, group_start);
-            }
+        if let Some(state) = &mut capacity {
+            capacity_pass(fleet, &mut ff, state)?;
         }
+        waves.extend(ff.waves.into_iter().filter(|w| !w.is_empty()));
     }
-    if needs_capacity_pass(fleet) {
-        capacity_pass(fleet, &mut ff, &in_update)?;
-    }
-    let waves: Vec<Vec<NodeId>> = ff.waves.into_iter().filter(|w| !w.is_empty()).collect();
     let (lower_bound, binding) = lower_bound(fleet, &update, &todo, p);
     Ok(Plan {
         campaign: spec.name.clone(),
@@ -169,18 +164,11 @@ fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize
     let tight = |n: NodeId| -> usize {
         fleet.memberships[n as usize]
             .iter()
-            .map(|&s| {
-                todo[s as usize].div_ceil(fleet.services[s as usize].allowance.max(1) as usize)
-            })
+            .map(|&s| todo[s as usize].div_ceil(fleet.services[s as usize].allowance.max(1) as usize))
             .max()
             .unwrap_or(0)
     };
-    let ud = |n: NodeId| {
-        fleet.nodes[n as usize]
-            .update_domain
-            .map(|u| u as u64)
-            .unwrap_or(u64::MAX)
-    };
+    let ud = |n: NodeId| fleet.nodes[n as usize].update_domain.map(|u| u as u64).unwrap_or(u64::MAX);
     // For domain-walk, a domain goes earlier when it holds a node named in `order`.
     let mut ud_first = std::collections::HashMap::new();
     if spec.strategy == Strategy::DomainWalk {
@@ -192,11 +180,8 @@ fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize
     let mut keyed: Vec<_> = update
         .iter()
         .map(|&n| {
-            let group = if spec.strategy == Strategy::DomainWalk {
-                (ud_first[&ud(n)], ud(n))
-            } else {
-                (0, 0)
-            };
+            let group =
+                if spec.strategy == Strategy::DomainWalk { (ud_first[&ud(n)], ud(n)) } else { (0, 0) };
             (group, pos[n as usize], Reverse(tight(n)), ud(n), n)
         })
         .collect();
@@ -236,10 +221,7 @@ impl<'a> FirstFit<'a> {
     }
 
     fn size(&self, w: u32) -> u32 {
-        self.waves
-            .get(w as usize)
-            .map(|v| v.len() as u32)
-            .unwrap_or(0)
+        self.waves.get(w as usize).map(|v| v.len() as u32).unwrap_or(0)
     }
 
     fn fits(&self, n: NodeId, w: u32) -> bool {
@@ -298,10 +280,7 @@ impl<'a> FirstFit<'a> {
 }
 
 fn needs_capacity_pass(fleet: &Fleet) -> bool {
-    fleet
-        .workloads
-        .iter()
-        .any(|w| w.movable != Movable::None && w.demand > 0)
+    fleet.workloads.iter().any(|w| w.movable != Movable::None && w.demand > 0)
         && fleet.nodes.iter().any(|n| n.capacity.is_some())
 }
 
@@ -318,10 +297,7 @@ impl Placement {
         for w in &fleet.workloads {
             used[w.node as usize] += w.demand;
         }
-        Placement {
-            at: fleet.workloads.iter().map(|w| w.node).collect(),
-            used,
-        }
+        Placement { at: fleet.workloads.iter().map(|w| w.node).collect(), used }
     }
 
     /// Finds homes for the movable workloads on `node`, on nodes for which `up(n)` holds,
@@ -335,9 +311,7 @@ impl Placement {
         settled: impl Fn(NodeId) -> bool,
     ) -> Result<Vec<(u32, NodeId)>, u32> {
         let mut mine: Vec<u32> = (0..fleet.workloads.len() as u32)
-            .filter(|&w| {
-                self.at[w as usize] == node && fleet.workloads[w as usize].movable != Movable::None
-            })
+            .filter(|&w| self.at[w as usize] == node && fleet.workloads[w as usize].movable != Movable::None)
             .collect();
         if mine.is_empty() {
             return Ok(Vec::new());
@@ -353,8 +327,8 @@ impl Placement {
                 if d == node || !up(d) {
                     continue;
                 }
-                let used = self.used[d as usize]
-                    + extra.iter().filter(|e| e.0 == d).map(|e| e.1).sum::<u64>();
+                let used =
+                    self.used[d as usize] + extra.iter().filter(|e| e.0 == d).map(|e| e.1).sum::<u64>();
                 let left = match dn.capacity {
                     None => u64::MAX,
                     Some(c) if c >= used + demand => c - used - demand,
@@ -387,25 +361,42 @@ impl Placement {
     }
 }
 
-fn capacity_pass(fleet: &Fleet, ff: &mut FirstFit, in_update: &[bool]) -> Result<(), Infeasible> {
-    let mut place = Placement::initial(fleet);
-    let mut settled: Vec<bool> = in_update.iter().map(|u| !u).collect();
-    let mut down = vec![false; fleet.nodes.len()];
+/// Where workloads are as the plan's waves go by, and which nodes are settled (updated, or
+/// never to be), so that workloads prefer them and move once.
+struct CapacityState {
+    place: Placement,
+    settled: Vec<bool>,
+    down: Vec<bool>,
+}
+
+impl CapacityState {
+    fn new(fleet: &Fleet, in_update: &[bool]) -> Self {
+        CapacityState {
+            place: Placement::initial(fleet),
+            settled: in_update.iter().map(|u| !u).collect(),
+            down: vec![false; fleet.nodes.len()],
+        }
+    }
+}
+
+/// Walks the waves in order, moving each drained node's workloads; a node whose workloads do
+/// not fit goes to a later wave, and one whose workloads fit nowhere even alone is infeasible.
+fn capacity_pass(fleet: &Fleet, ff: &mut FirstFit, st: &mut CapacityState) -> Result<(), Infeasible> {
     let mut k = 0usize;
     while k < ff.waves.len() {
         let wave = ff.waves[k].clone();
         for &n in &wave {
-            down[n as usize] = true;
+            st.down[n as usize] = true;
         }
         for &n in &wave {
-            match place.find_moves(fleet, n, |d| !down[d as usize], |d| settled[d as usize]) {
-                Ok(moves) => place.apply(fleet, &moves),
+            let (down, settled) = (&st.down, &st.settled);
+            match st.place.find_moves(fleet, n, |d| !down[d as usize], |d| settled[d as usize]) {
+                Ok(moves) => st.place.apply(fleet, &moves),
                 Err(_) => {
-                    down[n as usize] = false;
+                    st.down[n as usize] = false;
                     // Would it fit with only this node down? If not, it never will.
-                    if let Err(w) = place.find_moves(fleet, n, |d| d != n, |d| settled[d as usize])
-                    {
-                        return Err(no_room(fleet, &place, w));
+                    if let Err(w) = st.place.find_moves(fleet, n, |d| d != n, |d| settled[d as usize]) {
+                        return Err(no_room(fleet, &st.place, w));
                     }
                     ff.remove(n, k as u32);
                     ff.insert(n, k as u32 + 1);
@@ -413,8 +404,8 @@ fn capacity_pass(fleet: &Fleet, ff: &mut FirstFit, in_update: &[bool]) -> Result
             }
         }
         for &n in &ff.waves[k] {
-            down[n as usize] = false;
-            settled[n as usize] = true;
+            st.down[n as usize] = false;
+            st.settled[n as usize] = true;
         }
         k += 1;
     }
@@ -429,11 +420,7 @@ fn no_room(fleet: &Fleet, place: &Placement, w: u32) -> Infeasible {
         .iter()
         .enumerate()
         .filter(|(i, _)| *i as NodeId != home)
-        .map(|(i, n)| {
-            n.capacity
-                .map(|c| c.saturating_sub(place.used[i]))
-                .unwrap_or(u64::MAX)
-        })
+        .map(|(i, n)| n.capacity.map(|c| c.saturating_sub(place.used[i])).unwrap_or(u64::MAX))
         .max()
         .unwrap_or(0);
     Infeasible {
@@ -455,10 +442,7 @@ fn lower_bound(fleet: &Fleet, update: &[NodeId], todo: &[usize], p: usize) -> (u
     if u == 0 {
         return (0, "nothing to update".into());
     }
-    let mut best = (
-        u.div_ceil(p),
-        format!("max_parallel {p}: {u} nodes to update, {p} at a time"),
-    );
+    let mut best = (u.div_ceil(p), format!("max_parallel {p}: {u} nodes to update, {p} at a time"));
     // Services, strictly larger than max_parallel's bound, or equal (a service is the more
     // useful thing to name when both bind).
     let mut svc_best: Option<(usize, usize)> = None;
@@ -476,12 +460,7 @@ fn lower_bound(fleet: &Fleet, update: &[NodeId], todo: &[usize], p: usize) -> (u
             let svc = &fleet.services[s];
             best = (
                 b,
-                format!(
-                    "service {}: {} members, {} may be down",
-                    svc.name,
-                    svc.members.len(),
-                    svc.allowance
-                ),
+                format!("service {}: {} members, {} may be down", svc.name, svc.members.len(), svc.allowance),
             );
         }
     }
@@ -501,17 +480,9 @@ pub fn capacity_limit(fleet: &Fleet, update: &[NodeId]) -> Option<(usize, u64, u
         return None;
     }
     let total: u64 = fleet.nodes.iter().filter_map(|n| n.capacity).sum();
-    let demand: u64 = fleet
-        .workloads
-        .iter()
-        .filter(|w| w.movable != Movable::None)
-        .map(|w| w.demand)
-        .sum();
+    let demand: u64 = fleet.workloads.iter().filter(|w| w.movable != Movable::None).map(|w| w.demand).sum();
     let room = total.checked_sub(demand)?;
-    let mut caps: Vec<u64> = update
-        .iter()
-        .map(|&n| fleet.nodes[n as usize].capacity.unwrap_or(0))
-        .collect();
+    let mut caps: Vec<u64> = update.iter().map(|&n| fleet.nodes[n as usize].capacity.unwrap_or(0)).collect();
     caps.sort_unstable();
     let mut k = 0usize;
     let mut acc = 0u64;

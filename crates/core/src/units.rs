@@ -43,9 +43,7 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
         if start == i {
             return Err(format!("`{t}` is not a duration"));
         }
-        let n: u128 = t[start..i]
-            .parse()
-            .map_err(|_| format!("`{t}` is too large"))?;
+        let n: u128 = t[start..i].parse().map_err(|_| format!("`{t}` is too large"))?;
         let ustart = i;
         while i < b.len() && b[i].is_ascii_alphabetic() {
             i += 1;
@@ -60,9 +58,7 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
             u => return Err(format!("`{u}` in `{t}` is not a unit")),
         };
         if last_rank.is_some_and(|l| rank <= l) {
-            return Err(format!(
-                "units in `{t}` must go from largest to smallest, once each"
-            ));
+            return Err(format!("units in `{t}` must go from largest to smallest, once each"));
         }
         last_rank = Some(rank);
         total += n * mult as u128;
@@ -122,9 +118,7 @@ impl<'de> Deserialize<'de> for Dur {
                 if v == 0 {
                     Ok(Dur(0))
                 } else {
-                    Err(E::custom(format!(
-                        "duration {v} has no unit: write it as a string such as \"{v}s\""
-                    )))
+                    Err(E::custom(format!("duration {v} has no unit: write it as a string such as \"{v}s\"")))
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
@@ -182,14 +176,10 @@ impl Serialize for Amount {
 pub fn parse_percent(v: &str) -> Result<Amount, String> {
     let t = v.trim();
     let Some(num) = t.strip_suffix('%') else {
-        return Err(format!(
-            "`{t}` is neither a whole number nor a percentage: write 2 or \"25%\""
-        ));
+        return Err(format!("`{t}` is neither a whole number nor a percentage: write 2 or \"25%\""));
     };
-    let p: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{t}` is not a percentage: write it like \"25%\""))?;
+    let p: f64 =
+        num.trim().parse().map_err(|_| format!("`{t}` is not a percentage: write it like \"25%\""))?;
     if !(0.0..=100.0).contains(&p) || !p.is_finite() {
         return Err(format!("percentage {t} is outside 0%..100%"));
     }

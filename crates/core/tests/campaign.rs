@@ -53,13 +53,7 @@ fn drains(cmds: &[Command]) -> Vec<String> {
 }
 
 fn ok(node: &str, step: &str) -> Event {
-    Event::StepOk {
-        node: node.into(),
-        step: step.into(),
-        reboot: false,
-        boot_id: None,
-        version: None,
-    }
+    Event::StepOk { node: node.into(), step: step.into(), reboot: false, boot_id: None, version: None }
 }
 
 /// Drives node `n` from Draining through a reboot and verification to Done, starting at `t`.
@@ -76,31 +70,14 @@ fn walk(c: &mut Campaign, n: &str, t: u64) -> Vec<Command> {
         },
     )
     .unwrap();
-    c.handle(
-        t + 2 * S,
-        Event::Booted {
-            node: n.into(),
-            boot_id: "b1".into(),
-        },
-    )
-    .unwrap();
-    c.handle(
-        t + 3 * S,
-        Event::Health {
-            node: n.into(),
-            healthy: true,
-        },
-    )
-    .unwrap();
+    c.handle(t + 2 * S, Event::Booted { node: n.into(), boot_id: "b1".into() }).unwrap();
+    c.handle(t + 3 * S, Event::Health { node: n.into(), healthy: true }).unwrap();
     // Healthy from health_wait (10s after verification began) for health_stable (1m).
     let due = c.next_deadline().unwrap();
     assert_eq!(due, t + 2 * S + 10 * S + M);
     let cmds = c.handle(due, Event::Tick).unwrap();
-    assert!(cmds
-        .iter()
-        .any(|x| matches!(x, Command::Restore { node, .. } if node == n)));
-    c.handle(due + S, ok(n, &format!("c1/{n}/0/restore")))
-        .unwrap()
+    assert!(cmds.iter().any(|x| matches!(x, Command::Restore { node, .. } if node == n)));
+    c.handle(due + S, ok(n, &format!("c1/{n}/0/restore"))).unwrap()
 }
 
 #[test]
@@ -116,36 +93,19 @@ fn a_campaign_walks_one_node_at_a_time_and_completes() {
     walk(&mut c, "b", 100 * S);
     let cmds = walk(&mut c, "c", 200 * S);
     assert_eq!(c.phase, Phase::Completed);
-    assert!(cmds.iter().any(|x| matches!(
-        x,
-        Command::Notify {
-            notice: Notice::Phase {
-                to: Phase::Completed,
-                ..
-            }
-        }
-    )));
+    assert!(cmds
+        .iter()
+        .any(|x| matches!(x, Command::Notify { notice: Notice::Phase { to: Phase::Completed, .. } })));
     // Commit raises the level; afterwards rollback is refused.
     c.handle(300 * S, Event::Commit { by: by() }).unwrap();
     assert_eq!(c.level.as_deref(), Some("2"));
     assert_eq!(
         c.handle(301 * S, Event::Rollback { by: by() }),
-        Err(CampaignError::NotAllowed {
-            action: "roll back",
-            phase: Phase::Committed
-        })
+        Err(CampaignError::NotAllowed { action: "roll back", phase: Phase::Committed })
     );
     // A node that comes back at an older version after commit is fenced.
-    let cmds = c
-        .handle(
-            302 * S,
-            Event::Observed {
-                node: "b".into(),
-                up: true,
-                version: Some("1".into()),
-            },
-        )
-        .unwrap();
+    let cmds =
+        c.handle(302 * S, Event::Observed { node: "b".into(), up: true, version: Some("1".into()) }).unwrap();
     assert!(matches!(&cmds[0], Command::Fence { node, .. } if node == "b"));
 }
 
@@ -159,10 +119,7 @@ fn step_ids_are_deterministic_and_stale_reports_are_refused() {
     let e = c.handle(S, ok("a", "c1/a/0/update")).unwrap_err();
     assert!(matches!(e, CampaignError::StaleStep { .. }));
     assert_eq!(c, before);
-    assert_eq!(
-        c.handle(S, ok("zz", "x")),
-        Err(CampaignError::UnknownNode("zz".into()))
-    );
+    assert_eq!(c.handle(S, ok("zz", "x")), Err(CampaignError::UnknownNode("zz".into())));
 }
 
 #[test]
@@ -171,11 +128,8 @@ fn failed_update_is_retried_then_fails_and_the_node_returns_if_healthy() {
     c.handle(0, Event::Start { by: by() }).unwrap();
     let cmds = c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
     assert!(matches!(&cmds[0], Command::Update { step, .. } if step == "c1/a/0/update"));
-    let fail = |step: &str| Event::StepFailed {
-        node: "a".into(),
-        step: step.into(),
-        reason: "dpkg error".into(),
-    };
+    let fail =
+        |step: &str| Event::StepFailed { node: "a".into(), step: step.into(), reason: "dpkg error".into() };
     let cmds = c.handle(2 * S, fail("c1/a/0/update")).unwrap();
     assert!(matches!(&cmds[0], Command::Update { step, .. } if step == "c1/a/1/update"));
     let cmds = c.handle(3 * S, fail("c1/a/1/update")).unwrap();
@@ -186,14 +140,7 @@ fn failed_update_is_retried_then_fails_and_the_node_returns_if_healthy() {
     assert_eq!(c.phase, Phase::Halted);
     assert!(drains(&cmds).is_empty());
     // Still healthy on its old version: after health_stable it is restored.
-    c.handle(
-        4 * S,
-        Event::Health {
-            node: "a".into(),
-            healthy: true,
-        },
-    )
-    .unwrap();
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
     let cmds = c.handle(4 * S + M, Event::Tick).unwrap();
     assert!(matches!(&cmds[0], Command::Restore { step, .. } if step == "c1/a/0/restore"));
     c.handle(5 * S + M, ok("a", "c1/a/0/restore")).unwrap();
@@ -222,24 +169,11 @@ fn a_node_that_never_reboots_fails_after_reboot_timeout_and_stays_out() {
         .unwrap();
     assert!(matches!(&cmds[0], Command::WatchBoot { deadline, .. } if *deadline == 2 * S + 10 * M));
     // The same boot id again is not a reboot.
-    c.handle(
-        3 * S,
-        Event::Booted {
-            node: "a".into(),
-            boot_id: "b0".into(),
-        },
-    )
-    .unwrap();
+    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b0".into() }).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Rebooting { .. }));
     assert_eq!(c.next_deadline(), Some(2 * S + 10 * M));
     let cmds = c.handle(2 * S + 10 * M, Event::Tick).unwrap();
-    assert!(matches!(
-        &c.nodes[0].state,
-        NodeState::Failed {
-            back: Back::Out,
-            ..
-        }
-    ));
+    assert!(matches!(&c.nodes[0].state, NodeState::Failed { back: Back::Out, .. }));
     // One failure is within max_failed_nodes = 1, but a is still down, so web has no room.
     assert_eq!(c.phase, Phase::Running);
     assert!(drains(&cmds).is_empty());
@@ -249,48 +183,23 @@ fn a_node_that_never_reboots_fails_after_reboot_timeout_and_stays_out() {
 #[test]
 fn ready_timeout_halts_or_proceeds() {
     for (policy, expect_failed) in [("halt", true), ("proceed", false)] {
-        let mut c = campaign(&format!(
-            "on_ready_timeout = \"{policy}\"\nmax_failed_nodes = 3"
-        ));
+        let mut c = campaign(&format!("on_ready_timeout = \"{policy}\"\nmax_failed_nodes = 3"));
         c.handle(0, Event::Start { by: by() }).unwrap();
         c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
         c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
         // Unhealthy: verification times out after ready_timeout (5m).
-        c.handle(
-            3 * S,
-            Event::Health {
-                node: "a".into(),
-                healthy: false,
-            },
-        )
-        .unwrap();
+        c.handle(3 * S, Event::Health { node: "a".into(), healthy: false }).unwrap();
         assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
         c.handle(2 * S + 5 * M, Event::Tick).unwrap();
         let st = &c.nodes[0].state;
-        assert_eq!(
-            matches!(st, NodeState::Failed { .. }),
-            expect_failed,
-            "{policy}: {st:?}"
-        );
+        assert_eq!(matches!(st, NodeState::Failed { .. }), expect_failed, "{policy}: {st:?}");
         // Either way a stays out of service and counts against web.
         assert!(st.is_out());
         assert_eq!(c.down(0), 1);
         if !expect_failed {
             // proceed: counted unavailable; once healthy and stable it is restored.
-            assert!(matches!(
-                st,
-                NodeState::Done {
-                    back: Back::Checking { .. }
-                }
-            ));
-            c.handle(
-                6 * M,
-                Event::Health {
-                    node: "a".into(),
-                    healthy: true,
-                },
-            )
-            .unwrap();
+            assert!(matches!(st, NodeState::Done { back: Back::Checking { .. } }));
+            c.handle(6 * M, Event::Health { node: "a".into(), healthy: true }).unwrap();
             let cmds = c.handle(7 * M, Event::Tick).unwrap();
             assert!(matches!(&cmds[0], Command::Restore { .. }));
             let cmds = c.handle(7 * M + S, ok("a", "c1/a/0/restore")).unwrap();
@@ -305,32 +214,11 @@ fn health_must_hold_for_health_stable() {
     c.handle(0, Event::Start { by: by() }).unwrap();
     c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
     c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
-    c.handle(
-        20 * S,
-        Event::Health {
-            node: "a".into(),
-            healthy: true,
-        },
-    )
-    .unwrap();
+    c.handle(20 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
     assert_eq!(c.next_deadline(), Some(20 * S + M));
     // A flap resets the clock.
-    c.handle(
-        30 * S,
-        Event::Health {
-            node: "a".into(),
-            healthy: false,
-        },
-    )
-    .unwrap();
-    c.handle(
-        40 * S,
-        Event::Health {
-            node: "a".into(),
-            healthy: true,
-        },
-    )
-    .unwrap();
+    c.handle(30 * S, Event::Health { node: "a".into(), healthy: false }).unwrap();
+    c.handle(40 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
     let cmds = c.handle(20 * S + M, Event::Tick).unwrap();
     assert!(cmds.is_empty());
     assert_eq!(c.next_deadline(), Some(40 * S + M));
@@ -339,10 +227,7 @@ fn health_must_hold_for_health_stable() {
 #[test]
 fn pause_resume_abort_and_illegal_transitions() {
     let mut c = campaign("");
-    assert!(matches!(
-        c.handle(0, Event::Pause { by: by() }),
-        Err(CampaignError::NotAllowed { .. })
-    ));
+    assert!(matches!(c.handle(0, Event::Pause { by: by() }), Err(CampaignError::NotAllowed { .. })));
     c.handle(0, Event::Start { by: by() }).unwrap();
     c.handle(S, Event::Pause { by: by() }).unwrap();
     // In-flight a finishes while paused; nothing new starts.
@@ -353,20 +238,12 @@ fn pause_resume_abort_and_illegal_transitions() {
     assert_eq!(drains(&cmds), vec!["b"]);
     c.handle(201 * S, Event::Abort { by: by() }).unwrap();
     assert_eq!(c.phase, Phase::Aborted);
-    assert!(
-        matches!(&c.nodes[2].state, NodeState::Skipped { reason } if reason.contains("aborted by op"))
-    );
+    assert!(matches!(&c.nodes[2].state, NodeState::Skipped { reason } if reason.contains("aborted by op")));
     // b, in flight, is finished and restored.
     walk(&mut c, "b", 202 * S);
     assert_eq!(c.nodes[1].state, NodeState::Done { back: Back::In });
-    assert!(matches!(
-        c.handle(400 * S, Event::Resume { by: by() }),
-        Err(CampaignError::NotAllowed { .. })
-    ));
-    assert!(matches!(
-        c.handle(400 * S, Event::Commit { by: by() }),
-        Err(CampaignError::NotAllowed { .. })
-    ));
+    assert!(matches!(c.handle(400 * S, Event::Resume { by: by() }), Err(CampaignError::NotAllowed { .. })));
+    assert!(matches!(c.handle(400 * S, Event::Commit { by: by() }), Err(CampaignError::NotAllowed { .. })));
 }
 
 #[test]
@@ -375,46 +252,12 @@ fn windows_gates_and_outside_losses_close_the_door() {
     c.handle(0, Event::Window { open: false }).unwrap();
     let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
     assert!(drains(&cmds).is_empty());
-    c.handle(
-        S,
-        Event::Gate {
-            name: "alert".into(),
-            open: false,
-        },
-    )
-    .unwrap();
+    c.handle(S, Event::Gate { name: "alert".into(), open: false }).unwrap();
     assert!(drains(&c.handle(2 * S, Event::Window { open: true }).unwrap()).is_empty());
     // A node lost outside the campaign uses web's whole allowance.
-    c.handle(
-        3 * S,
-        Event::Observed {
-            node: "c".into(),
-            up: false,
-            version: None,
-        },
-    )
-    .unwrap();
-    assert!(drains(
-        &c.handle(
-            4 * S,
-            Event::Gate {
-                name: "alert".into(),
-                open: true
-            }
-        )
-        .unwrap()
-    )
-    .is_empty());
-    let cmds = c
-        .handle(
-            5 * S,
-            Event::Observed {
-                node: "c".into(),
-                up: true,
-                version: None,
-            },
-        )
-        .unwrap();
+    c.handle(3 * S, Event::Observed { node: "c".into(), up: false, version: None }).unwrap();
+    assert!(drains(&c.handle(4 * S, Event::Gate { name: "alert".into(), open: true }).unwrap()).is_empty());
+    let cmds = c.handle(5 * S, Event::Observed { node: "c".into(), up: true, version: None }).unwrap();
     assert_eq!(drains(&cmds), vec!["a"]);
 }
 
@@ -445,10 +288,8 @@ fn rollback_takes_updated_nodes_back_with_the_same_safety() {
     assert!(matches!(c.nodes[2].state, NodeState::Skipped { .. }));
     assert_eq!(drains(&cmds), vec!["a"]);
     let cmds = c.handle(201 * S, ok("a", "c1/a/rb0/drain")).unwrap();
-    assert!(
-        matches!(&cmds[0], Command::Update { action, version, step, .. }
-        if action == "rollback" && version == "1" && step == "c1/a/rb0/update")
-    );
+    assert!(matches!(&cmds[0], Command::Update { action, version, step, .. }
+        if action == "rollback" && version == "1" && step == "c1/a/rb0/update"));
 }
 
 #[test]
@@ -463,14 +304,7 @@ fn replay_gives_the_same_state() {
     feed(&mut c, S, ok("a", "c1/a/0/drain"));
     feed(&mut c, 2 * S, Event::Pause { by: by() });
     feed(&mut c, 3 * S, ok("a", "c1/a/0/update"));
-    feed(
-        &mut c,
-        4 * S,
-        Event::Health {
-            node: "a".into(),
-            healthy: true,
-        },
-    );
+    feed(&mut c, 4 * S, Event::Health { node: "a".into(), healthy: true });
     let fleet = c.fleet.clone();
     let r = Campaign::replay(fleet, c.spec.clone(), &journal).unwrap();
     assert_eq!(r, c);

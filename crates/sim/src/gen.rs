@@ -16,13 +16,7 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions {
-            nodes: 1000,
-            memberships: 10,
-            service_size: 100,
-            update_domains: 10,
-            fault_domains: 3,
-        }
+        GenOptions { nodes: 1000, memberships: 10, service_size: 100, update_domains: 10, fault_domains: 3 }
     }
 }
 
@@ -32,7 +26,9 @@ impl Default for GenOptions {
 pub fn fleet_json(o: &GenOptions) -> String {
     let n = o.nodes.max(1);
     let mut s = String::with_capacity(n * (40 + 10 * o.memberships) + 1024);
-    s.push_str("{\"name\":\"generated\",\"versions\":[\"1.0\",\"1.1\"],\"functional_level\":\"1.0\",\"node\":[");
+    s.push_str(
+        "{\"name\":\"generated\",\"versions\":[\"1.0\",\"1.1\"],\"functional_level\":\"1.0\",\"node\":[",
+    );
     for i in 0..n {
         if i > 0 {
             s.push(',');
@@ -78,10 +74,7 @@ pub fn fleet_json(o: &GenOptions) -> String {
                 s.push(',');
             }
             first = false;
-            let _ = write!(
-                s,
-                "{{\"name\":\"s{layer}-{g}\",\"max_unavailable\":\"10%\",\"nodes\":["
-            );
+            let _ = write!(s, "{{\"name\":\"s{layer}-{g}\",\"max_unavailable\":\"10%\",\"nodes\":[");
             for (j, m) in members.iter().enumerate() {
                 if j > 0 {
                     s.push(',');

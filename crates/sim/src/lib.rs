@@ -196,25 +196,19 @@ impl Observer {
                 self.violations = v;
                 let n = fleet.node_id(node).expect("core names fleet nodes");
                 if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
-                    self.violations.push(format!(
-                        "at {now}ms: {node} started while the campaign is {:?}",
-                        self.phase
-                    ));
+                    self.violations
+                        .push(format!("at {now}ms: {node} started while the campaign is {:?}", self.phase));
                 }
                 if !self.window_open || !self.closed_gates.is_empty() {
-                    self.violations.push(format!(
-                        "at {now}ms: {node} started while a window or gate is closed"
-                    ));
+                    self.violations
+                        .push(format!("at {now}ms: {node} started while a window or gate is closed"));
                 }
                 if self.failed > self.max_failed + self.accepted {
-                    self.violations.push(format!(
-                        "at {now}ms: {node} started after {} failures",
-                        self.failed
-                    ));
+                    self.violations
+                        .push(format!("at {now}ms: {node} started after {} failures", self.failed));
                 }
                 if self.lost[n as usize] {
-                    self.violations
-                        .push(format!("at {now}ms: {node} started while it is down"));
+                    self.violations.push(format!("at {now}ms: {node} started while it is down"));
                 }
                 self.active.insert(node.clone());
                 if self.active.len() as u32 > self.max_parallel {
@@ -269,8 +263,7 @@ impl Observer {
                     let k = self.finished.entry(run).or_default();
                     *k += 1;
                     if *k > 1 {
-                        self.violations
-                            .push(format!("at {now}ms: {node} finished twice in one pass"));
+                        self.violations.push(format!("at {now}ms: {node} finished twice in one pass"));
                     }
                 }
             },
@@ -424,12 +417,7 @@ impl Sim {
                     },
                 );
             }
-            Command::Update {
-                node,
-                step,
-                version,
-                ..
-            } => {
+            Command::Update { node, step, version, .. } => {
                 self.steps_sent += 1;
                 let n = id(node);
                 let attempt = {
@@ -462,13 +450,7 @@ impl Sim {
                     let b = self.boots.entry(n).or_default();
                     *b += 1;
                     let boot_id = format!("{node}-boot{b}");
-                    self.push(
-                        now,
-                        Event::Booted {
-                            node: node.clone(),
-                            boot_id,
-                        },
-                    );
+                    self.push(now, Event::Booted { node: node.clone(), boot_id });
                 }
             }
             Command::WatchHealth { node } => {
@@ -480,13 +462,7 @@ impl Sim {
                 );
                 let sick = updated && self.chance(n, 0, SALT_UNHEALTHY, self.opts.unhealthy_rate);
                 if !sick {
-                    self.push(
-                        now,
-                        Event::Health {
-                            node: node.clone(),
-                            healthy: true,
-                        },
-                    );
+                    self.push(now, Event::Health { node: node.clone(), healthy: true });
                 }
             }
             Command::Restore { node, step } => {
@@ -502,9 +478,7 @@ impl Sim {
                     },
                 );
             }
-            Command::Notify {
-                notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. },
-            } => {
+            Command::Notify { notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. } } => {
                 self.last_finish = now;
             }
             Command::Fence { .. } | Command::Notify { .. } => {}
@@ -535,12 +509,8 @@ impl Sim {
             let w: Millis = svc.members.iter().filter_map(|m| work.get(m)).sum();
             lb = lb.max(w.div_ceil(svc.allowance as Millis));
         }
-        let peak_down = f
-            .services
-            .iter()
-            .zip(&self.observer.peak)
-            .map(|(s, p)| (s.name.clone(), *p))
-            .collect();
+        let peak_down =
+            f.services.iter().zip(&self.observer.peak).map(|(s, p)| (s.name.clone(), *p)).collect();
         SimReport {
             strategy: c.spec.strategy,
             makespan: self.last_finish,

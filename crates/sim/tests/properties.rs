@@ -25,12 +25,15 @@ struct Svc {
     rule: RuleKind,
 }
 
+/// Per-node capacities, and workloads as (node, demand, movable kind).
+type Capacity = (Vec<u64>, Vec<(usize, u64, u8)>);
+
 #[derive(Debug, Clone)]
 struct FleetCase {
     uds: Vec<u32>,
     at_target: Vec<bool>,
     services: Vec<Svc>,
-    capacity: Option<(Vec<u64>, Vec<(usize, u64, u8)>)>,
+    capacity: Option<Capacity>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,25 +77,16 @@ fn fleet_case() -> impl Strategy<Value = FleetCase> {
         (
             prop::collection::vec(0u32..4, n),
             prop::collection::vec(prop::bool::weighted(0.15), n),
-            prop::collection::vec(
-                (prop::collection::vec(prop::bool::weighted(0.5), n), rule()),
-                0..4,
-            ),
+            prop::collection::vec((prop::collection::vec(prop::bool::weighted(0.5), n), rule()), 0..4),
             prop::option::weighted(
                 0.3,
-                (
-                    prop::collection::vec(20u64..64, n),
-                    prop::collection::vec((0..n, 1u64..20, 0u8..3), 0..8),
-                ),
+                (prop::collection::vec(20u64..64, n), prop::collection::vec((0..n, 1u64..20, 0u8..3), 0..8)),
             ),
         )
             .prop_map(|(uds, at_target, services, capacity)| FleetCase {
                 uds,
                 at_target,
-                services: services
-                    .into_iter()
-                    .map(|(members, rule)| Svc { members, rule })
-                    .collect(),
+                services: services.into_iter().map(|(members, rule)| Svc { members, rule }).collect(),
                 capacity,
             })
     })
@@ -101,10 +95,7 @@ fn fleet_case() -> impl Strategy<Value = FleetCase> {
 fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
     (
         prop::sample::select(Kind::ALL.to_vec()),
-        prop_oneof![
-            (1u32..5).prop_map(|k| k.to_string()),
-            (10u32..60).prop_map(|p| format!("\"{p}%\""))
-        ],
+        prop_oneof![(1u32..5).prop_map(|k| k.to_string()), (10u32..60).prop_map(|p| format!("\"{p}%\""))],
         0u32..3,
         0u32..3,
         any::<bool>(),
@@ -146,24 +137,16 @@ fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
 }
 
 fn sim_opts() -> impl Strategy<Value = SimOptions> {
-    (
-        any::<u64>(),
-        1u64..15,
-        0u64..20,
-        0.0f64..0.4,
-        0.0f64..0.15,
-        0.0f64..0.15,
+    (any::<u64>(), 1u64..15, 0u64..20, 0.0f64..0.4, 0.0f64..0.15, 0.0f64..0.15).prop_map(
+        |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate)| SimOptions {
+            seed,
+            duration: (lo * MIN, (lo + span) * MIN),
+            fail_rate,
+            stuck_reboot_rate,
+            unhealthy_rate,
+            max_events: 200_000,
+        },
     )
-        .prop_map(
-            |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate)| SimOptions {
-                seed,
-                duration: (lo * MIN, (lo + span) * MIN),
-                fail_rate,
-                stuck_reboot_rate,
-                unhealthy_rate,
-                max_events: 200_000,
-            },
-        )
 }
 
 fn name(i: usize) -> String {
@@ -171,15 +154,10 @@ fn name(i: usize) -> String {
 }
 
 fn fleet_toml(f: &FleetCase) -> String {
-    let mut s =
-        String::from("name = \"prop\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n");
+    let mut s = String::from("name = \"prop\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n");
     for (i, ud) in f.uds.iter().enumerate() {
         let v = if f.at_target[i] { "2" } else { "1" };
-        let _ = write!(
-            s,
-            "[[node]]\nname = \"{}\"\nupdate_domain = {ud}\nversion = \"{v}\"\n",
-            name(i)
-        );
+        let _ = write!(s, "[[node]]\nname = \"{}\"\nupdate_domain = {ud}\nversion = \"{v}\"\n", name(i));
         if let Some((caps, _)) = &f.capacity {
             let _ = writeln!(s, "capacity = {}", caps[i]);
         }
@@ -201,11 +179,7 @@ fn fleet_toml(f: &FleetCase) -> String {
             RuleKind::MinPct(p) => format!("min_available = \"{p}%\""),
             RuleKind::Quorum => "quorum = true\nmax_unavailable = 9".to_string(),
         };
-        let _ = write!(
-            s,
-            "[[service]]\nname = \"s{k}\"\nnodes = [{}]\n{rule}\n",
-            members.join(", ")
-        );
+        let _ = write!(s, "[[service]]\nname = \"s{k}\"\nnodes = [{}]\n{rule}\n", members.join(", "));
     }
     if let Some((_, wls)) = &f.capacity {
         for (k, (node, demand, mv)) in wls.iter().enumerate() {
@@ -232,13 +206,8 @@ fn campaign_toml(c: &CampaignCase) -> String {
         if c.proceed { "proceed" } else { "halt" },
         if c.pause_between { "3m" } else { "0s" }
     );
-    let only: Option<Vec<usize>> = c.only.as_ref().map(|m| {
-        m.iter()
-            .enumerate()
-            .filter(|(_, x)| **x)
-            .map(|(i, _)| i)
-            .collect()
-    });
+    let only: Option<Vec<usize>> =
+        c.only.as_ref().map(|m| m.iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i).collect());
     if let Some(only) = &only {
         let list: Vec<String> = only.iter().map(|&i| format!("\"{}\"", name(i))).collect();
         let _ = writeln!(s, "nodes = [{}]", list.join(", "));
@@ -259,26 +228,12 @@ fn event(i: &Inj, n: usize) -> Event {
     match i {
         Inj::Pause => Event::Pause { by: by() },
         Inj::Resume => Event::Resume { by: by() },
-        Inj::Down(k) => Event::Observed {
-            node: name(k % n),
-            up: false,
-            version: None,
-        },
-        Inj::Up(k) => Event::Observed {
-            node: name(k % n),
-            up: true,
-            version: None,
-        },
+        Inj::Down(k) => Event::Observed { node: name(k % n), up: false, version: None },
+        Inj::Up(k) => Event::Observed { node: name(k % n), up: true, version: None },
         Inj::WindowClose => Event::Window { open: false },
         Inj::WindowOpen => Event::Window { open: true },
-        Inj::GateClose => Event::Gate {
-            name: "alert".into(),
-            open: false,
-        },
-        Inj::GateOpen => Event::Gate {
-            name: "alert".into(),
-            open: true,
-        },
+        Inj::GateClose => Event::Gate { name: "alert".into(), open: false },
+        Inj::GateOpen => Event::Gate { name: "alert".into(), open: true },
         Inj::Abort => Event::Abort { by: by() },
         Inj::Rollback => Event::Rollback { by: by() },
         Inj::Commit => Event::Commit { by: by() },
@@ -286,15 +241,8 @@ fn event(i: &Inj, n: usize) -> Event {
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
-        .max(1000);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000).max(1000);
+    ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
 proptest! {
