@@ -1,6 +1,7 @@
 //! The `baton` command: argument parsing and output. The work happens in baton-core and
 //! baton-sim; this file reads files, prints, and maps outcomes to exit codes.
 
+mod demo;
 mod output;
 
 use baton_core::{load_campaign, load_fleet, CampaignSpec, Diagnostic, Fleet, Strategy};
@@ -54,6 +55,12 @@ enum Cmd {
         fail_rate: f64,
         #[arg(long, value_enum, default_value = "text")]
         format: OutFormat,
+    },
+    /// Roll 1.0 → 1.1 across a small fleet and show how it goes (simulated: real agents come
+    /// with the orchestrator).
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
     },
     /// Write a synthetic fleet as JSON to standard output (for trying baton at scale).
     GenFleet {
@@ -178,6 +185,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Demo { nodes } => demo::run(nodes).map_err(Failure::Internal),
         Cmd::GenFleet { nodes, memberships, service_size } => {
             let o = baton_sim::gen::GenOptions { nodes, memberships, service_size, ..Default::default() };
             println!("{}", baton_sim::gen::fleet_json(&o));

@@ -41,14 +41,39 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawService<'a> {
     name: String,
-    /// Borrowed from the text where it can be: large fleets list a million members.
     #[serde(borrow)]
-    nodes: Option<Vec<Cow<'a, str>>>,
+    nodes: Option<Vec<Name<'a>>>,
     selector: Option<String>,
     max_unavailable: Option<Amount>,
     min_available: Option<Amount>,
     #[serde(default)]
     quorum: bool,
+}
+
+/// A node name in a member list, borrowed from the text when the format allows: large fleets
+/// list a million members, and a `Cow` inside a `Vec` would always be copied.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -288,17 +313,17 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
             (Some(list), None) => {
                 let mut ids = Vec::with_capacity(list.len());
                 for (j, m) in list.iter().enumerate() {
-                    let Some(&id) = by_name.get(m.as_ref()) else {
+                    let Some(&id) = by_name.get(m.0.as_ref()) else {
                         return Err(src.err(
                             p().key("nodes").idx(j),
-                            format!("service {} lists {m}, which is not a node of this fleet", s.name),
+                            format!("service {} lists {}, which is not a node of this fleet", s.name, m.0),
                             "add a [[node]] with that name or fix the member's name",
                         ));
                     };
                     if std::mem::replace(&mut listed_by[id as usize], si as u32) == si as u32 {
                         return Err(src.err(
                             p().key("nodes").idx(j),
-                            format!("service {} lists {m} twice", s.name),
+                            format!("service {} lists {} twice", s.name, m.0),
                             "list each member once",
                         ));
                     }

@@ -22,6 +22,10 @@ fn planner(c: &mut Criterion) {
         let text = fleet_text(nodes);
         let fleet = load_fleet("gen.json", &text).unwrap();
         let spec = load_campaign("c.toml", &campaign_toml("10%"), &fleet).unwrap();
+        // Baseline in the same run: merely parsing the same text into a JSON tree.
+        g.bench_with_input(BenchmarkId::new("baseline-parse-json", nodes), &nodes, |b, _| {
+            b.iter(|| black_box(serde_json::from_str::<serde_json::Value>(black_box(&text)).unwrap()))
+        });
         g.bench_with_input(BenchmarkId::new("waves", nodes), &nodes, |b, _| {
             b.iter(|| black_box(plan(&fleet, &spec).unwrap()))
         });

@@ -61,6 +61,8 @@ pub struct SimReport {
     /// Events the core refused (an operator action at the wrong time, for instance).
     pub refused: Vec<(Millis, Event, String)>,
     pub journal: Vec<(Millis, Event)>,
+    /// Every command the core gave, in order.
+    pub commands: Vec<(Millis, Command)>,
     pub campaign: Campaign,
     /// Executed steps (drain, update, restore) sent by the core.
     pub steps_sent: usize,
@@ -299,6 +301,7 @@ pub struct Sim {
     seq: u64,
     pub now: Millis,
     pub journal: Vec<(Millis, Event)>,
+    pub commands: Vec<(Millis, Command)>,
     pub observer: Observer,
     refused: Vec<(Millis, Event, String)>,
     attempts: HashMap<NodeId, u64>,
@@ -318,6 +321,7 @@ impl Sim {
             seq: 0,
             now: 0,
             journal: Vec::new(),
+            commands: Vec::new(),
             observer,
             refused: Vec::new(),
             attempts: HashMap::new(),
@@ -392,6 +396,7 @@ impl Sim {
                     self.observer.on_command(&fleet, now, c);
                     self.carry_out(now, c);
                 }
+                self.commands.extend(cmds.into_iter().map(|c| (now, c)));
             }
         }
     }
@@ -524,6 +529,7 @@ impl Sim {
             refused: self.refused,
             steps_sent: self.steps_sent,
             journal: self.journal,
+            commands: self.commands,
             campaign: self.campaign,
         }
     }
