@@ -13,10 +13,15 @@ use std::sync::Arc;
 pub fn fleet_toml(nodes: usize) -> String {
     let mut s = String::from("name = \"demo\"\nversions = [\"1.0\", \"1.1\"]\nfunctional_level = \"1.0\"\n");
     for i in 1..=nodes {
-        let _ = write!(s, "\n[[node]]\nname = \"node{i}\"\nupdate_domain = {}\nversion = \"1.0\"\n", (i - 1) % 3);
+        let _ =
+            write!(s, "\n[[node]]\nname = \"node{i}\"\nupdate_domain = {}\nversion = \"1.0\"\n", (i - 1) % 3);
     }
     let members: Vec<String> = (1..=nodes).map(|i| format!("\"node{i}\"")).collect();
-    let _ = write!(s, "\n[[service]]\nname = \"web\"\nnodes = [{}]\nmax_unavailable = \"40%\"\n", members.join(", "));
+    let _ = write!(
+        s,
+        "\n[[service]]\nname = \"web\"\nnodes = [{}]\nmax_unavailable = \"40%\"\n",
+        members.join(", ")
+    );
     s
 }
 
@@ -41,13 +46,17 @@ pub fn run(nodes: usize) -> Result<(), String> {
     for (t, c) in &r.commands {
         let at = format!("t+{:>8}", format_duration(*t - t % 1000));
         let line = match c {
-            Command::Drain { node, .. } => format!("{node}: draining (out of the load balancer, workloads moved)"),
+            Command::Drain { node, .. } => {
+                format!("{node}: draining (out of the load balancer, workloads moved)")
+            }
             Command::Update { node, version, .. } => format!("{node}: updating to {version}"),
             Command::WatchBoot { node, .. } => format!("{node}: rebooting"),
             Command::WatchHealth { node } => format!("{node}: verifying health"),
             Command::Restore { node, .. } => format!("{node}: healthy and stable, restoring"),
             Command::Notify { notice: Notice::NodeDone { node } } => format!("{node}: done"),
-            Command::Notify { notice: Notice::NodeFailed { node, reason } } => format!("{node}: FAILED: {reason}"),
+            Command::Notify { notice: Notice::NodeFailed { node, reason } } => {
+                format!("{node}: FAILED: {reason}")
+            }
             Command::Notify { notice: Notice::Phase { to, .. } } => format!("campaign {to}"),
             Command::Fence { node, reason } => format!("{node}: fenced: {reason}"),
         };
