@@ -2,6 +2,7 @@
 //! baton-sim; this file reads files, prints, and maps outcomes to exit codes.
 
 mod demo;
+mod ops;
 mod output;
 
 use baton_core::{load_campaign, load_fleet, CampaignSpec, Diagnostic, Fleet, Strategy};
@@ -56,11 +57,79 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutFormat,
     },
-    /// Roll 1.0 → 1.1 across a small fleet and show how it goes (simulated: real agents come
-    /// with the orchestrator).
+    /// Roll 1.0 → 1.1 across N real agents on loopback (mutual TLS, a real orchestrator on
+    /// SQLite, reboots included) in a temporary directory, and show how it goes.
     Demo {
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+    },
+    /// Run the node agent.
+    Agent {
+        #[arg(long)]
+        config: String,
+    },
+    /// The fleet's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+    /// Run the orchestrator.
+    Serve {
+        #[arg(long)]
+        fleet: String,
+        /// Journal database, `sqlite:PATH`.
+        #[arg(long, default_value = "sqlite:baton.db")]
+        db: String,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Directory made by `baton ca`, holding ca.pem and the orchestrator's certificate.
+        #[arg(long, default_value = "pki")]
+        pki: String,
+        /// Name of the orchestrator's certificate in the PKI directory.
+        #[arg(long, default_value = "orchestrator")]
+        cert: String,
+        /// File holding the operator token (else $BATON_TOKEN; else one is made beside the db).
+        #[arg(long)]
+        token_file: Option<String>,
+    },
+    /// Create a campaign from a file, start it and follow it to its end.
+    Run {
+        campaign: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show campaigns, or one campaign's nodes.
+    Status {
+        campaign: Option<i64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Pause a campaign: nodes in flight finish, no new node starts.
+    Pause {
+        campaign: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resume a paused or halted campaign.
+    Resume {
+        campaign: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Abort a campaign: nodes in flight finish and are restored, no new node starts.
+    Abort {
+        campaign: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a campaign's journal.
+    Events {
+        campaign: i64,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Write a synthetic fleet as JSON to standard output (for trying baton at scale).
     GenFleet {
@@ -75,18 +144,66 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create the fleet CA.
+    Init {
+        #[arg(long, default_value = "pki")]
+        dir: String,
+        #[arg(long, default_value = "fleet")]
+        fleet: String,
+    },
+    /// Issue a certificate for an agent (its node name) or the orchestrator.
+    Issue {
+        name: String,
+        #[arg(long, default_value = "pki")]
+        dir: String,
+        /// More names or addresses the certificate is valid for.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The orchestrator's address.
+    #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// File holding the operator token (else $BATON_TOKEN).
+    #[arg(long)]
+    token_file: Option<String>,
+}
+
+impl ApiArgs {
+    fn api(&self) -> Result<ops::Api, Failure> {
+        Ok(ops::Api::new(&self.server, token(self.token_file.as_deref())?))
+    }
+}
+
+fn token(file: Option<&str>) -> Result<Option<String>, Failure> {
+    match file {
+        Some(f) => Ok(Some(read(f)?.trim().to_string())),
+        None => Ok(std::env::var("BATON_TOKEN").ok().filter(|t| !t.is_empty())),
+    }
+}
+
 /// How a command failed, and so which exit code it gets.
-enum Failure {
+pub(crate) enum Failure {
     /// Bad input: a file, a flag (exit 2).
     Input(Box<Diagnostic>, Option<String>),
     /// The rules can never be met (exit 3).
     Infeasible(baton_core::Infeasible),
     /// A bug or a broken promise (exit 1).
     Internal(String),
+    /// The campaign ended without completing: halted, aborted or rolled back (exit 4).
+    Ended(String),
+    /// Stopped by Ctrl-C (exit 130).
+    Interrupted,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    baton_pki::install_default_provider();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -94,6 +211,8 @@ fn main() -> ExitCode {
                 Failure::Input(..) => 2,
                 Failure::Infeasible(_) => 3,
                 Failure::Internal(_) => 1,
+                Failure::Ended(_) => 4,
+                Failure::Interrupted => 130,
             };
             output::report_failure(f, std::io::stderr().is_terminal());
             ExitCode::from(code)
@@ -124,7 +243,7 @@ fn load(fleet_path: &str, campaign_path: &str) -> Result<(Arc<Fleet>, CampaignSp
     Ok((Arc::new(fleet), spec))
 }
 
-fn flag_error(flag: &str, message: String, help: &str) -> Failure {
+pub(crate) fn flag_error(flag: &str, message: String, help: &str) -> Failure {
     let d = Diagnostic {
         file: flag.to_string(),
         line: 0,
@@ -185,13 +304,188 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Demo { nodes } => demo::run(nodes).map_err(Failure::Internal),
+        Cmd::Demo { nodes } => runtime()?.block_on(demo::run(nodes)),
+        Cmd::Agent { config } => {
+            let text = read(&config)?;
+            let cfg = baton_agent::config::load(&config, &text)
+                .map_err(|d| Failure::Input(Box::new(d), Some(text)))?;
+            logging("info");
+            let code =
+                runtime()?.block_on(baton_agent::serve(cfg)).map_err(|e| Failure::Internal(e.to_string()))?;
+            if code == 0 {
+                Ok(())
+            } else {
+                std::process::exit(code)
+            }
+        }
+        Cmd::Ca { cmd } => {
+            match cmd {
+                CaCmd::Init { dir, fleet } => {
+                    baton_pki::init_ca(std::path::Path::new(&dir), &fleet)
+                        .map_err(|e| flag_error("ca init", e.to_string(), "choose another --dir"))?;
+                    println!("fleet CA written to {dir}/ca.pem (key {dir}/ca.key, mode 0600)");
+                    Ok(())
+                }
+                CaCmd::Issue { name, dir, san } => {
+                    baton_pki::issue(std::path::Path::new(&dir), &name, &san)
+                        .map_err(|e| flag_error("ca issue", e.to_string(), "run `baton ca init` first"))?;
+                    println!("certificate for {name} written to {dir}/{name}.pem (key {dir}/{name}.key, mode 0600)");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Serve { fleet, db, listen, pki, cert, token_file } => {
+            let fleet_text = read(&fleet)?;
+            load_fleet(&fleet, &fleet_text)
+                .map_err(|d| Failure::Input(Box::new(d), Some(fleet_text.clone())))?;
+            let Some(db) = db.strip_prefix("sqlite:") else {
+                return Err(flag_error(
+                    "--db",
+                    format!("{db} is not sqlite:PATH"),
+                    "write --db sqlite:/var/lib/baton/baton.db",
+                ));
+            };
+            let token = match token(token_file.as_deref())? {
+                Some(t) => t,
+                None => make_token(db)?,
+            };
+            let settings = baton_server::Settings {
+                fleet_file: fleet,
+                fleet_text,
+                db: db.into(),
+                tls: baton_pki::TlsFiles::in_dir(std::path::Path::new(&pki), &cert),
+                token,
+            };
+            logging("info");
+            runtime()?.block_on(async move {
+                let hub =
+                    baton_server::Hub::start(settings).await.map_err(|e| Failure::Internal(e.to_string()))?;
+                let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
+                    flag_error("--listen", format!("cannot listen on {listen}: {e}"), "choose a free address")
+                })?;
+                tracing::info!("orchestrator listening on http://{listen}");
+                baton_server::serve(hub, l, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .map_err(|e| Failure::Internal(e.to_string()))
+            })
+        }
+        Cmd::Run { campaign, api } => {
+            let text = read(&campaign)?;
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let v = api.create(&campaign, text).await.map_err(Failure::Internal)?;
+                println!("campaign {} created (id {}), {} waves", v.name, v.id, v.waves);
+                api.act(v.id, "start").await.map_err(Failure::Internal)?;
+                let end = ops::follow(&api, v.id, std::io::stdout().is_terminal())
+                    .await
+                    .map_err(Failure::Internal)?;
+                ended(&end)
+            })
+        }
+        Cmd::Status { campaign, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                match campaign {
+                    Some(id) => ops::print_view(&api.view(id).await.map_err(Failure::Internal)?),
+                    None => {
+                        for v in api.list().await.map_err(Failure::Internal)? {
+                            println!(
+                                "{:>4}  {:<20} {:<13} {}/{} done, {} failed",
+                                v.id,
+                                v.name,
+                                v.phase.as_str(),
+                                v.updated,
+                                v.nodes.len(),
+                                v.failed
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            })
+        }
+        Cmd::Pause { campaign, api } => act(api, campaign, "pause"),
+        Cmd::Resume { campaign, api } => act(api, campaign, "resume"),
+        Cmd::Abort { campaign, api } => act(api, campaign, "abort"),
+        Cmd::Events { campaign, follow, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let mut after = 0;
+                loop {
+                    let evs = api
+                        .events(campaign, after, follow.then_some(20_000))
+                        .await
+                        .map_err(Failure::Internal)?;
+                    ops::print_events(&evs);
+                    if let Some(e) = evs.last() {
+                        after = e.seq;
+                    }
+                    if !follow {
+                        return Ok(());
+                    }
+                }
+            })
+        }
         Cmd::GenFleet { nodes, memberships, service_size } => {
             let o = baton_sim::gen::GenOptions { nodes, memberships, service_size, ..Default::default() };
             println!("{}", baton_sim::gen::fleet_json(&o));
             Ok(())
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Internal(e.to_string()))
+}
+
+fn logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn act(api: ApiArgs, id: i64, action: &str) -> Result<(), Failure> {
+    let api = api.api()?;
+    runtime()?.block_on(async move {
+        let v = api.act(id, action).await.map_err(Failure::Internal)?;
+        println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
+        Ok(())
+    })
+}
+
+/// The exit that says how a campaign ended.
+fn ended(v: &baton_proto::CampaignView) -> Result<(), Failure> {
+    println!(
+        "campaign {} {}: {} updated, {} failed, {} skipped",
+        v.name, v.phase, v.updated, v.failed, v.skipped
+    );
+    match v.phase {
+        baton_core::Phase::Completed | baton_core::Phase::Committed => Ok(()),
+        p => Err(Failure::Ended(format!("campaign {} ended {p}", v.name))),
+    }
+}
+
+/// A random operator token, written beside the database with mode 0600.
+fn make_token(db: &str) -> Result<String, Failure> {
+    use std::io::Read;
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let path = std::path::Path::new(db).with_extension("token");
+    baton_pki::write_private(&path, t.as_bytes()).map_err(|e| Failure::Internal(e.to_string()))?;
+    eprintln!("operator token written to {} (pass it with --token-file or $BATON_TOKEN)", path.display());
+    Ok(t)
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {

@@ -38,7 +38,13 @@ pub fn report_failure(f: Failure, tty: bool) {
             let _ = handler.render_report(&mut out, &m);
         }
         Failure::Internal(msg) => {
-            out = format!("baton: internal error: {msg}\n");
+            out = format!("baton: {msg}\n");
+        }
+        Failure::Ended(msg) => {
+            out = format!("baton: {msg}\n");
+        }
+        Failure::Interrupted => {
+            out = "baton: interrupted\n".to_string();
         }
     }
     eprint!("{out}");

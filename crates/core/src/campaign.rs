@@ -84,7 +84,11 @@ pub enum NodeState {
         #[serde(default)]
         out_of_service: bool,
     },
-    Draining,
+    /// Being taken out of service; the workload moves are kept so that a resent drain is the
+    /// same drain.
+    Draining {
+        moves: Vec<WorkloadMove>,
+    },
     Updating {
         attempt: u32,
     },
@@ -114,7 +118,7 @@ impl NodeState {
         match self {
             NodeState::NotTargeted => "not-targeted",
             NodeState::Pending { .. } => "pending",
-            NodeState::Draining => "draining",
+            NodeState::Draining { .. } => "draining",
             NodeState::Updating { .. } => "updating",
             NodeState::Rebooting { .. } => "rebooting",
             NodeState::Verifying { .. } => "verifying",
@@ -128,7 +132,7 @@ impl NodeState {
     pub fn is_active(&self) -> bool {
         matches!(
             self,
-            NodeState::Draining
+            NodeState::Draining { .. }
                 | NodeState::Updating { .. }
                 | NodeState::Rebooting { .. }
                 | NodeState::Verifying { .. }
@@ -164,6 +168,10 @@ pub struct NodeRun {
     pub boot_id: Option<String>,
     /// Observed down outside the campaign (crashed, unreachable, ...).
     pub observed_down: bool,
+    /// Since when the node's agent does not answer, while the campaign waits on one of its
+    /// steps. Nothing is assumed about the step meanwhile; after `reboot_timeout` it fails.
+    #[serde(default)]
+    pub unreachable_since: Option<Millis>,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
 }
@@ -225,6 +233,13 @@ pub enum Event {
         up: bool,
         #[serde(default)]
         version: Option<String>,
+    },
+    /// The node's agent stopped answering / answers again.
+    Unreachable {
+        node: String,
+    },
+    Reachable {
+        node: String,
     },
     /// The maintenance window opened or closed.
     Window {
@@ -341,6 +356,7 @@ impl Campaign {
                 from_version: node.version.clone(),
                 boot_id: None,
                 observed_down: false,
+                unreachable_since: None,
                 started_at: None,
                 finished_at: None,
             })
@@ -454,6 +470,46 @@ impl Campaign {
         best
     }
 
+    /// The commands to send again after the driver restarts: for every node the campaign waits
+    /// on, the step it is on, with the same step id (an agent that ran it answers with the
+    /// recorded outcome), or the watch it needs.
+    pub fn resume_commands(&self) -> Vec<Command> {
+        let mut out = Vec::new();
+        for (i, r) in self.nodes.iter().enumerate() {
+            let n = i as NodeId;
+            let node = self.fleet.node_name(n).to_string();
+            match &r.state {
+                NodeState::Draining { moves } => out.push(Command::Drain {
+                    node,
+                    step: self.step_id(n, 0, "drain"),
+                    stop_grace: self.spec.stop_grace,
+                    moves: moves.clone(),
+                }),
+                NodeState::Updating { attempt } => out.push(Command::Update {
+                    node,
+                    step: self.step_id(n, *attempt, "update"),
+                    action: self.action_for(n).to_string(),
+                    version: self.target_for(n).to_string(),
+                }),
+                NodeState::Rebooting { deadline, old_boot } => {
+                    out.push(Command::WatchBoot { node, old_boot: old_boot.clone(), deadline: *deadline })
+                }
+                NodeState::Verifying { .. }
+                | NodeState::Done { back: Back::Checking { .. } }
+                | NodeState::Failed { back: Back::Checking { .. }, .. } => {
+                    out.push(Command::WatchHealth { node })
+                }
+                NodeState::Restoring
+                | NodeState::Done { back: Back::Restoring }
+                | NodeState::Failed { back: Back::Restoring, .. } => {
+                    out.push(Command::Restore { node, step: self.step_id(n, 0, "restore") })
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     fn node(&self, name: &str) -> Result<NodeId, CampaignError> {
         self.fleet.node_id(name).ok_or_else(|| CampaignError::UnknownNode(name.to_string()))
     }
@@ -477,7 +533,23 @@ impl Campaign {
     fn set_state(&mut self, n: NodeId, state: NodeState) {
         let was_down = self.is_down(n);
         let was_active = self.nodes[n as usize].state.is_active();
-        let (old, new) = (self.deadline_of(&self.nodes[n as usize].state), self.deadline_of(&state));
+        let lost = self.nodes[n as usize].unreachable_since;
+        let old = self.deadline_of(&self.nodes[n as usize].state, lost);
+        let new = self.deadline_of(&state, lost);
+        self.retime(n, old, new);
+        self.nodes[n as usize].state = state;
+        self.recount(n, was_down, was_active);
+    }
+
+    fn set_unreachable(&mut self, n: NodeId, since: Option<Millis>) {
+        let st = &self.nodes[n as usize].state;
+        let (old, new) =
+            (self.deadline_of(st, self.nodes[n as usize].unreachable_since), self.deadline_of(st, since));
+        self.retime(n, old, new);
+        self.nodes[n as usize].unreachable_since = since;
+    }
+
+    fn retime(&mut self, n: NodeId, old: Option<Millis>, new: Option<Millis>) {
         if old != new {
             if let Some(t) = old {
                 self.timers.remove(&(t, n));
@@ -486,15 +558,16 @@ impl Campaign {
                 self.timers.insert((t, n));
             }
         }
-        self.nodes[n as usize].state = state;
-        self.recount(n, was_down, was_active);
     }
 
     /// When a node in this state next needs a look, if ever: reboot timeout, readiness timeout,
     /// or the end of its stable-health period.
-    fn deadline_of(&self, st: &NodeState) -> Option<Millis> {
+    fn deadline_of(&self, st: &NodeState, unreachable_since: Option<Millis>) -> Option<Millis> {
         let stable = self.spec.health_stable;
         match st {
+            NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring => {
+                unreachable_since.map(|t| t + self.spec.reboot_timeout)
+            }
             NodeState::Rebooting { deadline, .. } => Some(*deadline),
             NodeState::Verifying { since, healthy_since } => {
                 let ready = since + self.spec.ready_timeout;
@@ -635,7 +708,7 @@ impl Campaign {
                 let n = self.node(&node)?;
                 let state = self.nodes[n as usize].state.clone();
                 match state {
-                    NodeState::Draining if step == self.step_id(n, 0, "drain") => {
+                    NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
                         self.send_update(n, 0, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
@@ -669,7 +742,7 @@ impl Campaign {
                 let n = self.node(&node)?;
                 let state = self.nodes[n as usize].state.clone();
                 match state {
-                    NodeState::Draining if step == self.step_id(n, 0, "drain") => {
+                    NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
                         let back = Back::Checking { healthy_since: None };
                         self.fail(n, now, format!("drain failed: {reason}"), back, out);
                     }
@@ -748,6 +821,16 @@ impl Campaign {
                     }
                 }
                 self.set_observed_down(n, !up);
+            }
+            Event::Unreachable { node } => {
+                let n = self.node(&node)?;
+                if self.nodes[n as usize].unreachable_since.is_none() {
+                    self.set_unreachable(n, Some(now));
+                }
+            }
+            Event::Reachable { node } => {
+                let n = self.node(&node)?;
+                self.set_unreachable(n, None);
             }
             Event::Window { open } => self.window_open = open,
             Event::Gate { name, open } => {
@@ -930,7 +1013,20 @@ impl Campaign {
         let due: Vec<NodeId> = self.timers.range(..=(now, NodeId::MAX)).map(|t| t.1).collect();
         for n in due {
             let state = self.nodes[n as usize].state.clone();
+            let lost_for =
+                self.nodes[n as usize].unreachable_since.filter(|t| now >= t + self.spec.reboot_timeout);
             match state {
+                NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring
+                    if lost_for.is_some() =>
+                {
+                    let why = format!(
+                        "agent unreachable for reboot_timeout {} while {}",
+                        format_duration(self.spec.reboot_timeout),
+                        state.name()
+                    );
+                    self.set_unreachable(n, None);
+                    self.fail(n, now, why, Back::Out, out);
+                }
                 NodeState::Rebooting { deadline, .. } if now >= deadline => {
                     let why = format!(
                         "no new boot id within reboot_timeout {}",
@@ -1054,10 +1150,8 @@ impl Campaign {
                 }
             };
             self.pending.remove(&r);
-            self.set_state(n, NodeState::Draining);
             self.placement.apply(&self.fleet, &moves);
-            self.nodes[n as usize].started_at = Some(now);
-            let moves = moves
+            let moves: Vec<WorkloadMove> = moves
                 .into_iter()
                 .map(|(w, to)| WorkloadMove {
                     workload: self.fleet.workloads[w as usize].name.clone(),
@@ -1065,6 +1159,8 @@ impl Campaign {
                     live: self.fleet.workloads[w as usize].movable == Movable::Live,
                 })
                 .collect();
+            self.set_state(n, NodeState::Draining { moves: moves.clone() });
+            self.nodes[n as usize].started_at = Some(now);
             out.push(Command::Drain {
                 node: self.fleet.node_name(n).to_string(),
                 step: self.step_id(n, 0, "drain"),

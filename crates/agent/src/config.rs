@@ -1,0 +1,463 @@
+//! `agent.toml`: read once at start, validated into typed settings. A bad file stops the agent
+//! with an error naming the file, line and column, and what to do.
+
+use baton_core::diag::{locate, Diagnostic, DocPath, Format};
+use baton_core::units::{Dur, MINUTE, SECOND};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    Never,
+    Always,
+    IfRequired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootVia {
+    /// Run `reboot_command` (default `systemctl reboot`).
+    Command,
+    /// Exit with code 75 so that a supervisor restarts the agent as a new boot (the demo and
+    /// the lab, where a "node" is a process or a namespace).
+    SupervisorExit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Script,
+    Apt,
+    Dnf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: String,
+    listen: String,
+    state_dir: PathBuf,
+    tls: RawTls,
+    #[serde(default)]
+    version_command: Option<Vec<String>>,
+    #[serde(default = "default_boot_id_file")]
+    boot_id_file: PathBuf,
+    #[serde(default = "default_reboot_required_file")]
+    reboot_required_file: PathBuf,
+    #[serde(default = "default_reboot_command")]
+    reboot_command: Vec<String>,
+    #[serde(default = "default_reboot_via")]
+    reboot_via: RebootVia,
+    #[serde(default = "default_tail")]
+    output_tail_bytes: usize,
+    #[serde(default = "default_interval")]
+    check_interval: Dur,
+    #[serde(default, rename = "action")]
+    actions: Vec<RawAction>,
+    #[serde(default, rename = "check")]
+    checks: Vec<RawCheck>,
+    #[serde(default)]
+    drain: RawDrain,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    name: String,
+    #[serde(default = "default_kind")]
+    kind: ActionKind,
+    argv: Option<Vec<String>>,
+    package: Option<String>,
+    #[serde(default = "default_timeout")]
+    timeout: Dur,
+    #[serde(default = "default_reboot")]
+    reboot: RebootPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    kind: CheckKindName,
+    argv: Option<Vec<String>>,
+    url: Option<String>,
+    address: Option<String>,
+    #[serde(default = "default_check_timeout")]
+    timeout: Dur,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CheckKindName {
+    Command,
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default = "default_stop")]
+    stop_command: Vec<String>,
+    #[serde(default = "default_kill")]
+    kill_command: Vec<String>,
+    #[serde(default = "default_start")]
+    start_command: Vec<String>,
+    #[serde(default)]
+    drain_hooks: Vec<Vec<String>>,
+    #[serde(default)]
+    restore_hooks: Vec<Vec<String>>,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        RawDrain {
+            services: Vec::new(),
+            stop_command: default_stop(),
+            kill_command: default_kill(),
+            start_command: default_start(),
+            drain_hooks: Vec::new(),
+            restore_hooks: Vec::new(),
+        }
+    }
+}
+
+fn default_boot_id_file() -> PathBuf {
+    "/proc/sys/kernel/random/boot_id".into()
+}
+fn default_reboot_required_file() -> PathBuf {
+    "/var/run/reboot-required".into()
+}
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+fn default_reboot_via() -> RebootVia {
+    RebootVia::Command
+}
+fn default_tail() -> usize {
+    4096
+}
+fn default_interval() -> Dur {
+    Dur(2 * SECOND)
+}
+fn default_kind() -> ActionKind {
+    ActionKind::Script
+}
+fn default_timeout() -> Dur {
+    Dur(30 * MINUTE)
+}
+fn default_check_timeout() -> Dur {
+    Dur(5 * SECOND)
+}
+fn default_reboot() -> RebootPolicy {
+    RebootPolicy::IfRequired
+}
+fn svc_cmd(verb: &str) -> Vec<String> {
+    vec!["systemctl".into(), verb.into(), "{service}".into()]
+}
+fn default_stop() -> Vec<String> {
+    svc_cmd("stop")
+}
+fn default_kill() -> Vec<String> {
+    vec!["systemctl".into(), "kill".into(), "--signal=KILL".into(), "{service}".into()]
+}
+fn default_start() -> Vec<String> {
+    svc_cmd("start")
+}
+
+/// An argv with placeholders (`{version}`, `{node}`, `{state_dir}`, `{service}`), checked at load.
+pub type Argv = Vec<String>;
+
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub name: String,
+    pub argv: Argv,
+    pub timeout_ms: u64,
+    pub reboot: RebootPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckKind {
+    Command(Argv),
+    Http(String),
+    Tcp(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub listen: String,
+    pub state_dir: PathBuf,
+    pub tls: baton_pki::TlsFiles,
+    pub version_command: Option<Argv>,
+    pub boot_id_file: PathBuf,
+    pub reboot_required_file: PathBuf,
+    pub reboot_command: Argv,
+    pub reboot_via: RebootVia,
+    pub output_tail_bytes: usize,
+    pub check_interval_ms: u64,
+    pub actions: Vec<Action>,
+    pub checks: Vec<Check>,
+    pub services: Vec<String>,
+    pub stop_command: Argv,
+    pub kill_command: Argv,
+    pub start_command: Argv,
+    pub drain_hooks: Vec<Argv>,
+    pub restore_hooks: Vec<Argv>,
+}
+
+impl Config {
+    pub fn action(&self, name: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+}
+
+/// Checks that a version is safe to put into an argv: no option-like or path-like values.
+pub fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+:~-".contains(c))
+}
+
+const PLACEHOLDERS: [&str; 4] = ["version", "node", "state_dir", "service"];
+
+/// Parses and validates `agent.toml`. Relative paths are relative to the file's directory.
+pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
+    let at = |path: DocPath| locate(text, Format::Toml, &path);
+    let err =
+        |path: DocPath, msg: String, help: &str| Diagnostic::at(file, text, at(path), msg).with_help(help);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let help = if msg.starts_with("unknown field") {
+            "remove it or fix its spelling; dist/agent.toml lists every key"
+        } else {
+            "fix agent.toml at this place"
+        };
+        Diagnostic::at(file, text, e.span(), msg).with_help(help)
+    })?;
+    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let root = DocPath::root;
+
+    // Every argv: not empty, and only known placeholders.
+    let check_argv = |path: DocPath, argv: &[String], allowed: &[&str]| -> Result<(), Diagnostic> {
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(err(
+                path,
+                "an empty command".into(),
+                "give the program and its arguments, e.g. [\"/usr/local/bin/upgrade.sh\", \"{version}\"]",
+            ));
+        }
+        for (i, a) in argv.iter().enumerate() {
+            let mut rest = a.as_str();
+            while let Some(open) = rest.find('{') {
+                let Some(close) = rest[open..].find('}') else { break };
+                let name = &rest[open + 1..open + close];
+                if !allowed.contains(&name) {
+                    let known = if PLACEHOLDERS.contains(&name) { "not available here" } else { "unknown" };
+                    return Err(err(
+                        path.clone().idx(i),
+                        format!("placeholder {{{name}}} is {known}"),
+                        &format!(
+                            "use one of {}",
+                            allowed.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                rest = &rest[open + close + 1..];
+            }
+        }
+        Ok(())
+    };
+
+    if raw.node.trim().is_empty() {
+        return Err(err(
+            root().key("node"),
+            "the node's name is empty".into(),
+            "use the node's name from the fleet file",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut actions = Vec::new();
+    for (i, a) in raw.actions.into_iter().enumerate() {
+        let p = || root().key("action").idx(i);
+        if !names.insert(a.name.clone()) {
+            return Err(err(
+                p().key("name"),
+                format!("action {} is defined twice", a.name),
+                "action names must be unique",
+            ));
+        }
+        let argv = match (a.kind, a.argv, a.package) {
+            (ActionKind::Script, Some(argv), None) => argv,
+            (ActionKind::Script, None, _) => {
+                return Err(err(
+                    p().key("name"),
+                    format!("action {} has no argv", a.name),
+                    "add argv = [\"/path/to/program\", \"{version}\"]",
+                ))
+            }
+            (ActionKind::Script, Some(_), Some(_)) => {
+                return Err(err(
+                    p().key("package"),
+                    "a script action has no package".into(),
+                    "remove `package`, or use kind = \"apt\"",
+                ))
+            }
+            (kind, None, Some(pkg)) => {
+                if !valid_version(&pkg) {
+                    return Err(err(
+                        p().key("package"),
+                        format!("`{pkg}` is not a package name"),
+                        "use the package's plain name",
+                    ));
+                }
+                match kind {
+                    ActionKind::Apt => vec![
+                        "apt-get".into(),
+                        "install".into(),
+                        "-y".into(),
+                        "--allow-downgrades".into(),
+                        format!("{pkg}={{version}}"),
+                    ],
+                    _ => vec!["dnf".into(), "-y".into(), "install".into(), format!("{pkg}-{{version}}")],
+                }
+            }
+            (_, Some(_), _) => {
+                return Err(err(
+                    p().key("argv"),
+                    "apt and dnf actions build their own command".into(),
+                    "remove argv and set package = \"name\"",
+                ))
+            }
+            (_, None, None) => {
+                return Err(err(
+                    p().key("name"),
+                    format!("action {} has no package", a.name),
+                    "add package = \"name\"",
+                ))
+            }
+        };
+        check_argv(p().key("argv"), &argv, &["version", "node", "state_dir"])?;
+        actions.push(Action { name: a.name, argv, timeout_ms: a.timeout.ms(), reboot: a.reboot });
+    }
+    let mut checks = Vec::new();
+    for (i, c) in raw.checks.into_iter().enumerate() {
+        let p = || root().key("check").idx(i);
+        let kind = match (c.kind, c.argv, c.url, c.address) {
+            (CheckKindName::Command, Some(argv), None, None) => {
+                check_argv(p().key("argv"), &argv, &["node", "state_dir"])?;
+                CheckKind::Command(argv)
+            }
+            (CheckKindName::Http, None, Some(url), None) if url.starts_with("http://") => {
+                CheckKind::Http(url)
+            }
+            (CheckKindName::Tcp, None, None, Some(addr)) => CheckKind::Tcp(addr),
+            (k, ..) => {
+                let need = match k {
+                    CheckKindName::Command => "argv = [...]",
+                    CheckKindName::Http => "url = \"http://127.0.0.1:8080/health\"",
+                    CheckKindName::Tcp => "address = \"127.0.0.1:5432\"",
+                };
+                return Err(err(
+                    p().key("kind"),
+                    format!("check {} needs exactly {need}", c.name),
+                    "give the one key its kind needs",
+                ));
+            }
+        };
+        checks.push(Check { name: c.name, kind, timeout_ms: c.timeout.ms() });
+    }
+    let d = raw.drain;
+    for (key, argv) in [
+        ("stop_command", &d.stop_command),
+        ("kill_command", &d.kill_command),
+        ("start_command", &d.start_command),
+    ] {
+        check_argv(root().key("drain").key(key), argv, &["service", "node", "state_dir"])?;
+    }
+    for (key, hooks) in [("drain_hooks", &d.drain_hooks), ("restore_hooks", &d.restore_hooks)] {
+        for (i, h) in hooks.iter().enumerate() {
+            check_argv(root().key("drain").key(key).idx(i), h, &["node", "state_dir"])?;
+        }
+    }
+    if let Some(v) = &raw.version_command {
+        check_argv(root().key("version_command"), v, &["node", "state_dir"])?;
+    }
+    if raw.reboot_via == RebootVia::Command {
+        check_argv(root().key("reboot_command"), &raw.reboot_command, &["node"])?;
+    }
+
+    // TLS is not optional: the files must be there, and the key private.
+    let tls = baton_pki::TlsFiles { ca: abs(&raw.tls.ca), cert: abs(&raw.tls.cert), key: abs(&raw.tls.key) };
+    for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        if !path.is_file() {
+            return Err(err(
+                root().key("tls").key(key),
+                format!("{} does not exist", path.display()),
+                "create the fleet CA and this node's certificate with `baton ca init` and `baton ca issue NODE`",
+            ));
+        }
+    }
+    if let Err(e) = baton_pki::read_key_file(&tls.key) {
+        return Err(err(
+            root().key("tls").key("key"),
+            e.to_string(),
+            "the agent refuses a private key others can read",
+        ));
+    }
+    Ok(Config {
+        node: raw.node,
+        listen: raw.listen,
+        state_dir: abs(&raw.state_dir),
+        tls,
+        version_command: raw.version_command,
+        boot_id_file: abs(&raw.boot_id_file),
+        reboot_required_file: abs(&raw.reboot_required_file),
+        reboot_command: raw.reboot_command,
+        reboot_via: raw.reboot_via,
+        output_tail_bytes: raw.output_tail_bytes.clamp(256, 1 << 20),
+        check_interval_ms: raw.check_interval.ms().max(100),
+        actions,
+        checks,
+        services: d.services,
+        stop_command: d.stop_command,
+        kill_command: d.kill_command,
+        start_command: d.start_command,
+        drain_hooks: d.drain_hooks,
+        restore_hooks: d.restore_hooks,
+    })
+}
+
+/// Fills placeholders in an argv. Values were checked (versions by [`valid_version`]).
+pub fn fill(argv: &[String], vars: &[(&str, &str)]) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            let mut s = a.clone();
+            for (k, v) in vars {
+                s = s.replace(&format!("{{{k}}}"), v);
+            }
+            s
+        })
+        .collect()
+}

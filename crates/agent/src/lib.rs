@@ -1,0 +1,491 @@
+//! The node agent. It runs only the actions its own config lists, as argv with typed
+//! placeholders, answers only clients with a certificate from the fleet CA, keeps its own
+//! journal, and reports its node's version, boot id, health and current step.
+
+pub mod config;
+pub mod journal;
+pub mod run;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_proto::{AgentStatus, ApiError, CheckResult, StepKind, StepRequest, StepState, StepStatus};
+use config::{CheckKind, Config, RebootPolicy, RebootVia};
+use journal::{Journal, Record};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Exit code with which the agent asks its supervisor to restart it as a new boot.
+pub const EXIT_REBOOT: i32 = 75;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("state dir {0}: {1}")]
+    State(String, std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] baton_pki::PkiError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+struct Inner {
+    steps: HashMap<String, StepStatus>,
+    running: Option<String>,
+    last: Option<String>,
+    version: Option<String>,
+    healthy: bool,
+    checks: Vec<CheckResult>,
+    journal: Journal,
+    generation: u64,
+}
+
+pub struct Agent {
+    cfg: Config,
+    boot_id: String,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    exit: mpsc::Sender<i32>,
+    http: reqwest::Client,
+}
+
+type Shared = Arc<Agent>;
+
+/// A refused request: its HTTP status, a stable code and what to do.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiError { code: self.code.into(), message: self.message })).into_response()
+    }
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { status, code, message: message.into() }
+}
+
+impl Agent {
+    fn bump(&self, inner: &mut Inner) {
+        inner.generation += 1;
+        self.changed.send_replace(inner.generation);
+    }
+
+    fn status(&self) -> AgentStatus {
+        let i = self.inner.lock().expect("agent lock");
+        AgentStatus {
+            node: self.cfg.node.clone(),
+            version: i.version.clone(),
+            boot_id: self.boot_id.clone(),
+            healthy: i.healthy,
+            checks: i.checks.clone(),
+            step: i.running.as_ref().or(i.last.as_ref()).and_then(|id| i.steps.get(id).cloned()),
+            generation: i.generation,
+        }
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![("node", self.cfg.node.clone()), ("state_dir", self.cfg.state_dir.display().to_string())]
+    }
+
+    async fn read_version(&self) -> Option<String> {
+        let argv = self.cfg.version_command.as_ref()?;
+        let vars = self.vars();
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = run::run(&config::fill(argv, &v), 30_000, 4096).await;
+        out.ok.then(|| out.tail.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    /// Starts a step, or answers with what the journal knows of it.
+    fn start_step(self: &Arc<Self>, req: StepRequest) -> Result<StepStatus, Refusal> {
+        let mut i = self.inner.lock().expect("agent lock");
+        if let Some(s) = i.steps.get(&req.id) {
+            return Ok(s.clone());
+        }
+        if let Some(r) = &i.running {
+            return Err(api_error(StatusCode::CONFLICT, "busy", format!("step {r} is running")));
+        }
+        if req.kind == StepKind::Action {
+            let Some(name) = &req.action else {
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "missing-action",
+                    "an action step names its action",
+                ));
+            };
+            if self.cfg.action(name).is_none() {
+                let known: Vec<&str> = self.cfg.actions.iter().map(|a| a.name.as_str()).collect();
+                return Err(api_error(
+                    StatusCode::FORBIDDEN,
+                    "unknown-action",
+                    format!("action {name} is not in this agent's config (it allows: {})", known.join(", ")),
+                ));
+            }
+        }
+        if let Some(v) = &req.version {
+            if !config::valid_version(v) {
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad-version",
+                    format!("`{v}` is not a version"),
+                ));
+            }
+        }
+        let rec = Record::Start {
+            id: req.id.clone(),
+            kind: req.kind,
+            boot_id: self.boot_id.clone(),
+            action: req.action.clone(),
+            version: req.version.clone(),
+        };
+        if let Err(e) = i.journal.append(&rec) {
+            return Err(api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "journal",
+                format!("cannot write the journal: {e}"),
+            ));
+        }
+        let st = StepStatus {
+            id: req.id.clone(),
+            kind: req.kind,
+            state: StepState::Running,
+            reboot: false,
+            boot_id: self.boot_id.clone(),
+            version: None,
+            error: None,
+            output_tail: String::new(),
+            executions: 1,
+        };
+        i.steps.insert(req.id.clone(), st.clone());
+        i.running = Some(req.id.clone());
+        i.last = Some(req.id.clone());
+        self.bump(&mut i);
+        drop(i);
+        tracing::info!(step = %req.id, kind = ?req.kind, "step started");
+        let me = self.clone();
+        tokio::spawn(async move { me.execute(req).await });
+        Ok(st)
+    }
+
+    async fn execute(self: Arc<Self>, req: StepRequest) {
+        let tail = self.cfg.output_tail_bytes;
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut outputs = String::new();
+        let mut failure: Option<String> = None;
+        let mut reboot = false;
+        let mut version = None;
+        let mut step = |o: run::Outcome, what: &str| -> bool {
+            outputs.push_str(&o.tail);
+            if !o.ok && failure.is_none() {
+                failure = Some(format!("{what}: {}", o.error.unwrap_or_default()));
+            }
+            o.ok
+        };
+        match req.kind {
+            StepKind::Drain => {
+                for h in &self.cfg.drain_hooks {
+                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "drain hook");
+                }
+                let grace = req.stop_grace_ms.unwrap_or(300_000);
+                for svc in &self.cfg.services {
+                    let mut v = base.clone();
+                    v.push(("service", svc));
+                    let stop = run::run(&config::fill(&self.cfg.stop_command, &v), grace, tail).await;
+                    let stopped = stop.ok;
+                    // The stop's output is kept; its failure is not one if the kill works.
+                    step(run::Outcome { ok: true, ..stop }, "stop");
+                    if !stopped {
+                        // Not stopped within stop_grace: force it.
+                        step(
+                            run::run(&config::fill(&self.cfg.kill_command, &v), 30_000, tail).await,
+                            &format!("kill {svc}"),
+                        );
+                    }
+                }
+            }
+            StepKind::Restore => {
+                for svc in &self.cfg.services {
+                    let mut v = base.clone();
+                    v.push(("service", svc));
+                    step(
+                        run::run(&config::fill(&self.cfg.start_command, &v), 120_000, tail).await,
+                        &format!("start {svc}"),
+                    );
+                }
+                for h in &self.cfg.restore_hooks {
+                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "restore hook");
+                }
+            }
+            StepKind::Action => {
+                let action = self
+                    .cfg
+                    .action(req.action.as_deref().unwrap_or_default())
+                    .cloned()
+                    .expect("checked at start");
+                let mut v = base.clone();
+                let ver = req.version.clone().unwrap_or_default();
+                v.push(("version", &ver));
+                let ok = step(
+                    run::run(&config::fill(&action.argv, &v), action.timeout_ms, tail).await,
+                    &action.name,
+                );
+                if ok {
+                    version = self.read_version().await;
+                    reboot = match action.reboot {
+                        RebootPolicy::Never => false,
+                        RebootPolicy::Always => true,
+                        RebootPolicy::IfRequired => self.cfg.reboot_required_file.exists(),
+                    };
+                }
+            }
+        }
+        let bytes = outputs.as_bytes();
+        let tail_text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(tail)..]).into_owned();
+        let state = if failure.is_none() { StepState::Ok } else { StepState::Failed };
+        let rec = Record::End {
+            id: req.id.clone(),
+            state,
+            reboot,
+            version: version.clone(),
+            error: failure.clone(),
+            tail: tail_text.clone(),
+        };
+        {
+            let mut i = self.inner.lock().expect("agent lock");
+            if let Err(e) = i.journal.append(&rec) {
+                tracing::error!("cannot write the journal: {e}");
+            }
+            if let Some(s) = i.steps.get_mut(&req.id) {
+                s.state = state;
+                s.reboot = reboot;
+                s.version = version.clone();
+                s.error = failure;
+                s.output_tail = tail_text;
+            }
+            if version.is_some() {
+                i.version = version;
+            }
+            i.running = None;
+            self.bump(&mut i);
+        }
+        tracing::info!(step = %req.id, ?state, reboot, "step finished");
+        if reboot {
+            self.reboot().await;
+        }
+    }
+
+    async fn reboot(&self) {
+        // Give the orchestrator a moment to read the outcome; it is in the journal either way.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match self.cfg.reboot_via {
+            RebootVia::SupervisorExit => {
+                tracing::info!("rebooting: exiting for the supervisor to restart this node");
+                let _ = self.exit.send(EXIT_REBOOT).await;
+            }
+            RebootVia::Command => {
+                let argv = config::fill(&self.cfg.reboot_command, &[("node", &self.cfg.node)]);
+                tracing::info!(?argv, "rebooting");
+                let o = run::run(&argv, 60_000, 1024).await;
+                if !o.ok {
+                    tracing::error!("reboot command failed: {:?}", o.error);
+                }
+            }
+        }
+    }
+
+    async fn check_health(&self) {
+        let mut results = Vec::with_capacity(self.cfg.checks.len());
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for c in &self.cfg.checks {
+            let t = Duration::from_millis(c.timeout_ms);
+            let (ok, detail) = match &c.kind {
+                CheckKind::Command(argv) => {
+                    let o = run::run(&config::fill(argv, &base), c.timeout_ms, 512).await;
+                    (o.ok, o.error.unwrap_or_else(|| "ok".into()))
+                }
+                CheckKind::Http(url) => match tokio::time::timeout(t, self.http.get(url).send()).await {
+                    Ok(Ok(r)) if r.status().is_success() => (true, r.status().to_string()),
+                    Ok(Ok(r)) => (false, r.status().to_string()),
+                    Ok(Err(e)) => (false, e.to_string()),
+                    Err(_) => (false, "timed out".into()),
+                },
+                CheckKind::Tcp(addr) => {
+                    match tokio::time::timeout(t, tokio::net::TcpStream::connect(addr)).await {
+                        Ok(Ok(_)) => (true, "connected".into()),
+                        Ok(Err(e)) => (false, e.to_string()),
+                        Err(_) => (false, "timed out".into()),
+                    }
+                }
+            };
+            results.push(CheckResult { name: c.name.clone(), ok, detail });
+        }
+        let healthy = results.iter().all(|r| r.ok);
+        let mut i = self.inner.lock().expect("agent lock");
+        let changed = i.healthy != healthy || i.checks.iter().map(|c| c.ok).ne(results.iter().map(|c| c.ok));
+        i.healthy = healthy;
+        i.checks = results;
+        if changed {
+            self.bump(&mut i);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct StepQuery {
+    id: String,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// Waits (at most `wait_ms`, capped at 60 s) until `done` holds or the state changes.
+async fn wait_until(a: &Agent, wait_ms: Option<u64>, done: impl Fn() -> bool) {
+    let Some(ms) = wait_ms else { return };
+    let mut rx = a.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms.min(60_000));
+    while !done() {
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn get_status(State(a): State<Shared>, Query(q): Query<WaitQuery>) -> Json<AgentStatus> {
+    let after = q.after.unwrap_or(0);
+    wait_until(&a, q.wait_ms.filter(|_| q.after.is_some()), || {
+        a.inner.lock().expect("agent lock").generation > after
+    })
+    .await;
+    Json(a.status())
+}
+
+async fn post_step(State(a): State<Shared>, Json(req): Json<StepRequest>) -> Response {
+    match a.start_step(req) {
+        Ok(s) => {
+            let code = if s.state == StepState::Running { StatusCode::ACCEPTED } else { StatusCode::OK };
+            (code, Json(s)).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn get_step(State(a): State<Shared>, Query(q): Query<StepQuery>) -> Response {
+    let running = |a: &Agent| {
+        a.inner
+            .lock()
+            .expect("agent lock")
+            .steps
+            .get(&q.id)
+            .map(|s| s.state == StepState::Running)
+            .unwrap_or(false)
+    };
+    wait_until(&a, q.wait_ms, || !running(&a)).await;
+    match a.inner.lock().expect("agent lock").steps.get(&q.id) {
+        Some(s) => Json(s.clone()).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, "unknown-step", format!("no step {} on this node", q.id))
+            .into_response(),
+    }
+}
+
+async fn list_steps(State(a): State<Shared>) -> Json<Vec<StepStatus>> {
+    let i = a.inner.lock().expect("agent lock");
+    let mut v: Vec<StepStatus> = i.steps.values().cloned().collect();
+    v.sort_by(|x, y| x.id.cmp(&y.id));
+    Json(v)
+}
+
+pub fn router(a: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(get_status))
+        .route("/v1/steps", post(post_step).get(list_steps))
+        .route("/v1/step", get(get_step))
+        .with_state(a)
+}
+
+/// Runs the agent until it is stopped (exit code 0) or asks to be restarted as a new boot
+/// ([`EXIT_REBOOT`]).
+pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
+    baton_pki::install_default_provider();
+    let tls = cfg.tls.server_config()?;
+    let (journal, replayed) = Journal::open(&cfg.state_dir)
+        .map_err(|e| AgentError::State(cfg.state_dir.display().to_string(), e))?;
+    let boot_id =
+        std::fs::read_to_string(&cfg.boot_id_file).map(|s| s.trim().to_string()).unwrap_or_else(|e| {
+            tracing::warn!("cannot read boot id from {}: {e}", cfg.boot_id_file.display());
+            "unknown".into()
+        });
+    let (changed, _) = watch::channel(0u64);
+    let (exit_tx, mut exit_rx) = mpsc::channel(1);
+    let addr: std::net::SocketAddr =
+        cfg.listen.parse().map_err(|e| AgentError::Listen(cfg.listen.clone(), std::io::Error::other(e)))?;
+    let agent = Arc::new(Agent {
+        boot_id,
+        inner: Mutex::new(Inner {
+            steps: replayed.steps,
+            running: None,
+            last: replayed.last,
+            version: None,
+            healthy: cfg.checks.is_empty(),
+            checks: Vec::new(),
+            journal,
+            generation: 1,
+        }),
+        changed,
+        exit: exit_tx,
+        http: reqwest::Client::new(),
+        cfg,
+    });
+    let v = agent.read_version().await;
+    agent.inner.lock().expect("agent lock").version = v;
+    agent.check_health().await;
+    let checker = agent.clone();
+    let health = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(checker.cfg.check_interval_ms));
+        loop {
+            tick.tick().await;
+            checker.check_health().await;
+        }
+    });
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
+    listener.set_nonblocking(true).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
+    let handle = axum_server::Handle::new();
+    let server =
+        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+            .map_err(|e| AgentError::Listen(addr.to_string(), e))?
+            .handle(handle.clone())
+            .serve(router(agent.clone()).into_make_service());
+    tracing::info!(node = %agent.cfg.node, %addr, boot_id = %agent.boot_id, "agent listening (mutual TLS)");
+    let code = tokio::select! {
+        r = server => { if let Err(e) = r { tracing::error!("server stopped: {e}"); } 1 }
+        c = exit_rx.recv() => c.unwrap_or(0),
+        _ = shutdown_signal() => 0,
+    };
+    handle.shutdown();
+    health.abort();
+    Ok(code)
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,217 @@
+//! Operator commands against a running orchestrator: run, status, pause, resume, abort, events.
+
+use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How to reach the orchestrator.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<String>) -> Api {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("http client");
+        Api { base: base.trim_end_matches('/').to_string(), token, http }
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, String> {
+        let r = match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        let r = r
+            .header("x-baton-operator", whoami())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the orchestrator at {}: {e}", self.base))?;
+        if r.status().is_success() {
+            r.json().await.map_err(|e| format!("unexpected answer from the orchestrator: {e}"))
+        } else {
+            let status = r.status();
+            match r.json::<ApiError>().await {
+                Ok(e) => Err(format!("{} ({}, {status})", e.message, e.code)),
+                Err(_) => Err(format!("the orchestrator answered {status}")),
+            }
+        }
+    }
+
+    pub async fn create(&self, file: &str, toml: String) -> Result<CampaignView, String> {
+        let body = CreateCampaign { toml, file: Some(file.to_string()) };
+        self.read(self.http.post(format!("{}/v1/campaigns", self.base)).json(&body)).await
+    }
+
+    pub async fn act(&self, id: i64, action: &str) -> Result<CampaignView, String> {
+        self.read(self.http.post(format!("{}/v1/campaigns/{id}/{action}", self.base))).await
+    }
+
+    pub async fn view(&self, id: i64) -> Result<CampaignView, String> {
+        self.read(self.http.get(format!("{}/v1/campaigns/{id}", self.base))).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<CampaignView>, String> {
+        self.read(self.http.get(format!("{}/v1/campaigns", self.base))).await
+    }
+
+    pub async fn events(
+        &self,
+        id: i64,
+        after: i64,
+        wait_ms: Option<u64>,
+    ) -> Result<Vec<JournalEntry>, String> {
+        let mut q = vec![("after", after.to_string())];
+        if let Some(w) = wait_ms {
+            q.push(("wait_ms", w.to_string()));
+        }
+        self.read(self.http.get(format!("{}/v1/campaigns/{id}/events", self.base)).query(&q)).await
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+}
+
+pub fn settled(v: &CampaignView) -> bool {
+    use baton_core::Phase::*;
+    match v.phase {
+        Completed | Committed | RolledBack | Aborted => v.active == 0,
+        Halted => v.active == 0,
+        _ => false,
+    }
+}
+
+/// Follows a campaign until it settles, showing progress: bars per wave and overall in a
+/// terminal, one line per change otherwise. Event-driven: long polls on the journal.
+pub async fn follow(api: &Api, id: i64, tty: bool) -> Result<CampaignView, String> {
+    let mut v = api.view(id).await?;
+    let total = v.nodes.iter().filter(|n| n.wave.is_some() || n.state == "skipped").count() as u64;
+    let mp = MultiProgress::new();
+    let mut bars: BTreeMap<usize, ProgressBar> = BTreeMap::new();
+    let overall = if tty {
+        let b = mp.add(ProgressBar::new(total));
+        b.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                .expect("style")
+                .progress_chars("=> "),
+        );
+        b.set_prefix("overall");
+        let mut waves: BTreeMap<usize, u64> = BTreeMap::new();
+        for n in &v.nodes {
+            if let Some(w) = n.wave {
+                *waves.entry(w).or_default() += 1;
+            }
+        }
+        for (w, len) in waves {
+            let wb = mp.add(ProgressBar::new(len));
+            wb.set_style(
+                ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("style")
+                    .progress_chars("=> "),
+            );
+            wb.set_prefix(format!("wave {}", w + 1));
+            bars.insert(w, wb);
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        // Lines for what changed.
+        let mut done_total = 0;
+        let mut per_wave: BTreeMap<usize, (u64, Vec<String>)> = BTreeMap::new();
+        let first = last_state.is_empty();
+        for n in &v.nodes {
+            let finished = matches!(n.state.as_str(), "done" | "failed" | "skipped");
+            if finished {
+                done_total += 1;
+            }
+            if let Some(w) = n.wave {
+                let e = per_wave.entry(w).or_default();
+                if finished {
+                    e.0 += 1;
+                }
+                if n.state != "pending" && n.state != "done" {
+                    e.1.push(format!("{} {}", n.name, n.state));
+                }
+            }
+            if last_state.get(&n.name) != Some(&n.state) {
+                // Plain lines: every change, but not the nodes still waiting at the start.
+                let waiting = matches!(n.state.as_str(), "pending" | "not-targeted");
+                if overall.is_none() && !(first && waiting) {
+                    let extra = n.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                    let ver = n.version.as_deref().map(|x| format!(" (at {x})")).unwrap_or_default();
+                    println!("{} {}{ver}{extra}", n.name, n.state);
+                }
+                last_state.insert(n.name.clone(), n.state.clone());
+            }
+        }
+        if let Some(b) = &overall {
+            b.set_position(done_total);
+            b.set_message(format!("{} · {} active · {} failed", v.phase, v.active, v.failed));
+            for (w, wb) in &bars {
+                let (pos, states) = per_wave.get(w).cloned().unwrap_or_default();
+                wb.set_position(pos);
+                wb.set_message(states.join(", "));
+            }
+        }
+        if settled(&v) {
+            break;
+        }
+        let evs = api.events(id, after, Some(20_000)).await?;
+        if let Some(e) = evs.last() {
+            after = e.seq;
+        }
+        v = api.view(id).await?;
+    }
+    if let Some(b) = overall {
+        b.finish();
+        for wb in bars.values() {
+            wb.finish();
+        }
+    }
+    Ok(v)
+}
+
+pub fn print_view(v: &CampaignView) {
+    println!(
+        "campaign {} (id {}) on fleet {}: {} → {}, strategy {}, {} waves",
+        v.name, v.id, v.fleet, v.phase, v.target_version, v.strategy, v.waves
+    );
+    println!(
+        "{} updated, {} failed, {} skipped, {} pending, {} active",
+        v.updated, v.failed, v.skipped, v.pending, v.active
+    );
+    for n in &v.nodes {
+        let ud = n.update_domain.map(|u| format!("UD {u}")).unwrap_or_else(|| "no UD".into());
+        let reason = n.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        println!(
+            "  {:<16} {:<6} {:<12} {}{reason}",
+            n.name,
+            ud,
+            n.state,
+            n.version.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+pub fn print_events(evs: &[JournalEntry]) {
+    for e in evs {
+        let t = e.at_ms;
+        let secs = (t / 1000) % 86_400;
+        let line = serde_json::to_string(&e.event).unwrap_or_default();
+        println!(
+            "{:>6} {:02}:{:02}:{:02}.{:03} {line}",
+            e.seq,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            t % 1000
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The fleet's certificate authority and the rustls configurations for mutual TLS.
+//!
+//! Agents only answer clients that present a certificate signed by the fleet CA; the
+//! orchestrator only talks to agents whose certificate the same CA signed. Private keys are
+//! written with mode 0600 and refused when others can read them.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Bad { path: PathBuf, message: String },
+    #[error("certificate generation failed: {0}")]
+    Gen(#[from] rcgen::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+/// Makes ring the process's default rustls provider (HTTP clients built without explicit TLS
+/// settings need one). Calling it again does nothing.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The ring-based crypto provider: one TLS stack for agent and orchestrator.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Writes `data` to `path` with mode 0600, replacing it atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// File names inside a PKI directory.
+pub fn ca_cert_path(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
+}
+pub fn ca_key_path(dir: &Path) -> PathBuf {
+    dir.join("ca.key")
+}
+pub fn cert_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.pem"))
+}
+pub fn key_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.key"))
+}
+
+/// `baton ca init`: a new fleet CA in `dir` (refuses to overwrite one).
+pub fn init_ca(dir: &Path, fleet: &str) -> Result<(), PkiError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let cert = ca_cert_path(dir);
+    if cert.exists() {
+        return Err(PkiError::Bad {
+            path: cert,
+            message: "a CA exists here already; remove it first to replace it".into(),
+        });
+    }
+    let key = KeyPair::generate()?;
+    let cn = format!("baton fleet CA {fleet}");
+    let c = ca_params(&cn)?.self_signed(&key)?;
+    write_private(&ca_key_path(dir), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join("ca.name"), cn.as_bytes())?;
+    write_private(&cert, c.pem().as_bytes())
+}
+
+/// The CA's parameters, rebuilt from its name when issuing: the issuer of a certificate is the
+/// CA's distinguished name and key, which is all a verifier checks.
+fn ca_params(cn: &str) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(p)
+}
+
+/// `baton ca issue NAME`: a certificate for an agent or the orchestrator, valid as both TLS
+/// server and client, for `NAME`, `localhost` and the loopback addresses plus any `sans`.
+pub fn issue(dir: &Path, name: &str, sans: &[String]) -> Result<(), PkiError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(PkiError::Bad {
+            path: dir.to_path_buf(),
+            message: format!("`{name}` is not a usable name: use letters, digits, - _ ."),
+        });
+    }
+    let name_file = dir.join("ca.name");
+    let cn = fs::read_to_string(&name_file).map_err(io(&name_file))?;
+    let ca_key = KeyPair::from_pem(&read_key_file(&ca_key_path(dir))?)?;
+    let issuer = Issuer::new(ca_params(cn.trim())?, ca_key);
+    let mut names =
+        vec![name.to_string(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.extend(sans.iter().cloned());
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    for n in names {
+        p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(n.try_into()?),
+        });
+    }
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let key = KeyPair::generate()?;
+    let c = p.signed_by(&key, &issuer)?;
+    write_private(&key_path(dir, name), key.serialize_pem().as_bytes())?;
+    write_private(&cert_path(dir, name), c.pem().as_bytes())
+}
+
+/// Reads a private key, refusing one that group or others may read.
+pub fn read_key_file(path: &Path) -> Result<String, PkiError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(PkiError::Bad {
+            path: path.to_path_buf(),
+            message: format!(
+                "the key is readable by others (mode {:o}): run chmod 600 {}",
+                mode & 0o777,
+                path.display()
+            ),
+        });
+    }
+    fs::read_to_string(path).map_err(io(path))
+}
+
+/// The files one party uses for mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files for `name` in a directory made by `baton ca`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        TlsFiles { ca: ca_cert_path(dir), cert: cert_path(dir, name), key: key_path(dir, name) }
+    }
+
+    fn load(
+        &self,
+    ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let bad = |p: &Path, m: String| PkiError::Bad { path: p.to_path_buf(), message: m };
+        let mut roots = RootCertStore::empty();
+        let ca_pem = fs::read(&self.ca).map_err(io(&self.ca))?;
+        for c in CertificateDer::pem_slice_iter(&ca_pem) {
+            let c = c.map_err(|e| bad(&self.ca, format!("not a PEM certificate: {e}")))?;
+            roots.add(c).map_err(|e| bad(&self.ca, format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&self.ca, "no certificate in the CA file".into()));
+        }
+        let cert_pem = fs::read(&self.cert).map_err(io(&self.cert))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&self.cert, format!("not a PEM certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(bad(&self.cert, "no certificate in the file".into()));
+        }
+        let key_pem = read_key_file(&self.key)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| bad(&self.key, format!("not a PEM private key: {e}")))?;
+        Ok((roots, chain, key))
+    }
+
+    /// A server that requires a client certificate signed by the CA.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let (roots, chain, key) = self.load()?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// A client that trusts only the CA and presents its own certificate.
+    pub fn client_config(&self) -> Result<ClientConfig, PkiError> {
+        let (roots, chain, key) = self.load()?;
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))
+    }
+}

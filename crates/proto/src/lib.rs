@@ -1,0 +1,139 @@
+//! Request and response types shared by the agent, the orchestrator and the CLI: one
+//! definition for both ends of every call.
+
+use baton_core::campaign::{Event, Phase};
+use serde::{Deserialize, Serialize};
+
+/// Errors are JSON with a stable code, under the matching HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+// ---- agent API (mutual TLS) ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    /// Out of service: drain hooks, local services stopped with `stop_grace` then forced.
+    Drain,
+    /// Run an allow-listed action.
+    Action,
+    /// Back into service: local services started, restore hooks.
+    Restore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRequest {
+    /// Derived from (campaign, node, pass, attempt, step): a step id the agent has seen is
+    /// never run again; the agent answers with its recorded outcome.
+    pub id: String,
+    pub kind: StepKind,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    Running,
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStatus {
+    pub id: String,
+    pub kind: StepKind,
+    pub state: StepState,
+    /// The node must reboot to finish the step.
+    #[serde(default)]
+    pub reboot: bool,
+    /// The boot id when the step ran.
+    pub boot_id: String,
+    /// Version installed after the step, when known.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The end of the step's output (bounded).
+    #[serde(default)]
+    pub output_tail: String,
+    /// How many times this step id was executed on this node (never more than 1).
+    pub executions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub version: Option<String>,
+    pub boot_id: String,
+    pub healthy: bool,
+    pub checks: Vec<CheckResult>,
+    /// The step running now or last run.
+    pub step: Option<StepStatus>,
+    /// Increases whenever anything above changes (for long polls).
+    pub generation: u64,
+}
+
+// ---- orchestrator REST API (operator token for mutating calls) ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCampaign {
+    /// The campaign file's text (TOML).
+    pub toml: String,
+    /// Its name, for error messages.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub state: String,
+    pub update_domain: Option<u32>,
+    /// The plan's wave (0-based) for nodes to update.
+    #[serde(default)]
+    pub wave: Option<usize>,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignView {
+    pub id: i64,
+    pub name: String,
+    pub fleet: String,
+    pub target_version: String,
+    pub strategy: String,
+    pub phase: Phase,
+    pub nodes: Vec<NodeView>,
+    pub waves: usize,
+    pub updated: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub pending: usize,
+    pub active: usize,
+    /// Journal entries so far.
+    pub events: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: i64,
+    pub at_ms: u64,
+    pub event: Event,
+}

@@ -1,0 +1,81 @@
+//! Talking to agents over mutual TLS.
+
+use baton_proto::{AgentStatus, ApiError, StepRequest, StepStatus};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer (down, rebooting, cut off). Nothing can be concluded about the node.
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// The agent answered with an error.
+    #[error("agent refused: {} ({})", .0.message, .0.code)]
+    Refused(ApiError),
+}
+
+#[derive(Clone)]
+pub struct AgentClient {
+    http: reqwest::Client,
+}
+
+impl AgentClient {
+    pub fn new(tls: &baton_pki::TlsFiles) -> Result<Self, baton_pki::PkiError> {
+        baton_pki::install_default_provider();
+        let cfg = tls.client_config()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| baton_pki::PkiError::Tls(e.to_string()))?;
+        Ok(AgentClient { http })
+    }
+
+    fn url(addr: &str, path: &str) -> String {
+        format!("https://{addr}{path}")
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        r: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<T, ClientError> {
+        let r = r.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        if r.status().is_success() {
+            r.json().await.map_err(|e| ClientError::Unreachable(e.to_string()))
+        } else {
+            let status = r.status();
+            let e = r
+                .json::<ApiError>()
+                .await
+                .unwrap_or(ApiError { code: "http".into(), message: status.to_string() });
+            Err(ClientError::Refused(e))
+        }
+    }
+
+    pub async fn start_step(&self, addr: &str, req: &StepRequest) -> Result<StepStatus, ClientError> {
+        Self::read(self.http.post(Self::url(addr, "/v1/steps")).json(req).send().await).await
+    }
+
+    /// The step's status, waiting up to `wait_ms` for it to finish.
+    pub async fn step(&self, addr: &str, id: &str, wait_ms: u64) -> Result<StepStatus, ClientError> {
+        let q = [("id", id.to_string()), ("wait_ms", wait_ms.to_string())];
+        Self::read(self.http.get(Self::url(addr, "/v1/step")).query(&q).send().await).await
+    }
+
+    pub async fn steps(&self, addr: &str) -> Result<Vec<StepStatus>, ClientError> {
+        Self::read(self.http.get(Self::url(addr, "/v1/steps")).send().await).await
+    }
+
+    /// The agent's status; with `after`, waits up to `wait_ms` for a newer one.
+    pub async fn status(
+        &self,
+        addr: &str,
+        after: Option<u64>,
+        wait_ms: u64,
+    ) -> Result<AgentStatus, ClientError> {
+        let mut q = vec![("wait_ms", wait_ms.to_string())];
+        if let Some(a) = after {
+            q.push(("after", a.to_string()));
+        }
+        Self::read(self.http.get(Self::url(addr, "/v1/status")).query(&q).send().await).await
+    }
+}

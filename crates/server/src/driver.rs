@@ -1,0 +1,434 @@
+//! One task per campaign drives the core against the agents. It is event-driven: it waits on
+//! its inbox (agent reports, operator actions) or the core's next deadline. Each event is
+//! appended to the journal before the commands that follow from it are sent. Talking to an
+//! agent happens in a per-node job that reports back through the inbox.
+
+use crate::client::{AgentClient, ClientError};
+use crate::store::Store;
+use baton_core::campaign::{Back, Command, Event, Notice, Phase};
+use baton_core::{Campaign, CampaignError, Millis, NodeState};
+use baton_proto::{CampaignView, NodeView, StepKind, StepRequest, StepState};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+pub enum Msg {
+    Event { event: Event, reply: Option<oneshot::Sender<Result<(), CampaignError>>> },
+}
+
+/// Report from a job: an event for the campaign.
+#[derive(Clone)]
+struct Reporter(mpsc::Sender<Msg>);
+
+impl Reporter {
+    async fn send(&self, event: Event) {
+        let _ = self.0.send(Msg::Event { event, reply: None }).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Step,
+    Boot,
+    Health,
+}
+
+pub struct Driver {
+    pub id: i64,
+    pub campaign: Campaign,
+    store: Arc<Store>,
+    client: AgentClient,
+    inbox: mpsc::Sender<Msg>,
+    jobs: HashMap<String, (JobKind, AbortHandle)>,
+    view: watch::Sender<CampaignView>,
+    events: i64,
+    last_now: Millis,
+    /// Time from an agent's report to the commands it led to being handed to jobs, in µs.
+    pub overhead_us: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
+    let mut v = CampaignView {
+        id,
+        name: c.spec.name.clone(),
+        fleet: c.fleet.name.clone(),
+        target_version: c.spec.target_version.clone(),
+        strategy: c.spec.strategy.as_str().into(),
+        phase: c.phase,
+        nodes: Vec::with_capacity(c.nodes.len()),
+        waves: c.plan.waves.len(),
+        updated: 0,
+        failed: 0,
+        skipped: 0,
+        pending: c.pending(),
+        active: c.active() as usize,
+        events,
+    };
+    let mut wave = vec![None; c.nodes.len()];
+    for (w, nodes) in c.plan.waves.iter().enumerate() {
+        for &n in nodes {
+            wave[n as usize] = Some(w);
+        }
+    }
+    for (i, r) in c.nodes.iter().enumerate() {
+        let reason = match &r.state {
+            NodeState::Failed { reason, .. } | NodeState::Skipped { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        match r.state {
+            NodeState::Done { .. } => v.updated += 1,
+            NodeState::Failed { .. } => v.failed += 1,
+            NodeState::Skipped { .. } => v.skipped += 1,
+            _ => {}
+        }
+        v.nodes.push(NodeView {
+            name: c.fleet.nodes[i].name.clone(),
+            state: r.state.name().into(),
+            update_domain: c.fleet.nodes[i].update_domain,
+            wave: wave[i],
+            version: r.version.clone(),
+            reason,
+        });
+    }
+    v
+}
+
+/// Whether the campaign still waits on something from this node's agent.
+fn needs_job(st: &NodeState) -> bool {
+    st.is_active()
+        || matches!(
+            st,
+            NodeState::Done { back: Back::Checking { .. } | Back::Restoring }
+                | NodeState::Failed { back: Back::Checking { .. } | Back::Restoring, .. }
+        )
+}
+
+impl Driver {
+    pub fn new(
+        id: i64,
+        campaign: Campaign,
+        store: Arc<Store>,
+        client: AgentClient,
+        events: i64,
+    ) -> (Driver, mpsc::Receiver<Msg>, watch::Receiver<CampaignView>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (view, view_rx) = watch::channel(view_of(id, &campaign, events));
+        let d = Driver {
+            id,
+            campaign,
+            store,
+            client,
+            inbox: tx,
+            jobs: HashMap::new(),
+            view,
+            events,
+            last_now: 0,
+            overhead_us: Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        (d, rx, view_rx)
+    }
+
+    pub fn inbox(&self) -> mpsc::Sender<Msg> {
+        self.inbox.clone()
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        // After a restart: ask every agent the campaign waits on about its step again.
+        for cmd in self.campaign.resume_commands() {
+            self.dispatch(cmd);
+        }
+        loop {
+            let deadline = self.campaign.next_deadline();
+            let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(Msg::Event { event, reply }) => self.apply(event, reply),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
+                    self.apply(Event::Tick, None)
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, event: Event, reply: Option<oneshot::Sender<Result<(), CampaignError>>>) {
+        let started = std::time::Instant::now();
+        let from_agent = matches!(
+            event,
+            Event::StepOk { .. } | Event::StepFailed { .. } | Event::Booted { .. } | Event::Health { .. }
+        );
+        let now = now_ms().max(self.last_now);
+        let before = self.campaign.clone();
+        match self.campaign.handle(now, event.clone()) {
+            Ok(cmds) => {
+                if let Err(e) = self.store.append(self.id, now, &event) {
+                    // Not journaled: the event did not happen. Keep the old state, send nothing.
+                    tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
+                    self.campaign = before;
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(CampaignError::NotAllowed {
+                            action: "journal",
+                            phase: self.campaign.phase,
+                        }));
+                    }
+                    return;
+                }
+                self.last_now = now;
+                self.events += 1;
+                let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
+                for c in cmds {
+                    self.dispatch(c);
+                }
+                if from_agent && had_commands {
+                    self.overhead_us
+                        .lock()
+                        .expect("overhead lock")
+                        .push(started.elapsed().as_micros() as u64);
+                }
+                self.reap();
+                self.view.send_replace(view_of(self.id, &self.campaign, self.events));
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(campaign = self.id, "event not applied: {e}");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Stops jobs for nodes the campaign no longer waits on.
+    fn reap(&mut self) {
+        let c = &self.campaign;
+        self.jobs.retain(|node, (_, h)| {
+            let keep = c.fleet.node_id(node).map(|n| needs_job(&c.nodes[n as usize].state)).unwrap_or(false);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+    }
+
+    fn addr(&self, node: &str) -> String {
+        self.campaign
+            .fleet
+            .node_id(node)
+            .and_then(|n| self.campaign.fleet.nodes[n as usize].address.clone())
+            .unwrap_or_default()
+    }
+
+    fn job<F>(&mut self, node: &str, kind: JobKind, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some((_, h)) = self.jobs.remove(node) {
+            h.abort();
+        }
+        let h = tokio::spawn(fut).abort_handle();
+        self.jobs.insert(node.to_string(), (kind, h));
+    }
+
+    fn dispatch(&mut self, cmd: Command) {
+        let rep = Reporter(self.inbox.clone());
+        let client = self.client.clone();
+        match cmd {
+            Command::Drain { node, step, stop_grace, .. } => {
+                let req = StepRequest {
+                    id: step,
+                    kind: StepKind::Drain,
+                    action: None,
+                    version: None,
+                    stop_grace_ms: Some(stop_grace),
+                };
+                let addr = self.addr(&node);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+            }
+            Command::Update { node, step, action, version } => {
+                let req = StepRequest {
+                    id: step,
+                    kind: StepKind::Action,
+                    action: Some(action),
+                    version: Some(version),
+                    stop_grace_ms: None,
+                };
+                let addr = self.addr(&node);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+            }
+            Command::Restore { node, step } => {
+                let req = StepRequest {
+                    id: step,
+                    kind: StepKind::Restore,
+                    action: None,
+                    version: None,
+                    stop_grace_ms: None,
+                };
+                let addr = self.addr(&node);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+            }
+            Command::WatchBoot { node, old_boot, .. } => {
+                let addr = self.addr(&node);
+                self.job(&node.clone(), JobKind::Boot, boot_job(client, addr, node, old_boot, rep));
+            }
+            Command::WatchHealth { node } => {
+                if self.jobs.get(&node).map(|j| j.0) != Some(JobKind::Health) {
+                    let addr = self.addr(&node);
+                    self.job(&node.clone(), JobKind::Health, health_job(client, addr, node, rep));
+                }
+            }
+            Command::Fence { node, reason } => tracing::warn!(campaign = self.id, %node, "fenced: {reason}"),
+            Command::Notify { notice } => match notice {
+                Notice::Phase { from, to, by } => {
+                    tracing::info!(campaign = self.id, %from, %to, by = by.as_deref().unwrap_or("baton"), "phase");
+                    if matches!(to, Phase::Committed | Phase::RolledBack | Phase::Aborted) {
+                        let _ = self.store.set_settled(self.id, true);
+                    }
+                }
+                Notice::NodeDone { node } => tracing::info!(campaign = self.id, %node, "node done"),
+                Notice::NodeFailed { node, reason } => {
+                    tracing::warn!(campaign = self.id, %node, "node failed: {reason}")
+                }
+            },
+        }
+    }
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+    /// Waits before trying an agent again: there is no channel across a reboot or an outage.
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Tracks whether the agent answers, and tells the campaign when that changes.
+struct Reach {
+    lost: bool,
+}
+
+impl Reach {
+    async fn ok(&mut self, rep: &Reporter, node: &str) {
+        if self.lost {
+            self.lost = false;
+            rep.send(Event::Reachable { node: node.into() }).await;
+        }
+    }
+    async fn lost(&mut self, rep: &Reporter, node: &str) {
+        if !self.lost {
+            self.lost = true;
+            rep.send(Event::Unreachable { node: node.into() }).await;
+        }
+    }
+}
+
+/// Sends a step (idempotent by its id) and reports how it ended. While the agent does not
+/// answer, nothing is assumed: the campaign hears `Unreachable`, then `Reachable` and the
+/// outcome the agent recorded.
+async fn step_job(client: AgentClient, addr: String, node: String, req: StepRequest, rep: Reporter) {
+    let mut backoff = Backoff::new();
+    let mut reach = Reach { lost: false };
+    let mut st = loop {
+        match client.start_step(&addr, &req).await {
+            Ok(st) => {
+                reach.ok(&rep, &node).await;
+                break st;
+            }
+            Err(ClientError::Unreachable(_)) => {
+                reach.lost(&rep, &node).await;
+                backoff.wait().await;
+            }
+            Err(ClientError::Refused(e)) if e.code == "busy" => {
+                reach.ok(&rep, &node).await;
+                backoff.wait().await;
+            }
+            Err(ClientError::Refused(e)) => {
+                reach.ok(&rep, &node).await;
+                rep.send(Event::StepFailed { node, step: req.id, reason: e.message }).await;
+                return;
+            }
+        }
+    };
+    while st.state == StepState::Running {
+        match client.step(&addr, &req.id, 30_000).await {
+            Ok(s) => {
+                reach.ok(&rep, &node).await;
+                backoff = Backoff::new();
+                st = s;
+            }
+            Err(ClientError::Unreachable(_)) => {
+                reach.lost(&rep, &node).await;
+                backoff.wait().await;
+            }
+            Err(ClientError::Refused(e)) => {
+                rep.send(Event::StepFailed { node, step: req.id, reason: e.message }).await;
+                return;
+            }
+        }
+    }
+    let ev = match st.state {
+        StepState::Ok => Event::StepOk {
+            node,
+            step: req.id,
+            reboot: st.reboot,
+            boot_id: Some(st.boot_id),
+            version: st.version,
+        },
+        _ => Event::StepFailed { node, step: req.id, reason: st.error.unwrap_or_else(|| "failed".into()) },
+    };
+    rep.send(ev).await;
+}
+
+/// Waits for the node to answer with a new boot id.
+async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<String>, rep: Reporter) {
+    let mut backoff = Backoff::new();
+    loop {
+        if let Ok(s) = client.status(&addr, None, 0).await {
+            if Some(&s.boot_id) != old.as_ref() {
+                rep.send(Event::Booted { node, boot_id: s.boot_id }).await;
+                return;
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+/// Reports the node's health whenever it changes (long polls on the agent's status).
+async fn health_job(client: AgentClient, addr: String, node: String, rep: Reporter) {
+    let mut last: Option<bool> = None;
+    let mut after = None;
+    let mut backoff = Backoff::new();
+    loop {
+        match client.status(&addr, after, 20_000).await {
+            Ok(s) => {
+                backoff = Backoff::new();
+                if last != Some(s.healthy) {
+                    last = Some(s.healthy);
+                    rep.send(Event::Health { node: node.clone(), healthy: s.healthy }).await;
+                }
+                after = Some(s.generation);
+            }
+            Err(_) => {
+                if last != Some(false) {
+                    last = Some(false);
+                    rep.send(Event::Health { node: node.clone(), healthy: false }).await;
+                }
+                after = None;
+                backoff.wait().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The orchestrator: drives campaigns against agents, keeps the journal, serves the REST API.
+
+pub mod client;
+pub mod driver;
+pub mod store;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_core::campaign::{Event, Phase};
+use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet};
+use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry};
+use client::AgentClient;
+use driver::{Driver, Msg};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Store, StoredCampaign};
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Fleet(Box<baton_core::Diagnostic>),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Tls(#[from] baton_pki::PkiError),
+    #[error("campaign {id} in the journal no longer fits its files: {message}")]
+    Replay { id: i64, message: String },
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+/// Settings read once at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub fleet_file: String,
+    pub fleet_text: String,
+    pub db: PathBuf,
+    pub tls: baton_pki::TlsFiles,
+    pub token: String,
+}
+
+struct Handle {
+    inbox: mpsc::Sender<Msg>,
+    view: watch::Receiver<CampaignView>,
+    overhead_us: Arc<Mutex<Vec<u64>>>,
+}
+
+pub struct Hub {
+    settings: Settings,
+    fleet: Arc<Fleet>,
+    store: Arc<Store>,
+    client: AgentClient,
+    campaigns: Mutex<BTreeMap<i64, Handle>>,
+}
+
+/// Phases in which a campaign holds the fleet's lock.
+fn holds_lock(p: Phase) -> bool {
+    matches!(p, Phase::Planned | Phase::Running | Phase::Paused | Phase::Halted | Phase::RollingBack)
+}
+
+#[derive(Debug)]
+pub struct Fail {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Fail {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Fail { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiError { code: self.code.into(), message: self.message })).into_response()
+    }
+}
+
+impl Hub {
+    /// Opens the journal, rebuilds every campaign from it and starts their drivers.
+    pub async fn start(settings: Settings) -> Result<Arc<Hub>, ServerError> {
+        let fleet = load_fleet(&settings.fleet_file, &settings.fleet_text)
+            .map_err(|d| ServerError::Fleet(Box::new(d)))?;
+        let store = Arc::new(Store::open(&settings.db)?);
+        let client = AgentClient::new(&settings.tls)?;
+        let hub = Arc::new(Hub {
+            fleet: Arc::new(fleet),
+            store,
+            client,
+            campaigns: Mutex::new(BTreeMap::new()),
+            settings,
+        });
+        for (stored, _settled) in hub.store.campaigns()? {
+            let id = stored.id;
+            let c = hub.rebuild(&stored).map_err(|message| ServerError::Replay { id, message })?;
+            let n = hub.store.events(id, 0)?.len() as i64;
+            hub.spawn(id, c, n);
+        }
+        Ok(hub)
+    }
+
+    fn rebuild(&self, s: &StoredCampaign) -> Result<Campaign, String> {
+        let fleet = load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| d.to_string())?;
+        let spec = load_campaign(&s.campaign_file, &s.campaign_text, &fleet).map_err(|d| d.to_string())?;
+        let journal: Vec<(u64, Event)> = self
+            .store
+            .events(s.id, 0)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|e| (e.at_ms, e.event))
+            .collect();
+        Campaign::replay(Arc::new(fleet), spec, &journal).map_err(|e| e.to_string())
+    }
+
+    fn spawn(&self, id: i64, c: Campaign, events: i64) {
+        let (d, rx, view) = Driver::new(id, c, self.store.clone(), self.client.clone(), events);
+        let h = Handle { inbox: d.inbox(), view, overhead_us: d.overhead_us.clone() };
+        tokio::spawn(d.run(rx));
+        self.campaigns.lock().expect("hub lock").insert(id, h);
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
+        let file = req.file.unwrap_or_else(|| "campaign.toml".into());
+        let spec = load_campaign(&file, &req.toml, &self.fleet)
+            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        let c = Campaign::new(self.fleet.clone(), spec).map_err(|i| {
+            Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
+        })?;
+        let map = self.campaigns.lock().expect("hub lock");
+        if let Some(h) = map.values().find(|h| holds_lock(h.view.borrow().phase)) {
+            let v = h.view.borrow();
+            return Err(Fail::new(
+                StatusCode::CONFLICT,
+                "fleet-locked",
+                format!(
+                    "campaign {} (id {}, {}) holds fleet {}; finish or abort it first",
+                    v.name, v.id, v.phase, v.fleet
+                ),
+            ));
+        }
+        drop(map);
+        let stored = StoredCampaign {
+            id: 0,
+            fleet_file: self.settings.fleet_file.clone(),
+            fleet_text: self.settings.fleet_text.clone(),
+            campaign_file: file,
+            campaign_text: req.toml,
+        };
+        let id = self
+            .store
+            .create(&c.spec.name, &stored, driver::now_ms())
+            .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()))?;
+        let v = driver::view_of(id, &c, 0);
+        self.spawn(id, c, 0);
+        Ok(v)
+    }
+
+    pub fn view(&self, id: i64) -> Option<CampaignView> {
+        self.campaigns.lock().expect("hub lock").get(&id).map(|h| h.view.borrow().clone())
+    }
+
+    pub fn views(&self) -> Vec<CampaignView> {
+        self.campaigns.lock().expect("hub lock").values().map(|h| h.view.borrow().clone()).collect()
+    }
+
+    /// Waits until the campaign's view satisfies `done` (or it is gone).
+    pub async fn wait_view(&self, id: i64, done: impl Fn(&CampaignView) -> bool) -> Option<CampaignView> {
+        let mut rx = self.campaigns.lock().expect("hub lock").get(&id)?.view.clone();
+        loop {
+            let v = rx.borrow_and_update().clone();
+            if done(&v) {
+                return Some(v);
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+
+    /// An operator action, journaled with who did it.
+    pub async fn act(&self, id: i64, action: &str, by: String) -> Result<CampaignView, Fail> {
+        let event = match action {
+            "start" => Event::Start { by },
+            "pause" => Event::Pause { by },
+            "resume" => Event::Resume { by },
+            "abort" => Event::Abort { by },
+            "rollback" => Event::Rollback { by },
+            "commit" => Event::Commit { by },
+            _ => {
+                return Err(Fail::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown-action",
+                    format!("no campaign action {action}"),
+                ))
+            }
+        };
+        let inbox =
+            self.campaigns.lock().expect("hub lock").get(&id).map(|h| h.inbox.clone()).ok_or_else(|| {
+                Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
+            })?;
+        let (tx, rx) = oneshot::channel();
+        inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| {
+            Fail::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", "the campaign's driver stopped")
+        })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(self.view(id).expect("campaign exists")),
+            Ok(Err(CampaignError::CommitRefused(m))) => {
+                Err(Fail::new(StatusCode::CONFLICT, "commit-refused", m))
+            }
+            Ok(Err(e)) => Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string())),
+            Err(_) => {
+                Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", "the campaign's driver stopped"))
+            }
+        }
+    }
+
+    pub fn events(&self, id: i64, after: i64) -> Result<Vec<JournalEntry>, Fail> {
+        if self.view(id).is_none() {
+            return Err(Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}")));
+        }
+        self.store
+            .events(id, after)
+            .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()))
+    }
+
+    /// Report-to-command times recorded so far for a campaign, in µs.
+    pub fn overhead_us(&self, id: i64) -> Vec<u64> {
+        self.campaigns
+            .lock()
+            .expect("hub lock")
+            .get(&id)
+            .map(|h| h.overhead_us.lock().expect("lock").clone())
+            .unwrap_or_default()
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<String, Fail> {
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            let (a, b) = (g.as_bytes(), self.settings.token.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        });
+        if !ok {
+            return Err(Fail::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call needs the operator token (Authorization: Bearer ...)",
+            ));
+        }
+        let who = headers.get("x-baton-operator").and_then(|v| v.to_str().ok()).unwrap_or("operator");
+        Ok(who.chars().filter(|c| !c.is_control()).take(64).collect())
+    }
+}
+
+type Shared = Arc<Hub>;
+
+async fn list(State(h): State<Shared>) -> Json<Vec<CampaignView>> {
+    Json(h.views())
+}
+
+async fn create(
+    State(h): State<Shared>,
+    headers: HeaderMap,
+    Json(req): Json<CreateCampaign>,
+) -> Result<Response, Fail> {
+    h.authorize(&headers)?;
+    let v = h.create(req)?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<CampaignView>, Fail> {
+    h.view(id)
+        .map(Json)
+        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}")))
+}
+
+async fn act(
+    State(h): State<Shared>,
+    headers: HeaderMap,
+    UrlPath((id, action)): UrlPath<(i64, String)>,
+) -> Result<Json<CampaignView>, Fail> {
+    let by = h.authorize(&headers)?;
+    h.act(id, &action, by).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn events(
+    State(h): State<Shared>,
+    UrlPath(id): UrlPath<i64>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<JournalEntry>>, Fail> {
+    if let Some(ms) = q.wait_ms {
+        let after = q.after;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(ms.min(60_000)),
+            h.wait_view(id, |v| v.events > after),
+        )
+        .await;
+    }
+    h.events(id, q.after).map(Json)
+}
+
+pub fn router(h: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/campaigns", get(list).post(create))
+        .route("/v1/campaigns/{id}", get(get_one))
+        .route("/v1/campaigns/{id}/events", get(events))
+        .route("/v1/campaigns/{id}/{action}", post(act))
+        .with_state(h)
+}
+
+/// Serves the API on `listener` until `stop` resolves.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(hub)).with_graceful_shutdown(stop).await
+}

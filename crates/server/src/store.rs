@@ -1,0 +1,142 @@
+//! The journal store: SQLite in WAL mode with synchronous=FULL, so an appended event is on disk
+//! before the commands that follow from it are sent.
+
+use baton_core::campaign::Event;
+use baton_core::Millis;
+use baton_proto::JournalEntry;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("journal database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("journal entry is not readable: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A stored campaign: the fleet and campaign files it was created from, so that it can be
+/// rebuilt and its journal replayed after a restart.
+#[derive(Debug, Clone)]
+pub struct StoredCampaign {
+    pub id: i64,
+    pub fleet_file: String,
+    pub fleet_text: String,
+    pub campaign_file: String,
+    pub campaign_text: String,
+}
+
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS campaigns (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                fleet_file TEXT NOT NULL, fleet_text TEXT NOT NULL,
+                campaign_file TEXT NOT NULL, campaign_text TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                settled INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS events (
+                campaign INTEGER NOT NULL REFERENCES campaigns(id),
+                seq INTEGER NOT NULL,
+                at_ms INTEGER NOT NULL,
+                event TEXT NOT NULL,
+                PRIMARY KEY (campaign, seq));",
+        )?;
+        Ok(Store { db: Mutex::new(db) })
+    }
+
+    pub fn create(&self, name: &str, c: &StoredCampaign, now: Millis) -> Result<i64, StoreError> {
+        let db = self.db.lock().expect("db lock");
+        db.execute(
+            "INSERT INTO campaigns (name, fleet_file, fleet_text, campaign_file, campaign_text, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, c.fleet_file, c.fleet_text, c.campaign_file, c.campaign_text, now as i64],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// Appends an event; returns its sequence number. Durable when this returns.
+    pub fn append(&self, campaign: i64, at: Millis, event: &Event) -> Result<i64, StoreError> {
+        let text = serde_json::to_string(event)?;
+        let db = self.db.lock().expect("db lock");
+        let seq: i64 = db.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE campaign = ?1",
+            [campaign],
+            |r| r.get(0),
+        )?;
+        db.execute(
+            "INSERT INTO events (campaign, seq, at_ms, event) VALUES (?1, ?2, ?3, ?4)",
+            params![campaign, seq, at as i64, text],
+        )?;
+        Ok(seq)
+    }
+
+    pub fn events(&self, campaign: i64, after: i64) -> Result<Vec<JournalEntry>, StoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut st =
+            db.prepare("SELECT seq, at_ms, event FROM events WHERE campaign = ?1 AND seq > ?2 ORDER BY seq")?;
+        let rows = st.query_map(params![campaign, after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, text) = row?;
+            out.push(JournalEntry { seq, at_ms: at as u64, event: serde_json::from_str(&text)? });
+        }
+        Ok(out)
+    }
+
+    pub fn set_settled(&self, campaign: i64, settled: bool) -> Result<(), StoreError> {
+        let db = self.db.lock().expect("db lock");
+        db.execute("UPDATE campaigns SET settled = ?2 WHERE id = ?1", params![campaign, settled as i64])?;
+        Ok(())
+    }
+
+    pub fn campaigns(&self) -> Result<Vec<(StoredCampaign, bool)>, StoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut st = db.prepare(
+            "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, settled FROM campaigns ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                StoredCampaign {
+                    id: r.get(0)?,
+                    fleet_file: r.get(1)?,
+                    fleet_text: r.get(2)?,
+                    campaign_file: r.get(3)?,
+                    campaign_text: r.get(4)?,
+                },
+                r.get::<_, i64>(5)? != 0,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<StoredCampaign>, StoreError> {
+        let db = self.db.lock().expect("db lock");
+        Ok(db
+            .query_row(
+                "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text FROM campaigns WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(StoredCampaign {
+                        id: r.get(0)?,
+                        fleet_file: r.get(1)?,
+                        fleet_text: r.get(2)?,
+                        campaign_file: r.get(3)?,
+                        campaign_text: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
