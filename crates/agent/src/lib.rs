@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod journal;
+pub mod local;
 pub mod run;
 
 use axum::extract::{Query, State};

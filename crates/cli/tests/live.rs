@@ -1,0 +1,439 @@
+//! Real processes over loopback: `baton serve` as a child process, agents as supervised
+//! `baton agent` processes with mutual TLS. Nothing here is mocked.
+
+use baton_agent::local::{LocalFleet, LocalOptions};
+use baton_core::{load_campaign, load_fleet, Campaign, Phase};
+use baton_proto::{CampaignView, JournalEntry, StepKind, StepRequest};
+use baton_server::client::AgentClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `baton serve` as a child process on a free port.
+struct Serve {
+    child: Child,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    async fn start(fleet: &LocalFleet, port: u16) -> Serve {
+        let token = "test-token-0123456789";
+        let token_file = fleet.dir.join("operator.token");
+        baton_pki::write_private(&token_file, token.as_bytes()).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(fleet.dir.join("serve.log")).unwrap();
+        let child = Command::new(exe())
+            .args(["serve", "--fleet"])
+            .arg(&fleet.fleet_file)
+            .arg("--db")
+            .arg(format!("sqlite:{}", fleet.dir.join("baton.db").display()))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--pki"])
+            .arg(&fleet.pki)
+            .arg("--token-file")
+            .arg(&token_file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token: token.into(),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.http.get(format!("{}/healthz", s.url)).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "baton serve did not come up; see {}",
+                fleet.dir.join("serve.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, (u16, String)> {
+        let mut r = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.map_err(|e| (0, e.to_string()))?;
+        let code = r.status().as_u16();
+        if r.status().is_success() {
+            Ok(r.json().await.unwrap())
+        } else {
+            Err((code, r.text().await.unwrap_or_default()))
+        }
+    }
+
+    async fn create_and_start(&self, toml: String) -> CampaignView {
+        let v: CampaignView =
+            self.post("/v1/campaigns", Some(serde_json::json!({"toml": toml}))).await.expect("create");
+        let _: CampaignView = self.post(&format!("/v1/campaigns/{}/start", v.id), None).await.expect("start");
+        v
+    }
+
+    async fn view(&self, id: i64) -> Option<CampaignView> {
+        let r = self.http.get(format!("{}/v1/campaigns/{id}", self.url)).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    async fn events(&self, id: i64) -> Vec<JournalEntry> {
+        self.http
+            .get(format!("{}/v1/campaigns/{id}/events", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits, long-polling the journal, until the campaign's view satisfies `done`.
+    async fn wait(&self, id: i64, within: Duration, done: impl Fn(&CampaignView) -> bool) -> CampaignView {
+        let deadline = Instant::now() + within;
+        let mut after = 0;
+        loop {
+            if let Some(v) = self.view(id).await {
+                if done(&v) {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "timed out waiting; last view: {v:#?}");
+                after = v.events;
+            }
+            let _ = self
+                .http
+                .get(format!("{}/v1/campaigns/{id}/events?after={after}&wait_ms=2000", self.url))
+                .send()
+                .await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn client(fleet: &LocalFleet) -> AgentClient {
+    AgentClient::new(&baton_pki::TlsFiles::in_dir(&fleet.pki, "orchestrator")).unwrap()
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn local(name: &str, o: LocalOptions) -> LocalFleet {
+    let mut f = LocalFleet::create(&fresh_dir(name), &o).unwrap();
+    f.start(&exe(), o.reboot_ms);
+    // Wait until every agent answers.
+    let c = client(&f);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &f.nodes {
+        while c.status(&n.addr, None, 0).await.is_err() {
+            assert!(Instant::now() < deadline, "agent {} did not come up", n.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    f
+}
+
+/// Every step every agent ran, with how many times; asserts none ran twice.
+async fn steps_ran_once(f: &LocalFleet) -> usize {
+    let c = client(f);
+    let mut total = 0;
+    for n in &f.nodes {
+        for s in c.steps(&n.addr).await.unwrap() {
+            assert_eq!(s.executions, 1, "{}: step {} ran {} times", n.name, s.id, s.executions);
+            total += 1;
+        }
+    }
+    total
+}
+
+/// Replays the journal through the core and checks the services' budgets after every event.
+fn budgets_kept(fleet: &LocalFleet, campaign_toml: &str, journal: &[JournalEntry]) {
+    let fl = load_fleet("fleet.toml", &fleet.fleet_text).unwrap();
+    let spec = load_campaign("campaign.toml", campaign_toml, &fl).unwrap();
+    let mut c = Campaign::new(Arc::new(fl), spec).unwrap();
+    for e in journal {
+        c.handle(e.at_ms, e.event.clone()).expect("journal replays");
+        for (s, svc) in c.fleet.services.iter().enumerate() {
+            assert!(
+                c.down(s) <= svc.allowance,
+                "service {} has {} down after event {}",
+                svc.name,
+                c.down(s),
+                e.seq
+            );
+        }
+        assert!(c.active() <= c.max_parallel);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_across_five_agents_completes() {
+    let mut f = local(
+        "five",
+        LocalOptions { nodes: 5, action_seconds: "0.3".into(), reboot_ms: 300, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    let toml = LocalFleet::campaign_toml("");
+    let v = serve.create_and_start(toml.clone()).await;
+    let end =
+        serve.wait(v.id, Duration::from_secs(120), |v| v.phase == Phase::Completed && v.active == 0).await;
+    assert_eq!(end.updated, 5);
+    let c = client(&f);
+    for n in &f.nodes {
+        let s = c.status(&n.addr, None, 0).await.unwrap();
+        assert_eq!(s.version.as_deref(), Some("1.1"), "{} reports {:?}", n.name, s.version);
+    }
+    assert_eq!(f.reboots.load(Ordering::SeqCst), 5);
+    // Drain, update and restore on each node, each once.
+    assert_eq!(steps_ran_once(&f).await, 15);
+    budgets_kept(&f, &toml, &serve.events(v.id).await);
+    drop(serve);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_its_action_fails_the_node_and_halts_the_campaign() {
+    let mut f = local(
+        "killed",
+        LocalOptions { nodes: 3, action_seconds: "4".into(), reboot_ms: 300, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    let toml = LocalFleet::campaign_toml("")
+        .replace("reboot_timeout = \"1m\"", "reboot_timeout = \"3s\"")
+        .replace("max_parallel = 2", "max_parallel = 1");
+    let v = serve.create_and_start(toml.clone()).await;
+    let upd =
+        serve.wait(v.id, Duration::from_secs(30), |v| v.nodes.iter().any(|n| n.state == "updating")).await;
+    let victim = upd.nodes.iter().position(|n| n.state == "updating").unwrap();
+    // Make sure the action is running on the agent, then kill the agent for good.
+    let c = client(&f);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status(&f.nodes[victim].addr, None, 0).await.unwrap();
+        if s.step
+            .as_ref()
+            .is_some_and(|st| st.kind == StepKind::Action && st.state == baton_proto::StepState::Running)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the action never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_at = Instant::now();
+    assert!(f.kill_agent(victim, false));
+    let end = serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Halted && v.active == 0).await;
+    let node = &end.nodes[victim];
+    assert_eq!(node.state, "failed");
+    assert!(node.reason.as_deref().unwrap_or("").contains("unreachable"), "{node:?}");
+    // Not before reboot_timeout (3s) has passed.
+    assert!(killed_at.elapsed() >= Duration::from_secs(3));
+    // The campaign halted: no other node was started after the failure.
+    let journal = serve.events(v.id).await;
+    budgets_kept(&f, &toml, &journal);
+    assert_eq!(end.failed, 1, "{end:#?}");
+    assert!(end.nodes.iter().filter(|n| n.state == "pending").count() >= 1);
+    drop(serve);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_survives_sigkill_at_random_points() {
+    let runs = 20;
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let mut rand = move |lo: u64, hi: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    };
+    let mut kills = 0;
+    let mut mid_flight = 0;
+    for run in 0..runs {
+        let mut f = local(
+            &format!("sigkill{run}"),
+            LocalOptions { nodes: 3, action_seconds: "0.3".into(), reboot_ms: 200, ..Default::default() },
+        )
+        .await;
+        let p = port();
+        let mut serve = Serve::start(&f, p).await;
+        let toml = LocalFleet::campaign_toml("")
+            .replace("health_stable = \"2s\"", "health_stable = \"300ms\"")
+            .replace("health_wait = \"1s\"", "health_wait = \"0s\"");
+        let v = serve.create_and_start(toml.clone()).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // Kill it at a random point, restart it on the same journal.
+            tokio::time::sleep(Duration::from_millis(rand(50, 1500))).await;
+            let before = serve.view(v.id).await;
+            serve.sigkill();
+            kills += 1;
+            mid_flight += usize::from(before.is_some_and(|v| v.active > 0));
+            serve = Serve::start(&f, p).await;
+            let done = serve.view(v.id).await.is_some_and(|v| v.phase == Phase::Completed && v.active == 0);
+            if done {
+                break;
+            }
+            if rand(0, 3) == 0 {
+                // Sometimes let it finish undisturbed.
+                serve
+                    .wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0)
+                    .await;
+                break;
+            }
+            assert!(Instant::now() < deadline, "run {run}: the campaign did not complete");
+        }
+        let end = serve.view(v.id).await.unwrap();
+        assert_eq!(end.phase, Phase::Completed, "run {run}");
+        assert_eq!(end.updated, 3, "run {run}");
+        assert_eq!(steps_ran_once(&f).await, 9, "run {run}: each node drains, updates and restores once");
+        budgets_kept(&f, &toml, &serve.events(v.id).await);
+        drop(serve);
+        f.stop().await;
+        let _ = std::fs::remove_dir_all(&f.dir);
+    }
+    eprintln!("{runs} runs, {kills} SIGKILLs, {mid_flight} of them with nodes in flight");
+    assert!(kills >= runs);
+    assert!(mid_flight * 2 >= kills, "most kills should land while nodes are in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
+    let mut f = local("refuse", LocalOptions { nodes: 1, ..Default::default() }).await;
+    let addr = f.nodes[0].addr.clone();
+    let url = format!("https://{addr}/v1/status");
+    // No client certificate: the TLS handshake fails, no answer.
+    let anon = reqwest::Client::builder()
+        .use_preconfigured_tls(rustls_client_without_cert(&f.pki.join("ca.pem")))
+        .build()
+        .unwrap();
+    assert!(anon.get(&url).send().await.is_err(), "a client without a certificate got an answer");
+    // A certificate from another CA: refused too.
+    let other = f.dir.join("other-pki");
+    baton_pki::init_ca(&other, "other").unwrap();
+    baton_pki::issue(&other, "intruder", &[]).unwrap();
+    let mut files = baton_pki::TlsFiles::in_dir(&other, "intruder");
+    files.ca = f.pki.join("ca.pem"); // it trusts the agent, but the agent does not trust it
+    let intruder = AgentClient::new(&files).unwrap();
+    assert!(intruder.status(&addr, None, 0).await.is_err(), "a client from another CA got an answer");
+    // The fleet's own client gets answers, but only for configured actions.
+    let c = client(&f);
+    assert!(c.status(&addr, None, 0).await.is_ok());
+    let req = StepRequest {
+        id: "x/1".into(),
+        kind: StepKind::Action,
+        action: Some("rm-everything".into()),
+        version: Some("1".into()),
+        stop_grace_ms: None,
+    };
+    match c.start_step(&addr, &req).await {
+        Err(baton_server::client::ClientError::Refused(e)) => assert_eq!(e.code, "unknown-action"),
+        other => panic!("an unknown action was not refused: {other:?}"),
+    }
+    // A version that is not a version is refused before anything runs.
+    let req = StepRequest {
+        id: "x/2".into(),
+        kind: StepKind::Action,
+        action: Some("upgrade".into()),
+        version: Some("--force".into()),
+        stop_grace_ms: None,
+    };
+    assert!(
+        matches!(c.start_step(&addr, &req).await, Err(baton_server::client::ClientError::Refused(e)) if e.code == "bad-version")
+    );
+    // The orchestrator: reading is open, changing needs the token.
+    let serve = Serve::start(&f, port()).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/campaigns", serve.url))
+        .json(&serde_json::json!({"toml": LocalFleet::campaign_toml("")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: baton_proto::ApiError = r.json().await.unwrap();
+    assert_eq!(body.code, "unauthorized");
+    let r = http
+        .post(format!("{}/v1/campaigns", serve.url))
+        .bearer_auth("wrong")
+        .json(&serde_json::json!({"toml": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(http.get(format!("{}/v1/campaigns", serve.url)).send().await.unwrap().status().as_u16(), 200);
+    // Bad campaign text: 422 with the place; a second campaign while one holds the fleet: 409.
+    let r: Result<CampaignView, _> = serve
+        .post("/v1/campaigns", Some(serde_json::json!({"toml": "name = \"x\"\ntarget_version = \"9\"\n"})))
+        .await;
+    let (code, text) = r.unwrap_err();
+    assert_eq!(code, 422);
+    assert!(text.contains("campaign.toml:2:18"), "{text}");
+    let _: CampaignView = serve
+        .post("/v1/campaigns", Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})))
+        .await
+        .unwrap();
+    let (code, text) = serve
+        .post::<CampaignView>(
+            "/v1/campaigns",
+            Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code, 409);
+    assert!(text.contains("fleet-locked") && text.contains("demo-1.1"), "{text}");
+    drop(serve);
+    f.stop().await;
+}
+
+fn rustls_client_without_cert(ca: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(baton_pki::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
