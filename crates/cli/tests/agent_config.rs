@@ -1,0 +1,113 @@
+//! A bad agent.toml stops the agent at start with exit 2 and an error naming the file, line and
+//! column, and the fix. The agent never starts without TLS.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent-config").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pki(d: &Path) {
+    baton_pki::init_ca(&d.join("pki"), "t").unwrap();
+    baton_pki::issue(&d.join("pki"), "n1", &[]).unwrap();
+}
+
+const GOOD: &str = r#"node = "n1"
+listen = "127.0.0.1:1"
+state_dir = "state"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/n1.pem"
+key = "pki/n1.key"
+
+[[action]]
+name = "upgrade"
+argv = ["/usr/local/bin/upgrade", "{version}"]
+"#;
+
+fn agent(d: &Path, text: &str) -> (i32, String) {
+    std::fs::write(d.join("agent.toml"), text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(["agent", "--config", "agent.toml"]).current_dir(d).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.code().unwrap_or(-1), err)
+}
+
+fn expect(d: &Path, text: &str, place: &str, words: &[&str]) {
+    let (code, err) = agent(d, text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(place), "expected {place} in {err}");
+    for w in words {
+        assert!(err.contains(w), "expected `{w}` in {err}");
+    }
+}
+
+#[test]
+fn unknown_key() {
+    let d = dir("unknown");
+    pki(&d);
+    expect(&d, &GOOD.replace("state_dir", "stat_dir"), "agent.toml:3:1", &["unknown field `stat_dir`"]);
+}
+
+#[test]
+fn action_without_argv() {
+    let d = dir("no-argv");
+    pki(&d);
+    expect(&d, &GOOD.replace("argv = [\"/usr/local/bin/upgrade\", \"{version}\"]\n", ""), "agent.toml:11:8", &["action upgrade has no argv", "argv ="]);
+}
+
+#[test]
+fn unknown_placeholder() {
+    let d = dir("placeholder");
+    pki(&d);
+    expect(&d, &GOOD.replace("{version}", "{shell}"), "agent.toml:12:35", &["placeholder {shell} is unknown", "{version}"]);
+}
+
+#[test]
+fn missing_ca_or_key() {
+    let d = dir("missing");
+    pki(&d);
+    std::fs::remove_file(d.join("pki/ca.pem")).unwrap();
+    expect(&d, GOOD, "agent.toml:6:6", &["pki/ca.pem does not exist", "baton ca init"]);
+    let d = dir("missing-key");
+    pki(&d);
+    expect(&d, &GOOD.replace("pki/n1.key", "pki/n2.key"), "agent.toml:8:7", &["n2.key does not exist"]);
+}
+
+#[test]
+fn key_readable_by_others() {
+    let d = dir("perm");
+    pki(&d);
+    std::fs::set_permissions(d.join("pki/n1.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    expect(&d, GOOD, "agent.toml:8:7", &["readable by others", "chmod 600"]);
+}
+
+#[test]
+fn missing_config_file() {
+    let d = dir("nofile");
+    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(["agent", "--config", "nope.toml"]).current_dir(&d).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read nope.toml"));
+}
+
+#[test]
+fn the_sample_config_in_dist_loads() {
+    let d = dir("sample");
+    pki(&d);
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/agent.toml")).unwrap();
+    let text = text
+        .replace("/etc/baton/pki/ca.pem", "pki/ca.pem")
+        .replace("/etc/baton/pki/web-01.pem", "pki/n1.pem")
+        .replace("/etc/baton/pki/web-01.key", "pki/n1.key");
+    let cfg = baton_agent::config::load(&d.join("agent.toml").display().to_string(), &text).expect("dist/agent.toml is valid");
+    assert_eq!(cfg.actions.len(), 3);
+    assert_eq!(cfg.action("upgrade").unwrap().argv.last().unwrap(), "myapp={version}");
+    assert_eq!(cfg.checks.len(), 3);
+    assert_eq!(cfg.services, ["myapp"]);
+}
