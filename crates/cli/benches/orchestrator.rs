@@ -75,7 +75,9 @@ async fn main() {
                 loop {
                     for (addr, pid) in &addrs {
                         if let Ok(s) = client.status(addr, None, 0).await {
-                            if s.step.is_some_and(|st| st.kind == StepKind::Action && st.state == StepState::Running) {
+                            if s.step.is_some_and(|st| {
+                                st.kind == StepKind::Action && st.state == StepState::Running
+                            }) {
                                 let r = rss_kib(pid.load(std::sync::atomic::Ordering::SeqCst));
                                 samples.lock().unwrap().extend(r);
                             }
@@ -123,7 +125,12 @@ async fn main() {
     println!("runs: {runs} campaigns of {nodes} real agents each");
     println!("agent RSS idle: median {} KiB over {} samples", pct(&mut idle, 0.5), idle.len());
     if !busy.is_empty() {
-        println!("agent RSS during an action: median {} KiB, max {} KiB over {} samples", pct(&mut busy, 0.5), pct(&mut busy, 1.0), busy.len());
+        println!(
+            "agent RSS during an action: median {} KiB, max {} KiB over {} samples",
+            pct(&mut busy, 0.5),
+            pct(&mut busy, 1.0),
+            busy.len()
+        );
     }
     let n = overhead.len();
     println!(
@@ -131,5 +138,10 @@ async fn main() {
         pct(&mut overhead, 0.5),
         pct(&mut overhead, 0.99)
     );
-    println!("baseline, journal append alone: median {} µs, p99 {} µs over {} appends", pct(&mut baseline, 0.5), pct(&mut baseline, 0.99), baseline.len());
+    println!(
+        "baseline, journal append alone: median {} µs, p99 {} µs over {} appends",
+        pct(&mut baseline, 0.5),
+        pct(&mut baseline, 0.99),
+        baseline.len()
+    );
 }

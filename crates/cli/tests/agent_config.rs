@@ -33,7 +33,11 @@ argv = ["/usr/local/bin/upgrade", "{version}"]
 
 fn agent(d: &Path, text: &str) -> (i32, String) {
     std::fs::write(d.join("agent.toml"), text).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(["agent", "--config", "agent.toml"]).current_dir(d).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["agent", "--config", "agent.toml"])
+        .current_dir(d)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!err.contains("panicked"), "{err}");
     (o.status.code().unwrap_or(-1), err)
@@ -59,14 +63,24 @@ fn unknown_key() {
 fn action_without_argv() {
     let d = dir("no-argv");
     pki(&d);
-    expect(&d, &GOOD.replace("argv = [\"/usr/local/bin/upgrade\", \"{version}\"]\n", ""), "agent.toml:11:8", &["action upgrade has no argv", "argv ="]);
+    expect(
+        &d,
+        &GOOD.replace("argv = [\"/usr/local/bin/upgrade\", \"{version}\"]\n", ""),
+        "agent.toml:11:8",
+        &["action upgrade has no argv", "argv ="],
+    );
 }
 
 #[test]
 fn unknown_placeholder() {
     let d = dir("placeholder");
     pki(&d);
-    expect(&d, &GOOD.replace("{version}", "{shell}"), "agent.toml:12:35", &["placeholder {shell} is unknown", "{version}"]);
+    expect(
+        &d,
+        &GOOD.replace("{version}", "{shell}"),
+        "agent.toml:12:35",
+        &["placeholder {shell} is unknown", "{version}"],
+    );
 }
 
 #[test]
@@ -91,7 +105,11 @@ fn key_readable_by_others() {
 #[test]
 fn missing_config_file() {
     let d = dir("nofile");
-    let o = Command::new(env!("CARGO_BIN_EXE_baton")).args(["agent", "--config", "nope.toml"]).current_dir(&d).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["agent", "--config", "nope.toml"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read nope.toml"));
 }
@@ -100,12 +118,14 @@ fn missing_config_file() {
 fn the_sample_config_in_dist_loads() {
     let d = dir("sample");
     pki(&d);
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/agent.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/agent.toml")).unwrap();
     let text = text
         .replace("/etc/baton/pki/ca.pem", "pki/ca.pem")
         .replace("/etc/baton/pki/web-01.pem", "pki/n1.pem")
         .replace("/etc/baton/pki/web-01.key", "pki/n1.key");
-    let cfg = baton_agent::config::load(&d.join("agent.toml").display().to_string(), &text).expect("dist/agent.toml is valid");
+    let cfg = baton_agent::config::load(&d.join("agent.toml").display().to_string(), &text)
+        .expect("dist/agent.toml is valid");
     assert_eq!(cfg.actions.len(), 3);
     assert_eq!(cfg.action("upgrade").unwrap().argv.last().unwrap(), "myapp={version}");
     assert_eq!(cfg.checks.len(), 3);

@@ -292,12 +292,28 @@ pub fn run(
     Ok(sim.report())
 }
 
+/// Something due to happen in the simulated world.
+enum Item {
+    /// An event for the campaign. `gen` is the orchestrator incarnation an agent's answer is
+    /// meant for: answers to an incarnation that crashed are lost with it.
+    Deliver { event: Event, gen: Option<u64> },
+    /// The orchestrator crashes and restarts from its journal.
+    Restart,
+}
+
 /// The simulated world around one campaign.
 pub struct Sim {
     pub campaign: Campaign,
     opts: SimOptions,
     queue: BinaryHeap<Reverse<(Millis, u64)>>,
-    events: HashMap<u64, Event>,
+    events: HashMap<u64, Item>,
+    /// The orchestrator's incarnation; bumped by each restart.
+    gen: u64,
+    /// What each executed step will answer, and from when (agents' journals).
+    outcomes: HashMap<String, (Millis, Event)>,
+    /// Executions per step id, as the agents count them.
+    pub executions: HashMap<String, u32>,
+    pub restarts: usize,
     seq: u64,
     pub now: Millis,
     pub journal: Vec<(Millis, Event)>,
@@ -318,6 +334,10 @@ impl Sim {
             opts,
             queue: BinaryHeap::new(),
             events: HashMap::new(),
+            gen: 0,
+            outcomes: HashMap::new(),
+            executions: HashMap::new(),
+            restarts: 0,
             seq: 0,
             now: 0,
             journal: Vec::new(),
@@ -331,10 +351,47 @@ impl Sim {
         }
     }
 
+    /// Queues an outside event (operator action, outage) for time `at`.
     pub fn push(&mut self, at: Millis, e: Event) {
+        self.enqueue(at, Item::Deliver { event: e, gen: None });
+    }
+
+    /// Queues an orchestrator crash and restart for time `at`.
+    pub fn push_restart(&mut self, at: Millis) {
+        self.enqueue(at, Item::Restart);
+    }
+
+    /// An agent's answer to the current orchestrator.
+    fn answer(&mut self, at: Millis, e: Event) {
+        self.enqueue(at, Item::Deliver { event: e, gen: Some(self.gen) });
+    }
+
+    fn enqueue(&mut self, at: Millis, item: Item) {
         self.seq += 1;
-        self.events.insert(self.seq, e);
+        self.events.insert(self.seq, item);
         self.queue.push(Reverse((at, self.seq)));
+    }
+
+    /// The orchestrator crashes: answers in flight are lost. It restarts from its journal, which
+    /// must give the very state it had, and sends the in-flight steps again with their ids; the
+    /// agents answer those from their journals instead of running them again.
+    pub fn restart(&mut self) {
+        self.gen += 1;
+        self.restarts += 1;
+        let c = &self.campaign;
+        match Campaign::replay(c.fleet.clone(), c.spec.clone(), &self.journal) {
+            Ok(r) if r == self.campaign => {}
+            Ok(_) => self
+                .observer
+                .violations
+                .push(format!("at {}ms: the journal replays to another state", self.now)),
+            Err(e) => {
+                self.observer.violations.push(format!("at {}ms: the journal does not replay: {e}", self.now))
+            }
+        }
+        for cmd in self.campaign.resume_commands() {
+            self.carry_out(self.now, &cmd);
+        }
     }
 
     fn duration(&self, n: NodeId) -> Millis {
@@ -361,7 +418,15 @@ impl Sim {
                 (None, Some(d)) => (d, Event::Tick),
                 (Some(_), _) => {
                     let Reverse((t, id)) = self.queue.pop().expect("peeked");
-                    (t, self.events.remove(&id).expect("queued event"))
+                    match self.events.remove(&id).expect("queued item") {
+                        Item::Deliver { event, gen } if gen.is_none_or(|g| g == self.gen) => (t, event),
+                        Item::Deliver { .. } => continue, // lost with the crashed orchestrator
+                        Item::Restart => {
+                            self.now = self.now.max(t);
+                            self.restart();
+                            continue;
+                        }
+                    }
                 }
             };
             handled += 1;
@@ -401,6 +466,12 @@ impl Sim {
         }
     }
 
+    /// A step's outcome, due at `at`: kept as the agent's journal would, and answered.
+    fn record(&mut self, step: &str, at: Millis, e: Event) {
+        self.outcomes.insert(step.to_string(), (at, e.clone()));
+        self.answer(at, e);
+    }
+
     fn verify_time(&self) -> Millis {
         self.campaign.spec.health_wait + self.campaign.spec.health_stable
     }
@@ -408,10 +479,21 @@ impl Sim {
     fn carry_out(&mut self, now: Millis, cmd: &Command) {
         let fleet = self.campaign.fleet.clone();
         let id = |name: &str| fleet.node_id(name).expect("core names fleet nodes");
+        // An agent answers a step id it has seen with its recorded outcome.
+        if let Command::Drain { step, .. } | Command::Update { step, .. } | Command::Restore { step, .. } =
+            cmd
+        {
+            if let Some((ready, ev)) = self.outcomes.get(step).cloned() {
+                self.answer(now.max(ready), ev);
+                return;
+            }
+            *self.executions.entry(step.clone()).or_default() += 1;
+        }
         match cmd {
             Command::Drain { node, step, .. } => {
                 self.steps_sent += 1;
-                self.push(
+                self.record(
+                    step,
                     now,
                     Event::StepOk {
                         node: node.clone(),
@@ -447,7 +529,7 @@ impl Sim {
                         version: Some(version.clone()),
                     }
                 };
-                self.push(now + took, e);
+                self.record(step, now + took, e);
             }
             Command::WatchBoot { node, .. } => {
                 let n = id(node);
@@ -455,7 +537,7 @@ impl Sim {
                     let b = self.boots.entry(n).or_default();
                     *b += 1;
                     let boot_id = format!("{node}-boot{b}");
-                    self.push(now, Event::Booted { node: node.clone(), boot_id });
+                    self.answer(now, Event::Booted { node: node.clone(), boot_id });
                 }
             }
             Command::WatchHealth { node } => {
@@ -467,12 +549,13 @@ impl Sim {
                 );
                 let sick = updated && self.chance(n, 0, SALT_UNHEALTHY, self.opts.unhealthy_rate);
                 if !sick {
-                    self.push(now, Event::Health { node: node.clone(), healthy: true });
+                    self.answer(now, Event::Health { node: node.clone(), healthy: true });
                 }
             }
             Command::Restore { node, step } => {
                 self.steps_sent += 1;
-                self.push(
+                self.record(
+                    step,
                     now,
                     Event::StepOk {
                         node: node.clone(),

@@ -61,6 +61,8 @@ enum Inj {
     Abort,
     Rollback,
     Commit,
+    /// The orchestrator crashes and restarts from its journal.
+    Restart,
 }
 
 fn rule() -> impl Strategy<Value = RuleKind> {
@@ -132,6 +134,7 @@ fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
         1 => Just(Inj::Abort),
         1 => Just(Inj::Rollback),
         1 => Just(Inj::Commit),
+        3 => Just(Inj::Restart),
     ];
     prop::collection::vec((0u64..240 * MIN, inj), 0..10)
 }
@@ -237,6 +240,7 @@ fn event(i: &Inj, n: usize) -> Event {
         Inj::Abort => Event::Abort { by: by() },
         Inj::Rollback => Event::Rollback { by: by() },
         Inj::Commit => Event::Commit { by: by() },
+        Inj::Restart => unreachable!("restarts are not events"),
     }
 }
 
@@ -273,7 +277,10 @@ proptest! {
         let mut sim = Sim::new(campaign, opts);
         sim.push(0, Event::Start { by: "prop".into() });
         for (t, i) in &inj {
-            sim.push(*t, event(i, n));
+            match i {
+                Inj::Restart => sim.push_restart(*t),
+                _ => sim.push(*t, event(i, n)),
+            }
         }
         sim.run_to_end();
         // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
@@ -282,6 +289,9 @@ proptest! {
         sim.step(t, Event::Gate { name: "alert".into(), open: true });
         sim.step(t, Event::Abort { by: "prop-end".into() });
         sim.run_to_end();
+        for (step, k) in &sim.executions {
+            prop_assert!(*k == 1, "step {step} executed {k} times");
+        }
         let report = sim.report();
 
         prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
