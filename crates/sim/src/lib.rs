@@ -490,7 +490,8 @@ impl Sim {
             *self.executions.entry(step.clone()).or_default() += 1;
         }
         match cmd {
-            Command::Drain { node, step, .. } => {
+            // Draining and restoring take no simulated time and always work.
+            Command::Drain { node, step, .. } | Command::Restore { node, step } => {
                 self.steps_sent += 1;
                 self.record(
                     step,
@@ -551,20 +552,6 @@ impl Sim {
                 if !sick {
                     self.answer(now, Event::Health { node: node.clone(), healthy: true });
                 }
-            }
-            Command::Restore { node, step } => {
-                self.steps_sent += 1;
-                self.record(
-                    step,
-                    now,
-                    Event::StepOk {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reboot: false,
-                        boot_id: None,
-                        version: None,
-                    },
-                );
             }
             Command::Notify { notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. } } => {
                 self.last_finish = now;
