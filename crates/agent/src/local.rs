@@ -95,7 +95,7 @@ impl LocalFleet {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let pki = dir.join("pki");
         baton_pki::init_ca(&pki, "local")?;
-        baton_pki::issue(&pki, "orchestrator", &[])?;
+        baton_pki::issue(&pki, "orchestrator", baton_pki::Role::Orchestrator, &[])?;
         let script = dir.join("install.sh");
         write(&script, INSTALL)?;
         let mut fleet =
@@ -103,7 +103,7 @@ impl LocalFleet {
         let mut nodes = Vec::new();
         for i in 1..=o.nodes {
             let name = format!("node{i}");
-            baton_pki::issue(&pki, &name, &[])?;
+            baton_pki::issue(&pki, &name, baton_pki::Role::Agent, &[])?;
             let nd = dir.join(&name);
             std::fs::create_dir_all(nd.join("state")).map_err(io(&nd))?;
             write(&nd.join("state/version"), "1.0\n")?;

@@ -156,12 +156,21 @@ enum CaCmd {
     /// Issue a certificate for an agent (its node name) or the orchestrator.
     Issue {
         name: String,
+        /// `agent` (a TLS server only) or `orchestrator` (a TLS client only).
+        #[arg(long, value_enum, default_value = "agent")]
+        role: RoleArg,
         #[arg(long, default_value = "pki")]
         dir: String,
         /// More names or addresses the certificate is valid for.
         #[arg(long)]
         san: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Agent,
+    Orchestrator,
 }
 
 #[derive(clap::Args, Clone)]
@@ -326,8 +335,12 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                     println!("fleet CA written to {dir}/ca.pem (key {dir}/ca.key, mode 0600)");
                     Ok(())
                 }
-                CaCmd::Issue { name, dir, san } => {
-                    baton_pki::issue(std::path::Path::new(&dir), &name, &san)
+                CaCmd::Issue { name, role, dir, san } => {
+                    let role = match role {
+                        RoleArg::Agent => baton_pki::Role::Agent,
+                        RoleArg::Orchestrator => baton_pki::Role::Orchestrator,
+                    };
+                    baton_pki::issue(std::path::Path::new(&dir), &name, role, &san)
                         .map_err(|e| flag_error("ca issue", e.to_string(), "run `baton ca init` first"))?;
                     println!("certificate for {name} written to {dir}/{name}.pem (key {dir}/{name}.key, mode 0600)");
                     Ok(())

@@ -14,7 +14,7 @@ fn dir(name: &str) -> PathBuf {
 
 fn pki(d: &Path) {
     baton_pki::init_ca(&d.join("pki"), "t").unwrap();
-    baton_pki::issue(&d.join("pki"), "n1", &[]).unwrap();
+    baton_pki::issue(&d.join("pki"), "n1", baton_pki::Role::Agent, &[]).unwrap();
 }
 
 const GOOD: &str = r#"node = "n1"

@@ -350,11 +350,15 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
     // A certificate from another CA: refused too.
     let other = f.dir.join("other-pki");
     baton_pki::init_ca(&other, "other").unwrap();
-    baton_pki::issue(&other, "intruder", &[]).unwrap();
+    baton_pki::issue(&other, "intruder", baton_pki::Role::Orchestrator, &[]).unwrap();
     let mut files = baton_pki::TlsFiles::in_dir(&other, "intruder");
     files.ca = f.pki.join("ca.pem"); // it trusts the agent, but the agent does not trust it
     let intruder = AgentClient::new(&files).unwrap();
     assert!(intruder.status(&addr, None, 0).await.is_err(), "a client from another CA got an answer");
+    // Another agent's certificate, from the fleet's own CA, cannot command this agent either.
+    baton_pki::issue(&f.pki, "node9", baton_pki::Role::Agent, &[]).unwrap();
+    let peer = AgentClient::new(&baton_pki::TlsFiles::in_dir(&f.pki, "node9")).unwrap();
+    assert!(peer.status(&addr, None, 0).await.is_err(), "an agent's certificate was accepted as a client");
     // The fleet's own client gets answers, but only for configured actions.
     let c = client(&f);
     assert!(c.status(&addr, None, 0).await.is_ok());

@@ -533,10 +533,14 @@ impl Campaign {
     fn set_state(&mut self, n: NodeId, state: NodeState) {
         let was_down = self.is_down(n);
         let was_active = self.nodes[n as usize].state.is_active();
+        // An outage seen during one step says nothing about the next one.
         let lost = self.nodes[n as usize].unreachable_since;
+        let same = std::mem::discriminant(&self.nodes[n as usize].state) == std::mem::discriminant(&state);
+        let keep = if same { lost } else { None };
         let old = self.deadline_of(&self.nodes[n as usize].state, lost);
-        let new = self.deadline_of(&state, lost);
+        let new = self.deadline_of(&state, keep);
         self.retime(n, old, new);
+        self.nodes[n as usize].unreachable_since = keep;
         self.nodes[n as usize].state = state;
         self.recount(n, was_down, was_active);
     }
@@ -824,7 +828,12 @@ impl Campaign {
             }
             Event::Unreachable { node } => {
                 let n = self.node(&node)?;
-                if self.nodes[n as usize].unreachable_since.is_none() {
+                // It matters only while the campaign waits on one of the node's steps.
+                let waiting = matches!(
+                    self.nodes[n as usize].state,
+                    NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring
+                );
+                if waiting && self.nodes[n as usize].unreachable_since.is_none() {
                     self.set_unreachable(n, Some(now));
                 }
             }

@@ -313,3 +313,33 @@ fn replay_gives_the_same_state() {
     let back: Vec<(u64, Event)> = serde_json::from_str(&text).unwrap();
     assert_eq!(back, journal);
 }
+
+#[test]
+fn an_unreachable_agent_is_given_reboot_timeout_and_nothing_is_assumed_meanwhile() {
+    let mut c = campaign("max_failed_nodes = 1");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    // Cut off during the update: no timer before, reboot_timeout (10m) after.
+    assert_eq!(c.next_deadline(), None);
+    c.handle(2 * S, Event::Unreachable { node: "a".into() }).unwrap();
+    assert_eq!(c.next_deadline(), Some(2 * S + 10 * M));
+    // It answers again, with the outcome it recorded: no timer, the update counts.
+    c.handle(3 * M, Event::Reachable { node: "a".into() }).unwrap();
+    assert_eq!(c.next_deadline(), None);
+    c.handle(3 * M + S, ok("a", "c1/a/0/update")).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { .. }));
+    // An outage while it is not waiting on a step is not recorded.
+    c.handle(4 * M, Event::Unreachable { node: "a".into() }).unwrap();
+    assert_eq!(c.nodes[0].unreachable_since, None);
+    // Cut off for good during its restore: Failed after reboot_timeout, and it stays out.
+    c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true }).unwrap();
+    c.handle(c.next_deadline().unwrap(), Event::Tick).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Restoring));
+    c.handle(6 * M, Event::Unreachable { node: "a".into() }).unwrap();
+    assert!(c.handle(6 * M + 10 * M - 1, Event::Tick).unwrap().is_empty());
+    c.handle(6 * M + 10 * M, Event::Tick).unwrap();
+    assert!(
+        matches!(&c.nodes[0].state, NodeState::Failed { reason, back: Back::Out } if reason.contains("unreachable"))
+    );
+    assert_eq!(c.down(0), 1);
+}

@@ -103,9 +103,18 @@ fn ca_params(cn: &str) -> Result<CertificateParams, PkiError> {
     Ok(p)
 }
 
-/// `baton ca issue NAME`: a certificate for an agent or the orchestrator, valid as both TLS
-/// server and client, for `NAME`, `localhost` and the loopback addresses plus any `sans`.
-pub fn issue(dir: &Path, name: &str, sans: &[String]) -> Result<(), PkiError> {
+/// What a certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A TLS server only: an agent's certificate cannot be used to command other agents.
+    Agent,
+    /// A TLS client only: the orchestrator commands agents and serves none.
+    Orchestrator,
+}
+
+/// `baton ca issue NAME`: a certificate for an agent or the orchestrator, for `NAME`,
+/// `localhost` and the loopback addresses plus any `sans`.
+pub fn issue(dir: &Path, name: &str, role: Role, sans: &[String]) -> Result<(), PkiError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(PkiError::Bad {
             path: dir.to_path_buf(),
@@ -127,7 +136,10 @@ pub fn issue(dir: &Path, name: &str, sans: &[String]) -> Result<(), PkiError> {
         });
     }
     p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![match role {
+        Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Orchestrator => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let key = KeyPair::generate()?;
     let c = p.signed_by(&key, &issuer)?;

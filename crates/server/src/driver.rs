@@ -165,13 +165,13 @@ impl Driver {
             Event::StepOk { .. } | Event::StepFailed { .. } | Event::Booted { .. } | Event::Health { .. }
         );
         let now = now_ms().max(self.last_now);
-        let before = self.campaign.clone();
         match self.campaign.handle(now, event.clone()) {
             Ok(cmds) => {
                 if let Err(e) = self.store.append(self.id, now, &event) {
-                    // Not journaled: the event did not happen. Keep the old state, send nothing.
+                    // Not journaled: the event did not happen. Go back to the journal's state
+                    // and send nothing.
                     tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
-                    self.campaign = before;
+                    self.rebuild();
                     if let Some(r) = reply {
                         let _ = r.send(Err(CampaignError::NotAllowed {
                             action: "journal",
@@ -204,6 +204,22 @@ impl Driver {
                     let _ = r.send(Err(e));
                 }
             }
+        }
+    }
+
+    /// Rebuilds the campaign from its journal (after a failed append).
+    fn rebuild(&mut self) {
+        let c = &self.campaign;
+        let journal = match self.store.events(self.id, 0) {
+            Ok(j) => j.into_iter().map(|e| (e.at_ms, e.event)).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(campaign = self.id, "cannot read the journal back: {e}");
+                return;
+            }
+        };
+        match Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal) {
+            Ok(r) => self.campaign = r,
+            Err(e) => tracing::error!(campaign = self.id, "the journal does not replay: {e}"),
         }
     }
 
