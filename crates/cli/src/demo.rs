@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub async fn run(count: usize) -> Result<(), Failure> {
+pub async fn run(count: usize, hold: bool) -> Result<(), Failure> {
     if count == 0 || count > 200 {
         return Err(crate::flag_error("--nodes", format!("{count} nodes"), "use 1 to 200"));
     }
@@ -26,15 +26,29 @@ pub async fn run(count: usize) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::Internal(e.to_string()))?;
     fleet.start(&exe, opts.reboot_ms);
     let result = tokio::select! {
-        r = demo(&tmp, &fleet, count) => r,
-        _ = tokio::signal::ctrl_c() => Err(Failure::Interrupted),
+        r = demo(&tmp, &fleet, count, hold) => r,
+        _ = interrupted() => Err(Failure::Interrupted),
     };
     fleet.stop().await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
 
-async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize) -> Result<(), Failure> {
+/// Ctrl-C, SIGTERM or a closed terminal (SIGHUP): the demo cleans up either way.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Result<(), Failure> {
     let t0 = Instant::now();
     let internal = |e: &dyn std::fmt::Display| Failure::Internal(e.to_string());
     let token = random_hex();
@@ -57,6 +71,7 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize) -> Result<(), Failur
         "baton demo: {count} agents on loopback (mutual TLS), orchestrator at {url}, files in {}",
         tmp.display()
     );
+    println!("dashboard: {url}/");
 
     let api = ops::Api::new(&url, Some(token));
     let v =
@@ -80,15 +95,20 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize) -> Result<(), Failur
         }
         steps += client.steps(&n.addr).await.map(|s| s.len()).unwrap_or(0);
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    println!(
+    let report = format!(
         "summary: {at_target}/{count} nodes report 1.1; campaign {} in {:.1}s; {steps} steps run, {} reboots, {} journal events",
         end.phase,
         t0.elapsed().as_secs_f64(),
         fleet.reboots.load(Ordering::SeqCst),
         end.events
     );
+    println!("{report}");
+    if hold {
+        println!("holding: the dashboard and API stay up at {url}/ until Ctrl-C");
+        std::future::pending::<()>().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
     if at_target != count || end.phase != baton_core::Phase::Completed {
         return Err(Failure::Ended(format!(
             "the demo campaign ended {} with {at_target}/{count} nodes at 1.1",

@@ -62,6 +62,9 @@ enum Cmd {
     Demo {
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Keep serving the dashboard and API after the campaign ends, until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
     },
     /// Run the node agent.
     Agent {
@@ -313,7 +316,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Demo { nodes } => runtime()?.block_on(demo::run(nodes)),
+        Cmd::Demo { nodes, hold } => runtime()?.block_on(demo::run(nodes, hold)),
         Cmd::Agent { config } => {
             let text = read(&config)?;
             let cfg = baton_agent::config::load(&config, &text)

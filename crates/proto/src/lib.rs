@@ -113,6 +113,16 @@ pub struct NodeView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub members: usize,
+    /// Members that may be down at once.
+    pub allowance: u32,
+    /// Members down now, for any reason.
+    pub down: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignView {
     pub id: i64,
     pub name: String,
@@ -121,6 +131,8 @@ pub struct CampaignView {
     pub strategy: String,
     pub phase: Phase,
     pub nodes: Vec<NodeView>,
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
     pub waves: usize,
     pub updated: usize,
     pub failed: usize,

@@ -4,10 +4,11 @@
 //! agent happens in a per-node job that reports back through the inbox.
 
 use crate::client::{AgentClient, ClientError};
+use crate::metrics::{KindLabel, StepLabel, Telemetry};
 use crate::store::Store;
 use baton_core::campaign::{Back, Command, Event, Notice, Phase};
 use baton_core::{Campaign, CampaignError, Millis, NodeState};
-use baton_proto::{CampaignView, NodeView, StepKind, StepRequest, StepState};
+use baton_proto::{CampaignView, NodeView, ServiceView, StepKind, StepRequest, StepState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +52,11 @@ pub struct Driver {
     last_now: Millis,
     /// Time from an agent's report to the commands it led to being handed to jobs, in µs.
     pub overhead_us: Arc<std::sync::Mutex<Vec<u64>>>,
+    telemetry: Arc<Telemetry>,
+    /// Views and journal entries for live subscribers (the dashboard).
+    stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
+    /// The step each node is in for the metrics, and since when.
+    entered: HashMap<String, (&'static str, std::time::Instant)>,
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
@@ -62,6 +68,18 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         strategy: c.spec.strategy.as_str().into(),
         phase: c.phase,
         nodes: Vec::with_capacity(c.nodes.len()),
+        services: c
+            .fleet
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ServiceView {
+                name: s.name.clone(),
+                members: s.members.len(),
+                allowance: s.allowance,
+                down: c.down(i),
+            })
+            .collect(),
         waves: c.plan.waves.len(),
         updated: 0,
         failed: 0,
@@ -116,6 +134,8 @@ impl Driver {
         store: Arc<Store>,
         client: AgentClient,
         events: i64,
+        telemetry: Arc<Telemetry>,
+        stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
     ) -> (Driver, mpsc::Receiver<Msg>, watch::Receiver<CampaignView>) {
         let (tx, rx) = mpsc::channel(1024);
         let (view, view_rx) = watch::channel(view_of(id, &campaign, events));
@@ -130,6 +150,9 @@ impl Driver {
             events,
             last_now: 0,
             overhead_us: Arc::new(std::sync::Mutex::new(Vec::new())),
+            telemetry,
+            stream,
+            entered: HashMap::new(),
         };
         (d, rx, view_rx)
     }
@@ -167,7 +190,10 @@ impl Driver {
         let now = now_ms().max(self.last_now);
         match self.campaign.handle(now, event.clone()) {
             Ok(cmds) => {
-                if let Err(e) = self.store.append(self.id, now, &event) {
+                let write = std::time::Instant::now();
+                let appended = self.store.append(self.id, now, &event);
+                self.telemetry.journal_write_seconds.observe(write.elapsed().as_secs_f64());
+                if let Err(e) = appended {
                     // Not journaled: the event did not happen. Go back to the journal's state
                     // and send nothing.
                     tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
@@ -182,6 +208,8 @@ impl Driver {
                 }
                 self.last_now = now;
                 self.events += 1;
+                let entry = baton_proto::JournalEntry { seq: self.events, at_ms: now, event: event.clone() };
+                let _ = self.stream.send(crate::StreamItem::Entry { campaign: self.id, entry });
                 let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
                 for c in cmds {
                     self.dispatch(c);
@@ -193,7 +221,9 @@ impl Driver {
                         .push(started.elapsed().as_micros() as u64);
                 }
                 self.reap();
-                self.view.send_replace(view_of(self.id, &self.campaign, self.events));
+                let v = view_of(self.id, &self.campaign, self.events);
+                let _ = self.stream.send(crate::StreamItem::View(Box::new(v.clone())));
+                self.view.send_replace(v);
                 if let Some(r) = reply {
                     let _ = r.send(Ok(()));
                 }
@@ -254,7 +284,37 @@ impl Driver {
         self.jobs.insert(node.to_string(), (kind, h));
     }
 
+    /// The node enters a step: the previous one's time goes to the metrics.
+    fn enter(&mut self, node: &str, step: &'static str) {
+        self.leave(node);
+        self.entered.insert(node.to_string(), (step, std::time::Instant::now()));
+    }
+
+    fn leave(&mut self, node: &str) -> Option<&'static str> {
+        let (step, since) = self.entered.remove(node)?;
+        self.telemetry
+            .step_seconds
+            .get_or_create(&StepLabel { step: step.into() })
+            .observe(since.elapsed().as_secs_f64());
+        Some(step)
+    }
+
     fn dispatch(&mut self, cmd: Command) {
+        match &cmd {
+            Command::Drain { node, .. } => self.enter(node, "draining"),
+            Command::Update { node, .. } => self.enter(node, "updating"),
+            Command::WatchBoot { node, .. } => self.enter(node, "rebooting"),
+            Command::WatchHealth { node } if self.entered.contains_key(node) => self.enter(node, "verifying"),
+            Command::Restore { node, .. } if self.entered.contains_key(node) => self.enter(node, "restoring"),
+            Command::Notify { notice: Notice::NodeDone { node } } => {
+                self.leave(node);
+            }
+            Command::Notify { notice: Notice::NodeFailed { node, .. } } => {
+                let kind = self.leave(node).unwrap_or("unknown");
+                self.telemetry.failures.get_or_create(&KindLabel { kind: kind.into() }).inc();
+            }
+            _ => {}
+        }
         let rep = Reporter(self.inbox.clone());
         let client = self.client.clone();
         match cmd {

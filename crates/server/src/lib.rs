@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod driver;
+pub mod metrics;
 pub mod store;
 
 use axum::extract::{Path as UrlPath, Query, State};
@@ -58,6 +59,18 @@ pub struct Hub {
     store: Arc<Store>,
     client: AgentClient,
     campaigns: Mutex<BTreeMap<i64, Handle>>,
+    telemetry: Arc<metrics::Telemetry>,
+    stream: tokio::sync::broadcast::Sender<StreamItem>,
+}
+
+/// What the live stream (`/v1/stream`) pushes.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StreamItem {
+    /// A campaign's whole view, after each change.
+    View(Box<CampaignView>),
+    /// A new journal entry.
+    Entry { campaign: i64, entry: JournalEntry },
 }
 
 /// Phases in which a campaign holds the fleet's lock.
@@ -96,6 +109,8 @@ impl Hub {
             store,
             client,
             campaigns: Mutex::new(BTreeMap::new()),
+            telemetry: Arc::new(metrics::Telemetry::default()),
+            stream: tokio::sync::broadcast::channel(4096).0,
             settings,
         });
         for (stored, _settled) in hub.store.campaigns()? {
@@ -121,7 +136,15 @@ impl Hub {
     }
 
     fn spawn(&self, id: i64, c: Campaign, events: i64) {
-        let (d, rx, view) = Driver::new(id, c, self.store.clone(), self.client.clone(), events);
+        let (d, rx, view) = Driver::new(
+            id,
+            c,
+            self.store.clone(),
+            self.client.clone(),
+            events,
+            self.telemetry.clone(),
+            self.stream.clone(),
+        );
         let h = Handle { inbox: d.inbox(), view, overhead_us: d.overhead_us.clone() };
         tokio::spawn(d.run(rx));
         self.campaigns.lock().expect("hub lock").insert(id, h);
@@ -243,6 +266,11 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// The Prometheus metrics page.
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.views(), &self.telemetry)
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<String, Fail> {
         let given = headers
             .get("authorization")
@@ -319,9 +347,65 @@ async fn events(
     h.events(id, q.after).map(Json)
 }
 
+/// Server-Sent Events: every campaign's view at once, then each change and journal entry as
+/// it happens. A subscriber that falls behind gets the whole picture again.
+async fn stream(
+    State(h): State<Shared>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use futures_util::StreamExt;
+    let rx = h.stream.subscribe();
+    let hub = h.clone();
+    let snapshot = |hub: &Hub| -> Vec<Result<Sse, std::convert::Infallible>> {
+        hub.views()
+            .into_iter()
+            .map(|v| {
+                Ok(Sse::default()
+                    .event("view")
+                    .json_data(StreamItem::View(Box::new(v)))
+                    .unwrap_or_else(|e| Sse::default().comment(e.to_string())))
+            })
+            .collect()
+    };
+    let first = futures_util::stream::iter(snapshot(&h));
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).flat_map(move |item| {
+        let out: Vec<Result<Sse, std::convert::Infallible>> = match item {
+            Ok(it @ StreamItem::View(_)) => vec![Ok(Sse::default()
+                .event("view")
+                .json_data(it)
+                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
+            Ok(it @ StreamItem::Entry { .. }) => vec![Ok(Sse::default()
+                .event("entry")
+                .json_data(it)
+                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
+            Err(_) => snapshot(&hub),
+        };
+        futures_util::stream::iter(out)
+    });
+    axum::response::sse::Sse::new(first.chain(live)).keep_alive(KeepAlive::default())
+}
+
+async fn dashboard() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("dashboard.html"))
+        .into_response()
+}
+
+async fn metrics_page(State(h): State<Shared>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        h.metrics(),
+    )
+        .into_response()
+}
+
 pub fn router(h: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_page))
+        .route("/", get(dashboard))
+        .route("/v1/stream", get(stream))
         .route("/v1/campaigns", get(list).post(create))
         .route("/v1/campaigns/{id}", get(get_one))
         .route("/v1/campaigns/{id}/events", get(events))

@@ -1,0 +1,111 @@
+//! Prometheus metrics. Gauges are computed from a snapshot of the campaigns at each scrape;
+//! histograms and counters accumulate as the drivers work.
+
+use baton_proto::CampaignView;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// The lifecycle state the node spent the time in: draining, updating, rebooting, ...
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Where the node failed: draining, updating, rebooting, verifying, restoring.
+    pub kind: String,
+}
+
+/// What accumulates between scrapes.
+pub struct Telemetry {
+    pub step_seconds: Family<StepLabel, Histogram>,
+    pub failures: Family<KindLabel, Counter>,
+    pub journal_write_seconds: Histogram,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            step_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 18))),
+            failures: Family::default(),
+            journal_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabel {
+    campaign: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    campaign: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    campaign: String,
+    service: String,
+}
+
+const STATES: [&str; 10] = [
+    "not-targeted",
+    "pending",
+    "draining",
+    "updating",
+    "rebooting",
+    "verifying",
+    "restoring",
+    "done",
+    "failed",
+    "skipped",
+];
+
+/// The metrics page (OpenMetrics text) for these campaigns.
+pub fn render(views: &[CampaignView], t: &Telemetry) -> String {
+    let mut reg = Registry::with_prefix("baton");
+    let nodes = Family::<NodeStateLabel, Gauge>::default();
+    let phase = Family::<PhaseLabel, Gauge>::default();
+    let headroom = Family::<ServiceLabel, Gauge>::default();
+    for v in views {
+        let campaign = format!("{}#{}", v.name, v.id);
+        for s in STATES {
+            let n = v.nodes.iter().filter(|n| n.state == s).count() as i64;
+            nodes.get_or_create(&NodeStateLabel { campaign: campaign.clone(), state: s.into() }).set(n);
+        }
+        phase
+            .get_or_create(&PhaseLabel { campaign: campaign.clone(), phase: v.phase.as_str().into() })
+            .set(1);
+        for s in &v.services {
+            headroom
+                .get_or_create(&ServiceLabel { campaign: campaign.clone(), service: s.name.clone() })
+                .set(s.allowance as i64 - s.down as i64);
+        }
+    }
+    reg.register("nodes", "Nodes of each campaign per lifecycle state", nodes);
+    reg.register("campaign_phase", "1 for the phase each campaign is in", phase);
+    reg.register(
+        "budget_headroom",
+        "Members of each service that may still go down (allowance - down)",
+        headroom,
+    );
+    reg.register("step_duration_seconds", "Time nodes spent in each lifecycle step", t.step_seconds.clone());
+    reg.register("failures", "Node failures, by the step they failed in", t.failures.clone());
+    reg.register(
+        "journal_write_seconds",
+        "Time to append one event to the journal durably",
+        t.journal_write_seconds.clone(),
+    );
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
