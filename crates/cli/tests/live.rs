@@ -441,3 +441,149 @@ fn rustls_client_without_cert(ca: &Path) -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// chromedriver on a free port (Debian's chromium and chromium-driver; `scripts/test.sh`
+/// installs them when missing).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser(dir: &Path) -> (Driver, fantoccini::Client) {
+    let port = port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "chromedriver is installed (apt-get install chromium chromium-driver; scripts/test.sh does it)",
+        );
+    let driver = Driver(child);
+    let profile = dir.join("chromium-profile");
+    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,900", format!("--user-data-dir={}", profile.display())]
+        }
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut b = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        b.capabilities(caps.clone());
+        match b.connect(&format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => return (driver, c),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot start a Chromium session: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `check` holds for the page, with a deadline.
+async fn until(c: &fantoccini::Client, what: &str, within: Duration, check: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = c.execute(check, vec![]).await.unwrap();
+        if v.as_bool() == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
+    let mut f = local(
+        "dashboard",
+        LocalOptions { nodes: 6, action_seconds: "1.5".into(), reboot_ms: 300, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    let v: CampaignView = serve
+        .post("/v1/campaigns", Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})))
+        .await
+        .unwrap();
+    let (_driver, c) = browser(&f.dir).await;
+    c.goto(&format!("{}/", serve.url)).await.unwrap();
+    // The heatmap: one row per update domain (the local fleet has 3), every node pending.
+    until(
+        &c,
+        "the heatmap",
+        Duration::from_secs(20),
+        "return document.querySelectorAll('#heatmap .cell[data-state=pending]').length === 6",
+    )
+    .await;
+    let rows =
+        c.execute("return document.querySelectorAll('#heatmap [role=row]').length", vec![]).await.unwrap();
+    assert_eq!(rows.as_u64(), Some(3));
+    // Started from outside the page: cells change state live, without a reload.
+    c.execute("window.__marker = 'same page'", vec![]).await.unwrap();
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/start", v.id), None).await.unwrap();
+    until(
+        &c,
+        "a node to leave pending",
+        Duration::from_secs(20),
+        "return document.querySelectorAll('#heatmap .cell:not([data-state=pending])').length > 0",
+    )
+    .await;
+    let same = c.execute("return window.__marker === 'same page'", vec![]).await.unwrap();
+    assert_eq!(same.as_bool(), Some(true), "the page was reloaded");
+    // Pause with the operator token and a confirmation.
+    c.find(fantoccini::Locator::Css("#token")).await.unwrap().send_keys(&serve.token).await.unwrap();
+    c.execute("document.getElementById('token').dispatchEvent(new Event('change'))", vec![]).await.unwrap();
+    until(
+        &c,
+        "Pause to be enabled",
+        Duration::from_secs(10),
+        "return !document.getElementById('pause').disabled",
+    )
+    .await;
+    c.find(fantoccini::Locator::Css("#pause")).await.unwrap().click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    let phase =
+        format!("return document.querySelector('[data-testid=phase-{}]').textContent === 'paused'", v.id);
+    until(&c, "the campaign to show paused", Duration::from_secs(10), &phase).await;
+    assert_eq!(serve.view(v.id).await.unwrap().phase, Phase::Paused);
+    let journal = serve.events(v.id).await;
+    assert!(journal
+        .iter()
+        .any(|e| matches!(&e.event, baton_core::campaign::Event::Pause { by } if by == "dashboard")));
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(f.dir.join("dashboard.png"), &png).unwrap();
+    if std::env::var_os("BATON_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png"), &png).unwrap();
+    }
+    // Resume, and see it complete.
+    until(
+        &c,
+        "Resume to be enabled",
+        Duration::from_secs(10),
+        "return !document.getElementById('resume').disabled",
+    )
+    .await;
+    c.find(fantoccini::Locator::Css("#resume")).await.unwrap().click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    let done =
+        format!("return document.querySelector('[data-testid=phase-{}]').textContent === 'completed'", v.id);
+    until(&c, "the campaign to complete", Duration::from_secs(120), &done).await;
+    until(
+        &c,
+        "every cell done",
+        Duration::from_secs(10),
+        "return document.querySelectorAll('#heatmap .cell[data-state=done]').length === 6",
+    )
+    .await;
+    c.close().await.unwrap();
+    drop(serve);
+    f.stop().await;
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# baton's tests, as the README says. Installs what they need from Debian's packages when it is
+# missing (the dashboard test drives real headless Chromium through chromedriver).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} for the dashboard test"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${need[@]}"
+fi
+exec cargo test --workspace "$@"
