@@ -4,6 +4,7 @@
 mod demo;
 mod ops;
 mod output;
+mod report;
 
 use baton_core::{load_campaign, load_fleet, CampaignSpec, Diagnostic, Fleet, Strategy};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -125,6 +126,14 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// A campaign's run report: per node, its steps with outcome, duration and output.
+    Report {
+        campaign: i64,
+        #[arg(long, value_enum, default_value = "md")]
+        format: ReportFormat,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print a campaign's journal.
     Events {
         campaign: i64,
@@ -168,6 +177,13 @@ enum CaCmd {
         #[arg(long)]
         san: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Md,
+    Html,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -425,6 +441,21 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Pause { campaign, api } => act(api, campaign, "pause"),
         Cmd::Resume { campaign, api } => act(api, campaign, "resume"),
         Cmd::Abort { campaign, api } => act(api, campaign, "abort"),
+        Cmd::Report { campaign, format, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let r = api.report(campaign).await.map_err(Failure::Internal)?;
+                match format {
+                    ReportFormat::Md => print!("{}", report::markdown(&r)),
+                    ReportFormat::Html => print!("{}", report::html(&r)),
+                    ReportFormat::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).map_err(|e| Failure::Internal(e.to_string()))?
+                    ),
+                }
+                Ok(())
+            })
+        }
         Cmd::Events { campaign, follow, api } => {
             let api = api.api()?;
             runtime()?.block_on(async move {

@@ -53,6 +53,10 @@ impl Api {
         self.read(self.http.get(format!("{}/v1/campaigns/{id}", self.base))).await
     }
 
+    pub async fn report(&self, id: i64) -> Result<baton_proto::Report, String> {
+        self.read(self.http.get(format!("{}/v1/campaigns/{id}/report", self.base))).await
+    }
+
     pub async fn list(&self) -> Result<Vec<CampaignView>, String> {
         self.read(self.http.get(format!("{}/v1/campaigns", self.base))).await
     }

@@ -224,6 +224,8 @@ async fn a_campaign_across_five_agents_completes() {
     // Drain, update and restore on each node, each once.
     assert_eq!(steps_ran_once(&f).await, 15);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
+    metrics_parse(&serve).await;
+    report_has_every_node(&serve, v.id).await;
     drop(serve);
     f.stop().await;
 }
@@ -586,4 +588,137 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     c.close().await.unwrap();
     drop(serve);
     f.stop().await;
+}
+
+/// `/metrics` parses as Prometheus text and has what an operator needs after a campaign.
+async fn metrics_parse(serve: &Serve) {
+    let r = serve.http.get(format!("{}/metrics", serve.url)).send().await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    assert_eq!(text.lines().last(), Some("# EOF"));
+    let mut names = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        // name{labels} value
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("baton_"), "{name}");
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+        }
+        names.insert(name.to_string());
+    }
+    for want in [
+        "baton_nodes",
+        "baton_campaign_phase",
+        "baton_budget_headroom",
+        "baton_step_duration_seconds_bucket",
+        "baton_step_duration_seconds_count",
+        "baton_journal_write_seconds_count",
+    ] {
+        assert!(names.contains(want), "{want} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("baton_nodes{campaign=\"demo-1.1#1\",state=\"done\"} 5"), "{text}");
+    assert!(text.contains("step=\"rebooting\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route() {
+    let mut f = local("openapi", LocalOptions { nodes: 1, ..Default::default() }).await;
+    let serve = Serve::start(&f, port()).await;
+    let v: CampaignView = serve
+        .post("/v1/campaigns", Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})))
+        .await
+        .unwrap();
+    let doc: serde_json::Value =
+        serve.http.get(format!("{}/openapi.json", serve.url)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut got: Vec<&str> = paths.keys().map(String::as_str).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "/",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/v1/campaigns",
+            "/v1/campaigns/{id}",
+            "/v1/campaigns/{id}/events",
+            "/v1/campaigns/{id}/report",
+            "/v1/campaigns/{id}/{action}",
+            "/v1/stream"
+        ]
+    );
+    // Every documented operation exists on the server (a 404 would mean drift) and has responses.
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} has no responses"
+            );
+            let url = format!(
+                "{}{}",
+                serve.url,
+                path.replace("{id}", &v.id.to_string()).replace("{action}", "pause")
+            );
+            let req = match method.as_str() {
+                "get" => serve.http.get(&url),
+                "post" => serve.http.post(&url).json(&serde_json::json!({"toml": ""})),
+                m => panic!("unexpected method {m}"),
+            };
+            let r = req.send().await.unwrap();
+            assert_ne!(r.status().as_u16(), 404, "{method} {path} is documented but not served");
+            assert_ne!(r.status().as_u16(), 405, "{method} {path} is documented but not served");
+        }
+    }
+    // Mutating calls declare the token; every schema reference resolves.
+    assert!(doc["paths"]["/v1/campaigns"]["post"]["security"].is_array());
+    assert!(doc["components"]["securitySchemes"]["token"].is_object());
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref to {name}");
+    }
+    drop(serve);
+    f.stop().await;
+}
+
+/// The run report of a finished campaign has every node, each step with its outcome, and the
+/// action's real output; the CLI renders it in every format.
+async fn report_has_every_node(serve: &Serve, id: i64) {
+    let r: baton_proto::Report = serve
+        .http
+        .get(format!("{}/v1/campaigns/{id}/report", serve.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((r.nodes_targeted, r.updated, r.failed, r.reboots, r.retries), (5, 5, 0, 5, 0));
+    assert_eq!(r.phase, "completed");
+    assert_eq!(r.nodes.len(), 5);
+    for n in &r.nodes {
+        let steps: Vec<&str> = n.steps.iter().map(|s| s.step.as_str()).collect();
+        assert_eq!(steps, ["draining", "updating", "rebooting", "verifying", "restoring"], "{}", n.name);
+        assert!(n.steps.iter().all(|s| s.outcome == "ok" && s.ended_ms.is_some()), "{n:?}");
+        assert_eq!((n.version_before.as_deref(), n.version_after.as_deref()), (Some("1.0"), Some("1.1")));
+        assert!(n.steps[1].output_tail.as_deref().unwrap_or("").contains("installed 1.1"), "{n:?}");
+        assert!(n.started_ms <= n.ended_ms);
+    }
+    for (format, must) in [("md", "## node5"), ("html", "<h2>node5"), ("json", "\"name\": \"node5\"")] {
+        let o = Command::new(exe())
+            .args(["report", &id.to_string(), "--format", format, "--server", &serve.url])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8(o.stdout).unwrap();
+        for node in ["node1", "node2", "node3", "node4", "node5"] {
+            assert!(text.contains(node), "{format} report lacks {node}");
+        }
+        assert!(text.contains(must), "{format}: {must}");
+    }
 }

@@ -5,7 +5,7 @@ use baton_core::campaign::{Event, Phase};
 use serde::{Deserialize, Serialize};
 
 /// Errors are JSON with a stable code, under the matching HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: String,
     pub message: String,
@@ -90,7 +90,7 @@ pub struct AgentStatus {
 
 // ---- orchestrator REST API (operator token for mutating calls) ----
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateCampaign {
     /// The campaign file's text (TOML).
     pub toml: String,
@@ -99,7 +99,7 @@ pub struct CreateCampaign {
     pub file: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub name: String,
     pub state: String,
@@ -112,7 +112,7 @@ pub struct NodeView {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: String,
     pub members: usize,
@@ -122,13 +122,15 @@ pub struct ServiceView {
     pub down: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CampaignView {
     pub id: i64,
     pub name: String,
     pub fleet: String,
     pub target_version: String,
     pub strategy: String,
+    /// planned, running, paused, halted, completed, committed, rolling-back, rolled-back, aborted
+    #[schema(value_type = String)]
     pub phase: Phase,
     pub nodes: Vec<NodeView>,
     #[serde(default)]
@@ -143,9 +145,60 @@ pub struct CampaignView {
     pub events: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JournalEntry {
     pub seq: i64,
     pub at_ms: u64,
+    /// The event as journaled: `{"event": "step-ok", "node": ..., ...}`.
+    #[schema(value_type = Object)]
     pub event: Event,
+}
+
+// ---- run reports ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepReport {
+    /// draining, updating, rebooting, verifying or restoring.
+    pub step: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// ok, failed, or running.
+    pub outcome: String,
+    pub detail: Option<String>,
+    /// The end of the step's output, as the agent recorded it.
+    pub output_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeReport {
+    pub name: String,
+    pub update_domain: Option<u32>,
+    pub state: String,
+    pub version_before: Option<String>,
+    pub version_after: Option<String>,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub retries: u32,
+    pub reboots: u32,
+    pub failure: Option<String>,
+    pub steps: Vec<StepReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Report {
+    pub id: i64,
+    pub name: String,
+    pub fleet: String,
+    pub target_version: String,
+    pub strategy: String,
+    pub phase: String,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub nodes_targeted: usize,
+    pub updated: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub retries: u32,
+    pub reboots: u32,
+    pub nodes: Vec<NodeReport>,
 }

@@ -327,7 +327,8 @@ impl Driver {
                     stop_grace_ms: Some(stop_grace),
                 };
                 let addr = self.addr(&node);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+                let out = (self.store.clone(), self.id);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
             }
             Command::Update { node, step, action, version } => {
                 let req = StepRequest {
@@ -338,7 +339,8 @@ impl Driver {
                     stop_grace_ms: None,
                 };
                 let addr = self.addr(&node);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+                let out = (self.store.clone(), self.id);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
             }
             Command::Restore { node, step } => {
                 let req = StepRequest {
@@ -349,7 +351,8 @@ impl Driver {
                     stop_grace_ms: None,
                 };
                 let addr = self.addr(&node);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep));
+                let out = (self.store.clone(), self.id);
+                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
             }
             Command::WatchBoot { node, old_boot, .. } => {
                 let addr = self.addr(&node);
@@ -414,7 +417,14 @@ impl Reach {
 /// Sends a step (idempotent by its id) and reports how it ended. While the agent does not
 /// answer, nothing is assumed: the campaign hears `Unreachable`, then `Reachable` and the
 /// outcome the agent recorded.
-async fn step_job(client: AgentClient, addr: String, node: String, req: StepRequest, rep: Reporter) {
+async fn step_job(
+    client: AgentClient,
+    addr: String,
+    node: String,
+    req: StepRequest,
+    rep: Reporter,
+    (store, campaign): (Arc<Store>, i64),
+) {
     let mut backoff = Backoff::new();
     let mut reach = Reach { lost: false };
     let mut st = loop {
@@ -454,6 +464,10 @@ async fn step_job(client: AgentClient, addr: String, node: String, req: StepRequ
                 return;
             }
         }
+    }
+    // The output's tail goes to the run report; the journal keeps only the outcome.
+    if let Err(e) = store.put_output(campaign, &req.id, &st.output_tail) {
+        tracing::warn!(campaign, step = %req.id, "cannot keep the step's output: {e}");
     }
     let ev = match st.state {
         StepState::Ok => Event::StepOk {

@@ -3,16 +3,16 @@
 pub mod client;
 pub mod driver;
 pub mod metrics;
+pub mod report;
 pub mod store;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_core::campaign::{Event, Phase};
 use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet};
-use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry};
+use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, Report};
 use client::AgentClient;
 use driver::{Driver, Msg};
 use serde::Deserialize;
@@ -256,6 +256,22 @@ impl Hub {
             .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()))
     }
 
+    /// The campaign's run report, from its journal.
+    pub fn report(&self, id: i64) -> Result<Report, Fail> {
+        let internal = |e: String| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e);
+        let stored = self.store.get(id).map_err(|e| internal(e.to_string()))?.ok_or_else(|| {
+            Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
+        })?;
+        let fleet =
+            load_fleet(&stored.fleet_file, &stored.fleet_text).map_err(|d| internal(d.to_string()))?;
+        let spec = load_campaign(&stored.campaign_file, &stored.campaign_text, &fleet)
+            .map_err(|d| internal(d.to_string()))?;
+        let fresh = Campaign::new(Arc::new(fleet), spec).map_err(|e| internal(e.to_string()))?;
+        let journal = self.store.events(id, 0).map_err(|e| internal(e.to_string()))?;
+        let outputs = self.store.outputs(id).map_err(|e| internal(e.to_string()))?;
+        Ok(report::build(id, fresh, &journal, &outputs))
+    }
+
     /// Report-to-command times recorded so far for a campaign, in µs.
     pub fn overhead_us(&self, id: i64) -> Vec<u64> {
         self.campaigns
@@ -294,10 +310,52 @@ impl Hub {
 
 type Shared = Arc<Hub>;
 
+/// The API's document; the paths come from the handlers below as they are routed.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "baton orchestrator", description = "Rolling updates across a fleet: campaigns, their nodes and journal."),
+    modifiers(&BearerToken),
+    components(schemas(ApiError))
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+static OPENAPI: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    Json(OPENAPI.get().cloned().unwrap_or_default()).into_response()
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "ok", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Every campaign.
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", responses((status = 200, body = Vec<CampaignView>)))]
 async fn list(State(h): State<Shared>) -> Json<Vec<CampaignView>> {
     Json(h.views())
 }
 
+/// Creates a campaign from a campaign file's text; it starts with `start`.
+#[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = CreateCampaign, security(("token" = [])),
+    responses((status = 201, body = CampaignView), (status = 401, body = ApiError), (status = 409, description = "another campaign holds the fleet", body = ApiError),
+              (status = 422, description = "bad campaign file, or rules that can never be met", body = ApiError)))]
 async fn create(
     State(h): State<Shared>,
     headers: HeaderMap,
@@ -308,12 +366,21 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// One campaign: phase, nodes, service budgets.
+#[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
+    responses((status = 200, body = CampaignView), (status = 404, body = ApiError)))]
 async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<CampaignView>, Fail> {
     h.view(id)
         .map(Json)
         .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}")))
 }
 
+/// An operator action: start, pause, resume, abort, rollback or commit. Journaled with who did it.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/{action}", tag = "campaigns", security(("token" = [])),
+    params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start | pause | resume | abort | rollback | commit"),
+           ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
+    responses((status = 200, body = CampaignView), (status = 401, body = ApiError), (status = 404, body = ApiError),
+              (status = 409, description = "not allowed in this phase, or commit refused", body = ApiError)))]
 async fn act(
     State(h): State<Shared>,
     headers: HeaderMap,
@@ -331,6 +398,11 @@ struct EventsQuery {
     wait_ms: Option<u64>,
 }
 
+/// The campaign's journal after `after`; with `wait_ms`, waits for a newer entry first.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/events", tag = "campaigns",
+    params(("id" = i64, Path, description = "campaign id"), ("after" = Option<i64>, Query, description = "last seq seen"),
+           ("wait_ms" = Option<u64>, Query, description = "long poll, at most 60000")),
+    responses((status = 200, body = Vec<JournalEntry>), (status = 404, body = ApiError)))]
 async fn events(
     State(h): State<Shared>,
     UrlPath(id): UrlPath<i64>,
@@ -347,8 +419,16 @@ async fn events(
     h.events(id, q.after).map(Json)
 }
 
+/// The campaign's run report: per node, steps with outcome, duration and output; totals.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/report", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
+    responses((status = 200, body = Report), (status = 404, body = ApiError)))]
+async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<Report>, Fail> {
+    h.report(id).map(Json)
+}
+
 /// Server-Sent Events: every campaign's view at once, then each change and journal entry as
 /// it happens. A subscriber that falls behind gets the whole picture again.
+#[utoipa::path(get, path = "/v1/stream", tag = "campaigns", responses((status = 200, description = "text/event-stream of `view` and `entry` events", content_type = "text/event-stream")))]
 async fn stream(
     State(h): State<Shared>,
 ) -> axum::response::sse::Sse<
@@ -387,11 +467,15 @@ async fn stream(
     axum::response::sse::Sse::new(first.chain(live)).keep_alive(KeepAlive::default())
 }
 
+/// The live dashboard.
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, description = "HTML page", content_type = "text/html")))]
 async fn dashboard() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("dashboard.html"))
         .into_response()
 }
 
+/// Prometheus metrics (OpenMetrics text), all named `baton_`.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "metrics", content_type = "application/openmetrics-text")))]
 async fn metrics_page(State(h): State<Shared>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -401,16 +485,23 @@ async fn metrics_page(State(h): State<Shared>) -> Response {
 }
 
 pub fn router(h: Shared) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_page))
-        .route("/", get(dashboard))
-        .route("/v1/stream", get(stream))
-        .route("/v1/campaigns", get(list).post(create))
-        .route("/v1/campaigns/{id}", get(get_one))
-        .route("/v1/campaigns/{id}/events", get(events))
-        .route("/v1/campaigns/{id}/{action}", post(act))
-        .with_state(h)
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    // Every route is added with its documentation: the document cannot miss one.
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(dashboard))
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics_page))
+        .routes(routes!(stream))
+        .routes(routes!(list, create))
+        .routes(routes!(get_one))
+        .routes(routes!(events))
+        .routes(routes!(report_json))
+        .routes(routes!(act))
+        .split_for_parts();
+    let _ = OPENAPI.set(doc);
+    router.with_state(h)
 }
 
 /// Serves the API on `listener` until `stop` resolves.

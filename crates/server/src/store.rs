@@ -50,7 +50,12 @@ impl Store {
                 seq INTEGER NOT NULL,
                 at_ms INTEGER NOT NULL,
                 event TEXT NOT NULL,
-                PRIMARY KEY (campaign, seq));",
+                PRIMARY KEY (campaign, seq));
+             CREATE TABLE IF NOT EXISTS outputs (
+                campaign INTEGER NOT NULL,
+                step TEXT NOT NULL,
+                tail TEXT NOT NULL,
+                PRIMARY KEY (campaign, step));",
         )?;
         Ok(Store { db: Mutex::new(db) })
     }
@@ -93,6 +98,23 @@ impl Store {
             out.push(JournalEntry { seq, at_ms: at as u64, event: serde_json::from_str(&text)? });
         }
         Ok(out)
+    }
+
+    /// Keeps the end of a step's output for reports.
+    pub fn put_output(&self, campaign: i64, step: &str, tail: &str) -> Result<(), StoreError> {
+        let db = self.db.lock().expect("db lock");
+        db.execute(
+            "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
+            params![campaign, step, tail],
+        )?;
+        Ok(())
+    }
+
+    pub fn outputs(&self, campaign: i64) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut st = db.prepare("SELECT step, tail FROM outputs WHERE campaign = ?1")?;
+        let rows = st.query_map([campaign], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn set_settled(&self, campaign: i64, settled: bool) -> Result<(), StoreError> {

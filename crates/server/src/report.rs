@@ -1,0 +1,134 @@
+//! Run reports, as Cluster-Aware Updating gives for every updating run: per node, its steps
+//! with outcome, duration and output, retries, reboots and failures; and the campaign's totals.
+//! Built by replaying the journal.
+
+use baton_core::campaign::Event;
+use baton_core::{Campaign, NodeState};
+use baton_proto::{JournalEntry, NodeReport, Report, StepReport};
+use std::collections::HashMap;
+
+/// The key that changes when a node moves to another step (an update retry is a new step).
+fn key(st: &NodeState) -> String {
+    match st {
+        NodeState::Updating { attempt } => format!("updating#{attempt}"),
+        s => s.name().to_string(),
+    }
+}
+
+pub fn build(
+    id: i64,
+    mut c: Campaign,
+    journal: &[JournalEntry],
+    outputs: &HashMap<String, String>,
+) -> Report {
+    let n = c.nodes.len();
+    let mut nodes: Vec<NodeReport> = (0..n)
+        .map(|i| NodeReport {
+            name: c.fleet.nodes[i].name.clone(),
+            update_domain: c.fleet.nodes[i].update_domain,
+            state: c.nodes[i].state.name().into(),
+            version_before: c.nodes[i].from_version.clone(),
+            version_after: None,
+            started_ms: None,
+            ended_ms: None,
+            retries: 0,
+            reboots: 0,
+            failure: None,
+            steps: Vec::new(),
+        })
+        .collect();
+    let mut keys: Vec<String> = c.nodes.iter().map(|r| key(&r.state)).collect();
+    let (mut started, mut ended) = (None, None);
+    for e in journal {
+        if matches!(e.event, Event::Start { .. }) {
+            started = Some(e.at_ms);
+        }
+        if c.handle(e.at_ms, e.event.clone()).is_err() {
+            continue;
+        }
+        // The output of the step this event ends, if it is a step's outcome.
+        let tail = match &e.event {
+            Event::StepOk { step, .. } | Event::StepFailed { step, .. } => outputs.get(step).cloned(),
+            _ => None,
+        };
+        for i in 0..n {
+            let st = &c.nodes[i].state;
+            let k = key(st);
+            if k == keys[i] {
+                continue;
+            }
+            let r = &mut nodes[i];
+            if let Some(open) = r.steps.last_mut().filter(|s| s.ended_ms.is_none()) {
+                open.ended_ms = Some(e.at_ms);
+                if let NodeState::Failed { reason, .. } = st {
+                    open.outcome = "failed".into();
+                    open.detail = Some(reason.clone());
+                } else {
+                    open.outcome = "ok".into();
+                }
+                if open.output_tail.is_none()
+                    && matches!(open.step.as_str(), "draining" | "updating" | "restoring")
+                {
+                    open.output_tail = tail.clone().filter(|t| !t.is_empty());
+                }
+            }
+            if st.is_active() {
+                r.started_ms.get_or_insert(e.at_ms);
+                r.steps.push(StepReport {
+                    step: st.name().into(),
+                    started_ms: e.at_ms,
+                    ended_ms: None,
+                    outcome: "running".into(),
+                    detail: None,
+                    output_tail: None,
+                });
+            }
+            if st.is_terminal() {
+                r.ended_ms = Some(e.at_ms);
+                ended = Some(e.at_ms);
+            }
+            keys[i] = k;
+        }
+    }
+    let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
+    for (i, r) in nodes.iter_mut().enumerate() {
+        let st = &c.nodes[i].state;
+        r.state = st.name().into();
+        r.version_after = c.nodes[i].version.clone();
+        r.retries = (r.steps.iter().filter(|s| s.step == "updating").count() as u32).saturating_sub(1);
+        r.reboots = r.steps.iter().filter(|s| s.step == "rebooting").count() as u32;
+        match st {
+            NodeState::Done { .. } => updated += 1,
+            NodeState::Failed { reason, .. } => {
+                failed += 1;
+                r.failure = Some(reason.clone());
+            }
+            NodeState::Skipped { reason } => {
+                skipped += 1;
+                r.failure = None;
+                r.steps.clear();
+                r.state = format!("skipped: {reason}");
+            }
+            _ => {}
+        }
+        retries += r.retries;
+        reboots += r.reboots;
+    }
+    Report {
+        id,
+        name: c.spec.name.clone(),
+        fleet: c.fleet.name.clone(),
+        target_version: c.spec.target_version.clone(),
+        strategy: c.spec.strategy.as_str().into(),
+        phase: c.phase.as_str().into(),
+        started_ms: started,
+        ended_ms: ended,
+        nodes_targeted: c.nodes.iter().filter(|r| !matches!(r.state, NodeState::NotTargeted)).count(),
+        updated,
+        failed,
+        skipped,
+        retries,
+        reboots,
+        nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
+    }
+}
