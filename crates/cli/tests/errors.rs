@@ -212,3 +212,10 @@ fn bad_flags_exit_2() {
     let o = run(&d, &[&base[..], &["--format", "yaml"]].concat());
     assert_eq!(o.code, 2, "{}", o.stderr);
 }
+
+#[test]
+fn webhook_that_is_not_a_url() {
+    let c = format!("{CAMPAIGN}webhooks = [\"https://ok.example/hook\", \"ftp://files\"]\n");
+    let o = plan("bad-webhook", "fleet.toml", FLEET, &c);
+    expect(&o, 2, "campaign.toml:5:40", &["webhook `ftp://files` is not an http:// or https:// URL"]);
+}

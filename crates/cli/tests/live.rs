@@ -212,8 +212,23 @@ async fn a_campaign_across_five_agents_completes() {
     let serve = Serve::start(&f, port()).await;
     let toml = LocalFleet::campaign_toml("");
     let v = serve.create_and_start(toml.clone()).await;
+    // Once a node has finished, the campaign has an ETA: the rest simulated with what was seen.
+    let mid = serve.wait(v.id, Duration::from_secs(120), |v| v.updated >= 1).await;
+    let now = baton_server::driver::now_ms();
+    if mid.phase == Phase::Running {
+        let eta = mid.eta_ms.expect("an ETA once a node has finished");
+        assert!(eta + 1000 >= now && eta < now + 600_000, "ETA {eta} vs now {now}");
+    }
     let end =
         serve.wait(v.id, Duration::from_secs(120), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let done = baton_server::driver::now_ms();
+    if let Some(eta) = mid.eta_ms {
+        eprintln!(
+            "ETA after the first node: {:+.1}s off the actual end",
+            (eta as f64 - done as f64) / 1000.0
+        );
+    }
+    assert_eq!(end.eta_ms, None);
     assert_eq!(end.updated, 5);
     let c = client(&f);
     for n in &f.nodes {
@@ -238,7 +253,8 @@ async fn an_agent_killed_during_its_action_fails_the_node_and_halts_the_campaign
     )
     .await;
     let serve = Serve::start(&f, port()).await;
-    let toml = LocalFleet::campaign_toml("")
+    let hooks = receiver().await;
+    let toml = LocalFleet::campaign_toml(&format!("webhooks = [\"{}\"]\n", hooks.url))
         .replace("reboot_timeout = \"1m\"", "reboot_timeout = \"3s\"")
         .replace("max_parallel = 2", "max_parallel = 1");
     let v = serve.create_and_start(toml.clone()).await;
@@ -271,6 +287,9 @@ async fn an_agent_killed_during_its_action_fails_the_node_and_halts_the_campaign
     let journal = serve.events(v.id).await;
     budgets_kept(&f, &toml, &journal);
     assert_eq!(end.failed, 1, "{end:#?}");
+    let got = hooks.wait_for("halted").await;
+    assert_eq!(events_of(&got), ["started", "node-failed", "halted"]);
+    assert_eq!(got[1]["node"], f.nodes[victim].name.as_str());
     assert!(end.nodes.iter().filter(|n| n.state == "pending").count() >= 1);
     drop(serve);
     f.stop().await;
@@ -721,4 +740,77 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
         }
         assert!(text.contains(must), "{format}: {must}");
     }
+}
+
+/// A webhook receiver on loopback that refuses its first request.
+struct Receiver {
+    url: String,
+    got: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn receiver() -> Receiver {
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (g, r) = (got.clone(), requests.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let (g, r) = (g.clone(), r.clone());
+            async move {
+                if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                g.lock().unwrap().push(body);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Receiver { url, got, requests }
+}
+
+impl Receiver {
+    /// Waits until an event of this kind has been accepted; returns every accepted event.
+    async fn wait_for(&self, event: &str) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.got.lock().unwrap().clone();
+            if got.iter().any(|h| h["event"] == event) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "no {event} webhook; got {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn events_of(got: &[serde_json::Value]) -> Vec<String> {
+    let deliveries: std::collections::HashSet<&str> =
+        got.iter().map(|h| h["delivery"].as_str().unwrap()).collect();
+    assert_eq!(deliveries.len(), got.len(), "a webhook was delivered twice: {got:?}");
+    got.iter().map(|h| h["event"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_arrive_once_even_when_the_first_attempt_fails() {
+    let hooks = receiver().await;
+    let mut f = local(
+        "webhooks",
+        LocalOptions { nodes: 2, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    let toml = LocalFleet::campaign_toml(&format!("webhooks = [\"{}\"]\n", hooks.url));
+    let v = serve.create_and_start(toml).await;
+    serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let got = hooks.wait_for("completed").await;
+    assert_eq!(events_of(&got), ["started", "completed"]);
+    assert_eq!(got[1]["campaign"], "demo-1.1");
+    // The first attempt was refused and retried: one more request than events accepted.
+    assert_eq!(hooks.requests.load(Ordering::SeqCst), got.len() + 1);
+    drop(serve);
+    f.stop().await;
 }

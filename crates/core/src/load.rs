@@ -123,6 +123,8 @@ struct RawCampaign {
     nodes: Option<Vec<String>>,
     #[serde(default)]
     order: Vec<String>,
+    #[serde(default)]
+    webhooks: Vec<String>,
 }
 
 fn default_action() -> String {
@@ -500,6 +502,17 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
             ));
         }
     }
+    for (i, url) in raw.webhooks.iter().enumerate() {
+        let ok =
+            ["http://", "https://"].iter().any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        if !ok {
+            return Err(src.err(
+                root().key("webhooks").idx(i),
+                format!("webhook `{url}` is not an http:// or https:// URL"),
+                "write it like \"https://hooks.example.com/baton\"",
+            ));
+        }
+    }
     Ok(CampaignSpec {
         name: raw.name,
         target_version: raw.target_version,
@@ -517,6 +530,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         pause_between_waves: raw.pause_between_waves.ms(),
         nodes,
         order,
+        webhooks: raw.webhooks,
     })
 }
 

@@ -134,6 +134,8 @@ pub struct CampaignSpec {
     pub nodes: Option<Vec<NodeId>>,
     /// Start these first when the rules allow.
     pub order: Vec<NodeId>,
+    /// URLs that receive the campaign's events (started, node failed, halted, completed, ...).
+    pub webhooks: Vec<String>,
 }
 
 impl Fleet {

@@ -143,6 +143,10 @@ pub struct CampaignView {
     pub active: usize,
     /// Journal entries so far.
     pub events: i64,
+    /// When the campaign should end (ms since the epoch): the remaining nodes simulated with the
+    /// out-of-service time observed so far. None until a node has finished.
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -55,6 +55,10 @@ pub struct Driver {
     telemetry: Arc<Telemetry>,
     /// Views and journal entries for live subscribers (the dashboard).
     stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
+    /// Where the campaign's webhooks go (when its file lists any).
+    hooks: Option<mpsc::UnboundedSender<crate::webhook::Hook>>,
+    /// The last estimate of the end, and when it was made.
+    eta: Option<(u64, std::time::Instant)>,
     /// The step each node is in for the metrics, and since when.
     entered: HashMap<String, (&'static str, std::time::Instant)>,
 }
@@ -87,6 +91,7 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         pending: c.pending(),
         active: c.active() as usize,
         events,
+        eta_ms: None,
     };
     let mut wave = vec![None; c.nodes.len()];
     for (w, nodes) in c.plan.waves.iter().enumerate() {
@@ -152,6 +157,8 @@ impl Driver {
             overhead_us: Arc::new(std::sync::Mutex::new(Vec::new())),
             telemetry,
             stream,
+            hooks: None,
+            eta: None,
             entered: HashMap::new(),
         };
         (d, rx, view_rx)
@@ -162,6 +169,9 @@ impl Driver {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        if !self.campaign.spec.webhooks.is_empty() {
+            self.hooks = Some(crate::webhook::start(self.campaign.spec.webhooks.clone()));
+        }
         // After a restart: ask every agent the campaign waits on about its step again.
         for cmd in self.campaign.resume_commands() {
             self.dispatch(cmd);
@@ -211,7 +221,22 @@ impl Driver {
                 let entry = baton_proto::JournalEntry { seq: self.events, at_ms: now, event: event.clone() };
                 let _ = self.stream.send(crate::StreamItem::Entry { campaign: self.id, entry });
                 let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
-                for c in cmds {
+                for (k, c) in cmds.into_iter().enumerate() {
+                    if let (Some(tx), Command::Notify { notice }) = (&self.hooks, &c) {
+                        if let Some((event, node, reason, by)) = crate::webhook::event_of(notice) {
+                            let _ = tx.send(crate::webhook::Hook {
+                                delivery: format!("{}-{}-{k}", self.id, self.events),
+                                campaign_id: self.id,
+                                campaign: self.campaign.spec.name.clone(),
+                                fleet: self.campaign.fleet.name.clone(),
+                                event,
+                                node,
+                                reason,
+                                by,
+                                at_ms: now,
+                            });
+                        }
+                    }
                     self.dispatch(c);
                 }
                 if from_agent && had_commands {
@@ -221,7 +246,9 @@ impl Driver {
                         .push(started.elapsed().as_micros() as u64);
                 }
                 self.reap();
-                let v = view_of(self.id, &self.campaign, self.events);
+                self.estimate(now);
+                let mut v = view_of(self.id, &self.campaign, self.events);
+                v.eta_ms = self.eta.map(|e| e.0);
                 let _ = self.stream.send(crate::StreamItem::View(Box::new(v.clone())));
                 self.view.send_replace(v);
                 if let Some(r) = reply {
@@ -235,6 +262,54 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Estimates when the campaign ends: the nodes still to start, simulated with the mean
+    /// out-of-service time observed so far, after the nodes in flight have had that time.
+    /// Redone when a node finishes, at most every few seconds (it runs the simulator).
+    fn estimate(&mut self, now: Millis) {
+        use baton_core::Phase;
+        let c = &self.campaign;
+        if !matches!(c.phase, Phase::Running | Phase::Paused | Phase::RollingBack) {
+            self.eta = None;
+            return;
+        }
+        if self.eta.is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(3)) {
+            return;
+        }
+        let took: Vec<Millis> = c
+            .nodes
+            .iter()
+            .filter(|r| matches!(r.state, NodeState::Done { .. }))
+            .filter_map(|r| Some(r.finished_at?.saturating_sub(r.started_at?)))
+            .collect();
+        if took.is_empty() {
+            return;
+        }
+        let mean = took.iter().sum::<Millis>() / took.len() as Millis;
+        let in_flight = c
+            .nodes
+            .iter()
+            .filter(|r| r.state.is_active())
+            .filter_map(|r| r.started_at)
+            .map(|s| (s + mean).saturating_sub(now))
+            .max()
+            .unwrap_or(0);
+        let pending: Vec<baton_core::NodeId> = (0..c.nodes.len() as baton_core::NodeId)
+            .filter(|&n| matches!(c.nodes[n as usize].state, NodeState::Pending { .. }))
+            .collect();
+        let rest = if pending.is_empty() {
+            0
+        } else {
+            let mut spec = c.spec.clone();
+            spec.nodes = Some(pending);
+            spec.order.clear();
+            spec.health_wait = 0;
+            spec.health_stable = 0;
+            let opts = baton_sim::SimOptions { duration: (mean, mean), ..Default::default() };
+            baton_sim::run(c.fleet.clone(), spec, &opts, &[]).map(|r| r.makespan).unwrap_or(0)
+        };
+        self.eta = Some((now + in_flight + rest, std::time::Instant::now()));
     }
 
     /// Rebuilds the campaign from its journal (after a failed append).

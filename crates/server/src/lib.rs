@@ -5,6 +5,7 @@ pub mod driver;
 pub mod metrics;
 pub mod report;
 pub mod store;
+pub mod webhook;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -1,0 +1,82 @@
+//! Webhooks: the campaign's events, as JSON, to the URLs its file lists. Delivery runs in its
+//! own task behind an unbounded channel, so a slow or failing receiver never holds up the
+//! campaign. Each event is retried with backoff until the receiver answers 2xx (or attempts run
+//! out), in order, and carries a stable delivery id so a receiver can tell a retry apart.
+
+use baton_core::campaign::{Notice, Phase};
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hook {
+    /// Stable per event: `<campaign id>-<journal seq>-<index>`.
+    pub delivery: String,
+    pub campaign_id: i64,
+    pub campaign: String,
+    pub fleet: String,
+    /// started, node-failed, halted, completed, committed, aborted, rolled-back
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    pub at_ms: u64,
+}
+
+/// The webhook event a notice is, if any.
+pub fn event_of(n: &Notice) -> Option<(&'static str, Option<String>, Option<String>, Option<String>)> {
+    match n {
+        Notice::NodeFailed { node, reason } => {
+            Some(("node-failed", Some(node.clone()), Some(reason.clone()), None))
+        }
+        Notice::Phase { from, to, by } => {
+            let e = match (from, to) {
+                (Phase::Planned, Phase::Running) => "started",
+                (_, Phase::Halted) => "halted",
+                (_, Phase::Completed) => "completed",
+                (_, Phase::Committed) => "committed",
+                (_, Phase::Aborted) => "aborted",
+                (_, Phase::RolledBack) => "rolled-back",
+                _ => return None,
+            };
+            Some((e, None, None, by.clone()))
+        }
+        Notice::NodeDone { .. } => None,
+    }
+}
+
+pub const ATTEMPTS: u32 = 12;
+
+/// Starts the delivery task for these URLs; send hooks on the returned channel.
+pub fn start(urls: Vec<String>) -> mpsc::UnboundedSender<Hook> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        while let Some(hook) = rx.recv().await {
+            for url in &urls {
+                let mut wait = Duration::from_millis(200);
+                for attempt in 1..=ATTEMPTS {
+                    match http.post(url).json(&hook).send().await {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) => {
+                            tracing::warn!(%url, delivery = %hook.delivery, attempt, status = %r.status(), "webhook refused")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%url, delivery = %hook.delivery, attempt, "webhook failed: {e}")
+                        }
+                    }
+                    if attempt == ATTEMPTS {
+                        tracing::error!(%url, delivery = %hook.delivery, "webhook given up after {ATTEMPTS} attempts");
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+    tx
+}
