@@ -223,7 +223,9 @@ impl Driver {
                 let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
                 for (k, c) in cmds.into_iter().enumerate() {
                     if let (Some(tx), Command::Notify { notice }) = (&self.hooks, &c) {
-                        if let Some((event, node, reason, by)) = crate::webhook::event_of(notice) {
+                        if let Some(crate::webhook::What { event, node, reason, by }) =
+                            crate::webhook::event_of(notice)
+                        {
                             let _ = tx.send(crate::webhook::Hook {
                                 delivery: format!("{}-{}-{k}", self.id, self.events),
                                 campaign_id: self.id,

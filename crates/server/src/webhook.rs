@@ -42,7 +42,7 @@ pub fn event_of(n: &Notice) -> Option<(&'static str, Option<String>, Option<Stri
                 (_, Phase::RolledBack) => "rolled-back",
                 _ => return None,
             };
-            Some((e, None, None, by.clone()))
+            Some(What { event: e, node: None, reason: None, by: by.clone() })
         }
         Notice::NodeDone { .. } => None,
     }
