@@ -26,12 +26,23 @@ pub struct Hook {
     pub at_ms: u64,
 }
 
+/// What a notice tells a webhook.
+pub struct What {
+    pub event: &'static str,
+    pub node: Option<String>,
+    pub reason: Option<String>,
+    pub by: Option<String>,
+}
+
 /// The webhook event a notice is, if any.
-pub fn event_of(n: &Notice) -> Option<(&'static str, Option<String>, Option<String>, Option<String>)> {
+pub fn event_of(n: &Notice) -> Option<What> {
     match n {
-        Notice::NodeFailed { node, reason } => {
-            Some(("node-failed", Some(node.clone()), Some(reason.clone()), None))
-        }
+        Notice::NodeFailed { node, reason } => Some(What {
+            event: "node-failed",
+            node: Some(node.clone()),
+            reason: Some(reason.clone()),
+            by: None,
+        }),
         Notice::Phase { from, to, by } => {
             let e = match (from, to) {
                 (Phase::Planned, Phase::Running) => "started",
