@@ -109,6 +109,7 @@ async fn main() {
                     fleet_text: String::new(),
                     campaign_file: String::new(),
                     campaign_text: String::new(),
+                    raised: String::new(),
                 },
                 0,
             )

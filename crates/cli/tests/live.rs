@@ -230,6 +230,7 @@ async fn a_campaign_across_five_agents_completes() {
     }
     assert_eq!(end.eta_ms, None);
     assert_eq!(end.updated, 5);
+
     let c = client(&f);
     for n in &f.nodes {
         let s = c.status(&n.addr, None, 0).await.unwrap();
@@ -240,7 +241,21 @@ async fn a_campaign_across_five_agents_completes() {
     assert_eq!(steps_ran_once(&f).await, 15);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
     metrics_parse(&serve).await;
+    // Commit raises the functional level: the orchestrator holds the fleet at 1.1 from now on,
+    // also after a restart, and refuses a campaign to the level it is at.
+    let c: CampaignView = serve.post(&format!("/v1/campaigns/{}/commit", v.id), None).await.unwrap();
+    assert_eq!(c.phase, Phase::Committed);
     report_has_every_node(&serve, v.id).await;
+    let mut serve = serve;
+    serve.sigkill();
+    let serve = Serve::start(&f, port()).await;
+    assert_eq!(serve.view(v.id).await.unwrap().phase, Phase::Committed);
+    let (code, text) = serve
+        .post::<CampaignView>("/v1/campaigns", Some(serde_json::json!({"toml": toml})))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(text.contains("already at functional level 1.1"), "{text}");
     drop(serve);
     f.stop().await;
 }
@@ -718,7 +733,7 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
         .await
         .unwrap();
     assert_eq!((r.nodes_targeted, r.updated, r.failed, r.reboots, r.retries), (5, 5, 0, 5, 0));
-    assert_eq!(r.phase, "completed");
+    assert_eq!(r.phase, "committed");
     assert_eq!(r.nodes.len(), 5);
     for n in &r.nodes {
         let steps: Vec<&str> = n.steps.iter().map(|s| s.step.as_str()).collect();

@@ -74,6 +74,44 @@ pub enum StreamItem {
     Entry { campaign: i64, entry: JournalEntry },
 }
 
+/// What a committed campaign raised: the functional level, and the versions its nodes report.
+/// Later campaigns see the fleet file with these applied.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Raised {
+    functional_level: Option<String>,
+    versions: BTreeMap<String, String>,
+}
+
+impl Raised {
+    fn of(v: &CampaignView) -> Raised {
+        Raised {
+            functional_level: Some(v.target_version.clone()),
+            versions: v.nodes.iter().filter_map(|n| Some((n.name.clone(), n.version.clone()?))).collect(),
+        }
+    }
+
+    fn apply(&self, fleet: &mut Fleet) {
+        if let Some(l) = &self.functional_level {
+            fleet.functional_level = Some(l.clone());
+        }
+        for (name, v) in &self.versions {
+            if let Some(id) = fleet.node_id(name) {
+                fleet.nodes[id as usize].version = Some(v.clone());
+            }
+        }
+    }
+
+    /// The fleet a stored campaign was created against.
+    fn fleet_of(s: &StoredCampaign) -> Result<Fleet, String> {
+        let mut fleet = load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| d.to_string())?;
+        if !s.raised.is_empty() {
+            let r: Raised = serde_json::from_str(&s.raised).map_err(|e| e.to_string())?;
+            r.apply(&mut fleet);
+        }
+        Ok(fleet)
+    }
+}
+
 /// Phases in which a campaign holds the fleet's lock.
 fn holds_lock(p: Phase) -> bool {
     matches!(p, Phase::Planned | Phase::Running | Phase::Paused | Phase::Halted | Phase::RollingBack)
@@ -124,7 +162,7 @@ impl Hub {
     }
 
     fn rebuild(&self, s: &StoredCampaign) -> Result<Campaign, String> {
-        let fleet = load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| d.to_string())?;
+        let fleet = Raised::fleet_of(s)?;
         let spec = load_campaign(&s.campaign_file, &s.campaign_text, &fleet).map_err(|d| d.to_string())?;
         let journal: Vec<(u64, Event)> = self
             .store
@@ -157,9 +195,14 @@ impl Hub {
 
     pub fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
-        let spec = load_campaign(&file, &req.toml, &self.fleet)
+        // The fleet as the last commit left it: its level raised, its nodes at their versions.
+        let committed = self.views().into_iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
+        let raised = committed.as_ref().map(Raised::of).unwrap_or_default();
+        let mut fleet = (*self.fleet).clone();
+        raised.apply(&mut fleet);
+        let spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
-        let c = Campaign::new(self.fleet.clone(), spec).map_err(|i| {
+        let c = Campaign::new(Arc::new(fleet), spec).map_err(|i| {
             Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
         })?;
         let map = self.campaigns.lock().expect("hub lock");
@@ -181,6 +224,11 @@ impl Hub {
             fleet_text: self.settings.fleet_text.clone(),
             campaign_file: file,
             campaign_text: req.toml,
+            raised: if committed.is_some() {
+                serde_json::to_string(&raised).unwrap_or_default()
+            } else {
+                String::new()
+            },
         };
         let id = self
             .store

@@ -25,6 +25,9 @@ pub struct StoredCampaign {
     pub fleet_text: String,
     pub campaign_file: String,
     pub campaign_text: String,
+    /// What a commit before this campaign changed in the fleet file: the functional level and
+    /// node versions, as JSON (see `Raised`), or empty.
+    pub raised: String,
 }
 
 pub struct Store {
@@ -43,6 +46,7 @@ impl Store {
                 name TEXT NOT NULL,
                 fleet_file TEXT NOT NULL, fleet_text TEXT NOT NULL,
                 campaign_file TEXT NOT NULL, campaign_text TEXT NOT NULL,
+                raised TEXT NOT NULL DEFAULT '',
                 created_ms INTEGER NOT NULL,
                 settled INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS events (
@@ -63,8 +67,8 @@ impl Store {
     pub fn create(&self, name: &str, c: &StoredCampaign, now: Millis) -> Result<i64, StoreError> {
         let db = self.db.lock().expect("db lock");
         db.execute(
-            "INSERT INTO campaigns (name, fleet_file, fleet_text, campaign_file, campaign_text, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, c.fleet_file, c.fleet_text, c.campaign_file, c.campaign_text, now as i64],
+            "INSERT INTO campaigns (name, fleet_file, fleet_text, campaign_file, campaign_text, raised, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![name, c.fleet_file, c.fleet_text, c.campaign_file, c.campaign_text, c.raised, now as i64],
         )?;
         Ok(db.last_insert_rowid())
     }
@@ -126,7 +130,7 @@ impl Store {
     pub fn campaigns(&self) -> Result<Vec<(StoredCampaign, bool)>, StoreError> {
         let db = self.db.lock().expect("db lock");
         let mut st = db.prepare(
-            "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, settled FROM campaigns ORDER BY id",
+            "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, settled, raised FROM campaigns ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -136,6 +140,7 @@ impl Store {
                     fleet_text: r.get(2)?,
                     campaign_file: r.get(3)?,
                     campaign_text: r.get(4)?,
+                    raised: r.get(6)?,
                 },
                 r.get::<_, i64>(5)? != 0,
             ))
@@ -147,7 +152,7 @@ impl Store {
         let db = self.db.lock().expect("db lock");
         Ok(db
             .query_row(
-                "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text FROM campaigns WHERE id = ?1",
+                "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, raised FROM campaigns WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(StoredCampaign {
@@ -156,6 +161,7 @@ impl Store {
                         fleet_text: r.get(2)?,
                         campaign_file: r.get(3)?,
                         campaign_text: r.get(4)?,
+                        raised: r.get(5)?,
                     })
                 },
             )
