@@ -192,8 +192,10 @@ impl Agent {
         };
         match req.kind {
             StepKind::Drain => {
+                let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
                 for h in &self.cfg.drain_hooks {
-                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "drain hook");
+                    let env = [("BATON_MOVES", moves.as_str())];
+                    step(run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await, "drain hook");
                 }
                 let grace = req.stop_grace_ms.unwrap_or(300_000);
                 for svc in &self.cfg.services {

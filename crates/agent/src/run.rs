@@ -33,7 +33,18 @@ impl Tail {
 }
 
 pub async fn run(argv: &[String], timeout_ms: u64, tail_bytes: usize) -> Outcome {
+    run_with_env(argv, &[], timeout_ms, tail_bytes).await
+}
+
+/// [`run`] with extra environment variables.
+pub async fn run_with_env(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout_ms: u64,
+    tail_bytes: usize,
+) -> Outcome {
     let mut cmd = Command::new(&argv[0]);
+    cmd.envs(env.iter().copied());
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

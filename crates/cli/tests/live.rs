@@ -404,6 +404,7 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
         action: Some("rm-everything".into()),
         version: Some("1".into()),
         stop_grace_ms: None,
+        moves: vec![],
     };
     match c.start_step(&addr, &req).await {
         Err(baton_server::client::ClientError::Refused(e)) => assert_eq!(e.code, "unknown-action"),
@@ -416,6 +417,7 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
         action: Some("upgrade".into()),
         version: Some("--force".into()),
         stop_grace_ms: None,
+        moves: vec![],
     };
     assert!(
         matches!(c.start_step(&addr, &req).await, Err(baton_server::client::ClientError::Refused(e)) if e.code == "bad-version")
@@ -827,5 +829,44 @@ async fn webhooks_arrive_once_even_when_the_first_attempt_fails() {
     // The first attempt was refused and retried: one more request than events accepted.
     assert_eq!(hooks.requests.load(Ordering::SeqCst), got.len() + 1);
     drop(serve);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_hooks_get_the_workload_moves() {
+    let dir = fresh_dir("moves");
+    let mut f = LocalFleet::create(&dir, &LocalOptions { nodes: 1, ..Default::default() }).unwrap();
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nprintf '%s' \"$BATON_MOVES\" > \"$1/moves.json\"\n").unwrap();
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[drain]\ndrain_hooks = [[\"/bin/sh\", \"{}\", \"{{state_dir}}\"]]\n",
+        hook.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    f.start(&exe(), 200);
+    let c = client(&f);
+    let addr = f.nodes[0].addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.status(&addr, None, 0).await.is_err() {
+        assert!(Instant::now() < deadline, "agent did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moves =
+        vec![baton_core::campaign::WorkloadMove { workload: "vm1".into(), to: "hv2".into(), live: true }];
+    let req = StepRequest {
+        id: "c/node1/0/drain".into(),
+        kind: StepKind::Drain,
+        action: None,
+        version: None,
+        stop_grace_ms: Some(1000),
+        moves,
+    };
+    c.start_step(&addr, &req).await.unwrap();
+    let st = c.step(&addr, &req.id, 10_000).await.unwrap();
+    assert_eq!(st.state, baton_proto::StepState::Ok, "{st:?}");
+    let got = std::fs::read_to_string(f.nodes[0].dir.join("state/moves.json")).unwrap();
+    assert_eq!(got, r#"[{"workload":"vm1","to":"hv2","live":true}]"#);
     f.stop().await;
 }

@@ -36,6 +36,10 @@ pub struct StepRequest {
     pub version: Option<String>,
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
+    /// For a drain: where the node's workloads go (`workload`, `to`, `live`). The agent gives
+    /// them to its drain hooks as JSON in `BATON_MOVES`.
+    #[serde(default)]
+    pub moves: Vec<baton_core::campaign::WorkloadMove>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

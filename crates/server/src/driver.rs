@@ -395,13 +395,14 @@ impl Driver {
         let rep = Reporter(self.inbox.clone());
         let client = self.client.clone();
         match cmd {
-            Command::Drain { node, step, stop_grace, .. } => {
+            Command::Drain { node, step, stop_grace, moves } => {
                 let req = StepRequest {
                     id: step,
                     kind: StepKind::Drain,
                     action: None,
                     version: None,
                     stop_grace_ms: Some(stop_grace),
+                    moves,
                 };
                 let addr = self.addr(&node);
                 let out = (self.store.clone(), self.id);
@@ -414,6 +415,7 @@ impl Driver {
                     action: Some(action),
                     version: Some(version),
                     stop_grace_ms: None,
+                    moves: Vec::new(),
                 };
                 let addr = self.addr(&node);
                 let out = (self.store.clone(), self.id);
@@ -426,6 +428,7 @@ impl Driver {
                     action: None,
                     version: None,
                     stop_grace_ms: None,
+                    moves: Vec::new(),
                 };
                 let addr = self.addr(&node);
                 let out = (self.store.clone(), self.id);
