@@ -6,7 +6,7 @@
 use crate::client::{AgentClient, ClientError};
 use crate::metrics::{KindLabel, StepLabel, Telemetry};
 use crate::store::Store;
-use baton_core::campaign::{Back, Command, Event, Notice, Phase};
+use baton_core::campaign::{Back, Command, Event, Notice};
 use baton_core::{Campaign, CampaignError, Millis, NodeState};
 use baton_proto::{CampaignView, NodeView, ServiceView, StepKind, StepRequest, StepState};
 use std::collections::HashMap;
@@ -448,9 +448,6 @@ impl Driver {
             Command::Notify { notice } => match notice {
                 Notice::Phase { from, to, by } => {
                     tracing::info!(campaign = self.id, %from, %to, by = by.as_deref().unwrap_or("baton"), "phase");
-                    if matches!(to, Phase::Committed | Phase::RolledBack | Phase::Aborted) {
-                        let _ = self.store.set_settled(self.id, true);
-                    }
                 }
                 Notice::NodeDone { node } => tracing::info!(campaign = self.id, %node, "node done"),
                 Notice::NodeFailed { node, reason } => {

@@ -152,7 +152,7 @@ impl Hub {
             stream: tokio::sync::broadcast::channel(4096).0,
             settings,
         });
-        for (stored, _settled) in hub.store.campaigns()? {
+        for stored in hub.store.campaigns()? {
             let id = stored.id;
             let c = hub.rebuild(&stored).map_err(|message| ServerError::Replay { id, message })?;
             let n = hub.store.events(id, 0)?.len() as i64;

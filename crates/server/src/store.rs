@@ -47,8 +47,7 @@ impl Store {
                 fleet_file TEXT NOT NULL, fleet_text TEXT NOT NULL,
                 campaign_file TEXT NOT NULL, campaign_text TEXT NOT NULL,
                 raised TEXT NOT NULL DEFAULT '',
-                created_ms INTEGER NOT NULL,
-                settled INTEGER NOT NULL DEFAULT 0);
+                created_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS events (
                 campaign INTEGER NOT NULL REFERENCES campaigns(id),
                 seq INTEGER NOT NULL,
@@ -121,50 +120,31 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn set_settled(&self, campaign: i64, settled: bool) -> Result<(), StoreError> {
+    /// Every stored campaign, oldest first.
+    pub fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
         let db = self.db.lock().expect("db lock");
-        db.execute("UPDATE campaigns SET settled = ?2 WHERE id = ?1", params![campaign, settled as i64])?;
-        Ok(())
-    }
-
-    pub fn campaigns(&self) -> Result<Vec<(StoredCampaign, bool)>, StoreError> {
-        let db = self.db.lock().expect("db lock");
-        let mut st = db.prepare(
-            "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, settled, raised FROM campaigns ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                StoredCampaign {
-                    id: r.get(0)?,
-                    fleet_file: r.get(1)?,
-                    fleet_text: r.get(2)?,
-                    campaign_file: r.get(3)?,
-                    campaign_text: r.get(4)?,
-                    raised: r.get(6)?,
-                },
-                r.get::<_, i64>(5)? != 0,
-            ))
-        })?;
+        let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY id"))?;
+        let rows = st.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get(&self, id: i64) -> Result<Option<StoredCampaign>, StoreError> {
         let db = self.db.lock().expect("db lock");
         Ok(db
-            .query_row(
-                "SELECT id, fleet_file, fleet_text, campaign_file, campaign_text, raised FROM campaigns WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(StoredCampaign {
-                        id: r.get(0)?,
-                        fleet_file: r.get(1)?,
-                        fleet_text: r.get(2)?,
-                        campaign_file: r.get(3)?,
-                        campaign_text: r.get(4)?,
-                        raised: r.get(5)?,
-                    })
-                },
-            )
+            .query_row(&format!("SELECT {COLUMNS} FROM campaigns WHERE id = ?1"), [id], stored)
             .optional()?)
     }
+}
+
+const COLUMNS: &str = "id, fleet_file, fleet_text, campaign_file, campaign_text, raised";
+
+fn stored(r: &rusqlite::Row) -> rusqlite::Result<StoredCampaign> {
+    Ok(StoredCampaign {
+        id: r.get(0)?,
+        fleet_file: r.get(1)?,
+        fleet_text: r.get(2)?,
+        campaign_file: r.get(3)?,
+        campaign_text: r.get(4)?,
+        raised: r.get(5)?,
+    })
 }
