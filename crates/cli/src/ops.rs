@@ -82,8 +82,7 @@ fn whoami() -> String {
 pub fn settled(v: &CampaignView) -> bool {
     use baton_core::Phase::*;
     match v.phase {
-        Completed | Committed | RolledBack | Aborted => v.active == 0,
-        Halted => v.active == 0,
+        Completed | Committed | RolledBack | Aborted | Halted => v.active == 0,
         _ => false,
     }
 }

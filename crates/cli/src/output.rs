@@ -37,10 +37,7 @@ pub fn report_failure(f: Failure, tty: bool) {
             let m = MietteDiagnostic::new(format!("infeasible: {}", i.message)).with_help(i.help);
             let _ = handler.render_report(&mut out, &m);
         }
-        Failure::Internal(msg) => {
-            out = format!("baton: {msg}\n");
-        }
-        Failure::Ended(msg) => {
+        Failure::Internal(msg) | Failure::Ended(msg) => {
             out = format!("baton: {msg}\n");
         }
         Failure::Interrupted => {

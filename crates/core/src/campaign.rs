@@ -952,10 +952,7 @@ impl Campaign {
         if failed {
             self.failed += 1;
         }
-        if self.nodes[n as usize].pass == Pass::Forward && self.rank[n as usize] != u32::MAX {
-            let g = self.group[n as usize] as usize;
-            self.group_left[g] = self.group_left[g].saturating_sub(1);
-        }
+        self.settle_group(n);
         // A node that finishes its update while the campaign rolls back goes back too.
         self.repend_for_rollback(n);
     }
@@ -990,10 +987,15 @@ impl Campaign {
             let n = self.by_rank[r as usize];
             self.set_state(n, NodeState::Skipped { reason: reason.to_string() });
             self.nodes[n as usize].finished_at = Some(now);
-            if self.nodes[n as usize].pass == Pass::Forward {
-                let g = self.group[n as usize] as usize;
-                self.group_left[g] = self.group_left[g].saturating_sub(1);
-            }
+            self.settle_group(n);
+        }
+    }
+
+    /// A targeted node is through its forward pass: one fewer for its barrier group to wait on.
+    fn settle_group(&mut self, n: NodeId) {
+        if self.nodes[n as usize].pass == Pass::Forward && self.rank[n as usize] != u32::MAX {
+            let g = self.group[n as usize] as usize;
+            self.group_left[g] = self.group_left[g].saturating_sub(1);
         }
     }
 

@@ -42,6 +42,13 @@ pub struct StepRequest {
     pub moves: Vec<baton_core::campaign::WorkloadMove>,
 }
 
+impl StepRequest {
+    /// A step with nothing but its id and kind set.
+    pub fn new(id: String, kind: StepKind) -> Self {
+        StepRequest { id, kind, action: None, version: None, stop_grace_ms: None, moves: Vec::new() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepState {

@@ -376,6 +376,13 @@ impl Driver {
         Some(step)
     }
 
+    /// Sends a step to the node's agent in a job that reports how it ended.
+    fn step(&mut self, node: String, req: StepRequest, rep: Reporter) {
+        let addr = self.addr(&node);
+        let out = (self.store.clone(), self.id);
+        self.job(&node.clone(), JobKind::Step, step_job(self.client.clone(), addr, node, req, rep, out));
+    }
+
     fn dispatch(&mut self, cmd: Command) {
         match &cmd {
             Command::Drain { node, .. } => self.enter(node, "draining"),
@@ -397,42 +404,22 @@ impl Driver {
         match cmd {
             Command::Drain { node, step, stop_grace, moves } => {
                 let req = StepRequest {
-                    id: step,
-                    kind: StepKind::Drain,
-                    action: None,
-                    version: None,
                     stop_grace_ms: Some(stop_grace),
                     moves,
+                    ..StepRequest::new(step, StepKind::Drain)
                 };
-                let addr = self.addr(&node);
-                let out = (self.store.clone(), self.id);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
+                self.step(node, req, rep);
             }
             Command::Update { node, step, action, version } => {
                 let req = StepRequest {
-                    id: step,
-                    kind: StepKind::Action,
                     action: Some(action),
                     version: Some(version),
-                    stop_grace_ms: None,
-                    moves: Vec::new(),
+                    ..StepRequest::new(step, StepKind::Action)
                 };
-                let addr = self.addr(&node);
-                let out = (self.store.clone(), self.id);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
+                self.step(node, req, rep);
             }
             Command::Restore { node, step } => {
-                let req = StepRequest {
-                    id: step,
-                    kind: StepKind::Restore,
-                    action: None,
-                    version: None,
-                    stop_grace_ms: None,
-                    moves: Vec::new(),
-                };
-                let addr = self.addr(&node);
-                let out = (self.store.clone(), self.id);
-                self.job(&node.clone(), JobKind::Step, step_job(client, addr, node, req, rep, out));
+                self.step(node, StepRequest::new(step, StepKind::Restore), rep)
             }
             Command::WatchBoot { node, old_boot, .. } => {
                 let addr = self.addr(&node);

@@ -185,17 +185,17 @@ impl Observer {
         self.set(n, Some(false), None);
     }
 
+    /// Rule 5: a step id is sent once (restarts resend through `Sim::restart`, not here).
+    fn once(&mut self, now: Millis, step: &str) {
+        if !self.executed.insert(step.to_string()) {
+            self.violations.push(format!("at {now}ms: step {step} sent twice"));
+        }
+    }
+
     pub fn on_command(&mut self, fleet: &Fleet, now: Millis, cmd: &Command) {
-        let mut once = |step: &str, v: &mut Vec<String>| {
-            if !self.executed.insert(step.to_string()) {
-                v.push(format!("at {now}ms: step {step} sent twice"));
-            }
-        };
         match cmd {
             Command::Drain { node, step, .. } => {
-                let mut v = std::mem::take(&mut self.violations);
-                once(step, &mut v);
-                self.violations = v;
+                self.once(now, step);
                 let n = fleet.node_id(node).expect("core names fleet nodes");
                 if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
                     self.violations
@@ -237,11 +237,7 @@ impl Observer {
                 self.drained_at.insert(n, now);
                 self.last_drain.insert(node.clone(), step.clone());
             }
-            Command::Update { step, .. } | Command::Restore { step, .. } => {
-                let mut v = std::mem::take(&mut self.violations);
-                once(step, &mut v);
-                self.violations = v;
-            }
+            Command::Update { step, .. } | Command::Restore { step, .. } => self.once(now, step),
             Command::Notify { notice } => match notice {
                 Notice::Phase { from, to, .. } => {
                     if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
