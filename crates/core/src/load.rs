@@ -48,6 +48,16 @@ struct RawService<'a> {
     min_available: Option<Amount>,
     #[serde(default)]
     quorum: bool,
+    haproxy: Option<RawHaproxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHaproxy {
+    socket: String,
+    backend: String,
+    server: Option<String>,
+    drain_timeout: Option<crate::units::Dur>,
 }
 
 /// A node name in a member list, borrowed from the text when the format allows: large fleets
@@ -387,7 +397,13 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
         for &m in &members {
             memberships[m as usize].push(si as u32);
         }
-        services.push(Service { name: s.name, members, rule, quorum: s.quorum, allowance });
+        let haproxy = s.haproxy.map(|h| crate::model::Haproxy {
+            socket: h.socket,
+            backend: h.backend,
+            server: h.server.unwrap_or_else(|| "{node}".into()),
+            drain_timeout: h.drain_timeout.map(|d| d.ms()).unwrap_or(300_000),
+        });
+        services.push(Service { name: s.name, members, rule, quorum: s.quorum, allowance, haproxy });
     }
 
     let mut workloads = Vec::with_capacity(raw.workloads.len());

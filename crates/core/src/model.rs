@@ -51,6 +51,27 @@ pub struct Service {
     pub quorum: bool,
     /// Members that may be down at once, computed from `rule`, `quorum` and the member count.
     pub allowance: u32,
+    /// The load balancer that sends this service's traffic, when the orchestrator drains it.
+    pub haproxy: Option<Haproxy>,
+}
+
+/// An HAProxy backend whose servers are this service's members, drained through the runtime
+/// API: `drain`, wait until the server has no session (or `drain_timeout`), `maint`; back to
+/// `ready` only after the node's health gate has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Haproxy {
+    /// The runtime API: a unix socket path, or `host:port`.
+    pub socket: String,
+    pub backend: String,
+    /// The server's name in the backend; `{node}` stands for the node's name.
+    pub server: String,
+    pub drain_timeout: Millis,
+}
+
+impl Haproxy {
+    pub fn server_of(&self, node: &str) -> String {
+        self.server.replace("{node}", node)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

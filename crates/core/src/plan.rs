@@ -9,7 +9,9 @@
 //! wave when its workloads do not fit.
 
 use crate::model::*;
+use crate::units::Millis;
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 /// The result of planning a campaign.
 #[derive(Debug, Clone, PartialEq)]
@@ -505,4 +507,23 @@ fn capacity_bound(fleet: &Fleet, update: &[NodeId]) -> Option<(usize, String)> {
             if k == 1 { "" } else { "s" }
         ),
     ))
+}
+
+/// The least time any schedule needs, given each node's time out of service (`work`): the
+/// parallelism, capacity and every service's allowance each bound how much of that work can
+/// overlap, and no schedule ends before its longest node. `simulate` reports it as
+/// `lower_bound_s`; the lab computes it from measured times.
+pub fn time_lower_bound(fleet: &Fleet, max_parallel: u32, work: &HashMap<NodeId, Millis>) -> Millis {
+    let total: Millis = work.values().sum();
+    let longest = work.values().copied().max().unwrap_or(0);
+    let mut lb = total.div_ceil(max_parallel.max(1) as Millis).max(longest);
+    let worked: Vec<NodeId> = work.keys().copied().collect();
+    if let Some((k, _, _)) = capacity_limit(fleet, &worked) {
+        lb = lb.max(total.div_ceil(k as Millis));
+    }
+    for svc in fleet.services.iter().filter(|s| s.allowance > 0) {
+        let w: Millis = svc.members.iter().filter_map(|m| work.get(m)).sum();
+        lb = lb.max(w.div_ceil(svc.allowance as Millis));
+    }
+    lb
 }

@@ -568,18 +568,7 @@ impl Sim {
                 _ => {}
             }
         }
-        let work = &self.observer.work;
-        let total: Millis = work.values().sum();
-        let longest = work.values().copied().max().unwrap_or(0);
-        let mut lb = total.div_ceil(c.max_parallel.max(1) as Millis).max(longest);
-        let worked: Vec<NodeId> = work.keys().copied().collect();
-        if let Some((k, _, _)) = baton_core::plan::capacity_limit(f, &worked) {
-            lb = lb.max(total.div_ceil(k as Millis));
-        }
-        for svc in f.services.iter().filter(|s| s.allowance > 0) {
-            let w: Millis = svc.members.iter().filter_map(|m| work.get(m)).sum();
-            lb = lb.max(w.div_ceil(svc.allowance as Millis));
-        }
+        let lb = baton_core::plan::time_lower_bound(f, c.max_parallel, &self.observer.work);
         let peak_down =
             f.services.iter().zip(&self.observer.peak).map(|(s, p)| (s.name.clone(), *p)).collect();
         SimReport {
