@@ -52,13 +52,15 @@ impl AgentClient {
     }
 
     pub async fn start_step(&self, addr: &str, req: &StepRequest) -> Result<StepStatus, ClientError> {
-        Self::read(self.http.post(Self::url(addr, "/v1/steps")).json(req).send().await).await
+        let r = self.http.post(Self::url(addr, "/v1/steps")).json(req).timeout(Duration::from_secs(10));
+        Self::read(r.send().await).await
     }
 
     /// The step's status, waiting up to `wait_ms` for it to finish.
     pub async fn step(&self, addr: &str, id: &str, wait_ms: u64) -> Result<StepStatus, ClientError> {
         let q = [("id", id.to_string()), ("wait_ms", wait_ms.to_string())];
-        Self::read(self.http.get(Self::url(addr, "/v1/step")).query(&q).send().await).await
+        let r = self.http.get(Self::url(addr, "/v1/step")).query(&q).timeout(Self::patience(wait_ms));
+        Self::read(r.send().await).await
     }
 
     pub async fn steps(&self, addr: &str) -> Result<Vec<StepStatus>, ClientError> {
@@ -76,6 +78,13 @@ impl AgentClient {
         if let Some(a) = after {
             q.push(("after", a.to_string()));
         }
-        Self::read(self.http.get(Self::url(addr, "/v1/status")).query(&q).send().await).await
+        let r = self.http.get(Self::url(addr, "/v1/status")).query(&q).timeout(Self::patience(wait_ms));
+        Self::read(r.send().await).await
+    }
+
+    /// How long to wait for an answer to a long poll of `wait_ms`: an agent cut off by a
+    /// packet filter never answers, and that must show as unreachable within seconds.
+    fn patience(wait_ms: u64) -> Duration {
+        Duration::from_millis(wait_ms + 3_000)
     }
 }

@@ -4,9 +4,11 @@
 //! agent happens in a per-node job that reports back through the inbox.
 
 use crate::client::{AgentClient, ClientError};
+use crate::haproxy;
 use crate::metrics::{KindLabel, StepLabel, Telemetry};
 use crate::store::Store;
 use baton_core::campaign::{Back, Command, Event, Notice};
+use baton_core::model::Haproxy;
 use baton_core::{Campaign, CampaignError, Millis, NodeState};
 use baton_proto::{CampaignView, NodeView, ServiceView, StepKind, StepRequest, StepState};
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ enum JobKind {
     Step,
     Boot,
     Health,
+    Watch,
 }
 
 pub struct Driver {
@@ -175,6 +178,10 @@ impl Driver {
         // After a restart: ask every agent the campaign waits on about its step again.
         for cmd in self.campaign.resume_commands() {
             self.dispatch(cmd);
+        }
+        for i in 0..self.campaign.nodes.len() {
+            let node = self.campaign.fleet.node_name(i as baton_core::NodeId).to_string();
+            self.watch(&node);
         }
         loop {
             let deadline = self.campaign.next_deadline();
@@ -330,16 +337,27 @@ impl Driver {
         }
     }
 
-    /// Stops jobs for nodes the campaign no longer waits on.
+    /// Stops jobs for nodes the campaign no longer waits on; those nodes are watched instead.
     fn reap(&mut self) {
+        use baton_core::Phase;
         let c = &self.campaign;
-        self.jobs.retain(|node, (_, h)| {
-            let keep = c.fleet.node_id(node).map(|n| needs_job(&c.nodes[n as usize].state)).unwrap_or(false);
+        let ended = matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack);
+        let mut freed = Vec::new();
+        self.jobs.retain(|node, (kind, h)| {
+            let needed =
+                c.fleet.node_id(node).map(|n| needs_job(&c.nodes[n as usize].state)).unwrap_or(false);
+            let keep = if *kind == JobKind::Watch { !needed && !ended } else { needed };
             if !keep {
                 h.abort();
+                if *kind != JobKind::Watch {
+                    freed.push(node.clone());
+                }
             }
             keep
         });
+        for node in freed {
+            self.watch(&node);
+        }
     }
 
     fn addr(&self, node: &str) -> String {
@@ -380,7 +398,41 @@ impl Driver {
     fn step(&mut self, node: String, req: StepRequest, rep: Reporter) {
         let addr = self.addr(&node);
         let out = (self.store.clone(), self.id);
-        self.job(&node.clone(), JobKind::Step, step_job(self.client.clone(), addr, node, req, rep, out));
+        let lbs = self.balancers(&node);
+        let job = step_job(self.client.clone(), addr, node.clone(), req, rep, out, lbs);
+        self.job(&node, JobKind::Step, job);
+    }
+
+    /// The load balancers in front of the node's services.
+    fn balancers(&self, node: &str) -> Vec<Haproxy> {
+        let f = &self.campaign.fleet;
+        let Some(n) = f.node_id(node) else { return Vec::new() };
+        f.memberships[n as usize].iter().filter_map(|&s| f.services[s as usize].haproxy.clone()).collect()
+    }
+
+    /// Watches a node the campaign has no step or watch on, so that a node lost outside the
+    /// campaign counts against its services' allowances (and one that comes back stops counting).
+    fn watch(&mut self, node: &str) {
+        use baton_core::Phase;
+        let c = &self.campaign;
+        let Some(n) = c.fleet.node_id(node) else { return };
+        if matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack)
+            || self.jobs.contains_key(node)
+        {
+            return;
+        }
+        let down = c.nodes[n as usize].observed_down;
+        if c.fleet.nodes[n as usize].address.is_none() {
+            return;
+        }
+        let job = watch_job(
+            self.client.clone(),
+            self.addr(node),
+            node.to_string(),
+            down,
+            Reporter(self.inbox.clone()),
+        );
+        self.job(node, JobKind::Watch, job);
     }
 
     fn dispatch(&mut self, cmd: Command) {
@@ -488,7 +540,25 @@ async fn step_job(
     req: StepRequest,
     rep: Reporter,
     (store, campaign): (Arc<Store>, i64),
+    lbs: Vec<Haproxy>,
 ) {
+    // Out of the load balancers first: the node's services stop only once no request is
+    // sent to them.
+    if req.kind == StepKind::Drain {
+        for lb in &lbs {
+            match haproxy::drain(lb, &node).await {
+                Ok(0) => {}
+                Ok(left) => {
+                    tracing::warn!(%node, backend = %lb.backend, "drain timeout with {left} sessions left")
+                }
+                Err(e) => {
+                    rep.send(Event::StepFailed { node, step: req.id, reason: format!("load balancer: {e}") })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
     let mut backoff = Backoff::new();
     let mut reach = Reach { lost: false };
     let mut st = loop {
@@ -513,7 +583,7 @@ async fn step_job(
         }
     };
     while st.state == StepState::Running {
-        match client.step(&addr, &req.id, 30_000).await {
+        match client.step(&addr, &req.id, 5_000).await {
             Ok(s) => {
                 reach.ok(&rep, &node).await;
                 backoff = Backoff::new();
@@ -532,6 +602,17 @@ async fn step_job(
     // The output's tail goes to the run report; the journal keeps only the outcome.
     if let Err(e) = store.put_output(campaign, &req.id, &st.output_tail) {
         tracing::warn!(campaign, step = %req.id, "cannot keep the step's output: {e}");
+    }
+    // Back into the load balancers only when the node's services are started again (the
+    // restore step runs after the health gate passed).
+    if req.kind == StepKind::Restore && st.state == StepState::Ok {
+        for lb in &lbs {
+            if let Err(e) = haproxy::ready(lb, &node, Duration::from_secs(60)).await {
+                rep.send(Event::StepFailed { node, step: req.id, reason: format!("load balancer: {e}") })
+                    .await;
+                return;
+            }
+        }
     }
     let ev = match st.state {
         StepState::Ok => Event::StepOk {
@@ -582,6 +663,29 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
                 }
                 after = None;
                 backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Reports a node seen down (agent unreachable or unhealthy) or up again, outside of what the
+/// campaign does to it. Short long-polls, so that a lost node is noticed within seconds.
+async fn watch_job(client: AgentClient, addr: String, node: String, down: bool, rep: Reporter) {
+    let mut up = !down;
+    let mut after = None;
+    loop {
+        let seen = client.status(&addr, after, 2_000).await;
+        let now_up = matches!(&seen, Ok(s) if s.healthy);
+        if now_up != up {
+            up = now_up;
+            let version = seen.as_ref().ok().and_then(|s| s.version.clone());
+            rep.send(Event::Observed { node: node.clone(), up, version }).await;
+        }
+        match seen {
+            Ok(s) => after = Some(s.generation),
+            Err(_) => {
+                after = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

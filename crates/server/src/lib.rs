@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod driver;
+pub mod haproxy;
 pub mod metrics;
 pub mod report;
 pub mod store;
