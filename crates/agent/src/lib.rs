@@ -43,6 +43,10 @@ struct Inner {
     checks: Vec<CheckResult>,
     journal: Journal,
     generation: u64,
+    /// Set by a drain during this boot: the services' stop grace, and whether they are stopped
+    /// now. An update runs with them stopped and starts them again when the node stays up
+    /// (no reboot, or the update failed), so its health can be checked; a reboot starts them.
+    drained: Option<(u64, bool)>,
 }
 
 pub struct Agent {
@@ -198,31 +202,16 @@ impl Agent {
                     step(run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await, "drain hook");
                 }
                 let grace = req.stop_grace_ms.unwrap_or(300_000);
-                for svc in &self.cfg.services {
-                    let mut v = base.clone();
-                    v.push(("service", svc));
-                    let stop = run::run(&config::fill(&self.cfg.stop_command, &v), grace, tail).await;
-                    let stopped = stop.ok;
-                    // The stop's output is kept; its failure is not one if the kill works.
-                    step(run::Outcome { ok: true, ..stop }, "stop");
-                    if !stopped {
-                        // Not stopped within stop_grace: force it.
-                        step(
-                            run::run(&config::fill(&self.cfg.kill_command, &v), 30_000, tail).await,
-                            &format!("kill {svc}"),
-                        );
-                    }
+                for (o, what) in self.stop_services(&base, grace).await {
+                    step(o, &what);
                 }
+                self.inner.lock().expect("agent lock").drained = Some((grace, true));
             }
             StepKind::Restore => {
-                for svc in &self.cfg.services {
-                    let mut v = base.clone();
-                    v.push(("service", svc));
-                    step(
-                        run::run(&config::fill(&self.cfg.start_command, &v), 120_000, tail).await,
-                        &format!("start {svc}"),
-                    );
+                for (o, what) in self.start_services(&base).await {
+                    step(o, &what);
                 }
+                self.inner.lock().expect("agent lock").drained = None;
                 for h in &self.cfg.restore_hooks {
                     step(run::run(&config::fill(h, &base), 600_000, tail).await, "restore hook");
                 }
@@ -233,6 +222,13 @@ impl Agent {
                     .action(req.action.as_deref().unwrap_or_default())
                     .cloned()
                     .expect("checked at start");
+                // Services a drain stopped and a failed attempt started again stop first.
+                let drained = self.inner.lock().expect("agent lock").drained;
+                if let Some((grace, false)) = drained {
+                    for (o, what) in self.stop_services(&base, grace).await {
+                        step(o, &what);
+                    }
+                }
                 let mut v = base.clone();
                 let ver = req.version.clone().unwrap_or_default();
                 v.push(("version", &ver));
@@ -247,6 +243,13 @@ impl Agent {
                         RebootPolicy::Always => true,
                         RebootPolicy::IfRequired => self.cfg.reboot_required_file.exists(),
                     };
+                }
+                if let (Some((grace, _)), false) = (drained, reboot) {
+                    // The node stays up: its services run again, on whichever version it has.
+                    for (o, what) in self.start_services(&base).await {
+                        step(o, &what);
+                    }
+                    self.inner.lock().expect("agent lock").drained = Some((grace, false));
                 }
             }
         }
@@ -283,6 +286,37 @@ impl Agent {
         if reboot {
             self.reboot().await;
         }
+    }
+
+    /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
+    /// failure if the kill works (its output is kept).
+    async fn stop_services(&self, base: &[(&str, &str)], grace: u64) -> Vec<(run::Outcome, String)> {
+        let tail = self.cfg.output_tail_bytes;
+        let mut out = Vec::new();
+        for svc in &self.cfg.services {
+            let mut v = base.to_vec();
+            v.push(("service", svc));
+            let stop = run::run(&config::fill(&self.cfg.stop_command, &v), grace, tail).await;
+            let stopped = stop.ok;
+            out.push((run::Outcome { ok: true, ..stop }, "stop".to_string()));
+            if !stopped {
+                let kill = run::run(&config::fill(&self.cfg.kill_command, &v), 30_000, tail).await;
+                out.push((kill, format!("kill {svc}")));
+            }
+        }
+        out
+    }
+
+    async fn start_services(&self, base: &[(&str, &str)]) -> Vec<(run::Outcome, String)> {
+        let tail = self.cfg.output_tail_bytes;
+        let mut out = Vec::new();
+        for svc in &self.cfg.services {
+            let mut v = base.to_vec();
+            v.push(("service", svc));
+            let o = run::run(&config::fill(&self.cfg.start_command, &v), 120_000, tail).await;
+            out.push((o, format!("start {svc}")));
+        }
+        out
     }
 
     async fn reboot(&self) {
@@ -440,6 +474,7 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     let agent = Arc::new(Agent {
         boot_id,
         inner: Mutex::new(Inner {
+            drained: None,
             steps: replayed.steps,
             running: None,
             last: replayed.last,
