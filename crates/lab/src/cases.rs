@@ -1,0 +1,449 @@
+//! The proof (`zero-downtime`) and the fault cases (`faults`), each on a fresh lab under load.
+
+use crate::lab::{Lab, Options, AGENT_PORT};
+use crate::load::{self, Observed, Traffic, Writes};
+use baton_core::Phase;
+use baton_proto::{CampaignView, Report};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+pub const RATE: u64 = 500;
+
+pub struct Exes {
+    pub baton: PathBuf,
+    pub lab: PathBuf,
+}
+
+/// The load on a lab while a case runs.
+struct Load {
+    stop: Arc<AtomicBool>,
+    http: JoinHandle<Traffic>,
+    etcd: JoinHandle<Writes>,
+    observer: JoinHandle<Observed>,
+    excused: Arc<Mutex<Vec<(String, Instant)>>>,
+}
+
+impl Load {
+    fn start(lab: &Lab) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let excused = Arc::new(Mutex::new(Vec::new()));
+        let endpoints = lab.hosts.iter().filter(|h| h.etcd).map(|h| h.etcd_url()).collect();
+        let allowance = HashMap::from([("web".to_string(), 2), ("etcd".to_string(), 1)]);
+        Load {
+            http: tokio::spawn(load::http_load(lab.frontend.clone(), RATE, stop.clone())),
+            etcd: tokio::spawn(load::etcd_writer(endpoints, stop.clone())),
+            observer: tokio::spawn(load::observe(
+                lab.hosts.clone(),
+                lab.lb(),
+                allowance,
+                excused.clone(),
+                stop.clone(),
+            )),
+            excused,
+            stop,
+        }
+    }
+
+    /// The lab itself takes `host` down now: the observer does not blame the orchestrator.
+    fn excuse(&self, host: &str) {
+        self.excused.lock().expect("excused").push((host.to_string(), Instant::now()));
+    }
+
+    async fn finish(self) -> (Traffic, Writes, Observed) {
+        self.stop.store(true, Ordering::SeqCst);
+        let t = self.http.await.unwrap_or_default();
+        let w = self.etcd.await.unwrap_or_default();
+        let o = self.observer.await.unwrap_or_default();
+        (t, w, o)
+    }
+}
+
+fn line(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// Follows the campaign to its end, printing each node's state changes as JSON lines.
+async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, String> {
+    let t0 = Instant::now();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    loop {
+        // The orchestrator may be restarting: keep asking until the deadline.
+        let v = match lab.view(id).await {
+            Ok(v) => v,
+            Err(e) if t0.elapsed() > within => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for n in &v.nodes {
+            if seen.get(&n.name) != Some(&n.state) {
+                seen.insert(n.name.clone(), n.state.clone());
+                line(
+                    json!({"t_s": secs(t0.elapsed()), "node": n.name, "state": n.state, "reason": n.reason}),
+                );
+            }
+        }
+        if !matches!(v.phase, Phase::Running | Phase::Planned | Phase::Paused) {
+            return Ok(v);
+        }
+        if t0.elapsed() > within {
+            return Err(format!("campaign still {} after {} s", v.phase.as_str(), within.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+const PHASES: [&str; 5] = ["draining", "updating", "rebooting", "verifying", "restoring"];
+
+/// Each node's time in each phase (ms), from the run report.
+fn phase_times(r: &Report) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+    let mut out = BTreeMap::new();
+    for n in &r.nodes {
+        let mut m = BTreeMap::new();
+        for s in &n.steps {
+            if let (Some(p), Some(end)) = (PHASES.iter().find(|p| **p == s.step), s.ended_ms) {
+                *m.entry(*p).or_default() += end.saturating_sub(s.started_ms);
+            }
+        }
+        out.insert(n.name.clone(), m);
+    }
+    out
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// The lower bound of the rollout from each node's measured time out of service, as
+/// `simulate` computes it.
+fn ideal_ms(lab: &Lab, r: &Report, max_parallel: u32) -> Result<u64, String> {
+    let text = std::fs::read_to_string(&lab.fleet_file).map_err(|e| e.to_string())?;
+    let fleet = baton_core::load::load_fleet(&lab.fleet_file.display().to_string(), &text)
+        .map_err(|d| d.to_string())?;
+    let work = r
+        .nodes
+        .iter()
+        .filter_map(|n| Some((fleet.node_id(&n.name)?, n.ended_ms?.saturating_sub(n.started_ms?))))
+        .collect();
+    Ok(baton_core::plan::time_lower_bound(&fleet, max_parallel, &work))
+}
+
+pub async fn zero_downtime(exes: &Exes, hosts: usize, keep: bool) -> Result<bool, String> {
+    let o = Options { hosts, reboot_ms: 1000, campaign: Vec::new(), keep };
+    let mut lab = Lab::up(o, exes.baton.clone(), exes.lab.clone()).await?;
+    let r = zero_downtime_on(&lab, hosts).await;
+    lab.down().await;
+    r
+}
+
+async fn zero_downtime_on(lab: &Lab, hosts: usize) -> Result<bool, String> {
+    line(
+        json!({"event": "lab up", "hosts": hosts, "haproxy": lab.frontend, "orchestrator": lab.api, "dir": lab.dir}),
+    );
+    let load = Load::start(lab);
+    // Let the load reach its steady rate before the rollout starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = lab.start_campaign().await?;
+    let end = follow(lab, id, Duration::from_secs(600)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (t, w, o) = load.finish().await;
+    let end = end?;
+    let report = lab.report(id).await?;
+    let rollout_ms = report.ended_ms.unwrap_or(0).saturating_sub(report.started_ms.unwrap_or(0));
+    let ideal = ideal_ms(lab, &report, 2)?;
+    let phases = phase_times(&report);
+    for (node, m) in &phases {
+        line(json!({"node": node, "phase_ms": m}));
+    }
+    let medians: BTreeMap<&str, u64> = PHASES
+        .iter()
+        .map(|p| (*p, median(phases.values().filter_map(|m| m.get(p).copied()).collect())))
+        .collect();
+    line(json!({"phase_median_ms": medians, "errors": t.errors, "etcd_refused": w.refused,
+        "observer_samples": o.samples, "budget_violations": o.budget_violations, "violations": o.violations,
+        "peak_out": o.peak_out, "min_etcd_healthy": o.min_etcd_healthy}));
+    let quorum_lost = o.min_etcd_healthy < 2;
+    let summary = Summary {
+        hosts,
+        requests: t.requests,
+        failed: t.failed,
+        longest_gap_ms: t.longest_gap_ms,
+        etcd_writes: w.acknowledged,
+        lost_writes: w.lost,
+        quorum_lost,
+        campaign: end.phase.as_str(),
+        rollout_s: rollout_ms as f64 / 1000.0,
+        ideal_s: ideal as f64 / 1000.0,
+    };
+    println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+    Ok(t.failed == 0
+        && w.lost == 0
+        && !quorum_lost
+        && end.phase == Phase::Completed
+        && o.budget_violations == 0)
+}
+
+/// The proof's last line (fields in this order).
+#[derive(serde::Serialize)]
+struct Summary {
+    hosts: usize,
+    requests: u64,
+    failed: u64,
+    longest_gap_ms: u64,
+    etcd_writes: u64,
+    lost_writes: u64,
+    quorum_lost: bool,
+    campaign: &'static str,
+    rollout_s: f64,
+    ideal_s: f64,
+}
+
+/// One fault case's line.
+#[derive(serde::Serialize)]
+struct CaseLine<'a> {
+    case: &'a str,
+    outcome: String,
+    failed_requests: u64,
+    budget_violations: u64,
+    ok: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    why: Vec<String>,
+}
+
+pub const CASES: [&str; 6] = [
+    "reboot-never-returns",
+    "update-fails",
+    "agent-cut-off",
+    "unhealthy-after-update",
+    "orchestrator-killed",
+    "outside-host-killed",
+];
+
+struct Verdict {
+    ok: bool,
+    why: Vec<String>,
+}
+
+impl Verdict {
+    fn new() -> Self {
+        Verdict { ok: true, why: Vec::new() }
+    }
+    fn check(&mut self, cond: bool, what: impl Into<String>) {
+        if !cond {
+            self.ok = false;
+            self.why.push(what.into());
+        }
+    }
+}
+
+fn state_of<'a>(v: &'a CampaignView, node: &str) -> &'a str {
+    v.nodes.iter().find(|n| n.name == node).map(|n| n.state.as_str()).unwrap_or("")
+}
+
+fn active(state: &str) -> bool {
+    matches!(state, "draining" | "updating" | "rebooting" | "verifying" | "restoring")
+}
+
+pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, String> {
+    let quoted =
+        |v: &[&str]| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "));
+    let campaign = match case {
+        "reboot-never-returns" => vec![("order", quoted(&["h4"])), ("reboot_timeout", "\"6s\"".into())],
+        "update-fails" => vec![("order", quoted(&["h5"])), ("max_failed_nodes", "1".into())],
+        "agent-cut-off" => vec![("order", quoted(&["h6"]))],
+        "unhealthy-after-update" => vec![("order", quoted(&["h4"])), ("ready_timeout", "\"6s\"".into())],
+        "orchestrator-killed" => Vec::new(),
+        "outside-host-killed" => vec![("order", quoted(&["h4", "h5"]))],
+        other => return Err(format!("no fault case {other}; the cases are {}", CASES.join(", "))),
+    };
+    let o = Options { hosts: 6, reboot_ms: 1000, campaign, keep };
+    let mut lab = Lab::up(o, exes.baton.clone(), exes.lab.clone()).await?;
+    let r = fault_on(&mut lab, case).await;
+    lab.down().await;
+    let (outcome, failed, violations, v) = match r {
+        Ok(x) => x,
+        Err(e) => ("error".to_string(), 0, 0, Verdict { ok: false, why: vec![e] }),
+    };
+    let ok = v.ok && violations == 0;
+    let l =
+        CaseLine { case, outcome, failed_requests: failed, budget_violations: violations, ok, why: v.why };
+    println!("{}", serde_json::to_string(&l).map_err(|e| e.to_string())?);
+    Ok(ok)
+}
+
+async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdict), String> {
+    let mut v = Verdict::new();
+    match case {
+        "reboot-never-returns" => lab.host("h4").dead_on_reboot.store(true, Ordering::SeqCst),
+        "update-fails" => {
+            std::fs::write(lab.host("h5").dir.join("fail-update"), "").map_err(|e| e.to_string())?
+        }
+        "agent-cut-off" => {
+            std::fs::write(lab.host("h6").dir.join("update-delay-ms"), "4000").map_err(|e| e.to_string())?
+        }
+        "unhealthy-after-update" => {
+            std::fs::write(lab.host("h4").dir.join("unhealthy-version"), "1.1").map_err(|e| e.to_string())?
+        }
+        _ => {}
+    }
+    let load = Load::start(lab);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = lab.start_campaign().await?;
+    let minute = Duration::from_secs(60);
+    let acted: Result<(), String> = async {
+        match case {
+            "agent-cut-off" => {
+                lab.wait_for(id, minute, "h6 updating", |c| state_of(c, "h6") == "updating").await?;
+                crate::net::cut_agent("h6", AGENT_PORT)?;
+                // While cut off, nothing is assumed: the node stays in its step.
+                let t = Instant::now();
+                let mut states = Vec::new();
+                while t.elapsed() < Duration::from_secs(10) {
+                    let c = lab.view(id).await?;
+                    let s = state_of(&c, "h6").to_string();
+                    if !states.contains(&s) {
+                        states.push(s);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                crate::net::heal_agent("h6", AGENT_PORT)?;
+                v.check(states == ["updating"], format!("h6 went through {states:?} while cut off"));
+            }
+            "orchestrator-killed" => {
+                lab.wait_for(id, minute, "a node done and one in flight", |c| {
+                    c.nodes.iter().any(|n| n.state == "done") && c.nodes.iter().any(|n| active(&n.state))
+                })
+                .await?;
+                lab.kill_serve().await;
+                line(json!({"event": "orchestrator SIGKILLed"}));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                lab.start_serve()?;
+                line(json!({"event": "orchestrator restarted"}));
+            }
+            "outside-host-killed" => {
+                // Both out of the load balancer (past their drain), and seen so by the observer.
+                let past_drain = |s: &str| matches!(s, "updating" | "rebooting");
+                lab.wait_for(id, minute, "h4 and h5 updating", |c| {
+                    past_drain(state_of(c, "h4")) && past_drain(state_of(c, "h5"))
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                load.excuse("h3");
+                lab.power_off("h3");
+                line(json!({"event": "h3 killed by the lab"}));
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                lab.power_on("h3");
+                line(json!({"event": "h3 powered on"}));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    .await;
+    let end = follow(lab, id, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (t, _w, o) = load.finish().await;
+    acted?;
+    let end = end?;
+    // A failed node healthy on its old version is put back after the campaign's end.
+    if case == "update-fails" {
+        let back = async {
+            while !lab
+                .web_status()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|(h, s)| h == "h5" && s.starts_with("UP"))
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), back).await;
+    }
+    let lb: HashMap<String, String> = lab.web_status().await?.into_iter().collect();
+    let events = lab.events(id).await?;
+    let ev = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events.iter().any(|e| serde_json::to_value(&e.event).map(|x| pred(&x)).unwrap_or(false))
+    };
+    if !o.violations.is_empty() {
+        line(json!({"case": case, "violations": o.violations}));
+    }
+    if !t.errors.is_empty() {
+        line(json!({"case": case, "request_errors": t.errors}));
+    }
+    let mut failed_requests_ok = t.failed == 0;
+    match case {
+        "reboot-never-returns" => {
+            v.check(end.phase == Phase::Halted, format!("campaign {}", end.phase.as_str()));
+            v.check(state_of(&end, "h4") == "failed", "h4 not failed");
+            v.check(
+                lb.get("h4").is_some_and(|s| s.starts_with("MAINT")),
+                format!("h4 in haproxy: {:?}", lb.get("h4")),
+            );
+        }
+        "update-fails" => {
+            let h5 = lab.host("h5");
+            v.check(state_of(&end, "h5") == "failed", "h5 not failed");
+            v.check(h5.updates() == 2, format!("h5's update ran {} times, not 2 (one retry)", h5.updates()));
+            v.check(h5.version() == "1.0", format!("h5 at {}", h5.version()));
+            v.check(
+                lb.get("h5").is_some_and(|s| s.starts_with("UP")),
+                format!("h5 in haproxy: {:?}", lb.get("h5")),
+            );
+            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+        }
+        "agent-cut-off" => {
+            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            let h6 = lab.host("h6");
+            v.check(h6.updates() == 1, format!("h6's update ran {} times", h6.updates()));
+            v.check(
+                ev(&|e| e["event"] == "unreachable" && e["node"] == "h6"),
+                "no Unreachable for h6 in the journal",
+            );
+            v.check(
+                ev(&|e| e["event"] == "reachable" && e["node"] == "h6"),
+                "no Reachable for h6 in the journal",
+            );
+            v.check(state_of(&end, "h6") == "done", "h6 not done");
+        }
+        "unhealthy-after-update" => {
+            v.check(end.phase == Phase::Halted, format!("campaign {}", end.phase.as_str()));
+            v.check(state_of(&end, "h4") == "failed", "h4 not failed");
+            v.check(
+                lb.get("h4").is_some_and(|s| s.starts_with("MAINT")),
+                format!("h4 in haproxy: {:?}", lb.get("h4")),
+            );
+        }
+        "orchestrator-killed" => {
+            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            for h in &lab.hosts {
+                v.check(h.updates() == 1, format!("{}'s update ran {} times", h.name, h.updates()));
+            }
+        }
+        "outside-host-killed" => {
+            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            v.check(
+                ev(&|e| e["event"] == "observed" && e["node"] == "h3" && e["up"] == false),
+                "h3's loss not journaled",
+            );
+            // A crash drops what was in flight on h3 before HAProxy's checks saw it: those
+            // failures are the lab's doing, reported, not held against baton.
+            failed_requests_ok = true;
+        }
+        _ => {}
+    }
+    v.check(failed_requests_ok, format!("{} requests failed", t.failed));
+    v.check(!lab.hosts.is_empty() && o.samples > 0, "the observer took no sample");
+    Ok((end.phase.as_str().to_string(), t.failed, o.budget_violations, v))
+}

@@ -1,0 +1,221 @@
+//! What the lab runs against the fleet during a rollout: HTTP clients through HAProxy at a
+//! steady rate, a writer of sequenced etcd keys, and an observer, independent of the
+//! orchestrator, that samples which members of each service are out of service.
+
+use crate::lab::{web_status, Host};
+use base64::Engine;
+use baton_core::model::Haproxy;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default, Debug, Clone)]
+pub struct Traffic {
+    pub requests: u64,
+    pub failed: u64,
+    /// The longest time between two successful answers, in ms.
+    pub longest_gap_ms: u64,
+    /// A few failures, for the log.
+    pub errors: Vec<String>,
+}
+
+/// Sends GET / through HAProxy at `rate` requests per second until `stop`.
+pub async fn http_load(frontend: String, rate: u64, stop: Arc<AtomicBool>) -> Traffic {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http client");
+    let out = Arc::new(Mutex::new((Traffic::default(), None::<Instant>)));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let url = format!("http://{frontend}/");
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let (client, url, out) = (client.clone(), url.clone(), out.clone());
+        tokio::spawn(async move {
+            let r = client.get(&url).send().await;
+            let err = match r {
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("body: {e}")),
+                },
+                Ok(r) => Some(format!("status {}", r.status())),
+                Err(e) => Some(format!("{e}")),
+            };
+            let now = Instant::now();
+            let mut g = out.lock().expect("traffic lock");
+            g.0.requests += 1;
+            match err {
+                None => {
+                    if let Some(last) = g.1 {
+                        g.0.longest_gap_ms =
+                            g.0.longest_gap_ms.max(now.duration_since(last).as_millis() as u64);
+                    }
+                    g.1 = Some(now);
+                }
+                Some(e) => {
+                    g.0.failed += 1;
+                    if g.0.errors.len() < 5 {
+                        g.0.errors.push(e);
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    // The requests in flight finish.
+    let _ = limit.acquire_many(256).await;
+    let t = out.lock().expect("traffic lock").0.clone();
+    t
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Writes {
+    pub acknowledged: u64,
+    pub lost: u64,
+    pub refused: u64,
+}
+
+/// Writes `lab/NNNNNNNN = N` through etcd's JSON gateway, trying the next member when one does
+/// not answer, until `stop`; then reads every key back and counts the acknowledged ones lost.
+pub async fn etcd_writer(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> Writes {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    let mut acked = Vec::new();
+    let mut w = Writes::default();
+    let (mut seq, mut e) = (0u64, 0usize);
+    while !stop.load(Ordering::SeqCst) {
+        let key = format!("lab/{seq:08}");
+        let body = serde_json::json!({"key": b64(&key), "value": b64(&seq.to_string())});
+        let r = http.post(format!("{}/v3/kv/put", endpoints[e % endpoints.len()])).json(&body).send().await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                acked.push(seq);
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                w.refused += 1;
+                e += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    w.acknowledged = acked.len() as u64;
+    // Read everything under lab/ back, from any member that answers.
+    let body = serde_json::json!({"key": b64("lab/"), "range_end": b64("lab0")});
+    let mut stored: HashMap<String, String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'read: while Instant::now() < deadline {
+        for ep in &endpoints {
+            let Ok(r) = http.post(format!("{ep}/v3/kv/range")).json(&body).send().await else { continue };
+            let Ok(v) = r.json::<serde_json::Value>().await else { continue };
+            let dec = |s: &serde_json::Value| {
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(s.as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&b).into_owned()
+            };
+            for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+                stored.insert(dec(&kv["key"]), dec(&kv["value"]));
+            }
+            break 'read;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.lost = acked
+        .iter()
+        .filter(|s| stored.get(&format!("lab/{s:08}")).map(|v| *v != s.to_string()).unwrap_or(true))
+        .count() as u64;
+    w
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Observed {
+    pub samples: u64,
+    /// Samples where a service had more members out than its allowance, beyond what the lab
+    /// itself knocked out.
+    pub budget_violations: u64,
+    pub peak_out: HashMap<String, usize>,
+    pub min_etcd_healthy: usize,
+    pub violations: Vec<String>,
+}
+
+/// The lab's own view of who is out, every 100 ms: a web server is out when HAProxy does not
+/// show it UP; an etcd member when its process does not answer. `excused` holds hosts the lab
+/// itself took down, with when: a sample over an allowance is a violation unless every other
+/// member out was already out before that.
+pub async fn observe(
+    hosts: Vec<Arc<Host>>,
+    lb: Haproxy,
+    allowance: HashMap<String, usize>,
+    excused: Arc<Mutex<Vec<(String, Instant)>>>,
+    stop: Arc<AtomicBool>,
+) -> Observed {
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(400)).build().expect("http client");
+    let mut o = Observed { min_etcd_healthy: usize::MAX, ..Default::default() };
+    let mut out_since: HashMap<(String, String), Instant> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let web = web_status(&lb, &hosts).await.unwrap_or_default();
+        let mut out: HashMap<&str, Vec<String>> = HashMap::new();
+        for (h, st) in &web {
+            if !st.starts_with("UP") {
+                out.entry("web").or_default().push(h.clone());
+            }
+        }
+        let mut healthy = 0;
+        for h in hosts.iter().filter(|h| h.etcd) {
+            let up = http.get(format!("{}/version", h.etcd_url())).send().await.is_ok();
+            if !up {
+                out.entry("etcd").or_default().push(h.name.clone());
+            }
+            let health = http.get(format!("{}/health", h.etcd_url())).send().await;
+            if let Ok(r) = health {
+                if r.text().await.map(|t| t.contains("\"true\"")).unwrap_or(false) {
+                    healthy += 1;
+                }
+            }
+        }
+        o.min_etcd_healthy = o.min_etcd_healthy.min(healthy);
+        out_since.retain(|(s, h), _| out.get(s.as_str()).is_some_and(|v| v.contains(h)));
+        let ex = excused.lock().expect("excused").clone();
+        for (svc, members) in &out {
+            for m in members {
+                out_since.entry((svc.to_string(), m.clone())).or_insert(now);
+            }
+            let peak = o.peak_out.entry(svc.to_string()).or_default();
+            *peak = (*peak).max(members.len());
+            let allow = allowance.get(*svc).copied().unwrap_or(0);
+            if members.len() > allow {
+                // Over: fine only if the lab's own kill made it so, and the orchestrator took
+                // no member down after that kill.
+                let by_lab = members.iter().all(|m| {
+                    let since = out_since[&(svc.to_string(), m.clone())];
+                    ex.iter().any(|(h, _)| h == m) || ex.iter().any(|(_, at)| since < *at)
+                });
+                if !by_lab || ex.is_empty() {
+                    o.budget_violations += 1;
+                    if o.violations.len() < 5 {
+                        o.violations
+                            .push(format!("{svc}: {} out of allowance {allow}: {members:?}", members.len()));
+                    }
+                }
+            }
+        }
+        o.samples += 1;
+        let spent = now.elapsed();
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(spent)).await;
+    }
+    if o.min_etcd_healthy == usize::MAX {
+        o.min_etcd_healthy = 0;
+    }
+    o
+}
