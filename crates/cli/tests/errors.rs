@@ -87,6 +87,19 @@ fn unknown_key_in_campaign() {
 }
 
 #[test]
+fn haproxy_backend_of_a_service() {
+    let lb = "\n[service.haproxy]\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"web\"\ndrain_timeout = \"30s\"\n";
+    let o = plan("haproxy-good", "fleet.toml", &format!("{FLEET}{lb}"), CAMPAIGN);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let bad = format!("{FLEET}{}", lb.replace("drain_timeout = \"30s\"", "drain_timeout = \"soon\""));
+    let o = plan("haproxy-bad-duration", "fleet.toml", &bad, CAMPAIGN);
+    expect(&o, 2, "fleet.toml:25:17", &["`soon` is not a duration"]);
+    let typo = format!("{FLEET}{}", lb.replace("backend", "bakend"));
+    let o = plan("haproxy-typo", "fleet.toml", &typo, CAMPAIGN);
+    expect(&o, 2, "fleet.toml:24:1", &["unknown field `bakend`"]);
+}
+
+#[test]
 fn duplicate_node_name() {
     let f = FLEET.replace("name = \"n03\"", "name = \"n01\"");
     let o = plan("dup-node", "fleet.toml", &f, CAMPAIGN);

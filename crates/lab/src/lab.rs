@@ -585,6 +585,17 @@ backend web
     }
 }
 
+impl Drop for Lab {
+    /// Interrupted before `down`: the orchestrator and HAProxy die with their handles, the
+    /// hosts' processes and namespaces go in `net::teardown`, the files here.
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// Each host's web server status in HAProxy (UP, DRAIN, MAINT, DOWN, ...).
 pub async fn web_status(
     lb: &baton_core::model::Haproxy,
