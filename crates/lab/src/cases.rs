@@ -245,6 +245,14 @@ impl Verdict {
             self.why.push(what.into());
         }
     }
+    fn phase(&mut self, end: &CampaignView, want: Phase) {
+        self.check(end.phase == want, format!("campaign {}, not {}", end.phase.as_str(), want.as_str()));
+    }
+    /// The host's server status in HAProxy starts with `want` (UP, MAINT, ...).
+    fn in_lb(&mut self, lb: &HashMap<String, String>, host: &str, want: &str) {
+        let st = lb.get(host).map(String::as_str).unwrap_or("missing");
+        self.check(st.starts_with(want), format!("{host} is {st} in HAProxy, not {want}"));
+    }
 }
 
 fn state_of<'a>(v: &'a CampaignView, node: &str) -> &'a str {
@@ -385,26 +393,32 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
     let mut failed_requests_ok = t.failed == 0;
     match case {
         "reboot-never-returns" => {
-            v.check(end.phase == Phase::Halted, format!("campaign {}", end.phase.as_str()));
-            v.check(state_of(&end, "h4") == "failed", "h4 not failed");
-            v.check(
-                lb.get("h4").is_some_and(|s| s.starts_with("MAINT")),
-                format!("h4 in haproxy: {:?}", lb.get("h4")),
-            );
+            v.phase(&end, Phase::Halted);
+            let reason =
+                end.nodes.iter().find(|n| n.name == "h4").and_then(|n| n.reason.clone()).unwrap_or_default();
+            v.check(state_of(&end, "h4") == "failed" && reason.contains("reboot"), format!("h4: {reason}"));
+            v.in_lb(&lb, "h4", "MAINT");
+            // Halted: no node starts after the failure.
+            let r = lab.report(id).await?;
+            let failed_at = r.nodes.iter().find(|n| n.name == "h4").and_then(|n| n.ended_ms).unwrap_or(0);
+            let late: Vec<&str> = r
+                .nodes
+                .iter()
+                .filter(|n| n.started_ms.is_some_and(|s| s > failed_at))
+                .map(|n| n.name.as_str())
+                .collect();
+            v.check(late.is_empty(), format!("started after h4 failed: {late:?}"));
         }
         "update-fails" => {
             let h5 = lab.host("h5");
             v.check(state_of(&end, "h5") == "failed", "h5 not failed");
             v.check(h5.updates() == 2, format!("h5's update ran {} times, not 2 (one retry)", h5.updates()));
             v.check(h5.version() == "1.0", format!("h5 at {}", h5.version()));
-            v.check(
-                lb.get("h5").is_some_and(|s| s.starts_with("UP")),
-                format!("h5 in haproxy: {:?}", lb.get("h5")),
-            );
-            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            v.in_lb(&lb, "h5", "UP");
+            v.phase(&end, Phase::Completed);
         }
         "agent-cut-off" => {
-            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            v.phase(&end, Phase::Completed);
             let h6 = lab.host("h6");
             v.check(h6.updates() == 1, format!("h6's update ran {} times", h6.updates()));
             v.check(
@@ -418,21 +432,18 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
             v.check(state_of(&end, "h6") == "done", "h6 not done");
         }
         "unhealthy-after-update" => {
-            v.check(end.phase == Phase::Halted, format!("campaign {}", end.phase.as_str()));
+            v.phase(&end, Phase::Halted);
             v.check(state_of(&end, "h4") == "failed", "h4 not failed");
-            v.check(
-                lb.get("h4").is_some_and(|s| s.starts_with("MAINT")),
-                format!("h4 in haproxy: {:?}", lb.get("h4")),
-            );
+            v.in_lb(&lb, "h4", "MAINT");
         }
         "orchestrator-killed" => {
-            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            v.phase(&end, Phase::Completed);
             for h in &lab.hosts {
                 v.check(h.updates() == 1, format!("{}'s update ran {} times", h.name, h.updates()));
             }
         }
         "outside-host-killed" => {
-            v.check(end.phase == Phase::Completed, format!("campaign {}", end.phase.as_str()));
+            v.phase(&end, Phase::Completed);
             v.check(
                 ev(&|e| e["event"] == "observed" && e["node"] == "h3" && e["up"] == false),
                 "h3's loss not journaled",
