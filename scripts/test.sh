@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # baton's tests, as the README says. Installs what they need from Debian's packages when it is
-# missing (the dashboard test drives real headless Chromium through chromedriver).
+# missing (the dashboard test drives real headless Chromium through chromedriver; the drain
+# driver's test runs real HAProxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} for the dashboard test"
+  echo "installing ${need[*]} for the tests"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q

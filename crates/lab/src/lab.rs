@@ -254,6 +254,11 @@ impl Lab {
                     "\n[[check]]\nname = \"etcd\"\nkind = \"command\"\nargv = [\"etcdctl\", \"--endpoints={}\", \"--dial-timeout=1s\", \"--command-timeout=1s\", \"endpoint\", \"health\"]\ntimeout = \"3s\"\n",
                     h.etcd_url()
                 ));
+                // And its peer port takes connections (a TCP check).
+                checks.push_str(&format!(
+                    "\n[[check]]\nname = \"etcd-peer\"\nkind = \"tcp\"\naddress = \"{}:2380\"\ntimeout = \"1s\"\n",
+                    h.ip
+                ));
             }
             let agent = format!(
                 r#"node = "{name}"
