@@ -125,6 +125,12 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
     v
 }
 
+/// Once committed, aborted or rolled back, nothing the nodes do matters to the campaign.
+fn watch_ended(c: &Campaign) -> bool {
+    use baton_core::Phase;
+    matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack)
+}
+
 /// Whether the campaign still waits on something from this node's agent.
 fn needs_job(st: &NodeState) -> bool {
     st.is_active()
@@ -339,9 +345,8 @@ impl Driver {
 
     /// Stops jobs for nodes the campaign no longer waits on; those nodes are watched instead.
     fn reap(&mut self) {
-        use baton_core::Phase;
         let c = &self.campaign;
-        let ended = matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack);
+        let ended = watch_ended(c);
         let mut freed = Vec::new();
         self.jobs.retain(|node, (kind, h)| {
             let needed =
@@ -413,18 +418,12 @@ impl Driver {
     /// Watches a node the campaign has no step or watch on, so that a node lost outside the
     /// campaign counts against its services' allowances (and one that comes back stops counting).
     fn watch(&mut self, node: &str) {
-        use baton_core::Phase;
         let c = &self.campaign;
         let Some(n) = c.fleet.node_id(node) else { return };
-        if matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack)
-            || self.jobs.contains_key(node)
-        {
+        if watch_ended(c) || self.jobs.contains_key(node) || c.fleet.nodes[n as usize].address.is_none() {
             return;
         }
         let down = c.nodes[n as usize].observed_down;
-        if c.fleet.nodes[n as usize].address.is_none() {
-            return;
-        }
         let job = watch_job(
             self.client.clone(),
             self.addr(node),
