@@ -2,6 +2,7 @@
 //! the first three, real HAProxy in front of the web servers, and `baton serve` driving them.
 
 use crate::net;
+use baton_agent::local::random_hex;
 use baton_proto::{CampaignView, CreateCampaign, JournalEntry, Report};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -83,15 +84,7 @@ fn write(p: &Path, text: &str) -> Result<(), String> {
 }
 
 fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn random_hex() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    baton_agent::local::free_port().map_err(|e| format!("no free port on loopback: {e}"))
 }
 
 fn quote(p: &Path) -> String {

@@ -4,7 +4,7 @@
 
 use baton_core::model::Haproxy;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
@@ -23,22 +23,23 @@ async fn command(socket: &str, line: &str) -> Result<String, LbError> {
     let unreachable =
         |e: std::io::Error| LbError::Unreachable { socket: socket.into(), error: e.to_string() };
     let io = async {
-        let mut answer = String::new();
         if socket.starts_with('/') {
-            let mut s = tokio::net::UnixStream::connect(socket).await?;
-            s.write_all(format!("{line}\n").as_bytes()).await?;
-            s.read_to_string(&mut answer).await?;
+            talk(tokio::net::UnixStream::connect(socket).await?, line).await
         } else {
-            let mut s = tokio::net::TcpStream::connect(socket).await?;
-            s.write_all(format!("{line}\n").as_bytes()).await?;
-            s.read_to_string(&mut answer).await?;
+            talk(tokio::net::TcpStream::connect(socket).await?, line).await
         }
-        Ok::<_, std::io::Error>(answer)
     };
     match tokio::time::timeout(Duration::from_secs(10), io).await {
         Ok(r) => r.map_err(unreachable),
         Err(_) => Err(unreachable(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))),
     }
+}
+
+async fn talk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, line: &str) -> std::io::Result<String> {
+    s.write_all(format!("{line}\n").as_bytes()).await?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await?;
+    Ok(answer)
 }
 
 async fn set_state(lb: &Haproxy, server: &str, state: &str) -> Result<(), LbError> {
