@@ -81,9 +81,41 @@ pub fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A port free on loopback now.
+/// A port free on loopback now, for a server that may stop and start again on it (an agent
+/// that reboots, an orchestrator restarted after a crash).
+///
+/// Two things make the kernel's own choice (`bind` to port 0) unsafe for that: it may hand out
+/// the same port again to the next caller once the probe socket is closed, so two agents of one
+/// fleet could be given one port; and it picks from the ephemeral range, where any outgoing
+/// connection may take the port while its server is down, so the server cannot bind it again.
+/// So: a random port below the ephemeral range, never one this process handed out before, and
+/// only if it can be bound now.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (from, to) = if low > 20_000 { (10_000, low) } else { (low.saturating_sub(10_000).max(1024), low) };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let r = u64::from_str_radix(&random_hex()[..8], 16).unwrap_or(0);
+        let port = from + (r % u64::from(to - from)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port on loopback between {from} and {to} after 1000 tries"),
+    ))
 }
 
 impl LocalFleet {
@@ -278,14 +310,41 @@ impl Supervisor {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Some(code) => {
+                    // Say why where a test's or CI's output shows it: the log's last lines.
+                    let log = self.dir.join("agent.log");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
                     eprintln!(
-                        "{}: agent exited with {code}; see {}",
+                        "{}: agent exited with {code}; the end of {}:\n{}",
                         self.name,
-                        self.dir.join("agent.log").display()
+                        log.display(),
+                        lines[lines.len().saturating_sub(10)..].join("\n")
                     );
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..500).map(|_| super::free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|&p| p < low && p >= 1024), "{ports:?}");
+        // And each can be bound.
+        for p in &ports[..20] {
+            std::net::TcpListener::bind(("127.0.0.1", *p)).unwrap();
         }
     }
 }

@@ -22,7 +22,7 @@ async fn backend(name: &'static str, slow_ms: u64) -> u16 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    baton_agent::local::free_port().unwrap()
 }
 
 struct Proxy {
