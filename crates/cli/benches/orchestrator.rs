@@ -44,7 +44,7 @@ async fn main() {
         let client = baton_server::client::AgentClient::new(&tls).unwrap();
         for n in &f.nodes {
             let t = Instant::now();
-            while client.status(&n.addr, None, 0).await.is_err() {
+            while client.status(&n.name, &n.addr, None, 0).await.is_err() {
                 assert!(t.elapsed() < Duration::from_secs(20));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -68,13 +68,13 @@ async fn main() {
         let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sampler = {
             let samples = samples.clone();
-            let addrs: Vec<(String, std::sync::Arc<std::sync::atomic::AtomicU32>)> =
-                f.nodes.iter().map(|n| (n.addr.clone(), n.pid.clone())).collect();
+            let addrs: Vec<(String, String, std::sync::Arc<std::sync::atomic::AtomicU32>)> =
+                f.nodes.iter().map(|n| (n.name.clone(), n.addr.clone(), n.pid.clone())).collect();
             let client = client.clone();
             tokio::spawn(async move {
                 loop {
-                    for (addr, pid) in &addrs {
-                        if let Ok(s) = client.status(addr, None, 0).await {
+                    for (node, addr, pid) in &addrs {
+                        if let Ok(s) = client.status(node, addr, None, 0).await {
                             if s.step.is_some_and(|st| {
                                 st.kind == StepKind::Action && st.state == StepState::Running
                             }) {

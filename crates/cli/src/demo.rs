@@ -90,10 +90,10 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
     let mut at_target = 0;
     let mut steps = 0;
     for n in &fleet.nodes {
-        if let Ok(s) = client.status(&n.addr, None, 0).await {
+        if let Ok(s) = client.status(&n.name, &n.addr, None, 0).await {
             at_target += usize::from(s.version.as_deref() == Some("1.1"));
         }
-        steps += client.steps(&n.addr).await.map(|s| s.len()).unwrap_or(0);
+        steps += client.steps(&n.name, &n.addr).await.map(|s| s.len()).unwrap_or(0);
     }
     let report = format!(
         "summary: {at_target}/{count} nodes report 1.1; campaign {} in {:.1}s; {steps} steps run, {} reboots, {} journal events",

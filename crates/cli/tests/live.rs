@@ -150,8 +150,9 @@ fn client(fleet: &LocalFleet) -> AgentClient {
     AgentClient::new(&baton_pki::TlsFiles::in_dir(&fleet.pki, "orchestrator")).unwrap()
 }
 
+/// A port for `baton serve`, which a test may restart on the same port after killing it.
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    baton_agent::local::free_port().unwrap()
 }
 
 async fn local(name: &str, o: LocalOptions) -> LocalFleet {
@@ -161,7 +162,7 @@ async fn local(name: &str, o: LocalOptions) -> LocalFleet {
     let c = client(&f);
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in &f.nodes {
-        while c.status(&n.addr, None, 0).await.is_err() {
+        while c.status(&n.name, &n.addr, None, 0).await.is_err() {
             assert!(Instant::now() < deadline, "agent {} did not come up", n.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -174,7 +175,7 @@ async fn steps_ran_once(f: &LocalFleet) -> usize {
     let c = client(f);
     let mut total = 0;
     for n in &f.nodes {
-        for s in c.steps(&n.addr).await.unwrap() {
+        for s in c.steps(&n.name, &n.addr).await.unwrap() {
             assert_eq!(s.executions, 1, "{}: step {} ran {} times", n.name, s.id, s.executions);
             total += 1;
         }
@@ -233,7 +234,7 @@ async fn a_campaign_across_five_agents_completes() {
 
     let c = client(&f);
     for n in &f.nodes {
-        let s = c.status(&n.addr, None, 0).await.unwrap();
+        let s = c.status(&n.name, &n.addr, None, 0).await.unwrap();
         assert_eq!(s.version.as_deref(), Some("1.1"), "{} reports {:?}", n.name, s.version);
     }
     assert_eq!(f.reboots.load(Ordering::SeqCst), 5);
@@ -280,7 +281,7 @@ async fn an_agent_killed_during_its_action_fails_the_node_and_halts_the_campaign
     let c = client(&f);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = c.status(&f.nodes[victim].addr, None, 0).await.unwrap();
+        let s = c.status(&f.nodes[victim].name, &f.nodes[victim].addr, None, 0).await.unwrap();
         if s.step
             .as_ref()
             .is_some_and(|st| st.kind == StepKind::Action && st.state == baton_proto::StepState::Running)
@@ -306,6 +307,54 @@ async fn an_agent_killed_during_its_action_fails_the_node_and_halts_the_campaign
     assert_eq!(events_of(&got), ["started", "node-failed", "halted"]);
     assert_eq!(got[1]["node"], f.nodes[victim].name.as_str());
     assert!(end.nodes.iter().filter(|n| n.state == "pending").count() >= 1);
+    drop(serve);
+    f.stop().await;
+}
+
+/// Two nodes given one address in the fleet file (as once happened here when two agents were
+/// handed the same port): the orchestrator must not take node1's agent for node3, run node3's
+/// steps on node1 and count node3 as updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_address_leads_to_another_agent_is_never_counted_updated() {
+    let mut f = local(
+        "misaddressed",
+        LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let (wrong, right) = (f.nodes[0].addr.clone(), f.nodes[2].addr.clone());
+    f.fleet_text = f.fleet_text.replace(&right, &wrong);
+    std::fs::write(&f.fleet_file, &f.fleet_text).unwrap();
+    let serve = Serve::start(&f, port()).await;
+    let toml = LocalFleet::campaign_toml("")
+        .replace("reboot_timeout = \"1m\"", "reboot_timeout = \"3s\"")
+        .replace("health_stable = \"2s\"", "health_stable = \"300ms\"")
+        .replace("health_wait = \"1s\"", "health_wait = \"0s\"");
+    let v = serve.create_and_start(toml.clone()).await;
+    // node1 and node2 are updated; node3 either never starts (its address answers as
+    // another node, so it is seen down) or fails as unreachable. Either way it is not done.
+    // (The orchestrator asks every node before the first start, so node3 is counted down
+    // from the beginning and the budget holds after every event.)
+    let end = serve
+        .wait(v.id, Duration::from_secs(60), |v| {
+            v.active == 0
+                && v.nodes[..2].iter().all(|n| n.state == "done")
+                && ["pending", "failed"].contains(&v.nodes[2].state.as_str())
+        })
+        .await;
+    assert_ne!(end.phase, Phase::Completed, "{end:#?}");
+    assert_eq!(end.updated, 2, "{end:#?}");
+    assert_ne!(end.nodes[2].version.as_deref(), Some("1.1"), "{end:#?}");
+    // node1's agent ran node1's three steps and nothing of node3's; node3's agent was never asked.
+    let c = client(&f);
+    let steps = c.steps("node1", &wrong).await.unwrap();
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(ids.iter().all(|id| id.contains("/node1/")), "{ids:?}");
+    assert!(c.steps("node3", &right).await.unwrap().is_empty());
+    if end.nodes[2].state == "pending" {
+        assert!(end.nodes[2].reason.as_deref().unwrap_or("").contains("seen down"), "{end:#?}");
+    }
+    budgets_kept(&f, &toml, &serve.events(v.id).await);
     drop(serve);
     f.stop().await;
 }
@@ -375,7 +424,7 @@ async fn the_orchestrator_survives_sigkill_at_random_points() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
     let mut f = local("refuse", LocalOptions { nodes: 1, ..Default::default() }).await;
-    let addr = f.nodes[0].addr.clone();
+    let (name, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
     let url = format!("https://{addr}/v1/status");
     // No client certificate: the TLS handshake fails, no answer.
     let anon = reqwest::Client::builder()
@@ -390,14 +439,30 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
     let mut files = baton_pki::TlsFiles::in_dir(&other, "intruder");
     files.ca = f.pki.join("ca.pem"); // it trusts the agent, but the agent does not trust it
     let intruder = AgentClient::new(&files).unwrap();
-    assert!(intruder.status(&addr, None, 0).await.is_err(), "a client from another CA got an answer");
+    assert!(intruder.status(&name, &addr, None, 0).await.is_err(), "a client from another CA got an answer");
     // Another agent's certificate, from the fleet's own CA, cannot command this agent either.
     baton_pki::issue(&f.pki, "node9", baton_pki::Role::Agent, &[]).unwrap();
     let peer = AgentClient::new(&baton_pki::TlsFiles::in_dir(&f.pki, "node9")).unwrap();
-    assert!(peer.status(&addr, None, 0).await.is_err(), "an agent's certificate was accepted as a client");
+    assert!(
+        peer.status(&name, &addr, None, 0).await.is_err(),
+        "an agent's certificate was accepted as a client"
+    );
     // The fleet's own client gets answers, but only for configured actions.
     let c = client(&f);
-    assert!(c.status(&addr, None, 0).await.is_ok());
+    assert!(c.status(&name, &addr, None, 0).await.is_ok());
+    // An address that leads to another node's agent is not that node: a fleet file with a
+    // wrong or doubled address must not have one machine's steps run on another.
+    match c.status("node2", &addr, None, 0).await {
+        Err(baton_server::client::ClientError::Unreachable(e)) => {
+            assert!(e.contains(&format!("the agent at {addr} is not node2")), "{e}")
+        }
+        other => panic!("node1's agent was taken for node2: {other:?}"),
+    }
+    assert!(c.steps("node2", &addr).await.is_err());
+    assert!(
+        c.status(&name, &addr, None, 0).await.is_ok(),
+        "a pooled connection is still checked and accepted"
+    );
     let req = StepRequest {
         id: "x/1".into(),
         kind: StepKind::Action,
@@ -406,7 +471,7 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
         stop_grace_ms: None,
         moves: vec![],
     };
-    match c.start_step(&addr, &req).await {
+    match c.start_step(&name, &addr, &req).await {
         Err(baton_server::client::ClientError::Refused(e)) => assert_eq!(e.code, "unknown-action"),
         other => panic!("an unknown action was not refused: {other:?}"),
     }
@@ -420,7 +485,7 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
         moves: vec![],
     };
     assert!(
-        matches!(c.start_step(&addr, &req).await, Err(baton_server::client::ClientError::Refused(e)) if e.code == "bad-version")
+        matches!(c.start_step(&name, &addr, &req).await, Err(baton_server::client::ClientError::Refused(e)) if e.code == "bad-version")
     );
     // The orchestrator: reading is open, changing needs the token.
     let serve = Serve::start(&f, port()).await;
@@ -847,9 +912,9 @@ async fn drain_hooks_get_the_workload_moves() {
     std::fs::write(&cfg, text).unwrap();
     f.start(&exe(), 200);
     let c = client(&f);
-    let addr = f.nodes[0].addr.clone();
+    let (name, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c.status(&addr, None, 0).await.is_err() {
+    while c.status(&name, &addr, None, 0).await.is_err() {
         assert!(Instant::now() < deadline, "agent did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -863,8 +928,8 @@ async fn drain_hooks_get_the_workload_moves() {
         stop_grace_ms: Some(1000),
         moves,
     };
-    c.start_step(&addr, &req).await.unwrap();
-    let st = c.step(&addr, &req.id, 10_000).await.unwrap();
+    c.start_step(&name, &addr, &req).await.unwrap();
+    let st = c.step(&name, &addr, &req.id, 10_000).await.unwrap();
     assert_eq!(st.state, baton_proto::StepState::Ok, "{st:?}");
     let got = std::fs::read_to_string(f.nodes[0].dir.join("state/moves.json")).unwrap();
     assert_eq!(got, r#"[{"workload":"vm1","to":"hv2","live":true}]"#);

@@ -147,6 +147,15 @@ pub fn issue(dir: &Path, name: &str, role: Role, sans: &[String]) -> Result<(), 
     write_private(&cert_path(dir, name), c.pem().as_bytes())
 }
 
+/// Whether a certificate (DER) is issued for `name`: one of its subject alternative names is
+/// that DNS name or address. Only the name is checked: the chain was checked by the TLS
+/// handshake that received the certificate.
+pub fn names(cert: &[u8], name: &str) -> bool {
+    let Ok(name) = rustls::pki_types::ServerName::try_from(name) else { return false };
+    let der = CertificateDer::from(cert);
+    webpki::EndEntityCert::try_from(&der).is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
 /// Reads a private key, refusing one that group or others may read.
 pub fn read_key_file(path: &Path) -> Result<String, PkiError> {
     let meta = fs::metadata(path).map_err(io(path))?;
@@ -229,5 +238,26 @@ impl TlsFiles {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| PkiError::Tls(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_its_node_and_no_other() {
+        let dir = std::env::temp_dir().join(format!("baton-pki-names-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        init_ca(&dir, "test").unwrap();
+        issue(&dir, "node1", Role::Agent, &["10.0.0.7".into(), "node1.example".into()]).unwrap();
+        let der = CertificateDer::from_pem_file(cert_path(&dir, "node1")).unwrap();
+        for yes in ["node1", "node1.example", "10.0.0.7", "127.0.0.1", "localhost"] {
+            assert!(names(&der, yes), "{yes}");
+        }
+        for no in ["node3", "node", "node11", "10.0.0.8", "", "not a name"] {
+            assert!(!names(&der, no), "{no}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

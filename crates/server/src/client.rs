@@ -26,6 +26,7 @@ impl AgentClient {
             .use_preconfigured_tls(cfg)
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
+            .tls_info(true)
             .build()
             .map_err(|e| baton_pki::PkiError::Tls(e.to_string()))?;
         Ok(AgentClient { http })
@@ -35,10 +36,25 @@ impl AgentClient {
         format!("https://{addr}{path}")
     }
 
+    /// Reads an answer, but only from `node` itself: the certificate the agent at `addr`
+    /// showed must name `node`. Any agent of the fleet holds a certificate from the fleet's CA,
+    /// so without this an address pointing at the wrong machine (a typo in the fleet file, two
+    /// nodes given one address, a reused IP) would have one node's steps run on another, and
+    /// the campaign would count a node as updated that never was.
     async fn read<T: serde::de::DeserializeOwned>(
+        node: &str,
+        addr: &str,
         r: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
         let r = r.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let cert = r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate());
+        if !cert.is_some_and(|c| baton_pki::names(c, node)) {
+            return Err(ClientError::Unreachable(format!(
+                "the agent at {addr} is not {node}: its certificate does not name {node} (check \
+                 {node}'s address in the fleet file, and that the agent there has the certificate \
+                 `baton ca issue {node}` made)"
+            )));
+        }
         if r.status().is_success() {
             r.json().await.map_err(|e| ClientError::Unreachable(e.to_string()))
         } else {
@@ -51,25 +67,37 @@ impl AgentClient {
         }
     }
 
-    pub async fn start_step(&self, addr: &str, req: &StepRequest) -> Result<StepStatus, ClientError> {
+    pub async fn start_step(
+        &self,
+        node: &str,
+        addr: &str,
+        req: &StepRequest,
+    ) -> Result<StepStatus, ClientError> {
         let r = self.http.post(Self::url(addr, "/v1/steps")).json(req).timeout(Duration::from_secs(10));
-        Self::read(r.send().await).await
+        Self::read(node, addr, r.send().await).await
     }
 
     /// The step's status, waiting up to `wait_ms` for it to finish.
-    pub async fn step(&self, addr: &str, id: &str, wait_ms: u64) -> Result<StepStatus, ClientError> {
+    pub async fn step(
+        &self,
+        node: &str,
+        addr: &str,
+        id: &str,
+        wait_ms: u64,
+    ) -> Result<StepStatus, ClientError> {
         let q = [("id", id.to_string()), ("wait_ms", wait_ms.to_string())];
         let r = self.http.get(Self::url(addr, "/v1/step")).query(&q).timeout(Self::patience(wait_ms));
-        Self::read(r.send().await).await
+        Self::read(node, addr, r.send().await).await
     }
 
-    pub async fn steps(&self, addr: &str) -> Result<Vec<StepStatus>, ClientError> {
-        Self::read(self.http.get(Self::url(addr, "/v1/steps")).send().await).await
+    pub async fn steps(&self, node: &str, addr: &str) -> Result<Vec<StepStatus>, ClientError> {
+        Self::read(node, addr, self.http.get(Self::url(addr, "/v1/steps")).send().await).await
     }
 
     /// The agent's status; with `after`, waits up to `wait_ms` for a newer one.
     pub async fn status(
         &self,
+        node: &str,
         addr: &str,
         after: Option<u64>,
         wait_ms: u64,
@@ -79,7 +107,15 @@ impl AgentClient {
             q.push(("after", a.to_string()));
         }
         let r = self.http.get(Self::url(addr, "/v1/status")).query(&q).timeout(Self::patience(wait_ms));
-        Self::read(r.send().await).await
+        let s: AgentStatus = Self::read(node, addr, r.send().await).await?;
+        if s.node != node {
+            return Err(ClientError::Unreachable(format!(
+                "the agent at {addr} has {node}'s certificate but its config says it is {}: \
+                 fix `node` in that agent's config",
+                s.node
+            )));
+        }
+        Ok(s)
     }
 
     /// How long to wait for an answer to a long poll of `wait_ms`: an agent cut off by a

@@ -105,6 +105,9 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
     for (i, r) in c.nodes.iter().enumerate() {
         let reason = match &r.state {
             NodeState::Failed { reason, .. } | NodeState::Skipped { reason } => Some(reason.clone()),
+            _ if r.observed_down => {
+                Some("seen down: its agent does not answer as this node, or is unhealthy".into())
+            }
             _ => None,
         };
         match r.state {
@@ -185,6 +188,7 @@ impl Driver {
         for cmd in self.campaign.resume_commands() {
             self.dispatch(cmd);
         }
+        self.census().await;
         for i in 0..self.campaign.nodes.len() {
             let node = self.campaign.fleet.node_name(i as baton_core::NodeId).to_string();
             self.watch(&node);
@@ -434,6 +438,54 @@ impl Driver {
         self.job(node, JobKind::Watch, job);
     }
 
+    /// Asks every node the campaign has no job on how it is, before any event is handled: a
+    /// node already down when the campaign is created (or when the orchestrator restarts) must
+    /// count against its services' allowances before the first node is taken out, not a moment
+    /// after. Without this, a 3-member quorum service with one member dead would have a second
+    /// taken down by the campaign's first start. Bounded: an agent that does not answer within
+    /// the client's timeouts is down.
+    async fn census(&mut self) {
+        let c = &self.campaign;
+        if watch_ended(c) {
+            return;
+        }
+        let targets: Vec<(String, String)> = (0..c.nodes.len())
+            .map(|i| c.fleet.node_name(i as baton_core::NodeId).to_string())
+            .filter(|node| !self.jobs.contains_key(node))
+            .filter_map(|node| {
+                let addr = c.fleet.node_id(&node).and_then(|n| c.fleet.nodes[n as usize].address.clone())?;
+                Some((node, addr))
+            })
+            .collect();
+        let limit = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut probes = tokio::task::JoinSet::new();
+        for (node, addr) in targets {
+            let (client, limit) = (self.client.clone(), limit.clone());
+            probes.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let seen = client.status(&node, &addr, None, 0).await;
+                if let Err(e) = &seen {
+                    tracing::warn!(%node, "down before the campaign acts: {e}");
+                }
+                let up = matches!(&seen, Ok(s) if s.healthy);
+                (node, up, seen.ok().and_then(|s| s.version))
+            });
+        }
+        let mut seen = Vec::new();
+        while let Some(r) = probes.join_next().await {
+            if let Ok(r) = r {
+                seen.push(r);
+            }
+        }
+        seen.sort();
+        for (node, up, version) in seen {
+            let Some(n) = self.campaign.fleet.node_id(&node) else { continue };
+            if self.campaign.nodes[n as usize].observed_down == up {
+                self.apply(Event::Observed { node, up, version }, None);
+            }
+        }
+    }
+
     fn dispatch(&mut self, cmd: Command) {
         match &cmd {
             Command::Drain { node, .. } => self.enter(node, "draining"),
@@ -521,9 +573,10 @@ impl Reach {
             rep.send(Event::Reachable { node: node.into() }).await;
         }
     }
-    async fn lost(&mut self, rep: &Reporter, node: &str) {
+    async fn lost(&mut self, rep: &Reporter, node: &str, why: &str) {
         if !self.lost {
             self.lost = true;
+            tracing::warn!(%node, "agent unreachable: {why}");
             rep.send(Event::Unreachable { node: node.into() }).await;
         }
     }
@@ -561,13 +614,13 @@ async fn step_job(
     let mut backoff = Backoff::new();
     let mut reach = Reach { lost: false };
     let mut st = loop {
-        match client.start_step(&addr, &req).await {
+        match client.start_step(&node, &addr, &req).await {
             Ok(st) => {
                 reach.ok(&rep, &node).await;
                 break st;
             }
-            Err(ClientError::Unreachable(_)) => {
-                reach.lost(&rep, &node).await;
+            Err(ClientError::Unreachable(why)) => {
+                reach.lost(&rep, &node, &why).await;
                 backoff.wait().await;
             }
             Err(ClientError::Refused(e)) if e.code == "busy" => {
@@ -582,14 +635,14 @@ async fn step_job(
         }
     };
     while st.state == StepState::Running {
-        match client.step(&addr, &req.id, 5_000).await {
+        match client.step(&node, &addr, &req.id, 5_000).await {
             Ok(s) => {
                 reach.ok(&rep, &node).await;
                 backoff = Backoff::new();
                 st = s;
             }
-            Err(ClientError::Unreachable(_)) => {
-                reach.lost(&rep, &node).await;
+            Err(ClientError::Unreachable(why)) => {
+                reach.lost(&rep, &node, &why).await;
                 backoff.wait().await;
             }
             Err(ClientError::Refused(e)) => {
@@ -630,7 +683,7 @@ async fn step_job(
 async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<String>, rep: Reporter) {
     let mut backoff = Backoff::new();
     loop {
-        if let Ok(s) = client.status(&addr, None, 0).await {
+        if let Ok(s) = client.status(&node, &addr, None, 0).await {
             if Some(&s.boot_id) != old.as_ref() {
                 rep.send(Event::Booted { node, boot_id: s.boot_id }).await;
                 return;
@@ -646,7 +699,7 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
     let mut after = None;
     let mut backoff = Backoff::new();
     loop {
-        match client.status(&addr, after, 20_000).await {
+        match client.status(&node, &addr, after, 20_000).await {
             Ok(s) => {
                 backoff = Backoff::new();
                 if last != Some(s.healthy) {
@@ -673,7 +726,7 @@ async fn watch_job(client: AgentClient, addr: String, node: String, down: bool, 
     let mut up = !down;
     let mut after = None;
     loop {
-        let seen = client.status(&addr, after, 2_000).await;
+        let seen = client.status(&node, &addr, after, 2_000).await;
         let now_up = matches!(&seen, Ok(s) if s.healthy);
         if now_up != up {
             up = now_up;
