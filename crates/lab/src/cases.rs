@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 pub const RATE: u64 = 500;
+/// How long after a host crashes HAProxy may still send it requests: its checks (inter 300 ms,
+/// fall 2) need up to 0.9 s to see it down; the rest is margin for a loaded machine.
+const CRASH_WINDOW: Duration = Duration::from_secs(2);
 
 pub struct Exes {
     pub baton: PathBuf,
@@ -361,6 +364,7 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
     .await;
     let end = follow(lab, id, Duration::from_secs(300)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let load_excused = load.excused.lock().expect("excused").clone();
     let (t, _w, o) = load.finish().await;
     acted?;
     let end = end?;
@@ -448,9 +452,21 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
                 ev(&|e| e["event"] == "observed" && e["node"] == "h3" && e["up"] == false),
                 "h3's loss not journaled",
             );
-            // A crash drops what was in flight on h3 before HAProxy's checks saw it: those
-            // failures are the lab's doing, reported, not held against baton.
-            failed_requests_ok = true;
+            // A crash drops what HAProxy sends h3 before its own checks see it down (inter
+            // 300 ms, fall 2): those failures are the lab's doing and are allowed, but only
+            // in that window. A failure later would be a node put back while unable to serve.
+            let killed = load_excused.iter().find(|(h, _)| h == "h3").map(|(_, at)| *at);
+            failed_requests_ok = match (t.failures_between, killed) {
+                (None, _) => true,
+                (Some((first, last)), Some(k)) => {
+                    line(json!({"case": case, "failed_after_kill_ms": [
+                        first.saturating_duration_since(k).as_millis() as u64,
+                        last.saturating_duration_since(k).as_millis() as u64,
+                    ]}));
+                    first >= k && last <= k + CRASH_WINDOW
+                }
+                (Some(_), None) => false,
+            };
         }
         _ => {}
     }

@@ -18,6 +18,8 @@ pub struct Traffic {
     pub longest_gap_ms: u64,
     /// A few failures, for the log.
     pub errors: Vec<String>,
+    /// When the first and the last failed request ended.
+    pub failures_between: Option<(Instant, Instant)>,
 }
 
 /// Sends GET / through HAProxy at `rate` requests per second until `stop`.
@@ -59,6 +61,8 @@ pub async fn http_load(frontend: String, rate: u64, stop: Arc<AtomicBool>) -> Tr
                 }
                 Some(e) => {
                     g.0.failed += 1;
+                    let first = g.0.failures_between.map_or(now, |(f, _)| f);
+                    g.0.failures_between = Some((first, now));
                     if g.0.errors.len() < 5 {
                         g.0.errors.push(e);
                     }
