@@ -142,7 +142,7 @@ impl NodeState {
     pub fn is_terminal(&self) -> bool {
         matches!(self, NodeState::Done { .. } | NodeState::Failed { .. } | NodeState::Skipped { .. })
     }
-    fn back(&self) -> Option<&Back> {
+    pub fn back(&self) -> Option<&Back> {
         match self {
             NodeState::Done { back } | NodeState::Failed { back, .. } => Some(back),
             _ => None,
@@ -174,12 +174,42 @@ pub struct NodeRun {
     pub unreachable_since: Option<Millis>,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// Left out of service by an earlier campaign of the fleet (failed and not put back): it
+    /// counts as down until this campaign restores it.
+    #[serde(default)]
+    pub left_out: bool,
+}
+
+/// The plan as journaled in the campaign's first event, by node name, so that a campaign
+/// replays with the plan it ran even after baton's planner changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub waves: Vec<Vec<String>>,
+    pub skipped: Vec<SkipRecord>,
+    pub lower_bound: usize,
+    pub binding: String,
+    pub max_parallel: usize,
+    /// Nodes an earlier campaign left out of service when this one was created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipRecord {
+    pub node: String,
+    pub reason: String,
 }
 
 /// An input to the state machine. Operator actions carry who did them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "event")]
 pub enum Event {
+    /// The campaign's first event: its unique id (step ids derive from it, never from the
+    /// name an operator reuses) and the plan it runs. Only ever first; `handle` refuses it.
+    Planned {
+        id: String,
+        plan: PlanRecord,
+    },
     Start {
         by: String,
     },
@@ -217,15 +247,19 @@ pub enum Event {
         step: String,
         reason: String,
     },
-    /// The node's agent answered with this boot id.
+    /// The node's agent answered with this boot id (and the version it reports, if any).
     Booted {
         node: String,
         boot_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
-    /// The node's health checks, as of now.
+    /// The node's health checks, as of now, and the version its agent reports.
     Health {
         node: String,
         healthy: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// The node was seen up or down, outside of what the campaign did to it.
     Observed {
@@ -303,6 +337,8 @@ pub enum CampaignError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Campaign {
+    /// Unique for the life of the journal; step ids derive from it.
+    id: String,
     pub spec: CampaignSpec,
     pub fleet: Arc<Fleet>,
     pub plan: Plan,
@@ -342,9 +378,85 @@ pub struct Campaign {
 }
 
 impl Campaign {
-    /// Plans the campaign and sets it up in the Planned phase.
-    pub fn new(fleet: Arc<Fleet>, spec: CampaignSpec) -> Result<Campaign, Infeasible> {
+    /// Plans the campaign and sets it up in the Planned phase. `id` must be unique for the life
+    /// of the journal and of the agents' journals (the orchestrator draws it at random): step
+    /// ids derive from it, so a campaign re-run under the same name runs every step again.
+    pub fn new(id: impl Into<String>, fleet: Arc<Fleet>, spec: CampaignSpec) -> Result<Campaign, Infeasible> {
+        Campaign::create(id, fleet, spec, &[])
+    }
+
+    /// As [`Campaign::new`], with the nodes an earlier campaign left out of service: they count
+    /// as down until this campaign restores them.
+    pub fn create(
+        id: impl Into<String>,
+        fleet: Arc<Fleet>,
+        spec: CampaignSpec,
+        left_out: &[NodeId],
+    ) -> Result<Campaign, Infeasible> {
         let plan = plan(&fleet, &spec)?;
+        Ok(Campaign::from_plan(id.into(), fleet, spec, plan, left_out))
+    }
+
+    /// The event that opens the campaign's journal: its id and plan.
+    pub fn planned_event(&self) -> Event {
+        let name = |n: &NodeId| self.fleet.node_name(*n).to_string();
+        Event::Planned {
+            id: self.id.clone(),
+            plan: PlanRecord {
+                waves: self.plan.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
+                skipped: self
+                    .plan
+                    .skipped
+                    .iter()
+                    .map(|(n, reason)| SkipRecord { node: name(n), reason: reason.clone() })
+                    .collect(),
+                lower_bound: self.plan.lower_bound,
+                binding: self.plan.binding.clone(),
+                max_parallel: self.plan.max_parallel,
+                left_out: (0..self.nodes.len() as NodeId)
+                    .filter(|&n| self.nodes[n as usize].left_out)
+                    .map(|n| name(&n))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The campaign as its journal begins: from the journaled plan when the first event is
+    /// `planned`, else (a journal of schema 1) planned again, with the name as its id as then.
+    /// Returns the campaign and how many events it took from the journal (1 or 0).
+    pub fn begin(fleet: Arc<Fleet>, spec: CampaignSpec, first: Option<&Event>) -> Result<(Campaign, usize), ReplayError> {
+        let Some(Event::Planned { id, plan: rec }) = first else {
+            let id = spec.name.clone();
+            return Ok((Campaign::new(id, fleet, spec).map_err(ReplayError::Infeasible)?, 0));
+        };
+        let node = |name: &str| fleet.node_id(name).ok_or_else(|| ReplayError::UnknownNode(name.to_string()));
+        let mut waves = Vec::with_capacity(rec.waves.len());
+        for w in &rec.waves {
+            waves.push(w.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?);
+        }
+        let mut skipped = Vec::with_capacity(rec.skipped.len());
+        for s in &rec.skipped {
+            skipped.push((node(&s.node)?, s.reason.clone()));
+        }
+        let left_out = rec.left_out.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
+        let plan = Plan {
+            campaign: spec.name.clone(),
+            strategy: spec.strategy,
+            waves,
+            skipped,
+            lower_bound: rec.lower_bound,
+            binding: rec.binding.clone(),
+            max_parallel: rec.max_parallel,
+        };
+        Ok((Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out), 1))
+    }
+
+    /// The campaign's unique id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn from_plan(id: String, fleet: Arc<Fleet>, spec: CampaignSpec, plan: Plan, left_out: &[NodeId]) -> Campaign {
         let n = fleet.nodes.len();
         let mut nodes: Vec<NodeRun> = fleet
             .nodes
@@ -359,8 +471,14 @@ impl Campaign {
                 unreachable_since: None,
                 started_at: None,
                 finished_at: None,
+                left_out: false,
             })
             .collect();
+        for &n in left_out {
+            if let Some(r) = nodes.get_mut(n as usize) {
+                r.left_out = true;
+            }
+        }
         for (id, reason) in &plan.skipped {
             nodes[*id as usize].state = NodeState::Skipped { reason: reason.clone() };
         }
@@ -398,11 +516,20 @@ impl Campaign {
         for &id in &by_rank {
             group_left[group[id as usize] as usize] += 1;
         }
-        Ok(Campaign {
+        let mut down = vec![0; fleet.services.len()];
+        for (i, r) in nodes.iter().enumerate() {
+            if r.left_out {
+                for &s in &fleet.memberships[i] {
+                    down[s as usize] += 1;
+                }
+            }
+        }
+        Campaign {
+            id,
             max_parallel: plan.max_parallel as u32,
             level: fleet.functional_level.clone(),
             placement: Placement::initial(&fleet),
-            down: vec![0; fleet.services.len()],
+            down,
             pending: (0..by_rank.len() as u32).collect(),
             candidates: (0..by_rank.len() as u32).collect(),
             waiters: vec![Vec::new(); fleet.services.len()],
@@ -425,7 +552,7 @@ impl Campaign {
             timers: BTreeSet::new(),
             active: 0,
             fleet,
-        })
+        }
     }
 
     /// Rebuilds a campaign from its journal.
@@ -434,11 +561,35 @@ impl Campaign {
         spec: CampaignSpec,
         journal: impl IntoIterator<Item = &'a (Millis, Event)>,
     ) -> Result<Campaign, ReplayError> {
-        let mut c = Campaign::new(fleet, spec).map_err(ReplayError::Infeasible)?;
-        for (i, (t, e)) in journal.into_iter().enumerate() {
+        let mut entries = journal.into_iter().peekable();
+        let first = entries.peek().map(|(_, e)| e);
+        let (mut c, taken) = Campaign::begin(fleet, spec, first)?;
+        for (i, (t, e)) in entries.enumerate().skip(taken) {
             c.handle(*t, e.clone()).map_err(|err| ReplayError::Event { index: i, err })?;
         }
         Ok(c)
+    }
+
+    /// Whether the campaign holds its fleet (safety rule 7): from its creation until it has
+    /// ended and none of its nodes is active, being brought back, or waiting out of service.
+    /// Nodes it failed and left out stay counted as down by the next campaign instead.
+    pub fn holds_fleet(&self) -> bool {
+        let live = matches!(
+            self.phase,
+            Phase::Planned | Phase::Running | Phase::Paused | Phase::Halted | Phase::RollingBack
+        );
+        live || self.nodes.iter().any(|r| {
+            r.state.is_active()
+                || matches!(r.state, NodeState::Pending { out_of_service: true })
+                || matches!(r.state.back(), Some(Back::Checking { .. } | Back::Restoring))
+        })
+    }
+
+    /// Nodes out of service because of this campaign or an earlier one (what the next
+    /// campaign must count as down).
+    pub fn out_of_service(&self, n: NodeId) -> bool {
+        let r = &self.nodes[n as usize];
+        r.left_out || r.state.is_out()
     }
 
     /// Nodes in active states.
@@ -514,19 +665,20 @@ impl Campaign {
         self.fleet.node_id(name).ok_or_else(|| CampaignError::UnknownNode(name.to_string()))
     }
 
-    /// The step id of a step: derived from campaign, node, pass, attempt and step name, so
-    /// a resent command carries the same id and an agent can answer with the recorded outcome.
+    /// The step id of a step: derived from the campaign's unique id, node, pass, attempt and
+    /// step name, so a resent command carries the same id and an agent can answer with the
+    /// recorded outcome, and a new campaign (even under a reused name) never matches an old one.
     pub fn step_id(&self, n: NodeId, attempt: u32, step: &str) -> String {
         let pass = match self.nodes[n as usize].pass {
             Pass::Forward => "",
             Pass::Back => "rb",
         };
-        format!("{}/{}/{pass}{attempt}/{step}", self.spec.name, self.fleet.node_name(n))
+        format!("{}/{}/{pass}{attempt}/{step}", self.id, self.fleet.node_name(n))
     }
 
     fn is_down(&self, n: NodeId) -> bool {
         let r = &self.nodes[n as usize];
-        r.observed_down || r.state.is_out()
+        r.observed_down || r.left_out || r.state.is_out()
     }
 
     /// The one place node state changes, so that the down counts stay right.
@@ -541,6 +693,10 @@ impl Campaign {
         let new = self.deadline_of(&state, keep);
         self.retime(n, old, new);
         self.nodes[n as usize].unreachable_since = keep;
+        // Back in service through this campaign: no longer left out by an earlier one.
+        if state.back() == Some(&Back::In) {
+            self.nodes[n as usize].left_out = false;
+        }
         self.nodes[n as usize].state = state;
         self.recount(n, was_down, was_active);
     }
@@ -652,6 +808,7 @@ impl Campaign {
     /// Checks and applies the event itself. Every check comes before any change.
     fn apply(&mut self, now: Millis, event: Event, out: &mut Vec<Command>) -> Result<(), CampaignError> {
         match event {
+            Event::Planned { .. } => return Err(self.not_allowed("plan again")),
             Event::Start { by } => {
                 if self.phase != Phase::Planned {
                     return Err(self.not_allowed("start"));
@@ -716,8 +873,20 @@ impl Campaign {
                         self.send_update(n, 0, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
-                        let installed = version.unwrap_or_else(|| self.target_for(n).to_string());
-                        self.nodes[n as usize].version = Some(installed);
+                        // Only the version the node reports counts; none reported changes nothing.
+                        if let Some(v) = version {
+                            if !self.at_target(n, &v) {
+                                let why = format!(
+                                    "{} reported success, but the node is at {v}, not {}",
+                                    self.action_for(n),
+                                    self.target_for(n)
+                                );
+                                self.nodes[n as usize].version = Some(v);
+                                self.retry_or_fail(n, now, attempt, why, out);
+                                return Ok(());
+                            }
+                            self.nodes[n as usize].version = Some(v);
+                        }
                         if boot_id.is_some() {
                             self.nodes[n as usize].boot_id = boot_id;
                         }
@@ -751,17 +920,7 @@ impl Campaign {
                         self.fail(n, now, format!("drain failed: {reason}"), back, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
-                        if attempt < self.spec.max_retries_per_node {
-                            self.send_update(n, attempt + 1, out);
-                        } else {
-                            let back = Back::Checking { healthy_since: None };
-                            let why = format!(
-                                "{} failed after {} attempt(s): {reason}",
-                                self.action_for(n),
-                                attempt + 1
-                            );
-                            self.fail(n, now, why, back, out);
-                        }
+                        self.retry_or_fail(n, now, attempt, reason, out);
                     }
                     NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
                         self.fail(n, now, format!("restore failed: {reason}"), Back::Out, out);
@@ -775,8 +934,11 @@ impl Campaign {
                     s => return Err(CampaignError::StaleStep { node, step, state: s.name() }),
                 }
             }
-            Event::Booted { node, boot_id } => {
+            Event::Booted { node, boot_id, version } => {
                 let n = self.node(&node)?;
+                if let Some(v) = version {
+                    self.nodes[n as usize].version = Some(v);
+                }
                 if let NodeState::Rebooting { old_boot, .. } = &self.nodes[n as usize].state {
                     if old_boot.as_deref() != Some(boot_id.as_str()) {
                         self.nodes[n as usize].boot_id = Some(boot_id);
@@ -786,8 +948,15 @@ impl Campaign {
                 }
                 self.nodes[n as usize].boot_id = Some(boot_id);
             }
-            Event::Health { node, healthy } => {
+            Event::Health { node, healthy, version } => {
                 let n = self.node(&node)?;
+                if let Some(v) = version {
+                    self.nodes[n as usize].version = Some(v);
+                }
+                // A node being verified counts as healthy only at its target version: it is
+                // never counted updated on the word of an old record.
+                let verifying = matches!(self.nodes[n as usize].state, NodeState::Verifying { .. });
+                let healthy = healthy && (!verifying || self.reports_target(n));
                 // Healthy since when: unchanged while it stays healthy, cleared by a failing check.
                 let since_now =
                     |h: Option<Millis>, from: Millis| if healthy { Some(h.unwrap_or(from)) } else { None };
@@ -891,6 +1060,33 @@ impl Campaign {
         )))
     }
 
+    /// Whether `v` is the version node `n` is being taken to (any, when that is unknown: a
+    /// rollback of a node whose earlier version the fleet file did not say).
+    fn at_target(&self, n: NodeId, v: &str) -> bool {
+        let t = self.target_for(n);
+        t.is_empty() || t == v
+    }
+
+    /// Whether the node's last reported version is its target.
+    fn reports_target(&self, n: NodeId) -> bool {
+        match self.nodes[n as usize].version.as_deref() {
+            Some(v) => self.at_target(n, v),
+            None => self.target_for(n).is_empty(),
+        }
+    }
+
+    /// An update attempt failed: another attempt if any is left, else the node fails (still in
+    /// its old version's service if healthy: it is watched and restored).
+    fn retry_or_fail(&mut self, n: NodeId, now: Millis, attempt: u32, reason: String, out: &mut Vec<Command>) {
+        if attempt < self.spec.max_retries_per_node {
+            self.send_update(n, attempt + 1, out);
+        } else {
+            let back = Back::Checking { healthy_since: None };
+            let why = format!("{} failed after {} attempt(s): {reason}", self.action_for(n), attempt + 1);
+            self.fail(n, now, why, back, out);
+        }
+    }
+
     fn target_for(&self, n: NodeId) -> &str {
         match self.nodes[n as usize].pass {
             Pass::Forward => &self.spec.target_version,
@@ -962,7 +1158,8 @@ impl Campaign {
     /// stays counted as down while it waits.
     fn repend_for_rollback(&mut self, n: NodeId) {
         let r = &self.nodes[n as usize];
-        if self.pass != Pass::Back || r.pass != Pass::Forward {
+        // After an abort nothing new starts: a node that finishes then stays where it ended.
+        if self.pass != Pass::Back || r.pass != Pass::Forward || self.phase == Phase::Aborted {
             return;
         }
         let out_of_service = match &r.state {
@@ -985,6 +1182,13 @@ impl Campaign {
         let ranks: Vec<u32> = std::mem::take(&mut self.pending).into_iter().collect();
         for r in ranks {
             let n = self.by_rank[r as usize];
+            if self.nodes[n as usize].state == (NodeState::Pending { out_of_service: true }) {
+                // Queued to go back, but it never got back into service after its update: it
+                // stays as it was, updated and out of service, and counts as down.
+                self.nodes[n as usize].pass = Pass::Forward;
+                self.set_state(n, NodeState::Done { back: Back::Out });
+                continue;
+            }
             self.set_state(n, NodeState::Skipped { reason: reason.to_string() });
             self.nodes[n as usize].finished_at = Some(now);
             self.settle_group(n);
@@ -1053,11 +1257,21 @@ impl Campaign {
                             step: self.step_id(n, 0, "restore"),
                         });
                     } else if now >= since + self.spec.ready_timeout {
-                        let late = format!(
+                        let mut late = format!(
                             "not healthy within ready_timeout {}",
                             format_duration(self.spec.ready_timeout)
                         );
+                        let wrong_version = !self.reports_target(n);
+                        if wrong_version {
+                            let at = self.nodes[n as usize].version.as_deref().unwrap_or("no version");
+                            late = format!(
+                                "{late}: its agent reports {at}, not the target {}",
+                                self.target_for(n)
+                            );
+                        }
                         match self.spec.on_ready_timeout {
+                            // Not at the target is never counted updated, whatever the policy.
+                            _ if wrong_version => self.fail(n, now, late, Back::Out, out),
                             OnReadyTimeout::Halt => self.fail(n, now, late, Back::Out, out),
                             OnReadyTimeout::Proceed => {
                                 // Counted unavailable; the campaign moves on and keeps watching.
@@ -1193,6 +1407,8 @@ enum Blocked {
 pub enum ReplayError {
     #[error("the campaign cannot be planned: {0}")]
     Infeasible(Infeasible),
+    #[error("the journaled plan names node {0}, which is not in the fleet file")]
+    UnknownNode(String),
     #[error("journal entry {index} does not apply: {err}")]
     Event { index: usize, err: CampaignError },
 }

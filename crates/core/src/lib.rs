@@ -14,4 +14,5 @@ pub use units::{Amount, Dur, Millis};
 pub mod plan;
 pub use plan::{plan, Infeasible, Plan};
 pub mod campaign;
+pub mod journal;
 pub use campaign::{Back, Campaign, CampaignError, Command, Event, NodeState, Notice, Pass, Phase};

@@ -36,7 +36,7 @@ fn campaign(extra: &str) -> Campaign {
          health_stable = \"1m\"\nready_timeout = \"5m\"\n{extra}"
     );
     let spec = load_campaign("c.toml", &text, &fleet).unwrap();
-    Campaign::new(Arc::new(fleet), spec).unwrap()
+    Campaign::new("c1", Arc::new(fleet), spec).unwrap()
 }
 
 fn by() -> String {
@@ -50,6 +50,11 @@ fn drains(cmds: &[Command]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// An update step that went well and left the node at the target version "2".
+fn upd(node: &str, step: &str) -> Event {
+    Event::StepOk { node: node.into(), step: step.into(), reboot: false, boot_id: None, version: Some("2".into()) }
 }
 
 fn ok(node: &str, step: &str) -> Event {
@@ -70,8 +75,8 @@ fn walk(c: &mut Campaign, n: &str, t: u64) -> Vec<Command> {
         },
     )
     .unwrap();
-    c.handle(t + 2 * S, Event::Booted { node: n.into(), boot_id: "b1".into() }).unwrap();
-    c.handle(t + 3 * S, Event::Health { node: n.into(), healthy: true }).unwrap();
+    c.handle(t + 2 * S, Event::Booted { node: n.into(), boot_id: "b1".into(), version: None }).unwrap();
+    c.handle(t + 3 * S, Event::Health { node: n.into(), healthy: true, version: None }).unwrap();
     // Healthy from health_wait (10s after verification began) for health_stable (1m).
     let due = c.next_deadline().unwrap();
     assert_eq!(due, t + 2 * S + 10 * S + M);
@@ -116,7 +121,7 @@ fn step_ids_are_deterministic_and_stale_reports_are_refused() {
     assert!(matches!(&cmds[1], Command::Drain { step, .. } if step == "c1/a/0/drain"));
     // A report for a step the node is not on is a typed error, and changes nothing.
     let before = c.clone();
-    let e = c.handle(S, ok("a", "c1/a/0/update")).unwrap_err();
+    let e = c.handle(S, upd("a", "c1/a/0/update")).unwrap_err();
     assert!(matches!(e, CampaignError::StaleStep { .. }));
     assert_eq!(c, before);
     assert_eq!(c.handle(S, ok("zz", "x")), Err(CampaignError::UnknownNode("zz".into())));
@@ -140,7 +145,7 @@ fn failed_update_is_retried_then_fails_and_the_node_returns_if_healthy() {
     assert_eq!(c.phase, Phase::Halted);
     assert!(drains(&cmds).is_empty());
     // Still healthy on its old version: after health_stable it is restored.
-    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
     let cmds = c.handle(4 * S + M, Event::Tick).unwrap();
     assert!(matches!(&cmds[0], Command::Restore { step, .. } if step == "c1/a/0/restore"));
     c.handle(5 * S + M, ok("a", "c1/a/0/restore")).unwrap();
@@ -169,7 +174,7 @@ fn a_node_that_never_reboots_fails_after_reboot_timeout_and_stays_out() {
         .unwrap();
     assert!(matches!(&cmds[0], Command::WatchBoot { deadline, .. } if *deadline == 2 * S + 10 * M));
     // The same boot id again is not a reboot.
-    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b0".into() }).unwrap();
+    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b0".into(), version: None }).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Rebooting { .. }));
     assert_eq!(c.next_deadline(), Some(2 * S + 10 * M));
     let cmds = c.handle(2 * S + 10 * M, Event::Tick).unwrap();
@@ -186,9 +191,9 @@ fn ready_timeout_halts_or_proceeds() {
         let mut c = campaign(&format!("on_ready_timeout = \"{policy}\"\nmax_failed_nodes = 3"));
         c.handle(0, Event::Start { by: by() }).unwrap();
         c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
-        c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
+        c.handle(2 * S, upd("a", "c1/a/0/update")).unwrap();
         // Unhealthy: verification times out after ready_timeout (5m).
-        c.handle(3 * S, Event::Health { node: "a".into(), healthy: false }).unwrap();
+        c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
         assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
         c.handle(2 * S + 5 * M, Event::Tick).unwrap();
         let st = &c.nodes[0].state;
@@ -199,7 +204,7 @@ fn ready_timeout_halts_or_proceeds() {
         if !expect_failed {
             // proceed: counted unavailable; once healthy and stable it is restored.
             assert!(matches!(st, NodeState::Done { back: Back::Checking { .. } }));
-            c.handle(6 * M, Event::Health { node: "a".into(), healthy: true }).unwrap();
+            c.handle(6 * M, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
             let cmds = c.handle(7 * M, Event::Tick).unwrap();
             assert!(matches!(&cmds[0], Command::Restore { .. }));
             let cmds = c.handle(7 * M + S, ok("a", "c1/a/0/restore")).unwrap();
@@ -213,12 +218,12 @@ fn health_must_hold_for_health_stable() {
     let mut c = campaign("");
     c.handle(0, Event::Start { by: by() }).unwrap();
     c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
-    c.handle(2 * S, ok("a", "c1/a/0/update")).unwrap();
-    c.handle(20 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
+    c.handle(2 * S, upd("a", "c1/a/0/update")).unwrap();
+    c.handle(20 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
     assert_eq!(c.next_deadline(), Some(20 * S + M));
     // A flap resets the clock.
-    c.handle(30 * S, Event::Health { node: "a".into(), healthy: false }).unwrap();
-    c.handle(40 * S, Event::Health { node: "a".into(), healthy: true }).unwrap();
+    c.handle(30 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
+    c.handle(40 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
     let cmds = c.handle(20 * S + M, Event::Tick).unwrap();
     assert!(cmds.is_empty());
     assert_eq!(c.next_deadline(), Some(40 * S + M));
@@ -303,8 +308,8 @@ fn replay_gives_the_same_state() {
     feed(&mut c, 0, Event::Start { by: by() });
     feed(&mut c, S, ok("a", "c1/a/0/drain"));
     feed(&mut c, 2 * S, Event::Pause { by: by() });
-    feed(&mut c, 3 * S, ok("a", "c1/a/0/update"));
-    feed(&mut c, 4 * S, Event::Health { node: "a".into(), healthy: true });
+    feed(&mut c, 3 * S, upd("a", "c1/a/0/update"));
+    feed(&mut c, 4 * S, Event::Health { node: "a".into(), healthy: true, version: None });
     let fleet = c.fleet.clone();
     let r = Campaign::replay(fleet, c.spec.clone(), &journal).unwrap();
     assert_eq!(r, c);
@@ -326,13 +331,13 @@ fn an_unreachable_agent_is_given_reboot_timeout_and_nothing_is_assumed_meanwhile
     // It answers again, with the outcome it recorded: no timer, the update counts.
     c.handle(3 * M, Event::Reachable { node: "a".into() }).unwrap();
     assert_eq!(c.next_deadline(), None);
-    c.handle(3 * M + S, ok("a", "c1/a/0/update")).unwrap();
+    c.handle(3 * M + S, upd("a", "c1/a/0/update")).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { .. }));
     // An outage while it is not waiting on a step is not recorded.
     c.handle(4 * M, Event::Unreachable { node: "a".into() }).unwrap();
     assert_eq!(c.nodes[0].unreachable_since, None);
     // Cut off for good during its restore: Failed after reboot_timeout, and it stays out.
-    c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true }).unwrap();
+    c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
     c.handle(c.next_deadline().unwrap(), Event::Tick).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Restoring));
     c.handle(6 * M, Event::Unreachable { node: "a".into() }).unwrap();
@@ -342,4 +347,141 @@ fn an_unreachable_agent_is_given_reboot_timeout_and_nothing_is_assumed_meanwhile
         matches!(&c.nodes[0].state, NodeState::Failed { reason, back: Back::Out } if reason.contains("unreachable"))
     );
     assert_eq!(c.down(0), 1);
+}
+
+#[test]
+fn step_ids_come_from_the_campaign_id_not_its_name() {
+    let fleet = Arc::new(load_fleet("f.toml", fleet3()).unwrap());
+    let text = "name = \"up\"\ntarget_version = \"2\"\n";
+    let spec = load_campaign("c.toml", text, &fleet).unwrap();
+    let first = Campaign::new("7f3a", fleet.clone(), spec.clone()).unwrap();
+    let again = Campaign::new("91bc", fleet.clone(), spec).unwrap();
+    let step = |c: &mut Campaign| match &c.handle(0, Event::Start { by: by() }).unwrap()[1] {
+        Command::Drain { step, .. } => step.clone(),
+        other => panic!("expected a drain, got {other:?}"),
+    };
+    let (a, b) = (step(&mut first.clone()), step(&mut again.clone()));
+    assert_eq!(a, "7f3a/a/0/drain");
+    assert_eq!(b, "91bc/a/0/drain");
+}
+
+#[test]
+fn a_node_is_counted_updated_only_at_the_version_it_reports() {
+    let mut c = campaign("max_retries_per_node = 1\nmax_failed_nodes = 3\non_ready_timeout = \"proceed\"");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    // The action says ok but the node is still at 1: that attempt failed, the next one runs.
+    let at1 = |step: &str| Event::StepOk {
+        node: "a".into(),
+        step: step.into(),
+        reboot: false,
+        boot_id: None,
+        version: Some("1".into()),
+    };
+    let cmds = c.handle(2 * S, at1("c1/a/0/update")).unwrap();
+    assert!(matches!(&cmds[0], Command::Update { step, .. } if step == "c1/a/1/update"), "{cmds:?}");
+    // No version in the report: nothing is assumed; the node is verified but reports 1, so it
+    // is never healthy enough to be restored, and fails at ready_timeout even with proceed.
+    c.handle(3 * S, ok("a", "c1/a/1/update")).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { .. }));
+    assert_eq!(c.nodes[0].version.as_deref(), Some("1"));
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("1".into()) }).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: None, .. }));
+    c.handle(3 * S + 5 * M, Event::Tick).unwrap();
+    assert!(
+        matches!(&c.nodes[0].state, NodeState::Failed { reason, .. } if reason.contains("reports 1, not the target 2")),
+        "{:?}",
+        c.nodes[0].state
+    );
+    // A node that reports the target after its reboot is verified as usual.
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    c.handle(
+        2 * S,
+        Event::StepOk { node: "a".into(), step: "c1/a/0/update".into(), reboot: true, boot_id: Some("b0".into()), version: None },
+    )
+    .unwrap();
+    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("2".into()) }).unwrap();
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
+}
+
+/// Found by the property test at 199,479 cases: a pause, then a rollback and an abort at one
+/// instant; the node in flight finished and was queued to go back by an aborted campaign.
+#[test]
+fn a_node_finishing_after_rollback_then_abort_ends_done_not_pending() {
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, Event::Pause { by: by() }).unwrap();
+    c.handle(2 * S, Event::Rollback { by: by() }).unwrap();
+    c.handle(2 * S, Event::Abort { by: by() }).unwrap();
+    assert_eq!(c.phase, Phase::Aborted);
+    assert!(c.holds_fleet(), "a is still in flight");
+    walk(&mut c, "a", 3 * S);
+    assert_eq!(c.nodes[0].state, NodeState::Done { back: Back::In });
+    assert!(c.nodes.iter().all(|r| r.state.is_terminal()));
+    assert!(!c.holds_fleet(), "an aborted campaign releases the fleet once its nodes are back");
+}
+
+#[test]
+fn nodes_left_out_by_an_earlier_campaign_count_as_down() {
+    let fleet = Arc::new(load_fleet("f.toml", fleet3()).unwrap());
+    let spec = campaign("").spec;
+    let c_node = fleet.node_id("c").unwrap();
+    let mut c = Campaign::create("c1", fleet.clone(), spec.clone(), &[c_node]).unwrap();
+    assert_eq!(c.down(0), 1);
+    // web allows one down and c already is: only c may start (it adds nothing).
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    assert_eq!(drains(&cmds), vec!["c"]);
+    // The journaled plan keeps it, so a replay agrees.
+    let journal = vec![(0, c.planned_event()), (0, Event::Start { by: by() })];
+    assert_eq!(Campaign::replay(fleet, spec, &journal).unwrap(), c);
+    // Once this campaign restores c, it is in service again.
+    let cmds = walk(&mut c, "c", S);
+    assert!(!c.out_of_service(c_node));
+    assert_eq!(drains(&cmds), vec!["a"]);
+}
+
+#[test]
+fn the_journal_begins_with_the_plan_and_replays_from_it() {
+    let mut c = campaign("");
+    let mut journal = vec![(0, c.planned_event())];
+    assert!(matches!(&journal[0].1, Event::Planned { id, plan } if id == "c1" && plan.waves.len() == 3));
+    // It is only ever first.
+    assert!(matches!(c.handle(0, journal[0].1.clone()), Err(CampaignError::NotAllowed { .. })));
+    for (t, e) in [(0, Event::Start { by: by() }), (S, ok("a", "c1/a/0/drain"))] {
+        c.handle(t, e.clone()).unwrap();
+        journal.push((t, e));
+    }
+    let r = Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal).unwrap();
+    assert_eq!(r, c);
+    // Stored and read back through the versioned encoding.
+    let back: Vec<(u64, Event)> = journal
+        .iter()
+        .map(|(t, e)| (*t, baton_core::journal::decode(&baton_core::journal::encode(e)).unwrap()))
+        .collect();
+    assert_eq!(back, journal);
+}
+
+/// A journal as baton 0.1 wrote it (schema 1: no "v", no planned event, step ids from the
+/// campaign's name) still replays, and resends its steps with the ids the agents recorded.
+#[test]
+fn a_schema_one_journal_still_replays() {
+    let text = include_str!("fixtures/journal-v1.jsonl");
+    let journal: Vec<(u64, Event)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i as u64 * S, baton_core::journal::decode(l).unwrap()))
+        .collect();
+    let fleet = Arc::new(load_fleet("f.toml", fleet3()).unwrap());
+    let text = "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 3\nreboot_timeout = \"10m\"\n\
+                health_wait = \"10s\"\nhealth_stable = \"1m\"\nready_timeout = \"5m\"\n";
+    let spec = load_campaign("c.toml", text, &fleet).unwrap();
+    let c = Campaign::replay(fleet, spec, &journal).unwrap();
+    assert_eq!(c.id(), "c1");
+    assert_eq!(c.phase, Phase::Running);
+    assert_eq!(c.nodes[0].state, NodeState::Done { back: Back::In });
+    let resend = c.resume_commands();
+    assert!(matches!(&resend[..], [Command::Update { step, .. }] if step == "c1/b/0/update"), "{resend:?}");
 }

@@ -278,7 +278,7 @@ pub fn run(
     opts: &SimOptions,
     inject: &[(Millis, Event)],
 ) -> Result<SimReport, Infeasible> {
-    let campaign = Campaign::new(fleet.clone(), spec)?;
+    let campaign = Campaign::new("sim", fleet.clone(), spec)?;
     let mut sim = Sim::new(campaign, opts.clone());
     sim.push(0, Event::Start { by: "sim".into() });
     for (t, e) in inject {
@@ -318,13 +318,18 @@ pub struct Sim {
     refused: Vec<(Millis, Event, String)>,
     attempts: HashMap<NodeId, u64>,
     boots: HashMap<NodeId, u64>,
+    /// The version each node's agent reports, once an update changed it.
+    versions: HashMap<NodeId, String>,
     steps_sent: usize,
     last_finish: Millis,
 }
 
 impl Sim {
+    /// The world around `campaign`; its journal opens with the campaign's plan, as a real
+    /// orchestrator's does.
     pub fn new(campaign: Campaign, opts: SimOptions) -> Self {
         let observer = Observer::new(&campaign);
+        let journal = vec![(0, campaign.planned_event())];
         Sim {
             campaign,
             opts,
@@ -336,12 +341,13 @@ impl Sim {
             restarts: 0,
             seq: 0,
             now: 0,
-            journal: Vec::new(),
+            journal,
             commands: Vec::new(),
             observer,
             refused: Vec::new(),
             attempts: HashMap::new(),
             boots: HashMap::new(),
+            versions: HashMap::new(),
             steps_sent: 0,
             last_finish: 0,
         }
@@ -518,6 +524,7 @@ impl Sim {
                         reason: "simulated failure".into(),
                     }
                 } else {
+                    self.versions.insert(n, version.clone());
                     Event::StepOk {
                         node: node.clone(),
                         step: step.clone(),
@@ -534,7 +541,7 @@ impl Sim {
                     let b = self.boots.entry(n).or_default();
                     *b += 1;
                     let boot_id = format!("{node}-boot{b}");
-                    self.answer(now, Event::Booted { node: node.clone(), boot_id });
+                    self.answer(now, Event::Booted { node: node.clone(), boot_id, version: None });
                 }
             }
             Command::WatchHealth { node } => {
@@ -546,7 +553,9 @@ impl Sim {
                 );
                 let sick = updated && self.chance(n, 0, SALT_UNHEALTHY, self.opts.unhealthy_rate);
                 if !sick {
-                    self.answer(now, Event::Health { node: node.clone(), healthy: true });
+                    let version =
+                        self.versions.get(&n).cloned().or_else(|| fleet.nodes[n as usize].version.clone());
+                    self.answer(now, Event::Health { node: node.clone(), healthy: true, version });
                 }
             }
             Command::Notify { notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. } } => {

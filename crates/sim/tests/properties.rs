@@ -264,7 +264,7 @@ proptest! {
         let n = f.uds.len();
         let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
         let spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
-        let campaign = match Campaign::new(fleet.clone(), spec.clone()) {
+        let campaign = match Campaign::new("prop", fleet.clone(), spec.clone()) {
             Ok(c) => c,
             Err(inf) => {
                 // Refusing is only right when a rule truly can never be met.
