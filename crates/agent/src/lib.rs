@@ -26,12 +26,13 @@ pub const EXIT_REBOOT: i32 = 75;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("state dir {0}: {1}")]
-    State(String, std::io::Error),
     #[error("{0}")]
     Tls(#[from] baton_pki::PkiError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    /// The journal cannot be read back: the agent does not start without its history.
+    #[error("{0}")]
+    Journal(#[from] journal::JournalError),
 }
 
 struct Inner {
@@ -150,11 +151,16 @@ impl Agent {
             action: req.action.clone(),
             version: req.version.clone(),
         };
+        // No step runs that the journal does not know of: a full or broken disk refuses it, as
+        // a condition of this node that may pass (503), not as a bug (500).
         if let Err(e) = i.journal.append(&rec) {
             return Err(api_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "journal",
-                format!("cannot write the journal: {e}"),
+                format!(
+                    "cannot write the journal {}: {e}; the step was not started",
+                    i.journal.path.display()
+                ),
             ));
         }
         let st = StepStatus {
@@ -264,11 +270,24 @@ impl Agent {
             error: failure.clone(),
             tail: tail_text.clone(),
         };
-        {
+        let (state, reboot) = {
             let mut i = self.inner.lock().expect("agent lock");
-            if let Err(e) = i.journal.append(&rec) {
-                tracing::error!("cannot write the journal: {e}");
-            }
+            // An outcome the journal does not hold is not an outcome: after a restart this step
+            // reads as started and never ended, that is failed. Say so now too, and do not
+            // reboot on an update that will not count as done.
+            let (state, reboot, failure) = match i.journal.append(&rec) {
+                Ok(()) => (state, reboot, failure),
+                Err(e) => {
+                    let mut msg = format!(
+                        "cannot record the outcome in the journal: {e}; the step is not counted done"
+                    );
+                    if let Some(f) = &failure {
+                        msg.push_str(&format!(" (the step itself failed: {f})"));
+                    }
+                    tracing::error!(step = %req.id, "{msg}");
+                    (StepState::Failed, false, Some(msg))
+                }
+            };
             if let Some(s) = i.steps.get_mut(&req.id) {
                 s.state = state;
                 s.reboot = reboot;
@@ -281,7 +300,8 @@ impl Agent {
             }
             i.running = None;
             self.bump(&mut i);
-        }
+            (state, reboot)
+        };
         tracing::info!(step = %req.id, ?state, reboot, "step finished");
         if reboot {
             self.reboot().await;
@@ -460,8 +480,7 @@ pub fn router(a: Shared) -> Router {
 pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     baton_pki::install_default_provider();
     let tls = cfg.tls.server_config()?;
-    let (journal, replayed) = Journal::open(&cfg.state_dir)
-        .map_err(|e| AgentError::State(cfg.state_dir.display().to_string(), e))?;
+    let (journal, replayed) = Journal::open(&cfg.state_dir)?;
     let boot_id =
         std::fs::read_to_string(&cfg.boot_id_file).map(|s| s.trim().to_string()).unwrap_or_else(|e| {
             tracing::warn!("cannot read boot id from {}: {e}", cfg.boot_id_file.display());
