@@ -344,10 +344,10 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
                 ids
             }
             (None, Some(sel)) => {
-                let terms = parse_selector(sel).map_err(|m| {
+                let terms = parse_selector(sel).map_err(|e| {
                     src.err(
                         p().key("selector"),
-                        m,
+                        e.to_string(),
                         "write a selector as key=value pairs joined by commas, e.g. \"role=web,rack=r1\"",
                     )
                 })?;
@@ -439,15 +439,24 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
     })
 }
 
-fn parse_selector(sel: &str) -> Result<Vec<(&str, &str)>, String> {
+/// Why a service's `selector` could not be read. `term` is the offending term, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SelectorError {
+    #[error("selector term `{term}` has no `=`")]
+    NoEquals { term: String },
+    #[error("selector term `{term}` has no label name")]
+    NoLabel { term: String },
+}
+
+fn parse_selector(sel: &str) -> Result<Vec<(&str, &str)>, SelectorError> {
     let mut out = Vec::new();
     for term in sel.split(',') {
         let Some((k, v)) = term.split_once('=') else {
-            return Err(format!("selector term `{}` has no `=`", term.trim()));
+            return Err(SelectorError::NoEquals { term: term.trim().into() });
         };
         let (k, v) = (k.trim(), v.trim());
         if k.is_empty() {
-            return Err(format!("selector term `{}` has no label name", term.trim()));
+            return Err(SelectorError::NoLabel { term: term.trim().into() });
         }
         out.push((k, v));
     }
@@ -473,7 +482,8 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
             "name the agent action to run, e.g. \"upgrade\"",
         ));
     }
-    check_target(&raw.target_version, fleet).map_err(|(m, h)| src.err(root().key("target_version"), m, h))?;
+    check_target(&raw.target_version, fleet)
+        .map_err(|e| src.err(root().key("target_version"), e.to_string(), e.help()))?;
     if raw.max_parallel.of_ceil(1) == 0 {
         return Err(src.err(
             root().key("max_parallel"),
@@ -550,40 +560,139 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
     })
 }
 
+/// Why a campaign's `target_version` cannot be rolled out to its fleet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TargetError {
+    #[error("target_version {target} is not in fleet {fleet}'s version chain ({chain})")]
+    NotInChain { target: String, fleet: String, chain: String },
+    #[error("fleet {fleet} is already at functional level {target}")]
+    AlreadyAtLevel { target: String, fleet: String },
+    /// `next` is the version after the level, when the chain has one.
+    #[error("target_version {target} is older than the functional level {level}, which is committed and cannot be undone")]
+    OlderThanLevel { target: String, level: String, next: Option<String> },
+    /// `path` is the chain from the functional level to the target, joined by arrows.
+    #[error("target_version {target} skips versions: {path}")]
+    SkipsVersions { target: String, path: String, next: String },
+}
+
+impl TargetError {
+    /// What to do about it.
+    fn help(&self) -> String {
+        match self {
+            TargetError::NotInChain { .. } => {
+                "add it to `versions` in the fleet file, or pick a version of the chain".into()
+            }
+            TargetError::AlreadyAtLevel { .. } => {
+                "nothing to do; target the next version of the chain".into()
+            }
+            TargetError::OlderThanLevel { next, .. } => {
+                format!("target {}", next.as_deref().unwrap_or("a newer version"))
+            }
+            TargetError::SkipsVersions { next, .. } => format!("run a campaign to {next} first"),
+        }
+    }
+}
+
 /// The target must be in the chain and be the next version after the functional level.
-fn check_target(target: &str, fleet: &Fleet) -> Result<(), (String, String)> {
+fn check_target(target: &str, fleet: &Fleet) -> Result<(), TargetError> {
     if fleet.versions.is_empty() {
         return Ok(());
     }
-    let chain = fleet.versions.join(" → ");
     let Some(t) = fleet.version_rank(target) else {
-        return Err((
-            format!("target_version {target} is not in fleet {}'s version chain ({chain})", fleet.name),
-            "add it to `versions` in the fleet file, or pick a version of the chain".into(),
-        ));
+        return Err(TargetError::NotInChain {
+            target: target.into(),
+            fleet: fleet.name.clone(),
+            chain: fleet.versions.join(" → "),
+        });
     };
     let Some(level) = &fleet.functional_level else {
         return Ok(());
     };
     let l = fleet.version_rank(level).unwrap_or(0);
     if t == l {
-        return Err((
-            format!("fleet {} is already at functional level {target}", fleet.name),
-            "nothing to do; target the next version of the chain".into(),
-        ));
+        return Err(TargetError::AlreadyAtLevel { target: target.into(), fleet: fleet.name.clone() });
     }
     if t < l {
-        return Err((
-            format!("target_version {target} is older than the functional level {level}, which is committed and cannot be undone"),
-            format!("target {}", fleet.versions.get(l + 1).map(String::as_str).unwrap_or("a newer version")),
-        ));
+        return Err(TargetError::OlderThanLevel {
+            target: target.into(),
+            level: level.clone(),
+            next: fleet.versions.get(l + 1).cloned(),
+        });
     }
     if t > l + 1 {
-        let path = fleet.versions[l..=t].join(" → ");
-        return Err((
-            format!("target_version {target} skips versions: {path}"),
-            format!("run a campaign to {} first", fleet.versions[l + 1]),
-        ));
+        return Err(TargetError::SkipsVersions {
+            target: target.into(),
+            path: fleet.versions[l..=t].join(" → "),
+            next: fleet.versions[l + 1].clone(),
+        });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(extra: &str) -> Result<Fleet, Diagnostic> {
+        let text = format!(
+            "name = \"f\"\nversions = [\"1\", \"2\", \"3\"]\nfunctional_level = \"1\"\n\
+             [[node]]\nname = \"a\"\nlabels = {{ role = \"web\" }}\n{extra}"
+        );
+        load_fleet("fleet.toml", &text)
+    }
+
+    #[test]
+    fn selector_errors_keep_their_messages() {
+        assert_eq!(parse_selector("role=web, rack = r1"), Ok(vec![("role", "web"), ("rack", "r1")]));
+        assert_eq!(parse_selector("role"), Err(SelectorError::NoEquals { term: "role".into() }));
+        assert_eq!(parse_selector("a=b, =web"), Err(SelectorError::NoLabel { term: "=web".into() }));
+        let d = fleet("[[service]]\nname = \"s\"\nselector = \"role=web, rack\"\n").unwrap_err();
+        assert_eq!(d.message, "selector term `rack` has no `=`");
+        let d = fleet("[[service]]\nname = \"s\"\nselector = \" = web\"\n").unwrap_err();
+        assert_eq!(d.message, "selector term `= web` has no label name");
+    }
+
+    #[test]
+    fn target_errors_keep_their_messages_and_help() {
+        let f = fleet("").unwrap();
+        let d = |target: &str| {
+            let text = format!("name = \"c\"\ntarget_version = \"{target}\"\n");
+            let d = load_campaign("c.toml", &text, &f).unwrap_err();
+            (d.message, d.help.unwrap_or_default())
+        };
+        assert_eq!(
+            d("9"),
+            (
+                "target_version 9 is not in fleet f's version chain (1 → 2 → 3)".into(),
+                "add it to `versions` in the fleet file, or pick a version of the chain".into()
+            )
+        );
+        assert_eq!(
+            d("1"),
+            (
+                "fleet f is already at functional level 1".into(),
+                "nothing to do; target the next version of the chain".into()
+            )
+        );
+        assert_eq!(
+            d("3"),
+            ("target_version 3 skips versions: 1 → 2 → 3".into(), "run a campaign to 2 first".into())
+        );
+        let mut f2 = f.clone();
+        f2.functional_level = Some("2".into());
+        assert_eq!(
+            check_target("1", &f2),
+            Err(TargetError::OlderThanLevel {
+                target: "1".into(),
+                level: "2".into(),
+                next: Some("3".into())
+            })
+        );
+        assert_eq!(
+            check_target("1", &f2).unwrap_err().to_string(),
+            "target_version 1 is older than the functional level 2, which is committed and cannot be undone"
+        );
+        assert_eq!(check_target("1", &f2).unwrap_err().help(), "target 3");
+        assert_eq!(check_target("2", &f), Ok(()));
+    }
 }

@@ -118,12 +118,17 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// A name that is not one of the [`Strategy`] names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown strategy `{name}`: use continuous, domain-walk, one-at-a-time or batch")]
+pub struct UnknownStrategy {
+    pub name: String,
+}
+
 impl std::str::FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Strategy::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            format!("unknown strategy `{s}`: use continuous, domain-walk, one-at-a-time or batch")
-        })
+    type Err = UnknownStrategy;
+    fn from_str(s: &str) -> Result<Self, UnknownStrategy> {
+        Strategy::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownStrategy { name: s.into() })
     }
 }
 
@@ -212,5 +217,18 @@ mod tests {
         assert_eq!(allowance(&mu(Amount::Count(1)), true, 5), 1);
         assert_eq!(allowance(&mu(Amount::Count(1)), true, 2), 0);
         assert_eq!(allowance(&mu(Amount::Count(9)), false, 3), 3);
+    }
+
+    #[test]
+    fn strategies_parse_by_name() {
+        for k in Strategy::ALL {
+            assert_eq!(k.as_str().parse::<Strategy>(), Ok(k));
+        }
+        let e = "fastest".parse::<Strategy>().unwrap_err();
+        assert_eq!(e, UnknownStrategy { name: "fastest".into() });
+        assert_eq!(
+            e.to_string(),
+            "unknown strategy `fastest`: use continuous, domain-walk, one-at-a-time or batch"
+        );
     }
 }

@@ -22,14 +22,34 @@ impl Dur {
     }
 }
 
+/// Why a duration could not be read. `text` is the input, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    /// A unit (or anything but a digit) where a number should start.
+    #[error("`{text}` is not a duration")]
+    NotADuration { text: String },
+    /// A number without a unit after it, as in `5` or `1h30`.
+    #[error("`{text}` needs a unit after {number}")]
+    MissingUnit { text: String, number: u128 },
+    #[error("`{unit}` in `{text}` is not a unit")]
+    UnknownUnit { text: String, unit: String },
+    /// Units out of order or repeated, as in `30m1h` or `1m1m`.
+    #[error("units in `{text}` must go from largest to smallest, once each")]
+    UnitOrder { text: String },
+    #[error("`{text}` is too large")]
+    TooLarge { text: String },
+}
+
 /// Parses `90s`, `5m`, `1h30m`, `250ms`, `2d`, `0`.
-pub fn parse_duration(s: &str) -> Result<Dur, String> {
+pub fn parse_duration(s: &str) -> Result<Dur, DurationError> {
     let t = s.trim();
     if t == "0" {
         return Ok(Dur(0));
     }
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let b = t.as_bytes();
     let mut i = 0;
@@ -41,9 +61,10 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
             i += 1;
         }
         if start == i {
-            return Err(format!("`{t}` is not a duration"));
+            return Err(DurationError::NotADuration { text: t.into() });
         }
-        let n: u128 = t[start..i].parse().map_err(|_| format!("`{t}` is too large"))?;
+        // Only digits here: the parse fails only when the number overflows.
+        let n: u128 = t[start..i].parse().map_err(|_| DurationError::TooLarge { text: t.into() })?;
         let ustart = i;
         while i < b.len() && b[i].is_ascii_alphabetic() {
             i += 1;
@@ -54,17 +75,17 @@ pub fn parse_duration(s: &str) -> Result<Dur, String> {
             "m" => (2, MINUTE),
             "s" => (3, SECOND),
             "ms" => (4, 1),
-            "" => return Err(format!("`{t}` needs a unit after {n}")),
-            u => return Err(format!("`{u}` in `{t}` is not a unit")),
+            "" => return Err(DurationError::MissingUnit { text: t.into(), number: n }),
+            u => return Err(DurationError::UnknownUnit { text: t.into(), unit: u.into() }),
         };
         if last_rank.is_some_and(|l| rank <= l) {
-            return Err(format!("units in `{t}` must go from largest to smallest, once each"));
+            return Err(DurationError::UnitOrder { text: t.into() });
         }
         last_rank = Some(rank);
         total += n * mult as u128;
     }
     if total > (u64::MAX / 2) as u128 {
-        return Err(format!("`{t}` is too large"));
+        return Err(DurationError::TooLarge { text: t.into() });
     }
     Ok(Dur(total as u64))
 }
@@ -173,15 +194,28 @@ impl Serialize for Amount {
     }
 }
 
-pub fn parse_percent(v: &str) -> Result<Amount, String> {
+/// Why a percentage could not be read. `text` is the input, trimmed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PercentError {
+    /// No `%` at the end: neither a count (those are numbers, not strings) nor a percentage.
+    #[error("`{text}` is neither a whole number nor a percentage: write 2 or \"25%\"")]
+    NoPercentSign { text: String },
+    /// What comes before the `%` is not a number.
+    #[error("`{text}` is not a percentage: write it like \"25%\"")]
+    NotANumber { text: String, source: std::num::ParseFloatError },
+    #[error("percentage {text} is outside 0%..100%")]
+    OutOfRange { text: String, percent: f64 },
+}
+
+/// Parses a percentage written as a string, such as `"25%"`.
+pub fn parse_percent(v: &str) -> Result<Amount, PercentError> {
     let t = v.trim();
     let Some(num) = t.strip_suffix('%') else {
-        return Err(format!("`{t}` is neither a whole number nor a percentage: write 2 or \"25%\""));
+        return Err(PercentError::NoPercentSign { text: t.into() });
     };
-    let p: f64 =
-        num.trim().parse().map_err(|_| format!("`{t}` is not a percentage: write it like \"25%\""))?;
+    let p: f64 = num.trim().parse().map_err(|source| PercentError::NotANumber { text: t.into(), source })?;
     if !(0.0..=100.0).contains(&p) || !p.is_finite() {
-        return Err(format!("percentage {t} is outside 0%..100%"));
+        return Err(PercentError::OutOfRange { text: t.into(), percent: p });
     }
     Ok(Amount::Percent(p))
 }
@@ -249,5 +283,38 @@ mod tests {
         assert!(parse_percent("101%").is_err());
         assert!(parse_percent("-1%").is_err());
         assert!(parse_percent("25").is_err());
+    }
+
+    #[test]
+    fn duration_errors_tell_failures_apart() {
+        let e = |s: &str| parse_duration(s).unwrap_err();
+        assert_eq!(e(" "), DurationError::Empty);
+        assert_eq!(e("m"), DurationError::NotADuration { text: "m".into() });
+        assert_eq!(e("5"), DurationError::MissingUnit { text: "5".into(), number: 5 });
+        assert_eq!(e("5x"), DurationError::UnknownUnit { text: "5x".into(), unit: "x".into() });
+        assert_eq!(e("30m1h"), DurationError::UnitOrder { text: "30m1h".into() });
+        assert!(matches!(e("99999999999999999999999h"), DurationError::TooLarge { .. }));
+        // The messages are the ones files have always been told.
+        assert_eq!(e("").to_string(), "empty duration");
+        assert_eq!(e("m").to_string(), "`m` is not a duration");
+        assert_eq!(e("1h30").to_string(), "`1h30` needs a unit after 30");
+        assert_eq!(e("5x").to_string(), "`x` in `5x` is not a unit");
+        assert_eq!(e("1m1m").to_string(), "units in `1m1m` must go from largest to smallest, once each");
+        assert_eq!(e("99999999999999999999999h").to_string(), "`99999999999999999999999h` is too large");
+    }
+
+    #[test]
+    fn percent_errors_tell_failures_apart() {
+        let e = |s: &str| parse_percent(s).unwrap_err();
+        assert_eq!(e("25"), PercentError::NoPercentSign { text: "25".into() });
+        assert!(matches!(e("x%"), PercentError::NotANumber { .. }));
+        assert!(std::error::Error::source(&e("x%")).is_some());
+        assert_eq!(e("101%"), PercentError::OutOfRange { text: "101%".into(), percent: 101.0 });
+        assert_eq!(
+            e("25").to_string(),
+            "`25` is neither a whole number nor a percentage: write 2 or \"25%\""
+        );
+        assert_eq!(e("x%").to_string(), "`x%` is not a percentage: write it like \"25%\"");
+        assert_eq!(e("-1%").to_string(), "percentage -1% is outside 0%..100%");
     }
 }

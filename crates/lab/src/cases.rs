@@ -1,8 +1,9 @@
 //! The proof (`zero-downtime`) and the fault cases (`faults`), each on a fresh lab under load.
 
+use crate::error::LabError;
 use crate::lab::{Lab, Options, AGENT_PORT};
 use crate::load::{self, Observed, Traffic, Writes};
-use baton_core::Phase;
+use baton_proto::Phase;
 use baton_proto::{CampaignView, Report};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +72,7 @@ fn line(v: serde_json::Value) {
 }
 
 /// Follows the campaign to its end, printing each node's state changes as JSON lines.
-async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, String> {
+async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, LabError> {
     let t0 = Instant::now();
     let mut seen: HashMap<String, String> = HashMap::new();
     loop {
@@ -96,7 +97,10 @@ async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, St
             return Ok(v);
         }
         if t0.elapsed() > within {
-            return Err(format!("campaign still {} after {} s", v.phase.as_str(), within.as_secs()));
+            return Err(LabError::CampaignTimeout {
+                phase: v.phase.as_str().to_string(),
+                secs: within.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -130,10 +134,12 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 /// The lower bound of the rollout from each node's measured time out of service, as
 /// `simulate` computes it.
-fn ideal_ms(lab: &Lab, r: &Report, max_parallel: u32) -> Result<u64, String> {
-    let text = std::fs::read_to_string(&lab.fleet_file).map_err(|e| e.to_string())?;
-    let fleet = baton_core::load::load_fleet(&lab.fleet_file.display().to_string(), &text)
-        .map_err(|d| d.to_string())?;
+fn ideal_ms(lab: &Lab, r: &Report, max_parallel: u32) -> Result<u64, LabError> {
+    let path = &lab.fleet_file;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| LabError::ReadFile { path: path.clone(), source })?;
+    let fleet = baton_core::load::load_fleet(&path.display().to_string(), &text)
+        .map_err(|d| LabError::InvalidFleet { path: path.clone(), source: Box::new(d) })?;
     let work = r
         .nodes
         .iter()
@@ -142,7 +148,7 @@ fn ideal_ms(lab: &Lab, r: &Report, max_parallel: u32) -> Result<u64, String> {
     Ok(baton_core::plan::time_lower_bound(&fleet, max_parallel, &work))
 }
 
-pub async fn zero_downtime(exes: &Exes, hosts: usize, keep: bool) -> Result<bool, String> {
+pub async fn zero_downtime(exes: &Exes, hosts: usize, keep: bool) -> Result<bool, LabError> {
     let o = Options { hosts, reboot_ms: 1000, campaign: Vec::new(), keep };
     let mut lab = Lab::up(o, exes.baton.clone(), exes.lab.clone()).await?;
     let r = zero_downtime_on(&lab, hosts).await;
@@ -150,7 +156,7 @@ pub async fn zero_downtime(exes: &Exes, hosts: usize, keep: bool) -> Result<bool
     r
 }
 
-async fn zero_downtime_on(lab: &Lab, hosts: usize) -> Result<bool, String> {
+async fn zero_downtime_on(lab: &Lab, hosts: usize) -> Result<bool, LabError> {
     line(
         json!({"event": "lab up", "hosts": hosts, "haproxy": lab.frontend, "orchestrator": lab.api, "dir": lab.dir}),
     );
@@ -189,7 +195,7 @@ async fn zero_downtime_on(lab: &Lab, hosts: usize) -> Result<bool, String> {
         rollout_s: rollout_ms as f64 / 1000.0,
         ideal_s: ideal as f64 / 1000.0,
     };
-    println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+    println!("{}", serde_json::to_string(&summary).map_err(|source| LabError::PrintLine { source })?);
     Ok(t.failed == 0
         && w.lost == 0
         && !quorum_lost
@@ -266,7 +272,7 @@ fn active(state: &str) -> bool {
     matches!(state, "draining" | "updating" | "rebooting" | "verifying" | "restoring")
 }
 
-pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, String> {
+pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError> {
     let quoted =
         |v: &[&str]| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "));
     let campaign = match case {
@@ -276,7 +282,7 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, String> 
         "unhealthy-after-update" => vec![("order", quoted(&["h4"])), ("ready_timeout", "\"6s\"".into())],
         "orchestrator-killed" => Vec::new(),
         "outside-host-killed" => vec![("order", quoted(&["h4", "h5"]))],
-        other => return Err(format!("no fault case {other}; the cases are {}", CASES.join(", "))),
+        other => return Err(LabError::UnknownCase { name: other.into() }),
     };
     let o = Options { hosts: 6, reboot_ms: 1000, campaign, keep };
     let mut lab = Lab::up(o, exes.baton.clone(), exes.lab.clone()).await?;
@@ -284,35 +290,35 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, String> 
     lab.down().await;
     let (outcome, failed, violations, v) = match r {
         Ok(x) => x,
-        Err(e) => ("error".to_string(), 0, 0, Verdict { ok: false, why: vec![e] }),
+        Err(e) => ("error".to_string(), 0, 0, Verdict { ok: false, why: vec![e.to_string()] }),
     };
     let ok = v.ok && violations == 0;
     let l =
         CaseLine { case, outcome, failed_requests: failed, budget_violations: violations, ok, why: v.why };
-    println!("{}", serde_json::to_string(&l).map_err(|e| e.to_string())?);
+    println!("{}", serde_json::to_string(&l).map_err(|source| LabError::PrintLine { source })?);
     Ok(ok)
 }
 
-async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdict), String> {
+/// Writes a fault marker into a host's directory (see `svc`).
+fn mark(lab: &Lab, host: &str, marker: &str, text: &str) -> Result<(), LabError> {
+    let path = lab.host(host).dir.join(marker);
+    std::fs::write(&path, text).map_err(|source| LabError::WriteFile { path, source })
+}
+
+async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdict), LabError> {
     let mut v = Verdict::new();
     match case {
         "reboot-never-returns" => lab.host("h4").dead_on_reboot.store(true, Ordering::SeqCst),
-        "update-fails" => {
-            std::fs::write(lab.host("h5").dir.join("fail-update"), "").map_err(|e| e.to_string())?
-        }
-        "agent-cut-off" => {
-            std::fs::write(lab.host("h6").dir.join("update-delay-ms"), "4000").map_err(|e| e.to_string())?
-        }
-        "unhealthy-after-update" => {
-            std::fs::write(lab.host("h4").dir.join("unhealthy-version"), "1.1").map_err(|e| e.to_string())?
-        }
+        "update-fails" => mark(lab, "h5", "fail-update", "")?,
+        "agent-cut-off" => mark(lab, "h6", "update-delay-ms", "4000")?,
+        "unhealthy-after-update" => mark(lab, "h4", "unhealthy-version", "1.1")?,
         _ => {}
     }
     let load = Load::start(lab);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let id = lab.start_campaign().await?;
     let minute = Duration::from_secs(60);
-    let acted: Result<(), String> = async {
+    let acted: Result<(), LabError> = async {
         match case {
             "agent-cut-off" => {
                 lab.wait_for(id, minute, "h6 updating", |c| state_of(c, "h6") == "updating").await?;

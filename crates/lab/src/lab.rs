@@ -1,6 +1,7 @@
 //! A lab: N hosts (network namespaces), each with a baton agent and the web workload, etcd on
 //! the first three, real HAProxy in front of the web servers, and `baton serve` driving them.
 
+use crate::error::LabError;
 use crate::net;
 use baton_agent::local::random_hex;
 use baton_proto::{CampaignView, CreateCampaign, JournalEntry, Report};
@@ -79,12 +80,21 @@ pub struct Lab {
     pub o: Options,
 }
 
-fn write(p: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))
+fn write(p: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(p, text).map_err(|source| LabError::WriteFile { path: p.to_path_buf(), source })
 }
 
-fn free_port() -> Result<u16, String> {
-    baton_agent::local::free_port().map_err(|e| format!("no free port on loopback: {e}"))
+fn free_port() -> Result<u16, LabError> {
+    baton_agent::local::free_port().map_err(|source| LabError::NoFreePort { source })
+}
+
+/// Opens `p` for appending, creating it.
+fn append(p: &Path) -> Result<std::fs::File, LabError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .map_err(|source| LabError::OpenFile { path: p.to_path_buf(), source })
 }
 
 fn quote(p: &Path) -> String {
@@ -103,16 +113,17 @@ fn die_with_parent(cmd: &mut Command) {
 
 impl Lab {
     /// Builds and starts everything; on any failure what was made is torn down.
-    pub async fn up(o: Options, baton: PathBuf, lab_exe: PathBuf) -> Result<Lab, String> {
+    pub async fn up(o: Options, baton: PathBuf, lab_exe: PathBuf) -> Result<Lab, LabError> {
         net::teardown();
         let dir = std::env::temp_dir().join(format!("baton-lab.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::CreateDir { path: dir.clone(), source })?;
         let mut hosts = Vec::new();
         for i in 1..=o.hosts {
             let name = format!("h{i}");
             let hd = dir.join(&name);
-            std::fs::create_dir_all(hd.join("svc")).map_err(|e| e.to_string())?;
+            let svc = hd.join("svc");
+            std::fs::create_dir_all(&svc).map_err(|source| LabError::CreateDir { path: svc, source })?;
             hosts.push(Arc::new(Host {
                 ip: net::host_ip(i),
                 dir: hd,
@@ -142,7 +153,7 @@ impl Lab {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|source| LabError::HttpClient { source })?,
             keep: o.keep,
             o,
         };
@@ -155,7 +166,7 @@ impl Lab {
         }
     }
 
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), LabError> {
         net::bridge_up()?;
         for (i, h) in self.hosts.iter().enumerate() {
             net::host_up(&h.name, i + 1)?;
@@ -176,11 +187,15 @@ impl Lab {
         self.wait_ready().await
     }
 
-    fn write_files(&mut self) -> Result<(), String> {
+    fn write_files(&mut self) -> Result<(), LabError> {
         let pki = self.dir.join("pki");
-        let e = |e: baton_pki::PkiError| e.to_string();
-        baton_pki::init_ca(&pki, "lab").map_err(e)?;
-        baton_pki::issue(&pki, "orchestrator", baton_pki::Role::Orchestrator, &[]).map_err(e)?;
+        let issued = |name: &str| {
+            let name = name.to_string();
+            move |source: baton_pki::PkiError| LabError::IssueCert { name, source }
+        };
+        baton_pki::init_ca(&pki, "lab").map_err(|source| LabError::InitCa { source })?;
+        baton_pki::issue(&pki, "orchestrator", baton_pki::Role::Orchestrator, &[])
+            .map_err(issued("orchestrator"))?;
         let cluster: Vec<String> = self
             .hosts
             .iter()
@@ -192,7 +207,7 @@ impl Lab {
             String::from("name = \"lab\"\nversions = [\"1.0\", \"1.1\"]\nfunctional_level = \"1.0\"\n");
         for (i, h) in self.hosts.iter().enumerate() {
             baton_pki::issue(&pki, &h.name, baton_pki::Role::Agent, std::slice::from_ref(&h.ip))
-                .map_err(e)?;
+                .map_err(issued(&h.name))?;
             let d = &h.dir;
             write(&d.join("version"), "1.0\n")?;
             write(&d.join("boot_id"), &random_hex())?;
@@ -354,27 +369,21 @@ backend web
         Ok(())
     }
 
-    fn log(&self, name: &str) -> Result<std::process::Stdio, String> {
-        let p = self.dir.join(name);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(f.into())
+    fn log(&self, name: &str) -> Result<std::process::Stdio, LabError> {
+        Ok(append(&self.dir.join(name))?.into())
     }
 
-    fn start_haproxy(&mut self) -> Result<(), String> {
+    fn start_haproxy(&mut self) -> Result<(), LabError> {
         let mut cmd = Command::new("haproxy");
         cmd.arg("-db").arg("-f").arg(self.dir.join("haproxy.cfg"));
         cmd.stdout(self.log("haproxy.log")?).stderr(self.log("haproxy.log")?).kill_on_drop(true);
         die_with_parent(&mut cmd);
-        self.haproxy = Some(cmd.spawn().map_err(|e| format!("cannot start haproxy: {e}"))?);
+        self.haproxy = Some(cmd.spawn().map_err(|source| LabError::StartHaproxy { source })?);
         Ok(())
     }
 
     /// Starts (or restarts) the orchestrator on the same journal.
-    pub fn start_serve(&mut self) -> Result<(), String> {
+    pub fn start_serve(&mut self) -> Result<(), LabError> {
         if self.api.is_empty() {
             self.api = format!("127.0.0.1:{}", free_port()?);
         }
@@ -392,7 +401,10 @@ backend web
             .arg(self.dir.join("token"));
         cmd.stdout(self.log("serve.log")?).stderr(self.log("serve.log")?).kill_on_drop(true);
         die_with_parent(&mut cmd);
-        self.serve = Some(cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.baton.display()))?);
+        self.serve = Some(
+            cmd.spawn()
+                .map_err(|source| LabError::StartOrchestrator { baton: self.baton.clone(), source })?,
+        );
         Ok(())
     }
 
@@ -405,7 +417,7 @@ backend web
     }
 
     /// Until the orchestrator answers, HAProxy sees every web server up and etcd is healthy.
-    async fn wait_ready(&self) -> Result<(), String> {
+    async fn wait_ready(&self) -> Result<(), LabError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let api = self.http.get(format!("http://{}/healthz", self.api)).send().await.is_ok();
@@ -419,17 +431,14 @@ backend web
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "the lab did not come up within 60 s (orchestrator {api}, haproxy {lb}, etcd {etcd}); logs in {}",
-                    self.dir.display()
-                ));
+                return Err(LabError::NotUp { api, lb, etcd, dir: self.dir.clone() });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Each web server's status in HAProxy.
-    pub async fn web_status(&self) -> Result<Vec<(String, String)>, String> {
+    pub async fn web_status(&self) -> Result<Vec<(String, String)>, LabError> {
         web_status(&self.lb(), &self.hosts).await
     }
 
@@ -465,17 +474,17 @@ backend web
         r.bearer_auth(&self.token).header("x-baton-operator", "lab")
     }
 
-    async fn read<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, String> {
-        let r = self.req(r).send().await.map_err(|e| format!("orchestrator: {e}"))?;
+    async fn read<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, LabError> {
+        let r = self.req(r).send().await.map_err(|source| LabError::Orchestrator { source })?;
         let status = r.status();
         if !status.is_success() {
-            return Err(format!("orchestrator answered {status}: {}", r.text().await.unwrap_or_default()));
+            return Err(LabError::OrchestratorStatus { status, body: r.text().await.unwrap_or_default() });
         }
-        r.json().await.map_err(|e| format!("orchestrator: {e}"))
+        r.json().await.map_err(|source| LabError::OrchestratorBody { source })
     }
 
     /// Creates and starts the campaign; returns its id.
-    pub async fn start_campaign(&self) -> Result<i64, String> {
+    pub async fn start_campaign(&self) -> Result<i64, LabError> {
         let mut keys: Vec<(&str, String)> = [
             ("name", "\"lab-1.1\""),
             ("target_version", "\"1.1\""),
@@ -508,15 +517,15 @@ backend web
         Ok(v.id)
     }
 
-    pub async fn view(&self, id: i64) -> Result<CampaignView, String> {
+    pub async fn view(&self, id: i64) -> Result<CampaignView, LabError> {
         self.read(self.http.get(format!("http://{}/v1/campaigns/{id}", self.api))).await
     }
 
-    pub async fn report(&self, id: i64) -> Result<Report, String> {
+    pub async fn report(&self, id: i64) -> Result<Report, LabError> {
         self.read(self.http.get(format!("http://{}/v1/campaigns/{id}/report", self.api))).await
     }
 
-    pub async fn events(&self, id: i64) -> Result<Vec<JournalEntry>, String> {
+    pub async fn events(&self, id: i64) -> Result<Vec<JournalEntry>, LabError> {
         self.read(self.http.get(format!("http://{}/v1/campaigns/{id}/events", self.api))).await
     }
 
@@ -527,7 +536,7 @@ backend web
         within: Duration,
         what: &str,
         pred: impl Fn(&CampaignView) -> bool,
-    ) -> Result<CampaignView, String> {
+    ) -> Result<CampaignView, LabError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Ok(v) = self.view(id).await {
@@ -536,7 +545,7 @@ backend web
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("timed out waiting for {what}"));
+                return Err(LabError::Timeout { what: what.into() });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -598,10 +607,12 @@ impl Drop for Lab {
 pub async fn web_status(
     lb: &baton_core::model::Haproxy,
     hosts: &[Arc<Host>],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, LabError> {
     let mut out = Vec::new();
     for h in hosts {
-        let st = baton_server::haproxy::stat(lb, &h.name).await.map_err(|e| e.to_string())?;
+        let st = baton_server::haproxy::stat(lb, &h.name)
+            .await
+            .map_err(|source| LabError::HaproxyStat { host: h.name.clone(), source })?;
         out.push((h.name.clone(), st.status));
     }
     Ok(out)
@@ -619,7 +630,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn boot(&self) -> Result<Child, String> {
+    fn boot(&self) -> Result<Child, LabError> {
         let h = &self.host;
         let ns = h.ns();
         let mut services = vec!["web"];
@@ -631,11 +642,7 @@ impl Supervisor {
             let lab = self.lab_exe.display().to_string();
             net::sh(&["ip", "netns", "exec", &ns, &lab, "svc", "start", "--dir", &dir, s])?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(h.dir.join("agent.log"))
-            .map_err(|e| e.to_string())?;
+        let log = append(&h.dir.join("agent.log"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.baton)
@@ -647,7 +654,7 @@ impl Supervisor {
             .stderr(log)
             .kill_on_drop(true);
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("cannot start the agent of {}: {e}", h.name))?;
+        let child = cmd.spawn().map_err(|source| LabError::StartAgent { host: h.name.clone(), source })?;
         h.boots.fetch_add(1, Ordering::SeqCst);
         h.down.store(false, Ordering::SeqCst);
         Ok(child)

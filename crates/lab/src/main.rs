@@ -3,12 +3,14 @@
 //! update across them with baton under load, and prints one JSON object per line.
 
 mod cases;
+mod error;
 mod lab;
 mod load;
 mod net;
 mod svc;
 
 use clap::{Parser, Subcommand};
+use error::LabError;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,21 +74,18 @@ enum Cmd {
     },
 }
 
-fn exes(baton: Option<PathBuf>) -> Result<cases::Exes, String> {
-    let lab = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+fn exes(baton: Option<PathBuf>) -> Result<cases::Exes, LabError> {
+    let lab = std::env::current_exe().map_err(|source| LabError::CurrentExe { source })?;
     let baton = baton.unwrap_or_else(|| lab.with_file_name("baton"));
     if !baton.exists() {
-        return Err(format!(
-            "no baton binary at {}: build it (cargo build --release -p baton-cli) or pass --baton",
-            baton.display()
-        ));
+        return Err(LabError::NoBaton { path: baton });
     }
     Ok(cases::Exes { baton, lab })
 }
 
-fn need_root() -> Result<(), String> {
+fn need_root() -> Result<(), LabError> {
     if unsafe { libc::geteuid() } != 0 {
-        return Err("the lab makes network namespaces and needs root: run it with sudo".into());
+        return Err(LabError::NotRoot);
     }
     for (cmd, pkg) in [
         ("haproxy", "haproxy"),
@@ -95,14 +94,14 @@ fn need_root() -> Result<(), String> {
         ("iptables", "iptables"),
     ] {
         if net::sh(&["sh", "-c", &format!("command -v {cmd}")]).is_err() {
-            return Err(format!("{cmd} is missing: apt-get install {pkg} (lab/zero-downtime installs it)"));
+            return Err(LabError::MissingTool { command: cmd, package: pkg });
         }
     }
     Ok(())
 }
 
 /// Runs a lab command; Ctrl-C or SIGTERM tears the lab down before exiting.
-fn lab_main<F: std::future::Future<Output = Result<bool, String>>>(f: impl FnOnce() -> F) -> ExitCode {
+fn lab_main<F: std::future::Future<Output = Result<bool, LabError>>>(f: impl FnOnce() -> F) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -114,8 +113,8 @@ fn lab_main<F: std::future::Future<Output = Result<bool, String>>>(f: impl FnOnc
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             r = f() => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => Err("terminated".into()),
+            _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted),
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => Err(LabError::Terminated),
         }
     });
     // Whatever happened, nothing of the lab stays behind.
@@ -134,7 +133,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // reqwest's TLS needs a provider even for plain http clients.
     baton_pki::install_default_provider();
-    let done = |r: Result<(), String>| match r {
+    let done = |r: Result<(), LabError>| match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -145,7 +144,7 @@ fn main() -> ExitCode {
         Cmd::ZeroDowntime { hosts, baton, keep } => lab_main(|| async move {
             need_root()?;
             if hosts < 3 {
-                return Err("--hosts: the lab needs at least 3 hosts (etcd runs on three)".into());
+                return Err(LabError::TooFewHosts { hosts });
             }
             cases::zero_downtime(&exes(baton)?, hosts, keep).await
         }),
@@ -175,7 +174,10 @@ fn main() -> ExitCode {
         Cmd::SetVersion { dir, version } => done(svc::set_version(&dir, &version)),
         Cmd::Web { listen, dir, host } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            done(rt.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(svc::web(&listen, &dir, &host))))
+            done(
+                rt.map_err(|source| LabError::Runtime { source })
+                    .and_then(|rt| rt.block_on(svc::web(&listen, &dir, &host))),
+            )
         }
     }
 }

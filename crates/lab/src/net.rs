@@ -2,6 +2,7 @@
 //! an address on the bridge's subnet and no default route, and nothing forwards or NATs out
 //! of it: lab traffic stays between the hosts and this machine.
 
+use crate::error::LabError;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,21 +19,29 @@ pub fn ns_name(host: &str) -> String {
     format!("{PREFIX}{host}")
 }
 
+fn owned(argv: &[&str]) -> Vec<String> {
+    argv.iter().map(|s| s.to_string()).collect()
+}
+
 /// Runs a command; its failure is an error naming it and what it printed.
-pub fn sh(argv: &[&str]) -> Result<String, String> {
+pub fn sh(argv: &[&str]) -> Result<String, LabError> {
     let out = Command::new(argv[0])
         .args(&argv[1..])
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", argv.join(" ")))?;
+        .map_err(|source| LabError::Run { argv: owned(argv), source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("{} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(LabError::Command {
+            argv: owned(argv),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// The bridge, with the orchestrator's side of the lab subnet.
-pub fn bridge_up() -> Result<(), String> {
+pub fn bridge_up() -> Result<(), LabError> {
     sh(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
     sh(&["ip", "addr", "add", &format!("{SUBNET}.1/24"), "dev", BRIDGE])?;
     sh(&["ip", "link", "set", BRIDGE, "up"])?;
@@ -40,7 +49,7 @@ pub fn bridge_up() -> Result<(), String> {
 }
 
 /// One host: a namespace with loopback and eth0 on the bridge.
-pub fn host_up(host: &str, i: usize) -> Result<(), String> {
+pub fn host_up(host: &str, i: usize) -> Result<(), LabError> {
     let ns = ns_name(host);
     let (outer, inner) = (format!("{PREFIX}{host}"), format!("{PREFIX}{host}p"));
     sh(&["ip", "netns", "add", &ns])?;
@@ -91,15 +100,15 @@ pub fn kill_all(ns: &str, grace: Duration) {
 
 /// Cuts the host's agent off from the orchestrator: packets to and from its port are dropped
 /// (not refused), as a network partition does; connections already open hang too.
-pub fn cut_agent(host: &str, port: u16) -> Result<(), String> {
+pub fn cut_agent(host: &str, port: u16) -> Result<(), LabError> {
     filter(host, port, "-I")
 }
 
-pub fn heal_agent(host: &str, port: u16) -> Result<(), String> {
+pub fn heal_agent(host: &str, port: u16) -> Result<(), LabError> {
     filter(host, port, "-D")
 }
 
-fn filter(host: &str, port: u16, op: &str) -> Result<(), String> {
+fn filter(host: &str, port: u16, op: &str) -> Result<(), LabError> {
     let (ns, p) = (ns_name(host), port.to_string());
     sh(&["ip", "netns", "exec", &ns, "iptables", op, "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"])?;
     sh(&["ip", "netns", "exec", &ns, "iptables", op, "OUTPUT", "-p", "tcp", "--sport", &p, "-j", "DROP"])?;

@@ -5,6 +5,7 @@
 //! and fault markers the lab writes: `fail-update` (the update action fails),
 //! `unhealthy-version` (the workload is broken at that version), `update-delay-ms`.
 
+use crate::error::LabError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,21 +26,23 @@ fn running(dir: &Path, name: &str) -> Option<i32> {
     alive(pid).then_some(pid)
 }
 
-pub fn start(dir: &Path, name: &str) -> Result<(), String> {
+pub fn start(dir: &Path, name: &str) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
     if running(dir, name).is_some() {
         return Ok(());
     }
     let spec = dir.join("svc").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&spec).map_err(|e| format!("{}: {e}", spec.display()))?;
-    let argv: Vec<String> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", spec.display()))?;
+    let text =
+        std::fs::read_to_string(&spec).map_err(|source| LabError::ReadFile { path: spec.clone(), source })?;
+    let argv: Vec<String> =
+        serde_json::from_str(&text).map_err(|source| LabError::ServiceSpec { path: spec.clone(), source })?;
     let log_path = dir.join("svc").join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let err = log.try_clone().map_err(|e| e.to_string())?;
+        .map_err(|source| LabError::OpenFile { path: log_path.clone(), source })?;
+    let err = log.try_clone().map_err(|source| LabError::OpenFile { path: log_path.clone(), source })?;
     let child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(dir)
@@ -48,15 +51,17 @@ pub fn start(dir: &Path, name: &str) -> Result<(), String> {
         .stderr(err)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start {name} ({}): {e}", argv[0]))?;
-    std::fs::write(pidfile(dir, name), child.id().to_string()).map_err(|e| e.to_string())?;
+        .map_err(|source| LabError::StartService { name: name.into(), program: argv[0].clone(), source })?;
+    let pid_path = pidfile(dir, name);
+    std::fs::write(&pid_path, child.id().to_string())
+        .map_err(|source| LabError::WriteFile { path: pid_path, source })?;
     println!("started {name} (pid {})", child.id());
     Ok(())
 }
 
 /// Sends `signal` and waits until the service is gone (the agent bounds the wait with
 /// `stop_grace`, then kills).
-pub fn stop(dir: &Path, name: &str, signal: i32) -> Result<(), String> {
+pub fn stop(dir: &Path, name: &str, signal: i32) -> Result<(), LabError> {
     if let Some(pid) = running(dir, name) {
         unsafe { libc::kill(pid, signal) };
         while alive(pid) {
@@ -69,30 +74,32 @@ pub fn stop(dir: &Path, name: &str, signal: i32) -> Result<(), String> {
 }
 
 /// The update action: installs `version` (writes it), unless the lab made it fail.
-pub fn set_version(dir: &Path, version: &str) -> Result<(), String> {
+pub fn set_version(dir: &Path, version: &str) -> Result<(), LabError> {
     let delay = std::fs::read_to_string(dir.join("update-delay-ms"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(300);
     std::thread::sleep(Duration::from_millis(delay));
     use std::io::Write;
+    let log_path = dir.join("updates.log");
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("updates.log"))
-        .map_err(|e| e.to_string())?;
+        .open(&log_path)
+        .map_err(|source| LabError::OpenFile { path: log_path, source })?;
     let _ = writeln!(log, "{version}");
     if dir.join("fail-update").exists() {
-        return Err(format!("installing {version}: the package's post-install script failed"));
+        return Err(LabError::UpdateFailed { version: version.into() });
     }
-    std::fs::write(dir.join("version"), format!("{version}\n")).map_err(|e| e.to_string())?;
+    let path = dir.join("version");
+    std::fs::write(&path, format!("{version}\n")).map_err(|source| LabError::WriteFile { path, source })?;
     println!("installed {version}");
     Ok(())
 }
 
 /// The web workload: answers with its host and version; broken at the version named in
 /// `unhealthy-version`. Finishes the requests it has on SIGTERM.
-pub async fn web(listen: &str, dir: &Path, host: &str) -> Result<(), String> {
+pub async fn web(listen: &str, dir: &Path, host: &str) -> Result<(), LabError> {
     use axum::http::StatusCode;
     let version = std::fs::read_to_string(dir.join("version")).unwrap_or_default().trim().to_string();
     let broken =
@@ -103,8 +110,9 @@ pub async fn web(listen: &str, dir: &Path, host: &str) -> Result<(), String> {
     let app = axum::Router::new()
         .route("/", axum::routing::get(move || async move { (status, b) }))
         .route("/healthz", axum::routing::get(move || async move { (status, body) }));
-    let l =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let l = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| LabError::Listen { addr: listen.into(), source })?;
     println!("web on {listen}, version {version}{}", if broken { " (broken)" } else { "" });
     axum::serve(l, app)
         .with_graceful_shutdown(async {
@@ -113,5 +121,5 @@ pub async fn web(listen: &str, dir: &Path, host: &str) -> Result<(), String> {
             term.recv().await;
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|source| LabError::Serve { source })
 }
