@@ -164,6 +164,13 @@ argv = ["/bin/sh", "{script}", "{{version}}", "{{state_dir}}", "{secs}"]
 timeout = "2m"
 reboot = "if-required"
 
+[[action]]
+name = "rollback"
+kind = "script"
+argv = ["/bin/sh", "{script}", "{{version}}", "{{state_dir}}", "{secs}"]
+timeout = "2m"
+reboot = "if-required"
+
 [[check]]
 name = "version-file"
 kind = "command"

@@ -9,7 +9,7 @@
 
 use baton_agent::local::{random_hex, LocalFleet, LocalOptions};
 use baton_core::campaign::Event;
-use baton_core::Phase;
+use baton_proto::Phase;
 use baton_proto::{CreateCampaign, StepKind, StepState};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ async fn main() {
         })
         .await
         .unwrap();
-        let v = hub.create(CreateCampaign { toml: LocalFleet::campaign_toml(""), file: None }).unwrap();
+        let v = hub.create(CreateCampaign { toml: LocalFleet::campaign_toml(""), file: None }).await.unwrap();
         hub.act(v.id, "start", "bench".into()).await.unwrap();
         // Sample the agents whose action is running until the campaign settles.
         let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -112,11 +112,14 @@ async fn main() {
                     raised: String::new(),
                 },
                 0,
+                &Event::Tick,
             )
             .unwrap();
         for i in 0..50 {
             let t = Instant::now();
-            store.append(c, i, &Event::Health { node: "node1".into(), healthy: true }).unwrap();
+            store
+                .append(c, i, &Event::Health { node: "node1".into(), healthy: true, version: None })
+                .unwrap();
             baseline.push(t.elapsed().as_micros() as u64);
         }
         f.stop().await;

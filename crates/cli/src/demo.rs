@@ -74,16 +74,15 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
     println!("dashboard: {url}/");
 
     let api = ops::Api::new(&url, Some(token));
-    let v =
-        api.create("demo-campaign.toml", LocalFleet::campaign_toml("")).await.map_err(Failure::Internal)?;
+    let v = api.create("demo-campaign.toml", LocalFleet::campaign_toml("")).await.map_err(Failure::Api)?;
     println!(
         "campaign {} planned: {} waves, web allows {} down at once",
         v.name,
         v.waves,
         hub.fleet().services[0].allowance
     );
-    api.act(v.id, "start").await.map_err(Failure::Internal)?;
-    let end = ops::follow(&api, v.id, std::io::stdout().is_terminal()).await.map_err(Failure::Internal)?;
+    api.act(v.id, "start").await.map_err(Failure::Api)?;
+    let end = ops::follow(&api, v.id, std::io::stdout().is_terminal()).await.map_err(Failure::Api)?;
 
     // Ask the agents themselves which version they run.
     let client = baton_server::client::AgentClient::new(&tls).map_err(|e| internal(&e))?;
@@ -109,7 +108,7 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
     }
     let _ = stop_tx.send(());
     let _ = server.await;
-    if at_target != count || end.phase != baton_core::Phase::Completed {
+    if at_target != count || end.phase != baton_proto::Phase::Completed {
         return Err(Failure::Ended(format!(
             "the demo campaign ended {} with {at_target}/{count} nodes at 1.1",
             end.phase

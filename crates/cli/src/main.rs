@@ -225,6 +225,8 @@ pub(crate) enum Failure {
     Internal(String),
     /// The campaign ended without completing: halted, aborted or rolled back (exit 4).
     Ended(String),
+    /// The orchestrator refused or could not be reached (exit by what it said: 2, 3 or 1).
+    Api(ops::ApiFailure),
     /// Stopped by Ctrl-C (exit 130).
     Interrupted,
 }
@@ -240,6 +242,7 @@ fn main() -> ExitCode {
                 Failure::Infeasible(_) => 3,
                 Failure::Internal(_) => 1,
                 Failure::Ended(_) => 4,
+                Failure::Api(e) => e.exit_code(),
                 Failure::Interrupted => 130,
             };
             output::report_failure(f, std::io::stderr().is_terminal());
@@ -407,12 +410,11 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             let text = read(&campaign)?;
             let api = api.api()?;
             runtime()?.block_on(async move {
-                let v = api.create(&campaign, text).await.map_err(Failure::Internal)?;
+                let v = api.create(&campaign, text).await.map_err(Failure::Api)?;
                 println!("campaign {} created (id {}), {} waves", v.name, v.id, v.waves);
-                api.act(v.id, "start").await.map_err(Failure::Internal)?;
-                let end = ops::follow(&api, v.id, std::io::stdout().is_terminal())
-                    .await
-                    .map_err(Failure::Internal)?;
+                api.act(v.id, "start").await.map_err(Failure::Api)?;
+                let end =
+                    ops::follow(&api, v.id, std::io::stdout().is_terminal()).await.map_err(Failure::Api)?;
                 ended(&end)
             })
         }
@@ -420,9 +422,9 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             let api = api.api()?;
             runtime()?.block_on(async move {
                 match campaign {
-                    Some(id) => ops::print_view(&api.view(id).await.map_err(Failure::Internal)?),
+                    Some(id) => ops::print_view(&api.view(id).await.map_err(Failure::Api)?),
                     None => {
-                        for v in api.list().await.map_err(Failure::Internal)? {
+                        for v in api.list().await.map_err(Failure::Api)? {
                             println!(
                                 "{:>4}  {:<20} {:<13} {}/{} done, {} failed",
                                 v.id,
@@ -444,7 +446,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Report { campaign, format, api } => {
             let api = api.api()?;
             runtime()?.block_on(async move {
-                let r = api.report(campaign).await.map_err(Failure::Internal)?;
+                let r = api.report(campaign).await.map_err(Failure::Api)?;
                 match format {
                     ReportFormat::Md => print!("{}", report::markdown(&r)),
                     ReportFormat::Html => print!("{}", report::html(&r)),
@@ -461,10 +463,8 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             runtime()?.block_on(async move {
                 let mut after = 0;
                 loop {
-                    let evs = api
-                        .events(campaign, after, follow.then_some(20_000))
-                        .await
-                        .map_err(Failure::Internal)?;
+                    let evs =
+                        api.events(campaign, after, follow.then_some(20_000)).await.map_err(Failure::Api)?;
                     ops::print_events(&evs);
                     if let Some(e) = evs.last() {
                         after = e.seq;
@@ -503,7 +503,7 @@ fn logging(default: &str) {
 fn act(api: ApiArgs, id: i64, action: &str) -> Result<(), Failure> {
     let api = api.api()?;
     runtime()?.block_on(async move {
-        let v = api.act(id, action).await.map_err(Failure::Internal)?;
+        let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
         Ok(())
     })
@@ -516,7 +516,7 @@ fn ended(v: &baton_proto::CampaignView) -> Result<(), Failure> {
         v.name, v.phase, v.updated, v.failed, v.skipped
     );
     match v.phase {
-        baton_core::Phase::Completed | baton_core::Phase::Committed => Ok(()),
+        baton_proto::Phase::Completed | baton_proto::Phase::Committed => Ok(()),
         p => Err(Failure::Ended(format!("campaign {} ended {p}", v.name))),
     }
 }
@@ -540,8 +540,8 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         Some((a, b)) => (a, b),
         None => (s, s),
     };
-    let lo = baton_core::units::parse_duration(a)?.ms();
-    let hi = baton_core::units::parse_duration(b)?.ms();
+    let lo = baton_core::units::parse_duration(a).map_err(|e| e.to_string())?.ms();
+    let hi = baton_core::units::parse_duration(b).map_err(|e| e.to_string())?.ms();
     if hi < lo {
         return Err(format!("{s}: the range ends before it starts"));
     }

@@ -5,6 +5,32 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Why a call to the orchestrator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiFailure {
+    #[error("cannot reach the orchestrator at {base}: {err}")]
+    Unreachable { base: String, err: reqwest::Error },
+    /// The orchestrator refused, with its documented code.
+    #[error("{message} ({code}, {status})")]
+    Refused { status: u16, code: String, message: String },
+    #[error("the orchestrator answered {0} without an error body")]
+    Status(u16),
+    #[error("unexpected answer from the orchestrator: {0}")]
+    Answer(reqwest::Error),
+}
+
+impl ApiFailure {
+    /// The exit code DESIGN.md gives what the orchestrator refuses: a bad campaign (or a bad
+    /// token) is bad input, 2; rules that can never be met, 3; anything else, 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApiFailure::Refused { code, .. } if code == "bad-campaign" || code == "unauthorized" => 2,
+            ApiFailure::Refused { code, .. } if code == "infeasible" => 3,
+            _ => 1,
+        }
+    }
+}
+
 /// How to reach the orchestrator.
 #[derive(Clone)]
 pub struct Api {
@@ -19,7 +45,10 @@ impl Api {
         Api { base: base.trim_end_matches('/').to_string(), token, http }
     }
 
-    async fn read<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, String> {
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> Result<T, ApiFailure> {
         let r = match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -28,36 +57,36 @@ impl Api {
             .header("x-baton-operator", whoami())
             .send()
             .await
-            .map_err(|e| format!("cannot reach the orchestrator at {}: {e}", self.base))?;
+            .map_err(|err| ApiFailure::Unreachable { base: self.base.clone(), err })?;
         if r.status().is_success() {
-            r.json().await.map_err(|e| format!("unexpected answer from the orchestrator: {e}"))
+            r.json().await.map_err(ApiFailure::Answer)
         } else {
-            let status = r.status();
+            let status = r.status().as_u16();
             match r.json::<ApiError>().await {
-                Ok(e) => Err(format!("{} ({}, {status})", e.message, e.code)),
-                Err(_) => Err(format!("the orchestrator answered {status}")),
+                Ok(e) => Err(ApiFailure::Refused { status, code: e.code, message: e.message }),
+                Err(_) => Err(ApiFailure::Status(status)),
             }
         }
     }
 
-    pub async fn create(&self, file: &str, toml: String) -> Result<CampaignView, String> {
+    pub async fn create(&self, file: &str, toml: String) -> Result<CampaignView, ApiFailure> {
         let body = CreateCampaign { toml, file: Some(file.to_string()) };
         self.read(self.http.post(format!("{}/v1/campaigns", self.base)).json(&body)).await
     }
 
-    pub async fn act(&self, id: i64, action: &str) -> Result<CampaignView, String> {
+    pub async fn act(&self, id: i64, action: &str) -> Result<CampaignView, ApiFailure> {
         self.read(self.http.post(format!("{}/v1/campaigns/{id}/{action}", self.base))).await
     }
 
-    pub async fn view(&self, id: i64) -> Result<CampaignView, String> {
+    pub async fn view(&self, id: i64) -> Result<CampaignView, ApiFailure> {
         self.read(self.http.get(format!("{}/v1/campaigns/{id}", self.base))).await
     }
 
-    pub async fn report(&self, id: i64) -> Result<baton_proto::Report, String> {
+    pub async fn report(&self, id: i64) -> Result<baton_proto::Report, ApiFailure> {
         self.read(self.http.get(format!("{}/v1/campaigns/{id}/report", self.base))).await
     }
 
-    pub async fn list(&self) -> Result<Vec<CampaignView>, String> {
+    pub async fn list(&self) -> Result<Vec<CampaignView>, ApiFailure> {
         self.read(self.http.get(format!("{}/v1/campaigns", self.base))).await
     }
 
@@ -66,7 +95,7 @@ impl Api {
         id: i64,
         after: i64,
         wait_ms: Option<u64>,
-    ) -> Result<Vec<JournalEntry>, String> {
+    ) -> Result<Vec<JournalEntry>, ApiFailure> {
         let mut q = vec![("after", after.to_string())];
         if let Some(w) = wait_ms {
             q.push(("wait_ms", w.to_string()));
@@ -80,7 +109,7 @@ fn whoami() -> String {
 }
 
 pub fn settled(v: &CampaignView) -> bool {
-    use baton_core::Phase::*;
+    use baton_proto::Phase::*;
     match v.phase {
         Completed | Committed | RolledBack | Aborted | Halted => v.active == 0,
         _ => false,
@@ -89,7 +118,7 @@ pub fn settled(v: &CampaignView) -> bool {
 
 /// Follows a campaign until it settles, showing progress: bars per wave and overall in a
 /// terminal, one line per change otherwise. Event-driven: long polls on the journal.
-pub async fn follow(api: &Api, id: i64, tty: bool) -> Result<CampaignView, String> {
+pub async fn follow(api: &Api, id: i64, tty: bool) -> Result<CampaignView, ApiFailure> {
     let mut v = api.view(id).await?;
     let total = v.nodes.iter().filter(|n| n.wave.is_some() || n.state == "skipped").count() as u64;
     let mp = MultiProgress::new();

@@ -40,6 +40,9 @@ pub fn report_failure(f: Failure, tty: bool) {
         Failure::Internal(msg) | Failure::Ended(msg) => {
             out = format!("baton: {msg}\n");
         }
+        Failure::Api(e) => {
+            out = format!("baton: {e}\n");
+        }
         Failure::Interrupted => {
             out = "baton: interrupted\n".to_string();
         }

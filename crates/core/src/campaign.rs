@@ -424,7 +424,11 @@ impl Campaign {
     /// The campaign as its journal begins: from the journaled plan when the first event is
     /// `planned`, else (a journal of schema 1) planned again, with the name as its id as then.
     /// Returns the campaign and how many events it took from the journal (1 or 0).
-    pub fn begin(fleet: Arc<Fleet>, spec: CampaignSpec, first: Option<&Event>) -> Result<(Campaign, usize), ReplayError> {
+    pub fn begin(
+        fleet: Arc<Fleet>,
+        spec: CampaignSpec,
+        first: Option<&Event>,
+    ) -> Result<(Campaign, usize), ReplayError> {
         let Some(Event::Planned { id, plan: rec }) = first else {
             let id = spec.name.clone();
             return Ok((Campaign::new(id, fleet, spec).map_err(ReplayError::Infeasible)?, 0));
@@ -456,7 +460,13 @@ impl Campaign {
         &self.id
     }
 
-    fn from_plan(id: String, fleet: Arc<Fleet>, spec: CampaignSpec, plan: Plan, left_out: &[NodeId]) -> Campaign {
+    fn from_plan(
+        id: String,
+        fleet: Arc<Fleet>,
+        spec: CampaignSpec,
+        plan: Plan,
+        left_out: &[NodeId],
+    ) -> Campaign {
         let n = fleet.nodes.len();
         let mut nodes: Vec<NodeRun> = fleet
             .nodes
@@ -1077,7 +1087,14 @@ impl Campaign {
 
     /// An update attempt failed: another attempt if any is left, else the node fails (still in
     /// its old version's service if healthy: it is watched and restored).
-    fn retry_or_fail(&mut self, n: NodeId, now: Millis, attempt: u32, reason: String, out: &mut Vec<Command>) {
+    fn retry_or_fail(
+        &mut self,
+        n: NodeId,
+        now: Millis,
+        attempt: u32,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
         if attempt < self.spec.max_retries_per_node {
             self.send_update(n, attempt + 1, out);
         } else {

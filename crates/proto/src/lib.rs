@@ -1,8 +1,54 @@
 //! Request and response types shared by the agent, the orchestrator and the CLI: one
-//! definition for both ends of every call.
+//! definition for both ends of every call. These are the wire types, defined here and nowhere
+//! else: they do not re-export the core's state or journal types, so the journal's format and
+//! the API's can each change without dragging the other along (the server converts).
 
-use baton_core::campaign::{Event, Phase};
 use serde::{Deserialize, Serialize};
+
+/// A campaign's phase as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Planned,
+    Running,
+    Paused,
+    Halted,
+    Completed,
+    Committed,
+    RollingBack,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Halted => "halted",
+            Phase::Completed => "completed",
+            Phase::Committed => "committed",
+            Phase::RollingBack => "rolling-back",
+            Phase::RolledBack => "rolled-back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workload to move off a node being drained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadMove {
+    pub workload: String,
+    pub to: String,
+    pub live: bool,
+}
 
 /// Errors are JSON with a stable code, under the matching HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -39,7 +85,7 @@ pub struct StepRequest {
     /// For a drain: where the node's workloads go (`workload`, `to`, `live`). The agent gives
     /// them to its drain hooks as JSON in `BATON_MOVES`.
     #[serde(default)]
-    pub moves: Vec<baton_core::campaign::WorkloadMove>,
+    pub moves: Vec<WorkloadMove>,
 }
 
 impl StepRequest {
@@ -121,6 +167,9 @@ pub struct NodeView {
     pub version: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Out of service because of this campaign or one before it (counted as down).
+    #[serde(default)]
+    pub out_of_service: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -141,8 +190,11 @@ pub struct CampaignView {
     pub target_version: String,
     pub strategy: String,
     /// planned, running, paused, halted, completed, committed, rolling-back, rolled-back, aborted
-    #[schema(value_type = String)]
     pub phase: Phase,
+    /// Whether the campaign holds its fleet: from its creation until it has ended and none of
+    /// its nodes is active or being brought back. While it does, no other campaign is created.
+    #[serde(default)]
+    pub holds_fleet: bool,
     pub nodes: Vec<NodeView>,
     #[serde(default)]
     pub services: Vec<ServiceView>,
@@ -164,9 +216,10 @@ pub struct CampaignView {
 pub struct JournalEntry {
     pub seq: i64,
     pub at_ms: u64,
-    /// The event as journaled: `{"event": "step-ok", "node": ..., ...}`.
+    /// The event as journaled: `{"v": 2, "event": "step-ok", "node": ..., ...}` (`v` is the
+    /// journal's schema version).
     #[schema(value_type = Object)]
-    pub event: Event,
+    pub event: serde_json::Value,
 }
 
 // ---- run reports ----

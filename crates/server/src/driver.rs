@@ -22,7 +22,36 @@ pub fn now_ms() -> Millis {
 }
 
 pub enum Msg {
-    Event { event: Event, reply: Option<oneshot::Sender<Result<(), CampaignError>>> },
+    Event { event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>> },
+}
+
+/// Why an event was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The core refused it in the campaign's state.
+    #[error(transparent)]
+    Campaign(#[from] CampaignError),
+    /// The journal could not record it, so it did not happen (disk full, I/O error). The
+    /// driver sends again what the campaign waits on once it can write.
+    #[error("the journal could not record it, so nothing was done: {0}")]
+    Journal(String),
+}
+
+/// The API's phase for the core's.
+pub fn phase_of(p: baton_core::Phase) -> baton_proto::Phase {
+    use baton_core::Phase as C;
+    use baton_proto::Phase as W;
+    match p {
+        C::Planned => W::Planned,
+        C::Running => W::Running,
+        C::Paused => W::Paused,
+        C::Halted => W::Halted,
+        C::Completed => W::Completed,
+        C::Committed => W::Committed,
+        C::RollingBack => W::RollingBack,
+        C::RolledBack => W::RolledBack,
+        C::Aborted => W::Aborted,
+    }
 }
 
 /// Report from a job: an event for the campaign.
@@ -64,6 +93,9 @@ pub struct Driver {
     eta: Option<(u64, std::time::Instant)>,
     /// The step each node is in for the metrics, and since when.
     entered: HashMap<String, (&'static str, std::time::Instant)>,
+    /// After a failed journal append: when to send again what the campaign waits on, and the
+    /// wait before the next try if that fails too.
+    resume_at: Option<(tokio::time::Instant, Duration)>,
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
@@ -73,7 +105,8 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         fleet: c.fleet.name.clone(),
         target_version: c.spec.target_version.clone(),
         strategy: c.spec.strategy.as_str().into(),
-        phase: c.phase,
+        phase: phase_of(c.phase),
+        holds_fleet: c.holds_fleet(),
         nodes: Vec::with_capacity(c.nodes.len()),
         services: c
             .fleet
@@ -123,6 +156,7 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
             wave: wave[i],
             version: r.version.clone(),
             reason,
+            out_of_service: c.out_of_service(i as baton_core::NodeId),
         });
     }
     v
@@ -172,6 +206,7 @@ impl Driver {
             hooks: None,
             eta: None,
             entered: HashMap::new(),
+            resume_at: None,
         };
         (d, rx, view_rx)
     }
@@ -184,31 +219,71 @@ impl Driver {
         if !self.campaign.spec.webhooks.is_empty() {
             self.hooks = Some(crate::webhook::start(self.campaign.spec.webhooks.clone()));
         }
-        // After a restart: ask every agent the campaign waits on about its step again.
-        for cmd in self.campaign.resume_commands() {
-            self.dispatch(cmd);
-        }
+        // After a restart: ask every agent the campaign waits on about its step again, then
+        // every other node how it is (before any event: see `census`), then watch those.
+        self.resend();
         self.census().await;
-        for i in 0..self.campaign.nodes.len() {
-            let node = self.campaign.fleet.node_name(i as baton_core::NodeId).to_string();
-            self.watch(&node);
-        }
+        self.watch_all();
         loop {
             let deadline = self.campaign.next_deadline();
             let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+            let resume_at = self.resume_at.map(|r| r.0);
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(Msg::Event { event, reply }) => self.apply(event, reply),
                     None => break,
                 },
-                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() && resume_at.is_none() => {
                     self.apply(Event::Tick, None)
+                }
+                _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
+                    tracing::info!(campaign = self.id, "trying the journal again: sending again what the campaign waits on");
+                    self.resume();
+                    // A tick is journaled like any event: if the journal works again it clears
+                    // the backoff, else it schedules the next try, twice as late.
+                    self.apply(Event::Tick, None);
                 }
             }
         }
     }
 
-    fn apply(&mut self, event: Event, reply: Option<oneshot::Sender<Result<(), CampaignError>>>) {
+    /// Sends every step and watch the campaign waits on, with the same step ids (an agent that
+    /// ran a step answers with its recorded outcome), and watches every other node.
+    fn resume(&mut self) {
+        self.resend();
+        self.watch_all();
+    }
+
+    fn resend(&mut self) {
+        for cmd in self.campaign.resume_commands() {
+            self.dispatch(cmd);
+        }
+    }
+
+    /// Watches every node the campaign has no job on.
+    fn watch_all(&mut self) {
+        for i in 0..self.campaign.nodes.len() {
+            let node = self.campaign.fleet.node_name(i as baton_core::NodeId).to_string();
+            self.watch(&node);
+        }
+    }
+
+    /// The journal refused an append: what the campaign did in memory is undone (rebuilt from
+    /// the journal), every job stops (their reports would be refused too, and lost), and all
+    /// that the campaign waits on is sent again after a backoff, so no report is lost.
+    fn journal_failed(&mut self, event: &Event, e: &crate::store::StoreError) {
+        tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
+        self.rebuild();
+        for (_, (_, h)) in self.jobs.drain() {
+            h.abort();
+        }
+        let wait =
+            self.resume_at.map_or(Duration::from_millis(500), |(_, w)| (w * 2).min(Duration::from_secs(30)));
+        self.resume_at = Some((tokio::time::Instant::now() + wait, wait));
+        self.telemetry.journal_failures.inc();
+    }
+
+    fn apply(&mut self, event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>>) {
         let started = std::time::Instant::now();
         let from_agent = matches!(
             event,
@@ -221,21 +296,22 @@ impl Driver {
                 let appended = self.store.append(self.id, now, &event);
                 self.telemetry.journal_write_seconds.observe(write.elapsed().as_secs_f64());
                 if let Err(e) = appended {
-                    // Not journaled: the event did not happen. Go back to the journal's state
-                    // and send nothing.
-                    tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
-                    self.rebuild();
+                    // Not journaled: the event did not happen. Go back to the journal's state,
+                    // send nothing, and try again later.
+                    self.journal_failed(&event, &e);
                     if let Some(r) = reply {
-                        let _ = r.send(Err(CampaignError::NotAllowed {
-                            action: "journal",
-                            phase: self.campaign.phase,
-                        }));
+                        let _ = r.send(Err(Refused::Journal(e.to_string())));
                     }
                     return;
                 }
+                self.resume_at = None;
                 self.last_now = now;
                 self.events += 1;
-                let entry = baton_proto::JournalEntry { seq: self.events, at_ms: now, event: event.clone() };
+                let entry = baton_proto::JournalEntry {
+                    seq: self.events,
+                    at_ms: now,
+                    event: baton_core::journal::to_value(&event),
+                };
                 let _ = self.stream.send(crate::StreamItem::Entry { campaign: self.id, entry });
                 let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
                 for (k, c) in cmds.into_iter().enumerate() {
@@ -261,7 +337,7 @@ impl Driver {
                 if from_agent && had_commands {
                     self.overhead_us
                         .lock()
-                        .expect("overhead lock")
+                        .unwrap_or_else(|p| p.into_inner())
                         .push(started.elapsed().as_micros() as u64);
                 }
                 self.reap();
@@ -277,7 +353,7 @@ impl Driver {
             Err(e) => {
                 tracing::debug!(campaign = self.id, "event not applied: {e}");
                 if let Some(r) = reply {
-                    let _ = r.send(Err(e));
+                    let _ = r.send(Err(e.into()));
                 }
             }
         }
@@ -457,28 +533,7 @@ impl Driver {
                 Some((node, addr))
             })
             .collect();
-        let limit = Arc::new(tokio::sync::Semaphore::new(64));
-        let mut probes = tokio::task::JoinSet::new();
-        for (node, addr) in targets {
-            let (client, limit) = (self.client.clone(), limit.clone());
-            probes.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let seen = client.status(&node, &addr, None, 0).await;
-                if let Err(e) = &seen {
-                    tracing::warn!(%node, "down before the campaign acts: {e}");
-                }
-                let up = matches!(&seen, Ok(s) if s.healthy);
-                (node, up, seen.ok().and_then(|s| s.version))
-            });
-        }
-        let mut seen = Vec::new();
-        while let Some(r) = probes.join_next().await {
-            if let Ok(r) = r {
-                seen.push(r);
-            }
-        }
-        seen.sort();
-        for (node, up, version) in seen {
+        for Seen { node, up, version } in probe(&self.client, targets).await {
             let Some(n) = self.campaign.fleet.node_id(&node) else { continue };
             if self.campaign.nodes[n as usize].observed_down == up {
                 self.apply(Event::Observed { node, up, version }, None);
@@ -506,6 +561,10 @@ impl Driver {
         let client = self.client.clone();
         match cmd {
             Command::Drain { node, step, stop_grace, moves } => {
+                let moves = moves
+                    .into_iter()
+                    .map(|m| baton_proto::WorkloadMove { workload: m.workload, to: m.to, live: m.live })
+                    .collect();
                 let req = StepRequest {
                     stop_grace_ms: Some(stop_grace),
                     moves,
@@ -685,7 +744,7 @@ async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<S
     loop {
         if let Ok(s) = client.status(&node, &addr, None, 0).await {
             if Some(&s.boot_id) != old.as_ref() {
-                rep.send(Event::Booted { node, boot_id: s.boot_id }).await;
+                rep.send(Event::Booted { node, boot_id: s.boot_id, version: s.version }).await;
                 return;
             }
         }
@@ -695,23 +754,25 @@ async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<S
 
 /// Reports the node's health whenever it changes (long polls on the agent's status).
 async fn health_job(client: AgentClient, addr: String, node: String, rep: Reporter) {
-    let mut last: Option<bool> = None;
+    let mut last: Option<(bool, Option<String>)> = None;
     let mut after = None;
     let mut backoff = Backoff::new();
     loop {
         match client.status(&node, &addr, after, 20_000).await {
             Ok(s) => {
                 backoff = Backoff::new();
-                if last != Some(s.healthy) {
-                    last = Some(s.healthy);
-                    rep.send(Event::Health { node: node.clone(), healthy: s.healthy }).await;
+                let now = (s.healthy, s.version);
+                if last.as_ref() != Some(&now) {
+                    let (healthy, version) = now.clone();
+                    last = Some(now);
+                    rep.send(Event::Health { node: node.clone(), healthy, version }).await;
                 }
                 after = Some(s.generation);
             }
             Err(_) => {
-                if last != Some(false) {
-                    last = Some(false);
-                    rep.send(Event::Health { node: node.clone(), healthy: false }).await;
+                if last.as_ref().map(|l| l.0) != Some(false) {
+                    last = Some((false, None));
+                    rep.send(Event::Health { node: node.clone(), healthy: false, version: None }).await;
                 }
                 after = None;
                 backoff.wait().await;
@@ -741,4 +802,40 @@ async fn watch_job(client: AgentClient, addr: String, node: String, down: bool, 
             }
         }
     }
+}
+
+/// What a probe of one node's agent saw.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seen {
+    pub node: String,
+    /// The agent answered as this node and its health checks pass.
+    pub up: bool,
+    pub version: Option<String>,
+}
+
+/// Asks each (node, address) how it is, 64 at a time, each bounded by the client's timeouts (an
+/// agent that does not answer is down). Sorted by node, so what follows is deterministic.
+pub async fn probe(client: &AgentClient, targets: Vec<(String, String)>) -> Vec<Seen> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut probes = tokio::task::JoinSet::new();
+    for (node, addr) in targets {
+        let (client, limit) = (client.clone(), limit.clone());
+        probes.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let seen = client.status(&node, &addr, None, 0).await;
+            if let Err(e) = &seen {
+                tracing::warn!(%node, "agent does not answer: {e}");
+            }
+            let up = matches!(&seen, Ok(s) if s.healthy);
+            Seen { node, up, version: seen.ok().and_then(|s| s.version) }
+        });
+    }
+    let mut seen = Vec::new();
+    while let Some(r) = probes.join_next().await {
+        if let Ok(r) = r {
+            seen.push(r);
+        }
+    }
+    seen.sort();
+    seen
 }

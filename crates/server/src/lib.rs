@@ -12,11 +12,11 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use baton_core::campaign::{Event, Phase};
-use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet};
-use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, Report};
+use baton_core::campaign::Event;
+use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet, NodeId};
+use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, Phase, Report};
 use client::AgentClient;
-use driver::{Driver, Msg};
+use driver::{Driver, Msg, Refused};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,8 +33,8 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Tls(#[from] baton_pki::PkiError),
-    #[error("campaign {id} in the journal no longer fits its files: {message}")]
-    Replay { id: i64, message: String },
+    #[error("campaign {id} in the journal no longer fits its files: {err}")]
+    Replay { id: i64, err: RebuildError },
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
 }
@@ -55,12 +55,29 @@ struct Handle {
     overhead_us: Arc<Mutex<Vec<u64>>>,
 }
 
+/// Why a stored campaign cannot be rebuilt from its files and journal.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("{0}")]
+    Files(Box<baton_core::Diagnostic>),
+    #[error("what an earlier commit raised is not readable: {0}")]
+    Raised(serde_json::Error),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Replay(#[from] baton_core::campaign::ReplayError),
+}
+
 pub struct Hub {
     settings: Settings,
     fleet: Arc<Fleet>,
     store: Arc<Store>,
     client: AgentClient,
     campaigns: Mutex<BTreeMap<i64, Handle>>,
+    /// Taken by whatever may make a campaign hold the fleet (creating one, rolling one back),
+    /// across the check that no other campaign holds it and the change itself, so that two
+    /// operators at the same instant cannot both get it (safety rule 7).
+    fleet_gate: tokio::sync::Mutex<()>,
     telemetry: Arc<metrics::Telemetry>,
     stream: tokio::sync::broadcast::Sender<StreamItem>,
 }
@@ -103,19 +120,15 @@ impl Raised {
     }
 
     /// The fleet a stored campaign was created against.
-    fn fleet_of(s: &StoredCampaign) -> Result<Fleet, String> {
-        let mut fleet = load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| d.to_string())?;
+    fn fleet_of(s: &StoredCampaign) -> Result<Fleet, RebuildError> {
+        let mut fleet =
+            load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| RebuildError::Files(Box::new(d)))?;
         if !s.raised.is_empty() {
-            let r: Raised = serde_json::from_str(&s.raised).map_err(|e| e.to_string())?;
+            let r: Raised = serde_json::from_str(&s.raised).map_err(RebuildError::Raised)?;
             r.apply(&mut fleet);
         }
         Ok(fleet)
     }
-}
-
-/// Phases in which a campaign holds the fleet's lock.
-fn holds_lock(p: Phase) -> bool {
-    matches!(p, Phase::Planned | Phase::Running | Phase::Paused | Phase::Halted | Phase::RollingBack)
 }
 
 #[derive(Debug)]
@@ -137,6 +150,10 @@ impl IntoResponse for Fail {
     }
 }
 
+fn stopped() -> Fail {
+    Fail::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", "the campaign's driver stopped")
+}
+
 impl Hub {
     /// Opens the journal, rebuilds every campaign from it and starts their drivers.
     pub async fn start(settings: Settings) -> Result<Arc<Hub>, ServerError> {
@@ -149,33 +166,44 @@ impl Hub {
             store,
             client,
             campaigns: Mutex::new(BTreeMap::new()),
+            fleet_gate: tokio::sync::Mutex::new(()),
             telemetry: Arc::new(metrics::Telemetry::default()),
             stream: tokio::sync::broadcast::channel(4096).0,
             settings,
         });
         for stored in hub.store.campaigns()? {
             let id = stored.id;
-            let c = hub.rebuild(&stored).map_err(|message| ServerError::Replay { id, message })?;
-            let n = hub.store.events(id, 0)?.len() as i64;
-            hub.spawn(id, c, n);
+            let (c, n) = hub.rebuild(&stored).map_err(|err| ServerError::Replay { id, err })?;
+            let mut map = hub.campaigns();
+            hub.spawn(&mut map, id, c, n);
         }
         Ok(hub)
     }
 
-    fn rebuild(&self, s: &StoredCampaign) -> Result<Campaign, String> {
-        let fleet = Raised::fleet_of(s)?;
-        let spec = load_campaign(&s.campaign_file, &s.campaign_text, &fleet).map_err(|d| d.to_string())?;
-        let journal: Vec<(u64, Event)> = self
-            .store
-            .events(s.id, 0)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|e| (e.at_ms, e.event))
-            .collect();
-        Campaign::replay(Arc::new(fleet), spec, &journal).map_err(|e| e.to_string())
+    /// The campaign map. Its lock is never held across an await, and a panic elsewhere does
+    /// not poison the orchestrator: the map is whole between statements.
+    fn campaigns(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Handle>> {
+        self.campaigns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spawn(&self, id: i64, c: Campaign, events: i64) {
+    /// The stored campaign's fleet and spec.
+    fn files(s: &StoredCampaign) -> Result<(Fleet, baton_core::CampaignSpec), RebuildError> {
+        let fleet = Raised::fleet_of(s)?;
+        let spec = load_campaign(&s.campaign_file, &s.campaign_text, &fleet)
+            .map_err(|d| RebuildError::Files(Box::new(d)))?;
+        Ok((fleet, spec))
+    }
+
+    /// The campaign as its journal leaves it, and how many entries the journal has.
+    fn rebuild(&self, s: &StoredCampaign) -> Result<(Campaign, i64), RebuildError> {
+        let (fleet, spec) = Hub::files(s)?;
+        let journal: Vec<(u64, Event)> =
+            self.store.events(s.id, 0)?.into_iter().map(|e| (e.at_ms, e.event)).collect();
+        let n = journal.len() as i64;
+        Ok((Campaign::replay(Arc::new(fleet), spec, &journal)?, n))
+    }
+
+    fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64) {
         let (d, rx, view) = Driver::new(
             id,
             c,
@@ -187,38 +215,58 @@ impl Hub {
         );
         let h = Handle { inbox: d.inbox(), view, overhead_us: d.overhead_us.clone() };
         tokio::spawn(d.run(rx));
-        self.campaigns.lock().expect("hub lock").insert(id, h);
+        map.insert(id, h);
     }
 
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }
 
-    pub fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
+    /// Creates a campaign. Exactly one campaign holds the fleet at a time (safety rule 7): the
+    /// check that none does and the insert happen under the fleet gate, so of two requests at
+    /// the same instant one is created and the other refused.
+    pub async fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
+        let _gate = self.fleet_gate.lock().await;
+        let views = self.views();
+        if let Some(v) = views.iter().find(|v| v.holds_fleet) {
+            let why = if matches!(
+                v.phase,
+                Phase::Aborted | Phase::Completed | Phase::RolledBack | Phase::Committed
+            ) {
+                format!(
+                    "it is {} but some of its nodes are not back in service yet; try again when they are",
+                    v.phase
+                )
+            } else {
+                format!("it is {}; finish or abort it first", v.phase)
+            };
+            return Err(Fail::new(
+                StatusCode::CONFLICT,
+                "fleet-locked",
+                format!("campaign {} (id {}) holds fleet {}: {why}", v.name, v.id, v.fleet),
+            ));
+        }
         // The fleet as the last commit left it: its level raised, its nodes at their versions.
-        let committed = self.views().into_iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
-        let raised = committed.as_ref().map(Raised::of).unwrap_or_default();
+        let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
+        let raised = committed.map(Raised::of).unwrap_or_default();
         let mut fleet = (*self.fleet).clone();
         raised.apply(&mut fleet);
         let spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
-        let c = Campaign::new(Arc::new(fleet), spec).map_err(|i| {
+        // Nodes the last campaign left out of service count as down until this one restores them.
+        let left_out: Vec<NodeId> = views
+            .iter()
+            .max_by_key(|v| v.id)
+            .map(|v| {
+                v.nodes.iter().filter(|n| n.out_of_service).filter_map(|n| fleet.node_id(&n.name)).collect()
+            })
+            .unwrap_or_default();
+        let uid = store::random_id()
+            .map_err(|e| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "no-entropy", e.to_string()))?;
+        let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(|i| {
             Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
         })?;
-        let map = self.campaigns.lock().expect("hub lock");
-        if let Some(h) = map.values().find(|h| holds_lock(h.view.borrow().phase)) {
-            let v = h.view.borrow();
-            return Err(Fail::new(
-                StatusCode::CONFLICT,
-                "fleet-locked",
-                format!(
-                    "campaign {} (id {}, {}) holds fleet {}; finish or abort it first",
-                    v.name, v.id, v.phase, v.fleet
-                ),
-            ));
-        }
-        drop(map);
         let stored = StoredCampaign {
             id: 0,
             fleet_file: self.settings.fleet_file.clone(),
@@ -231,26 +279,31 @@ impl Hub {
                 String::new()
             },
         };
-        let id = self
-            .store
-            .create(&c.spec.name, &stored, driver::now_ms())
-            .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()))?;
-        let v = driver::view_of(id, &c, 0);
-        self.spawn(id, c, 0);
+        let id =
+            self.store.create(&c.spec.name, &stored, driver::now_ms(), &c.planned_event()).map_err(|e| {
+                Fail::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "journal-unavailable",
+                    format!("the campaign was not created: {e}"),
+                )
+            })?;
+        let v = driver::view_of(id, &c, 1);
+        let mut map = self.campaigns();
+        self.spawn(&mut map, id, c, 1);
         Ok(v)
     }
 
     pub fn view(&self, id: i64) -> Option<CampaignView> {
-        self.campaigns.lock().expect("hub lock").get(&id).map(|h| h.view.borrow().clone())
+        self.campaigns().get(&id).map(|h| h.view.borrow().clone())
     }
 
     pub fn views(&self) -> Vec<CampaignView> {
-        self.campaigns.lock().expect("hub lock").values().map(|h| h.view.borrow().clone()).collect()
+        self.campaigns().values().map(|h| h.view.borrow().clone()).collect()
     }
 
     /// Waits until the campaign's view satisfies `done` (or it is gone).
     pub async fn wait_view(&self, id: i64, done: impl Fn(&CampaignView) -> bool) -> Option<CampaignView> {
-        let mut rx = self.campaigns.lock().expect("hub lock").get(&id)?.view.clone();
+        let mut rx = self.campaigns().get(&id)?.view.clone();
         loop {
             let v = rx.borrow_and_update().clone();
             if done(&v) {
@@ -277,24 +330,71 @@ impl Hub {
                 ))
             }
         };
-        let inbox =
-            self.campaigns.lock().expect("hub lock").get(&id).map(|h| h.inbox.clone()).ok_or_else(|| {
-                Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
-            })?;
-        let (tx, rx) = oneshot::channel();
-        inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| {
-            Fail::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", "the campaign's driver stopped")
+        let inbox = self.campaigns().get(&id).map(|h| h.inbox.clone()).ok_or_else(|| {
+            Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
         })?;
+        // A rollback takes nodes out again: like a creation, only while no other campaign
+        // holds the fleet, checked and done under the fleet gate.
+        let _gate = match event {
+            Event::Rollback { .. } => {
+                let gate = self.fleet_gate.lock().await;
+                if let Some(v) = self.views().into_iter().find(|v| v.holds_fleet && v.id != id) {
+                    return Err(Fail::new(
+                        StatusCode::CONFLICT,
+                        "fleet-locked",
+                        format!(
+                            "campaign {} (id {}, {}) holds fleet {}; it must end first",
+                            v.name, v.id, v.phase, v.fleet
+                        ),
+                    ));
+                }
+                Some(gate)
+            }
+            _ => None,
+        };
+        if let Event::Commit { .. } = event {
+            self.observe_all(id, &inbox).await?;
+        }
+        let (tx, rx) = oneshot::channel();
+        inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| stopped())?;
         match rx.await {
-            Ok(Ok(())) => Ok(self.view(id).expect("campaign exists")),
-            Ok(Err(CampaignError::CommitRefused(m))) => {
+            Ok(Ok(())) => self.view(id).ok_or_else(stopped),
+            Ok(Err(Refused::Campaign(CampaignError::CommitRefused(m)))) => {
                 Err(Fail::new(StatusCode::CONFLICT, "commit-refused", m))
             }
-            Ok(Err(e)) => Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string())),
-            Err(_) => {
-                Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", "the campaign's driver stopped"))
+            Ok(Err(Refused::Campaign(e))) => {
+                Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()))
+            }
+            Ok(Err(e @ Refused::Journal(_))) => {
+                Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))
+            }
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    /// Before a commit: asks every agent of the fleet, now, for its health and version, and
+    /// journals what each says, so the commit is judged on the nodes' live word and not on old
+    /// records. An agent that does not answer is down, and the commit is refused.
+    async fn observe_all(&self, id: i64, inbox: &mpsc::Sender<Msg>) -> Result<(), Fail> {
+        let Some(v) = self.view(id) else { return Err(stopped()) };
+        if v.phase != Phase::Completed {
+            return Ok(()); // the core refuses the commit with the reason
+        }
+        let targets: Vec<(String, String)> = self
+            .fleet
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.address.clone().unwrap_or_default()))
+            .collect();
+        for seen in driver::probe(&self.client, targets).await {
+            let event = Event::Observed { node: seen.node, up: seen.up, version: seen.version };
+            let (tx, rx) = oneshot::channel();
+            inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| stopped())?;
+            if let Ok(Err(e @ Refused::Journal(_))) = rx.await {
+                return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()));
             }
         }
+        Ok(())
     }
 
     pub fn events(&self, id: i64, after: i64) -> Result<Vec<JournalEntry>, Fail> {
@@ -303,7 +403,8 @@ impl Hub {
         }
         self.store
             .events(id, after)
-            .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()))
+            .map(|es| es.iter().map(store::Entry::to_wire).collect())
+            .map_err(|e| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))
     }
 
     /// The campaign's run report, from its journal.
@@ -312,23 +413,19 @@ impl Hub {
         let stored = self.store.get(id).map_err(|e| internal(e.to_string()))?.ok_or_else(|| {
             Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
         })?;
-        let fleet =
-            load_fleet(&stored.fleet_file, &stored.fleet_text).map_err(|d| internal(d.to_string()))?;
-        let spec = load_campaign(&stored.campaign_file, &stored.campaign_text, &fleet)
-            .map_err(|d| internal(d.to_string()))?;
-        let fresh = Campaign::new(Arc::new(fleet), spec).map_err(|e| internal(e.to_string()))?;
+        let (fleet, spec) = Hub::files(&stored).map_err(|e| internal(e.to_string()))?;
         let journal = self.store.events(id, 0).map_err(|e| internal(e.to_string()))?;
+        let (fresh, taken) = Campaign::begin(Arc::new(fleet), spec, journal.first().map(|e| &e.event))
+            .map_err(|e| internal(e.to_string()))?;
         let outputs = self.store.outputs(id).map_err(|e| internal(e.to_string()))?;
-        Ok(report::build(id, fresh, &journal, &outputs))
+        Ok(report::build(id, fresh, &journal[taken..], &outputs))
     }
 
     /// Report-to-command times recorded so far for a campaign, in µs.
     pub fn overhead_us(&self, id: i64) -> Vec<u64> {
-        self.campaigns
-            .lock()
-            .expect("hub lock")
+        self.campaigns()
             .get(&id)
-            .map(|h| h.overhead_us.lock().expect("lock").clone())
+            .map(|h| h.overhead_us.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default()
     }
 
@@ -405,14 +502,15 @@ async fn list(State(h): State<Shared>) -> Json<Vec<CampaignView>> {
 /// Creates a campaign from a campaign file's text; it starts with `start`.
 #[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = CreateCampaign, security(("token" = [])),
     responses((status = 201, body = CampaignView), (status = 401, body = ApiError), (status = 409, description = "another campaign holds the fleet", body = ApiError),
-              (status = 422, description = "bad campaign file, or rules that can never be met", body = ApiError)))]
+              (status = 422, description = "bad campaign file, or rules that can never be met", body = ApiError),
+              (status = 503, description = "the journal could not record the campaign (disk full, I/O error)", body = ApiError)))]
 async fn create(
     State(h): State<Shared>,
     headers: HeaderMap,
     Json(req): Json<CreateCampaign>,
 ) -> Result<Response, Fail> {
     h.authorize(&headers)?;
-    let v = h.create(req)?;
+    let v = h.create(req).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -430,7 +528,8 @@ async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<J
     params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start | pause | resume | abort | rollback | commit"),
            ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
     responses((status = 200, body = CampaignView), (status = 401, body = ApiError), (status = 404, body = ApiError),
-              (status = 409, description = "not allowed in this phase, or commit refused", body = ApiError)))]
+              (status = 409, description = "not allowed in this phase, commit refused, or another campaign holds the fleet", body = ApiError),
+              (status = 503, description = "the journal could not record the action, so it was not done", body = ApiError)))]
 async fn act(
     State(h): State<Shared>,
     headers: HeaderMap,

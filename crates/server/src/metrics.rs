@@ -27,6 +27,8 @@ pub struct Telemetry {
     pub step_seconds: Family<StepLabel, Histogram>,
     pub failures: Family<KindLabel, Counter>,
     pub journal_write_seconds: Histogram,
+    /// Appends the journal refused (disk full, I/O errors): each was retried later.
+    pub journal_failures: Counter,
 }
 
 impl Default for Telemetry {
@@ -35,6 +37,7 @@ impl Default for Telemetry {
             step_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 18))),
             failures: Family::default(),
             journal_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            journal_failures: Counter::default(),
         }
     }
 }
@@ -104,6 +107,11 @@ pub fn render(views: &[CampaignView], t: &Telemetry) -> String {
         "journal_write_seconds",
         "Time to append one event to the journal durably",
         t.journal_write_seconds.clone(),
+    );
+    reg.register(
+        "journal_append_failures",
+        "Events the journal could not record (the driver sent again what it waited on)",
+        t.journal_failures.clone(),
     );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);

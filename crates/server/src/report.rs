@@ -2,9 +2,10 @@
 //! with outcome, duration and output, retries, reboots and failures; and the campaign's totals.
 //! Built by replaying the journal.
 
+use crate::store::Entry;
 use baton_core::campaign::Event;
 use baton_core::{Campaign, NodeState};
-use baton_proto::{JournalEntry, NodeReport, Report, StepReport};
+use baton_proto::{NodeReport, Report, StepReport};
 use std::collections::HashMap;
 
 /// The key that changes when a node moves to another step (an update retry is a new step).
@@ -15,12 +16,7 @@ fn key(st: &NodeState) -> String {
     }
 }
 
-pub fn build(
-    id: i64,
-    mut c: Campaign,
-    journal: &[JournalEntry],
-    outputs: &HashMap<String, String>,
-) -> Report {
+pub fn build(id: i64, mut c: Campaign, journal: &[Entry], outputs: &HashMap<String, String>) -> Report {
     let n = c.nodes.len();
     let mut nodes: Vec<NodeReport> = (0..n)
         .map(|i| NodeReport {

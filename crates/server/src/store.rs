@@ -1,19 +1,57 @@
 //! The journal store: SQLite in WAL mode with synchronous=FULL, so an appended event is on disk
-//! before the commands that follow from it are sent.
+//! before the commands that follow from it are sent. Events are stored in the versioned form of
+//! `baton_core::journal`. One `baton serve` at a time: the database is locked to the process
+//! that opened it (`DB.lock`, an exclusive `flock` the kernel drops when the process dies).
 
 use baton_core::campaign::Event;
+use baton_core::journal::{decode, encode, DecodeError};
 use baton_core::Millis;
-use baton_proto::JournalEntry;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
-use std::sync::Mutex;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("journal database: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("journal entry is not readable: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("journal entry {seq} of campaign {campaign} is not readable: {err}")]
+    Decode { campaign: i64, seq: i64, err: DecodeError },
+    #[error("the journal {db} is in use by another baton serve ({holder}); stop it first, or give this one its own --db")]
+    Locked { db: String, holder: String },
+    #[error("cannot lock the journal with {path}: {err}")]
+    Lock { path: String, err: std::io::Error },
+    #[error("cannot draw a random campaign id from /dev/urandom: {0}")]
+    Random(std::io::Error),
+}
+
+/// A journal entry as stored: its sequence number, time and event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub seq: i64,
+    pub at_ms: Millis,
+    pub event: Event,
+}
+
+impl Entry {
+    /// The entry as the API shows it: the event in its stored, versioned JSON form.
+    pub fn to_wire(&self) -> baton_proto::JournalEntry {
+        baton_proto::JournalEntry {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            event: baton_core::journal::to_value(&self.event),
+        }
+    }
+}
+
+/// A random 128-bit campaign id in hex. Drawn, not counted: ids must not repeat even when an
+/// operator starts over with a new database, since agents keep their step records.
+pub fn random_id() -> Result<String, StoreError> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(StoreError::Random)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// A stored campaign: the fleet and campaign files it was created from, so that it can be
@@ -32,10 +70,45 @@ pub struct StoredCampaign {
 
 pub struct Store {
     db: Mutex<Connection>,
+    /// Held for the life of the store: the kernel releases the lock when the process ends.
+    _lock: File,
+}
+
+/// Takes the database's lock file, or says who holds it.
+fn lock(db: &Path) -> Result<File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let err = |err| StoreError::Lock { path: path.display().to_string(), err };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "holder unknown".to_string() } else { holder.to_string() };
+            return Err(StoreError::Locked { db: db.display().to_string(), holder });
+        }
+        return Err(err(e));
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let me = format!("pid {} on {}", std::process::id(), host.trim());
+    f.set_len(0).and_then(|_| f.rewind()).and_then(|_| f.write_all(me.as_bytes())).map_err(err)?;
+    Ok(f)
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let lock = lock(path)?;
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
@@ -60,22 +133,43 @@ impl Store {
                 tail TEXT NOT NULL,
                 PRIMARY KEY (campaign, step));",
         )?;
-        Ok(Store { db: Mutex::new(db) })
+        Ok(Store { db: Mutex::new(db), _lock: lock })
     }
 
-    pub fn create(&self, name: &str, c: &StoredCampaign, now: Millis) -> Result<i64, StoreError> {
-        let db = self.db.lock().expect("db lock");
-        db.execute(
+    /// The connection. A panic elsewhere while it was held does not make it unusable: every
+    /// write is one statement or one transaction, so SQLite's state is whole.
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a new campaign and its first journal event (its plan) in one transaction: a
+    /// campaign is never stored without the plan it runs.
+    pub fn create(
+        &self,
+        name: &str,
+        c: &StoredCampaign,
+        now: Millis,
+        first: &Event,
+    ) -> Result<i64, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT INTO campaigns (name, fleet_file, fleet_text, campaign_file, campaign_text, raised, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![name, c.fleet_file, c.fleet_text, c.campaign_file, c.campaign_text, c.raised, now as i64],
         )?;
-        Ok(db.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO events (campaign, seq, at_ms, event) VALUES (?1, 1, ?2, ?3)",
+            params![id, now as i64, encode(first)],
+        )?;
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Appends an event; returns its sequence number. Durable when this returns.
     pub fn append(&self, campaign: i64, at: Millis, event: &Event) -> Result<i64, StoreError> {
-        let text = serde_json::to_string(event)?;
-        let db = self.db.lock().expect("db lock");
+        let text = encode(event);
+        let db = self.db();
         let seq: i64 = db.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE campaign = ?1",
             [campaign],
@@ -88,8 +182,8 @@ impl Store {
         Ok(seq)
     }
 
-    pub fn events(&self, campaign: i64, after: i64) -> Result<Vec<JournalEntry>, StoreError> {
-        let db = self.db.lock().expect("db lock");
+    pub fn events(&self, campaign: i64, after: i64) -> Result<Vec<Entry>, StoreError> {
+        let db = self.db();
         let mut st =
             db.prepare("SELECT seq, at_ms, event FROM events WHERE campaign = ?1 AND seq > ?2 ORDER BY seq")?;
         let rows = st.query_map(params![campaign, after], |r| {
@@ -98,14 +192,15 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (seq, at, text) = row?;
-            out.push(JournalEntry { seq, at_ms: at as u64, event: serde_json::from_str(&text)? });
+            let event = decode(&text).map_err(|err| StoreError::Decode { campaign, seq, err })?;
+            out.push(Entry { seq, at_ms: at as u64, event });
         }
         Ok(out)
     }
 
     /// Keeps the end of a step's output for reports.
     pub fn put_output(&self, campaign: i64, step: &str, tail: &str) -> Result<(), StoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db();
         db.execute(
             "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
             params![campaign, step, tail],
@@ -114,7 +209,7 @@ impl Store {
     }
 
     pub fn outputs(&self, campaign: i64) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db();
         let mut st = db.prepare("SELECT step, tail FROM outputs WHERE campaign = ?1")?;
         let rows = st.query_map([campaign], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -122,14 +217,14 @@ impl Store {
 
     /// Every stored campaign, oldest first.
     pub fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db();
         let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY id"))?;
         let rows = st.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get(&self, id: i64) -> Result<Option<StoredCampaign>, StoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db();
         Ok(db
             .query_row(&format!("SELECT {COLUMNS} FROM campaigns WHERE id = ?1"), [id], stored)
             .optional()?)
