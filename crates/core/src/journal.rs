@@ -20,7 +20,9 @@ pub enum DecodeError {
     Json(String),
     #[error("journal entry is not an object with an \"event\" key")]
     Shape,
-    #[error("journal entry has schema version {0}, newer than this baton's {SCHEMA}: upgrade baton to read it")]
+    #[error(
+        "journal entry has schema version {0}, newer than this baton's {SCHEMA}: upgrade baton to read it"
+    )]
     Newer(u64),
     #[error("journal entry (schema version {version}) is not an event baton knows: {message}")]
     Event { version: u64, message: String },

@@ -54,7 +54,13 @@ fn drains(cmds: &[Command]) -> Vec<String> {
 
 /// An update step that went well and left the node at the target version "2".
 fn upd(node: &str, step: &str) -> Event {
-    Event::StepOk { node: node.into(), step: step.into(), reboot: false, boot_id: None, version: Some("2".into()) }
+    Event::StepOk {
+        node: node.into(),
+        step: step.into(),
+        reboot: false,
+        boot_id: None,
+        version: Some("2".into()),
+    }
 }
 
 fn ok(node: &str, step: &str) -> Event {
@@ -399,10 +405,17 @@ fn a_node_is_counted_updated_only_at_the_version_it_reports() {
     c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
     c.handle(
         2 * S,
-        Event::StepOk { node: "a".into(), step: "c1/a/0/update".into(), reboot: true, boot_id: Some("b0".into()), version: None },
+        Event::StepOk {
+            node: "a".into(),
+            step: "c1/a/0/update".into(),
+            reboot: true,
+            boot_id: Some("b0".into()),
+            version: None,
+        },
     )
     .unwrap();
-    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("2".into()) }).unwrap();
+    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("2".into()) })
+        .unwrap();
     c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
 }
