@@ -109,6 +109,20 @@ impl Agent {
         out.ok.then(|| out.tail.trim().to_string()).filter(|s| !s.is_empty())
     }
 
+    /// Reads the installed version again, unless a step is running (the version is in flux
+    /// then; the step's end reads it).
+    async fn refresh_version(&self) {
+        if self.inner.lock().expect("agent lock").running.is_some() {
+            return;
+        }
+        let v = self.read_version().await;
+        let mut i = self.inner.lock().expect("agent lock");
+        if i.running.is_none() && i.version != v {
+            i.version = v;
+            self.bump(&mut i);
+        }
+    }
+
     /// Starts a step, or answers with what the journal knows of it.
     fn start_step(self: &Arc<Self>, req: StepRequest) -> Result<StepStatus, Refusal> {
         let mut i = self.inner.lock().expect("agent lock");
@@ -402,6 +416,10 @@ struct WaitQuery {
     after: Option<u64>,
     #[serde(default)]
     wait_ms: Option<u64>,
+    /// Read the installed version again now (`version_command`) instead of answering with the
+    /// one read at start and after each action: what the orchestrator asks before a commit.
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +447,9 @@ async fn get_status(State(a): State<Shared>, Query(q): Query<WaitQuery>) -> Json
         a.inner.lock().expect("agent lock").generation > after
     })
     .await;
+    if q.fresh {
+        a.refresh_version().await;
+    }
     Json(a.status())
 }
 

@@ -339,6 +339,9 @@ pub enum CampaignError {
 pub struct Campaign {
     /// Unique for the life of the journal; step ids derive from it.
     id: String,
+    /// Replayed from a schema-1 journal: an update reported without a version meant "at the
+    /// target" then, and must mean it again for the journal to replay as it ran.
+    legacy: bool,
     pub spec: CampaignSpec,
     pub fleet: Arc<Fleet>,
     pub plan: Plan,
@@ -431,7 +434,9 @@ impl Campaign {
     ) -> Result<(Campaign, usize), ReplayError> {
         let Some(Event::Planned { id, plan: rec }) = first else {
             let id = spec.name.clone();
-            return Ok((Campaign::new(id, fleet, spec).map_err(ReplayError::Infeasible)?, 0));
+            let mut c = Campaign::new(id, fleet, spec).map_err(ReplayError::Infeasible)?;
+            c.legacy = true;
+            return Ok((c, 0));
         };
         let node = |name: &str| fleet.node_id(name).ok_or_else(|| ReplayError::UnknownNode(name.to_string()));
         let mut waves = Vec::with_capacity(rec.waves.len());
@@ -536,6 +541,7 @@ impl Campaign {
         }
         Campaign {
             id,
+            legacy: false,
             max_parallel: plan.max_parallel as u32,
             level: fleet.functional_level.clone(),
             placement: Placement::initial(&fleet),
@@ -699,8 +705,8 @@ impl Campaign {
         let lost = self.nodes[n as usize].unreachable_since;
         let same = std::mem::discriminant(&self.nodes[n as usize].state) == std::mem::discriminant(&state);
         let keep = if same { lost } else { None };
-        let old = self.deadline_of(&self.nodes[n as usize].state, lost);
-        let new = self.deadline_of(&state, keep);
+        let old = self.deadline_of(n, &self.nodes[n as usize].state, lost);
+        let new = self.deadline_of(n, &state, keep);
         self.retime(n, old, new);
         self.nodes[n as usize].unreachable_since = keep;
         // Back in service through this campaign: no longer left out by an earlier one.
@@ -713,8 +719,10 @@ impl Campaign {
 
     fn set_unreachable(&mut self, n: NodeId, since: Option<Millis>) {
         let st = &self.nodes[n as usize].state;
-        let (old, new) =
-            (self.deadline_of(st, self.nodes[n as usize].unreachable_since), self.deadline_of(st, since));
+        let (old, new) = (
+            self.deadline_of(n, st, self.nodes[n as usize].unreachable_since),
+            self.deadline_of(n, st, since),
+        );
         self.retime(n, old, new);
         self.nodes[n as usize].unreachable_since = since;
     }
@@ -731,8 +739,9 @@ impl Campaign {
     }
 
     /// When a node in this state next needs a look, if ever: reboot timeout, readiness timeout,
-    /// or the end of its stable-health period.
-    fn deadline_of(&self, st: &NodeState, unreachable_since: Option<Millis>) -> Option<Millis> {
+    /// the end of its stable-health period, or (a finished node waiting out of service to be
+    /// healthy) when the campaign gives up waiting: `ready_timeout` after it finished.
+    fn deadline_of(&self, n: NodeId, st: &NodeState, unreachable_since: Option<Millis>) -> Option<Millis> {
         let stable = self.spec.health_stable;
         match st {
             NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring => {
@@ -745,6 +754,10 @@ impl Campaign {
             }
             NodeState::Done { back: Back::Checking { healthy_since: Some(h) } }
             | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. } => Some(h + stable),
+            NodeState::Done { back: Back::Checking { healthy_since: None } }
+            | NodeState::Failed { back: Back::Checking { healthy_since: None }, .. } => {
+                self.nodes[n as usize].finished_at.map(|f| f + self.spec.ready_timeout)
+            }
             _ => None,
         }
     }
@@ -883,9 +896,16 @@ impl Campaign {
                         self.send_update(n, 0, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
-                        // Only the version the node reports counts; none reported changes nothing.
+                        // Only the version the node reports counts; none reported changes nothing
+                        // (but in a schema-1 journal, where it meant the target).
+                        let version = match version {
+                            None if self.legacy => Some(self.target_for(n).to_string()),
+                            v => v,
+                        };
                         if let Some(v) = version {
-                            if !self.at_target(n, &v) {
+                            // Before a reboot the node may still run (and report) the old
+                            // version; verification after the reboot checks it.
+                            if !reboot && !self.at_target(n, &v) {
                                 let why = format!(
                                     "{} reported success, but the node is at {v}, not {}",
                                     self.action_for(n),
@@ -1159,9 +1179,9 @@ impl Campaign {
         if let Some(Back::Checking { .. }) = state.back() {
             out.push(Command::WatchHealth { node: name });
         }
+        // Before the state: a node left waiting to be healthy is given up on from this time.
+        self.nodes[n as usize].finished_at = Some(now);
         self.set_state(n, state);
-        let r = &mut self.nodes[n as usize];
-        r.finished_at = Some(now);
         if failed {
             self.failed += 1;
         }
@@ -1297,6 +1317,17 @@ impl Campaign {
                             }
                         }
                     }
+                }
+                NodeState::Done { back: Back::Checking { healthy_since: None } }
+                | NodeState::Failed { back: Back::Checking { healthy_since: None }, .. }
+                    if self.nodes[n as usize]
+                        .finished_at
+                        .is_some_and(|f| now >= f + self.spec.ready_timeout) =>
+                {
+                    // Not healthy within ready_timeout of its end: it stays out until an operator
+                    // acts, and the campaign stops waiting on it (and so releases the fleet; the
+                    // next campaign counts it as down).
+                    self.set_back(n, Back::Out);
                 }
                 NodeState::Done { back: Back::Checking { healthy_since: Some(h) } }
                 | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. }

@@ -306,7 +306,7 @@ fn rollback_takes_updated_nodes_back_with_the_same_safety() {
 #[test]
 fn replay_gives_the_same_state() {
     let mut c = campaign("");
-    let mut journal = Vec::new();
+    let mut journal = vec![(0, c.planned_event())];
     let mut feed = |c: &mut Campaign, t: u64, e: Event| {
         c.handle(t, e.clone()).unwrap();
         journal.push((t, e));
@@ -497,4 +497,56 @@ fn a_schema_one_journal_still_replays() {
     assert_eq!(c.nodes[0].state, NodeState::Done { back: Back::In });
     let resend = c.resume_commands();
     assert!(matches!(&resend[..], [Command::Update { step, .. }] if step == "c1/b/0/update"), "{resend:?}");
+}
+
+/// A node whose update failed and that never becomes healthy again is given up on
+/// `ready_timeout` after it finished: it stays out, and the campaign stops holding the fleet.
+#[test]
+fn a_failed_node_that_never_heals_is_given_up_and_releases_the_fleet() {
+    let mut c = campaign("nodes = [\"a\"]\nmax_retries_per_node = 0\nmax_failed_nodes = 1");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    let fail = Event::StepFailed { node: "a".into(), step: "c1/a/0/update".into(), reason: "dpkg".into() };
+    c.handle(2 * S, fail).unwrap();
+    assert!(matches!(
+        c.nodes[0].state,
+        NodeState::Failed { back: Back::Checking { healthy_since: None }, .. }
+    ));
+    assert_eq!(c.phase, Phase::Completed);
+    assert!(c.holds_fleet(), "a is still out and watched");
+    c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
+    assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
+    c.handle(2 * S + 5 * M, Event::Tick).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Failed { back: Back::Out, .. }));
+    assert!(!c.holds_fleet());
+    assert!(c.out_of_service(0), "handed on as left out");
+    assert_eq!(c.down(0), 1);
+}
+
+/// Before a reboot the node may report the version it still runs; the reboot is not taken for
+/// a failed attempt, and verification after it needs the target.
+#[test]
+fn an_update_that_reboots_is_judged_on_the_version_after_the_reboot() {
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
+    let cmds = c
+        .handle(
+            2 * S,
+            Event::StepOk {
+                node: "a".into(),
+                step: "c1/a/0/update".into(),
+                reboot: true,
+                boot_id: Some("b0".into()),
+                version: Some("1".into()),
+            },
+        )
+        .unwrap();
+    assert!(matches!(&cmds[0], Command::WatchBoot { .. }), "{cmds:?}");
+    c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("1".into()) })
+        .unwrap();
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("1".into()) }).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: None, .. }));
+    c.handle(5 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
 }

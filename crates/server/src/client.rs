@@ -102,9 +102,29 @@ impl AgentClient {
         after: Option<u64>,
         wait_ms: u64,
     ) -> Result<AgentStatus, ClientError> {
+        self.status_with(node, addr, after, wait_ms, false).await
+    }
+
+    /// The node's status, with its installed version read again now (not the one the agent
+    /// read at start or after its last action).
+    pub async fn status_fresh(&self, node: &str, addr: &str) -> Result<AgentStatus, ClientError> {
+        self.status_with(node, addr, None, 0, true).await
+    }
+
+    async fn status_with(
+        &self,
+        node: &str,
+        addr: &str,
+        after: Option<u64>,
+        wait_ms: u64,
+        fresh: bool,
+    ) -> Result<AgentStatus, ClientError> {
         let mut q = vec![("wait_ms", wait_ms.to_string())];
         if let Some(a) = after {
             q.push(("after", a.to_string()));
+        }
+        if fresh {
+            q.push(("fresh", "true".into()));
         }
         let r = self.http.get(Self::url(addr, "/v1/status")).query(&q).timeout(Self::patience(wait_ms));
         let s: AgentStatus = Self::read(node, addr, r.send().await).await?;

@@ -96,6 +96,9 @@ pub struct Driver {
     /// After a failed journal append: when to send again what the campaign waits on, and the
     /// wait before the next try if that fails too.
     resume_at: Option<(tokio::time::Instant, Duration)>,
+    /// The campaign in memory may hold an event the journal refused (it could not be read back
+    /// to undo it): no event is taken until a rebuild from the journal works.
+    stale: bool,
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
@@ -207,6 +210,7 @@ impl Driver {
             eta: None,
             entered: HashMap::new(),
             resume_at: None,
+            stale: false,
         };
         (d, rx, view_rx)
     }
@@ -238,9 +242,9 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
                     tracing::info!(campaign = self.id, "trying the journal again: sending again what the campaign waits on");
-                    self.resume();
-                    // A tick is journaled like any event: if the journal works again it clears
-                    // the backoff, else it schedules the next try, twice as late.
+                    // A tick is journaled like any event: if the journal works again, that
+                    // sends everything the campaign waits on again; else the next try is
+                    // scheduled, twice as late.
                     self.apply(Event::Tick, None);
                 }
             }
@@ -271,7 +275,7 @@ impl Driver {
     /// The journal refused an append: what the campaign did in memory is undone (rebuilt from
     /// the journal), every job stops (their reports would be refused too, and lost), and all
     /// that the campaign waits on is sent again after a backoff, so no report is lost.
-    fn journal_failed(&mut self, event: &Event, e: &crate::store::StoreError) {
+    fn journal_failed(&mut self, event: &Event, e: &dyn std::fmt::Display) {
         tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
         self.rebuild();
         for (_, (_, h)) in self.jobs.drain() {
@@ -290,6 +294,14 @@ impl Driver {
             Event::StepOk { .. } | Event::StepFailed { .. } | Event::Booted { .. } | Event::Health { .. }
         );
         let now = now_ms().max(self.last_now);
+        if self.stale && !self.rebuild() {
+            let e = "the journal cannot be read back to the campaign's last recorded state";
+            self.journal_failed(&event, &e);
+            if let Some(r) = reply {
+                let _ = r.send(Err(Refused::Journal(e.into())));
+            }
+            return;
+        }
         match self.campaign.handle(now, event.clone()) {
             Ok(cmds) => {
                 let write = std::time::Instant::now();
@@ -304,8 +316,12 @@ impl Driver {
                     }
                     return;
                 }
-                self.resume_at = None;
                 self.last_now = now;
+                // The journal works again: whatever reached it first, everything the campaign
+                // waits on is asked again now (the failure stopped every job).
+                if self.resume_at.take().is_some() {
+                    self.resume();
+                }
                 self.events += 1;
                 let entry = baton_proto::JournalEntry {
                     seq: self.events,
@@ -408,18 +424,29 @@ impl Driver {
     }
 
     /// Rebuilds the campaign from its journal (after a failed append).
-    fn rebuild(&mut self) {
+    /// Returns whether it could: until it can, the campaign in memory may hold an event the
+    /// journal does not, and the driver takes no event (`stale`).
+    fn rebuild(&mut self) -> bool {
         let c = &self.campaign;
         let journal = match self.store.events(self.id, 0) {
             Ok(j) => j.into_iter().map(|e| (e.at_ms, e.event)).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(campaign = self.id, "cannot read the journal back: {e}");
-                return;
+                self.stale = true;
+                return false;
             }
         };
         match Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal) {
-            Ok(r) => self.campaign = r,
-            Err(e) => tracing::error!(campaign = self.id, "the journal does not replay: {e}"),
+            Ok(r) => {
+                self.campaign = r;
+                self.stale = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(campaign = self.id, "the journal does not replay: {e}");
+                self.stale = true;
+                false
+            }
         }
     }
 
@@ -533,7 +560,7 @@ impl Driver {
                 Some((node, addr))
             })
             .collect();
-        for Seen { node, up, version } in probe(&self.client, targets).await {
+        for Seen { node, up, version } in probe(&self.client, targets, false).await {
             let Some(n) = self.campaign.fleet.node_id(&node) else { continue };
             if self.campaign.nodes[n as usize].observed_down == up {
                 self.apply(Event::Observed { node, up, version }, None);
@@ -686,6 +713,13 @@ async fn step_job(
                 reach.ok(&rep, &node).await;
                 backoff.wait().await;
             }
+            // The agent cannot write its journal (a full disk): it cannot run the step now. As
+            // for an agent that does not answer, nothing is assumed; after reboot_timeout the
+            // node fails.
+            Err(ClientError::Refused(e)) if e.code == "journal" => {
+                reach.lost(&rep, &node, &e.message).await;
+                backoff.wait().await;
+            }
             Err(ClientError::Refused(e)) => {
                 reach.ok(&rep, &node).await;
                 rep.send(Event::StepFailed { node, step: req.id, reason: e.message }).await;
@@ -814,15 +848,20 @@ pub struct Seen {
 }
 
 /// Asks each (node, address) how it is, 64 at a time, each bounded by the client's timeouts (an
-/// agent that does not answer is down). Sorted by node, so what follows is deterministic.
-pub async fn probe(client: &AgentClient, targets: Vec<(String, String)>) -> Vec<Seen> {
+/// agent that does not answer is down). Sorted by node, so what follows is deterministic. With
+/// `fresh`, each agent reads its installed version again before it answers.
+pub async fn probe(client: &AgentClient, targets: Vec<(String, String)>, fresh: bool) -> Vec<Seen> {
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let mut probes = tokio::task::JoinSet::new();
     for (node, addr) in targets {
         let (client, limit) = (client.clone(), limit.clone());
         probes.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let seen = client.status(&node, &addr, None, 0).await;
+            let seen = if fresh {
+                client.status_fresh(&node, &addr).await
+            } else {
+                client.status(&node, &addr, None, 0).await
+            };
             if let Err(e) = &seen {
                 tracing::warn!(%node, "agent does not answer: {e}");
             }

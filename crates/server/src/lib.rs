@@ -338,13 +338,26 @@ impl Hub {
         let _gate = match event {
             Event::Rollback { .. } => {
                 let gate = self.fleet_gate.lock().await;
-                if let Some(v) = self.views().into_iter().find(|v| v.holds_fleet && v.id != id) {
+                let views = self.views();
+                if let Some(v) = views.iter().find(|v| v.holds_fleet && v.id != id) {
                     return Err(Fail::new(
                         StatusCode::CONFLICT,
                         "fleet-locked",
                         format!(
                             "campaign {} (id {}, {}) holds fleet {}; it must end first",
                             v.name, v.id, v.phase, v.fleet
+                        ),
+                    ));
+                }
+                // Only the fleet's latest campaign goes back: a later one may have moved the
+                // nodes on (or committed), and it is what hands its left-out nodes on.
+                if let Some(v) = views.iter().filter(|v| v.id > id).max_by_key(|v| v.id) {
+                    return Err(Fail::new(
+                        StatusCode::CONFLICT,
+                        "not-latest",
+                        format!(
+                            "campaign {} (id {}) came after this one; only the latest campaign can be rolled back",
+                            v.name, v.id
                         ),
                     ));
                 }
@@ -380,13 +393,26 @@ impl Hub {
         if v.phase != Phase::Completed {
             return Ok(()); // the core refuses the commit with the reason
         }
-        let targets: Vec<(String, String)> = self
-            .fleet
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.address.clone().unwrap_or_default()))
-            .collect();
-        for seen in driver::probe(&self.client, targets).await {
+        // Nodes without an address have no agent to ask (a fleet file for planning only); the
+        // core judges them on what it knows.
+        let targets: Vec<(String, String)> =
+            self.fleet.nodes.iter().filter_map(|n| Some((n.name.clone(), n.address.clone()?))).collect();
+        let seen = driver::probe(&self.client, targets, true).await;
+        // A node that does not answer, or is unhealthy, refuses the commit here; it is not
+        // journaled as down, since its watch (which reports changes) did not see it so.
+        let down: Vec<&str> = seen.iter().filter(|s| !s.up).map(|s| s.node.as_str()).collect();
+        if !down.is_empty() {
+            let more = if down.len() > 5 { format!(" and {} more", down.len() - 5) } else { String::new() };
+            return Err(Fail::new(
+                StatusCode::CONFLICT,
+                "commit-refused",
+                format!(
+                    "every node must be up, healthy and at the target: {} did not answer healthy when asked just now{more}",
+                    down[..down.len().min(5)].join(", ")
+                ),
+            ));
+        }
+        for seen in seen {
             let event = Event::Observed { node: seen.node, up: seen.up, version: seen.version };
             let (tx, rx) = oneshot::channel();
             inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| stopped())?;

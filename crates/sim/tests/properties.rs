@@ -252,7 +252,7 @@ fn config() -> ProptestConfig {
 proptest! {
     #![proptest_config(config())]
 
-    /// Rules 1–6 on whole campaigns with faults, operator actions and outside losses.
+    /// Rules 1–7 on whole campaigns with faults, operator actions and outside losses.
     #[test]
     fn campaigns_keep_every_safety_rule(
         (f, c, inj) in fleet_case().prop_flat_map(|f| {
@@ -308,6 +308,12 @@ proptest! {
         }
         prop_assert!(matches!(c.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted),
             "campaign ended {}", c.phase);
+        // Rule 7: an ended campaign lets go of its fleet once nothing of it is in flight (a node
+        // that never heals is given up on after ready_timeout and handed on as left out).
+        if c.phase != Phase::Halted {
+            prop_assert!(!c.holds_fleet(), "campaign {} still holds the fleet: {:?}", c.phase,
+                c.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+        }
         let replayed = Campaign::replay(fleet.clone(), spec, &report.journal).expect("journal replays");
         prop_assert!(replayed == report.campaign, "replaying the journal gave another state");
     }
