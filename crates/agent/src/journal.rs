@@ -62,7 +62,12 @@ pub enum JournalError {
          history; steps recorded in it could then run again",
         path.display()
     )]
-    Corrupt { path: PathBuf, line: usize, reason: String },
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        reason: serde_json::Error,
+    },
 }
 
 pub struct Journal {
@@ -198,7 +203,7 @@ impl Journal {
 /// A line that does not parse may be a record that an older agent glued behind a torn fragment
 /// (it did not cut the fragment off): the record is the text from the last record start on,
 /// and the fragment is dropped (its write never completed). Anything else is an error.
-fn parse_line(line: &[u8]) -> Result<(Record, usize), String> {
+fn parse_line(line: &[u8]) -> Result<(Record, usize), serde_json::Error> {
     let err = match serde_json::from_slice::<Record>(line) {
         Ok(r) => return Ok((r, 0)),
         Err(e) => e,
@@ -209,7 +214,7 @@ fn parse_line(line: &[u8]) -> Result<(Record, usize), String> {
             return Ok((r, at));
         }
     }
-    Err(err.to_string())
+    Err(err)
 }
 
 /// Makes a directory's entries (a file just created in it) durable.

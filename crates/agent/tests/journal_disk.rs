@@ -261,7 +261,8 @@ impl Node {
     fn new(dir: PathBuf, state: PathBuf, script: &str, reboot: &str) -> Node {
         let pki = dir.join("pki");
         baton_pki::init_ca(&pki, "test").unwrap();
-        baton_pki::issue(&pki, "node1", baton_pki::Role::Agent, &[]).unwrap();
+        // This test talks to the agent by its address, so its certificate names that too.
+        baton_pki::issue(&pki, "node1", baton_pki::Role::Agent, &["127.0.0.1".into()]).unwrap();
         baton_pki::issue(&pki, "orchestrator", baton_pki::Role::Orchestrator, &[]).unwrap();
         std::fs::write(dir.join("boot_id"), "boot-1\n").unwrap();
         let runs = dir.join("runs");

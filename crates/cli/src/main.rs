@@ -300,7 +300,11 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Simulate { fleet, campaign, compare, seed, duration, fail_rate, format } => {
             let (fleet, spec) = load(&fleet, &campaign)?;
             let range = parse_range(&duration).map_err(|m| {
-                flag_error("--duration", m, "give a duration such as 10m, or a range such as 5m..15m")
+                flag_error(
+                    "--duration",
+                    m.to_string(),
+                    "give a duration such as 10m, or a range such as 5m..15m",
+                )
             })?;
             if !(0.0..=1.0).contains(&fail_rate) {
                 return Err(flag_error(
@@ -535,15 +539,24 @@ fn make_token(db: &str) -> Result<String, Failure> {
     Ok(t)
 }
 
-fn parse_range(s: &str) -> Result<(u64, u64), String> {
+/// Why a `--duration` range does not parse.
+#[derive(Debug, thiserror::Error)]
+enum RangeError {
+    #[error(transparent)]
+    Duration(#[from] baton_core::units::DurationError),
+    #[error("{0}: the range ends before it starts")]
+    Backwards(String),
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), RangeError> {
     let (a, b) = match s.split_once("..") {
         Some((a, b)) => (a, b),
         None => (s, s),
     };
-    let lo = baton_core::units::parse_duration(a).map_err(|e| e.to_string())?.ms();
-    let hi = baton_core::units::parse_duration(b).map_err(|e| e.to_string())?.ms();
+    let lo = baton_core::units::parse_duration(a)?.ms();
+    let hi = baton_core::units::parse_duration(b)?.ms();
     if hi < lo {
-        return Err(format!("{s}: the range ends before it starts"));
+        return Err(RangeError::Backwards(s.to_string()));
     }
     Ok((lo, hi))
 }

@@ -336,3 +336,25 @@ fn baton_run(f: &LocalFleet, serve: &Serve, name: &str, text: &str) -> std::proc
         .output()
         .unwrap()
 }
+
+/// Issue 11, item 2 (identity, with issue 10's "never a step on the wrong node"): the
+/// orchestrator used to send the step first and check the certificate on the answer, so an
+/// address leading to another node's agent ran the step there. Now the node's name is the TLS
+/// server name: the wrong agent fails the handshake and is sent nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_at_another_nodes_address_is_sent_nothing() {
+    let mut f = local("pinned", LocalOptions { nodes: 2, ..Default::default() }).await;
+    let c = client(&f);
+    let wrong = f.nodes[0].addr.clone();
+    let req = StepRequest::new("x/node2/0/drain".into(), StepKind::Drain);
+    let e = c.start_step("node2", &wrong, &req).await.unwrap_err();
+    assert!(
+        matches!(&e, baton_server::client::ClientError::Unreachable(m) if m.contains("is not node2")),
+        "{e}"
+    );
+    assert!(c.status("node2", &wrong, None, 0).await.is_err());
+    // node1's agent never saw the request; at its own name it answers as usual.
+    assert!(c.steps("node1", &wrong).await.unwrap().is_empty());
+    assert_eq!(c.status("node1", &wrong, None, 0).await.unwrap().node, "node1");
+    f.stop().await;
+}

@@ -1,6 +1,15 @@
 //! Talking to agents over mutual TLS.
+//!
+//! Identities are pinned: every request goes to `https://NODE:PORT/...`, with the node's name
+//! as the TLS server name, and a resolver that takes NODE to the address the fleet file gives
+//! it. So the agent must prove, in the handshake and before any request is sent, that its
+//! certificate names the node the orchestrator means; an address that leads to another node's
+//! agent (a typo, a reused IP, two nodes given one address) fails the handshake and runs
+//! nothing.
 
 use baton_proto::{AgentStatus, ApiError, StepRequest, StepStatus};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,24 +25,57 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    /// Node name → the address to reach it by (`host:port`), as the fleet file says.
+    book: Book,
+}
+
+/// Where each node is: read by the resolver, written by each call (the caller says which node
+/// it means and at which address).
+#[derive(Clone, Default)]
+struct Book(Arc<RwLock<HashMap<String, String>>>);
+
+impl reqwest::dns::Resolve for Book {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        // A name that is not a node of the book is not for this client: it fails.
+        let addr = self.0.read().unwrap_or_else(|p| p.into_inner()).get(name.as_str()).cloned();
+        Box::pin(async move {
+            let Some(addr) = addr else {
+                let e: Box<dyn std::error::Error + Send + Sync> =
+                    format!("no address known for node {}", name.as_str()).into();
+                return Err(e);
+            };
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr.as_str()).await?.collect();
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 impl AgentClient {
     pub fn new(tls: &baton_pki::TlsFiles) -> Result<Self, baton_pki::PkiError> {
         baton_pki::install_default_provider();
         let cfg = tls.client_config()?;
+        let book = Book::default();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(cfg)
+            .dns_resolver(Arc::new(book.clone()))
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
             .tls_info(true)
             .build()
             .map_err(|e| baton_pki::PkiError::Tls(e.to_string()))?;
-        Ok(AgentClient { http })
+        Ok(AgentClient { http, book })
     }
 
-    fn url(addr: &str, path: &str) -> String {
-        format!("https://{addr}{path}")
+    /// The URL of `path` on `node`'s agent, reached at `addr`: the node's name is the host (and
+    /// so the TLS server name its certificate must carry); the book takes it to `addr`.
+    fn url(&self, node: &str, addr: &str, path: &str) -> String {
+        let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or("7701");
+        let mut book = self.book.0.write().unwrap_or_else(|p| p.into_inner());
+        if book.get(node).map(String::as_str) != Some(addr) {
+            book.insert(node.to_string(), addr.to_string());
+        }
+        format!("https://{node}:{port}{path}")
     }
 
     /// Reads an answer, but only from `node` itself: the certificate the agent at `addr`
@@ -46,7 +88,7 @@ impl AgentClient {
         addr: &str,
         r: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
-        let r = r.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let r = r.map_err(|e| ClientError::Unreachable(why(node, addr, &e)))?;
         let cert = r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate());
         if !cert.is_some_and(|c| baton_pki::names(c, node)) {
             return Err(ClientError::Unreachable(format!(
@@ -73,7 +115,7 @@ impl AgentClient {
         addr: &str,
         req: &StepRequest,
     ) -> Result<StepStatus, ClientError> {
-        let r = self.http.post(Self::url(addr, "/v1/steps")).json(req).timeout(Duration::from_secs(10));
+        let r = self.http.post(self.url(node, addr, "/v1/steps")).json(req).timeout(Duration::from_secs(10));
         Self::read(node, addr, r.send().await).await
     }
 
@@ -86,12 +128,12 @@ impl AgentClient {
         wait_ms: u64,
     ) -> Result<StepStatus, ClientError> {
         let q = [("id", id.to_string()), ("wait_ms", wait_ms.to_string())];
-        let r = self.http.get(Self::url(addr, "/v1/step")).query(&q).timeout(Self::patience(wait_ms));
+        let r = self.http.get(self.url(node, addr, "/v1/step")).query(&q).timeout(Self::patience(wait_ms));
         Self::read(node, addr, r.send().await).await
     }
 
     pub async fn steps(&self, node: &str, addr: &str) -> Result<Vec<StepStatus>, ClientError> {
-        Self::read(node, addr, self.http.get(Self::url(addr, "/v1/steps")).send().await).await
+        Self::read(node, addr, self.http.get(self.url(node, addr, "/v1/steps")).send().await).await
     }
 
     /// The agent's status; with `after`, waits up to `wait_ms` for a newer one.
@@ -126,7 +168,7 @@ impl AgentClient {
         if fresh {
             q.push(("fresh", "true".into()));
         }
-        let r = self.http.get(Self::url(addr, "/v1/status")).query(&q).timeout(Self::patience(wait_ms));
+        let r = self.http.get(self.url(node, addr, "/v1/status")).query(&q).timeout(Self::patience(wait_ms));
         let s: AgentStatus = Self::read(node, addr, r.send().await).await?;
         if s.node != node {
             return Err(ClientError::Unreachable(format!(
@@ -142,5 +184,26 @@ impl AgentClient {
     /// packet filter never answers, and that must show as unreachable within seconds.
     fn patience(wait_ms: u64) -> Duration {
         Duration::from_millis(wait_ms + 3_000)
+    }
+}
+
+/// What went wrong reaching `node` at `addr`, with the causes (reqwest's own message says only
+/// that sending failed), and what to check when the agent there is not `node`.
+fn why(node: &str, addr: &str, e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    if text.contains("NotValidForName") || text.contains("certificate") {
+        format!(
+            "the agent at {addr} is not {node}: its certificate does not name {node}, so nothing \
+             was sent to it (check {node}'s address in the fleet file, and that the agent there \
+             has the certificate `baton ca issue {node}` made) [{text}]"
+        )
+    } else {
+        text
     }
 }
