@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// The longest step id the agent takes.
+pub const MAX_STEP_ID: usize = 256;
+
 /// Exit code with which the agent asks its supervisor to restart it as a new boot.
 pub const EXIT_REBOOT: i32 = 75;
 
@@ -125,6 +128,29 @@ impl Agent {
 
     /// Starts a step, or answers with what the journal knows of it.
     fn start_step(self: &Arc<Self>, req: StepRequest) -> Result<StepStatus, Refusal> {
+        // A step id is journaled and kept for the agent's life: it is short and plain (the
+        // orchestrator's are `CAMPAIGN-ID/NODE/PASS-ATTEMPT/STEP`).
+        if req.id.is_empty()
+            || req.id.len() > MAX_STEP_ID
+            || !req.id.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+        {
+            let shown: String = req.id.chars().take(80).collect();
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "bad-step-id",
+                format!(
+                    "step id `{shown}`{} is not 1 to {MAX_STEP_ID} characters of letters, digits, '.', '_', '/' and '-'",
+                    if req.id.chars().count() > 80 { "..." } else { "" }
+                ),
+            ));
+        }
+        if req.kind == StepKind::Action && req.version.is_none() {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "missing-version",
+                "an action step names the version it installs (its {version})",
+            ));
+        }
         let mut i = self.inner.lock().expect("agent lock");
         if let Some(s) = i.steps.get(&req.id) {
             return Ok(s.clone());

@@ -358,3 +358,28 @@ async fn an_agent_at_another_nodes_address_is_sent_nothing() {
     assert_eq!(c.status("node1", &wrong, None, 0).await.unwrap().node, "node1");
     f.stop().await;
 }
+
+/// Issue 11, item 4: a 1.9 MB step id was accepted and journaled; an action request without
+/// a version ran with `{version}` empty. Both are refused now, and nothing is journaled or run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_huge_step_ids_and_actions_without_a_version() {
+    let mut f = local("agentinput", LocalOptions { nodes: 1, ..Default::default() }).await;
+    let c = client(&f);
+    let (node, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
+    let huge = StepRequest::new("x".repeat(1_900_000), StepKind::Drain);
+    let odd = StepRequest::new("a b;c".into(), StepKind::Drain);
+    let no_version = StepRequest {
+        action: Some("upgrade".into()),
+        ..StepRequest::new("x/node1/0/update".into(), StepKind::Action)
+    };
+    for (req, code) in [(huge, "bad-step-id"), (odd, "bad-step-id"), (no_version, "missing-version")] {
+        match c.start_step(&node, &addr, &req).await {
+            Err(baton_server::client::ClientError::Refused(e)) => assert_eq!(e.code, code, "{}", e.message),
+            other => panic!("expected {code}, got {other:?}"),
+        }
+    }
+    assert!(c.steps(&node, &addr).await.unwrap().is_empty());
+    let journal = std::fs::read(f.nodes[0].dir.join("state/journal.jsonl")).unwrap_or_default();
+    assert!(journal.is_empty(), "{} bytes journaled", journal.len());
+    f.stop().await;
+}

@@ -232,3 +232,58 @@ fn webhook_that_is_not_a_url() {
     let o = plan("bad-webhook", "fleet.toml", FLEET, &c);
     expect(&o, 2, "campaign.toml:5:40", &["webhook `ftp://files` is not an http:// or https:// URL"]);
 }
+
+/// Issue 11, item 4: names took spaces, `;` (which separates commands on HAProxy's socket),
+/// newlines and non-DNS unicode (a node that could never be reached by its certificate).
+#[test]
+fn names_follow_the_rule_and_node_names_are_dns_names() {
+    let cases = [
+        (
+            "name-space",
+            "name = \"n01\"",
+            "name = \"web 01\"",
+            "fleet.toml:6:8",
+            "node name \"web 01\" has ' '",
+        ),
+        (
+            "name-semicolon",
+            "name = \"web\"",
+            "name = \"web;disable server x\"",
+            "fleet.toml:18:8",
+            "service name",
+        ),
+        ("name-unicode", "name = \"n01\"", "name = \"nœud\"", "fleet.toml:6:8", "has 'œ'"),
+        ("name-underscore", "name = \"n01\"", "name = \"n_01\"", "fleet.toml:6:8", "DNS name"),
+        ("name-dash", "name = \"n01\"", "name = \"n01-\"", "fleet.toml:6:8", "not a DNS name"),
+        (
+            "name-dot-start",
+            "name = \"n01\"",
+            "name = \".n01\"",
+            "fleet.toml:6:8",
+            "must start with a letter or a digit",
+        ),
+        (
+            "name-long",
+            "name = \"n01\"",
+            &format!("name = \"{}\"", "n".repeat(64)),
+            "fleet.toml:6:8",
+            "64 characters",
+        ),
+    ];
+    for (case, from, to, place, words) in cases {
+        let f = FLEET.replacen(from, to, 1);
+        let o = plan(case, "fleet.toml", &f, CAMPAIGN);
+        expect(&o, 2, place, &[words, "help"]);
+    }
+    // A service may have '_' (it is no DNS name); a campaign name may not have a newline.
+    let o = plan(
+        "name-service-underscore",
+        "fleet.toml",
+        &FLEET.replace("name = \"web\"", "name = \"web_tier\""),
+        CAMPAIGN,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let c = CAMPAIGN.replace("name = \"to-1.1\"", "name = \"to\\n1.1\"");
+    let o = plan("name-campaign-newline", "fleet.toml", FLEET, &c);
+    expect(&o, 2, "campaign.toml:1:8", &["campaign name", "has '\\n'"]);
+}

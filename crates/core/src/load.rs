@@ -223,6 +223,53 @@ fn parse_help(msg: &str, what: &str) -> String {
 }
 
 /// Parses and validates a fleet file (TOML or JSON by `file`'s extension).
+/// What is wrong with a name, by DESIGN.md's rule: 1-63 characters of `a-z A-Z 0-9 . _ -`,
+/// starting with a letter or digit; a node's name is also a DNS name (it is in the node's
+/// certificate and is the TLS server name the orchestrator reaches it by): no `_`, and every
+/// dot-separated label non-empty and neither starting nor ending with `-`. Names reach command
+/// lines (HAProxy's socket, where `;` separates commands), file names and step ids, so nothing
+/// else gets through.
+pub fn name_problem(name: &str, dns: bool) -> Option<String> {
+    let len = name.chars().count();
+    if len == 0 || len > 63 {
+        return Some(format!("is {len} characters long; names are 1 to 63"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+        return Some(format!("has {c:?}; names are letters, digits, '.', '_' and '-' only"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some("must start with a letter or a digit".into());
+    }
+    if dns {
+        if name.contains('_') {
+            return Some("has '_', which a DNS name (a node's certificate names it) may not".into());
+        }
+        if name.split('.').any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-')) {
+            return Some(
+                "is not a DNS name: every dot-separated part must be non-empty and not start or end with '-'"
+                    .into(),
+            );
+        }
+    }
+    None
+}
+
+/// The diagnostic for a bad name of `kind` at `path`.
+fn bad_name(src: &Src, path: DocPath, kind: &str, name: &str, dns: bool) -> Result<(), Diagnostic> {
+    match name_problem(name, dns) {
+        None => Ok(()),
+        Some(why) => Err(src.err(
+            path,
+            format!("{kind} name {name:?} {why}"),
+            if dns {
+                "rename it with letters, digits, '-' and '.' (e.g. web-01)"
+            } else {
+                "rename it with letters, digits, '.', '_' and '-' (e.g. web-01)"
+            },
+        )),
+    }
+}
+
 pub fn load_fleet(file: &str, text: &str) -> Result<Fleet, Diagnostic> {
     let src = Src { file, text, format: Format::from_path(file) };
     let raw: RawFleet = src.parse("fleet")?;
@@ -234,6 +281,7 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
     if raw.name.trim().is_empty() {
         return Err(src.err(root().key("name"), "the fleet's name is empty", "give the fleet a name"));
     }
+    bad_name(src, root().key("name"), "fleet", &raw.name, false)?;
     let mut seen = HashSet::new();
     for (i, v) in raw.versions.iter().enumerate() {
         if !seen.insert(v.as_str()) {
@@ -263,6 +311,7 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
         if n.name.trim().is_empty() {
             return Err(src.err(p().key("name"), "a node's name is empty", "give every node a unique name"));
         }
+        bad_name(src, p().key("name"), "node", &n.name, true)?;
         if let Some(v) = &n.version {
             if !chain(v) {
                 return Err(src.err(
@@ -300,6 +349,7 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
     let mut service_names = HashSet::new();
     for (si, s) in raw.services.into_iter().enumerate() {
         let p = || root().key("service").idx(si);
+        bad_name(src, p().key("name"), "service", &s.name, false)?;
         if !service_names.insert(s.name.clone()) {
             return Err(src.err(
                 p().key("name"),
@@ -410,6 +460,7 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
     let mut wnames = HashSet::new();
     for (wi, w) in raw.workloads.into_iter().enumerate() {
         let p = || root().key("workload").idx(wi);
+        bad_name(src, p().key("name"), "workload", &w.name, false)?;
         if !wnames.insert(w.name.clone()) {
             return Err(src.err(
                 p().key("name"),
@@ -475,6 +526,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
     if raw.name.trim().is_empty() {
         return Err(src.err(root().key("name"), "the campaign's name is empty", "give the campaign a name"));
     }
+    bad_name(src, root().key("name"), "campaign", &raw.name, false)?;
     if raw.action.trim().is_empty() {
         return Err(src.err(
             root().key("action"),
