@@ -164,6 +164,9 @@ enum CaCmd {
         dir: String,
         #[arg(long, default_value = "fleet")]
         fleet: String,
+        /// How long the CA is valid, in days.
+        #[arg(long, default_value_t = baton_pki::CA_DAYS)]
+        days: u32,
     },
     /// Issue a certificate for an agent (its node name) or the orchestrator.
     Issue {
@@ -176,6 +179,9 @@ enum CaCmd {
         /// More names or addresses the certificate is valid for.
         #[arg(long)]
         san: Vec<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = baton_pki::LEAF_DAYS)]
+        days: u32,
     },
 }
 
@@ -353,26 +359,27 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 std::process::exit(code)
             }
         }
-        Cmd::Ca { cmd } => {
-            match cmd {
-                CaCmd::Init { dir, fleet } => {
-                    baton_pki::init_ca(std::path::Path::new(&dir), &fleet)
-                        .map_err(|e| flag_error("ca init", e.to_string(), "choose another --dir"))?;
-                    println!("fleet CA written to {dir}/ca.pem (key {dir}/ca.key, mode 0600)");
-                    Ok(())
-                }
-                CaCmd::Issue { name, role, dir, san } => {
-                    let role = match role {
-                        RoleArg::Agent => baton_pki::Role::Agent,
-                        RoleArg::Orchestrator => baton_pki::Role::Orchestrator,
-                    };
-                    baton_pki::issue(std::path::Path::new(&dir), &name, role, &san)
-                        .map_err(|e| flag_error("ca issue", e.to_string(), "run `baton ca init` first"))?;
-                    println!("certificate for {name} written to {dir}/{name}.pem (key {dir}/{name}.key, mode 0600)");
-                    Ok(())
-                }
+        Cmd::Ca { cmd } => match cmd {
+            CaCmd::Init { dir, fleet, days } => {
+                baton_pki::init_ca_days(std::path::Path::new(&dir), &fleet, days)
+                    .map_err(|e| flag_error("ca init", e.to_string(), "choose another --dir"))?;
+                println!("fleet CA written to {dir}/ca.pem (key {dir}/ca.key, mode 0600)");
+                Ok(())
             }
-        }
+            CaCmd::Issue { name, role, dir, san, days } => {
+                let role = match role {
+                    RoleArg::Agent => baton_pki::Role::Agent,
+                    RoleArg::Orchestrator => baton_pki::Role::Orchestrator,
+                };
+                baton_pki::issue_days(std::path::Path::new(&dir), &name, role, &san, days).map_err(|e| {
+                    flag_error("ca issue", e.to_string(), "run `baton ca init` first, or see the message")
+                })?;
+                println!(
+                    "certificate for {name} written to {dir}/{name}.pem (key {dir}/{name}.key, mode 0600)"
+                );
+                Ok(())
+            }
+        },
         Cmd::Serve { fleet, db, listen, pki, cert, token_file } => {
             let fleet_text = read(&fleet)?;
             load_fleet(&fleet, &fleet_text)

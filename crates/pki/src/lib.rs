@@ -74,8 +74,26 @@ pub fn key_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.key"))
 }
 
-/// `baton ca init`: a new fleet CA in `dir` (refuses to overwrite one).
+/// How long a fleet CA is valid by default (`baton ca init --days`): ten years.
+pub const CA_DAYS: u32 = 3650;
+/// How long an agent's or the orchestrator's certificate is valid by default
+/// (`baton ca issue --days`): one year.
+pub const LEAF_DAYS: u32 = 365;
+
+/// Valid from a little before now (clocks differ) for `days` days.
+fn lifetime(p: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(5);
+    p.not_after = now + time::Duration::days(i64::from(days.max(1)));
+}
+
+/// `baton ca init`: a new fleet CA in `dir` valid for [`CA_DAYS`] (refuses to overwrite one).
 pub fn init_ca(dir: &Path, fleet: &str) -> Result<(), PkiError> {
+    init_ca_days(dir, fleet, CA_DAYS)
+}
+
+/// As [`init_ca`], valid for `days` days.
+pub fn init_ca_days(dir: &Path, fleet: &str, days: u32) -> Result<(), PkiError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let cert = ca_cert_path(dir);
     if cert.exists() {
@@ -86,7 +104,9 @@ pub fn init_ca(dir: &Path, fleet: &str) -> Result<(), PkiError> {
     }
     let key = KeyPair::generate()?;
     let cn = format!("baton fleet CA {fleet}");
-    let c = ca_params(&cn)?.self_signed(&key)?;
+    let mut params = ca_params(&cn)?;
+    lifetime(&mut params, days);
+    let c = params.self_signed(&key)?;
     write_private(&ca_key_path(dir), key.serialize_pem().as_bytes())?;
     write_private(&dir.join("ca.name"), cn.as_bytes())?;
     write_private(&cert, c.pem().as_bytes())
@@ -117,11 +137,41 @@ pub enum Role {
 /// server name), so the name is what pins it; `localhost` or a loopback address in every
 /// certificate would pin nothing (every agent would have them).
 pub fn issue(dir: &Path, name: &str, role: Role, sans: &[String]) -> Result<(), PkiError> {
+    issue_days(dir, name, role, sans, LEAF_DAYS)
+}
+
+/// The name whose files are the orchestrator's; no agent may have it.
+pub const ORCHESTRATOR: &str = "orchestrator";
+
+/// As [`issue`], valid for `days` days. Refuses to overwrite an existing certificate or key
+/// (rotation: move the old files aside first), and the names `ca` (the CA's own files) and,
+/// for an agent, `orchestrator`.
+pub fn issue_days(dir: &Path, name: &str, role: Role, sans: &[String], days: u32) -> Result<(), PkiError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(PkiError::Bad {
             path: dir.to_path_buf(),
             message: format!("`{name}` is not a usable name: use letters, digits, - _ ."),
         });
+    }
+    let reserved = name == "ca" || (role == Role::Agent && name == ORCHESTRATOR);
+    if reserved {
+        return Err(PkiError::Bad {
+            path: dir.to_path_buf(),
+            message: format!(
+                "`{name}` is reserved for the {}: give the node another name",
+                if name == "ca" { "CA's own files" } else { "orchestrator's certificate" }
+            ),
+        });
+    }
+    for existing in [cert_path(dir, name), key_path(dir, name)] {
+        if existing.exists() {
+            return Err(PkiError::Bad {
+                path: existing,
+                message: format!(
+                    "a certificate for {name} exists already; to replace it (rotation), move {name}.pem and {name}.key aside first"
+                ),
+            });
+        }
     }
     let name_file = dir.join("ca.name");
     let cn = fs::read_to_string(&name_file).map_err(io(&name_file))?;
@@ -137,6 +187,7 @@ pub fn issue(dir: &Path, name: &str, role: Role, sans: &[String]) -> Result<(), 
         });
     }
     p.distinguished_name.push(DnType::CommonName, name);
+    lifetime(&mut p, days);
     p.extended_key_usages = vec![match role {
         Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
         Role::Orchestrator => ExtendedKeyUsagePurpose::ClientAuth,
@@ -259,6 +310,51 @@ mod tests {
         for no in ["node3", "node", "node11", "10.0.0.8", "", "not a name", "127.0.0.1", "localhost", "::1"] {
             assert!(!names(&der, no), "{no}");
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whether `cert` (signed by the CA in `dir`) is valid as a server certificate at `at`,
+    /// by the same verifier rustls uses.
+    fn valid_at(dir: &Path, name: &str, at: std::time::SystemTime) -> Result<(), webpki::Error> {
+        let ca = CertificateDer::from_pem_file(ca_cert_path(dir)).unwrap();
+        let anchors = [webpki::anchor_from_trusted_cert(&ca).unwrap().to_owned()];
+        let der = CertificateDer::from_pem_file(cert_path(dir, name)).unwrap();
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        let time =
+            rustls::pki_types::UnixTime::since_unix_epoch(at.duration_since(std::time::UNIX_EPOCH).unwrap());
+        let algs = provider().signature_verification_algorithms.all;
+        cert.verify_for_usage(algs, &anchors, &[], time, webpki::KeyUsage::server_auth(), None, None)
+            .map(|_| ())
+    }
+
+    #[test]
+    fn certificates_live_a_year_the_ca_ten_and_nothing_is_overwritten() {
+        let dir = std::env::temp_dir().join(format!("baton-pki-life-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        init_ca(&dir, "test").unwrap();
+        issue(&dir, "node1", Role::Agent, &[]).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        assert_eq!(valid_at(&dir, "node1", now), Ok(()));
+        assert_eq!(valid_at(&dir, "node1", now + 364 * day), Ok(()));
+        assert!(matches!(valid_at(&dir, "node1", now + 366 * day), Err(webpki::Error::CertExpired { .. })));
+        assert!(matches!(valid_at(&dir, "node1", now - day), Err(webpki::Error::CertNotValidYet { .. })));
+        // A shorter life on request; the CA outlives a leaf issued in its ninth year.
+        issue_days(&dir, "node2", Role::Agent, &[], 30).unwrap();
+        assert!(matches!(valid_at(&dir, "node2", now + 31 * day), Err(webpki::Error::CertExpired { .. })));
+        // Nothing is overwritten, and the CA's and the orchestrator's names are not an agent's.
+        let before = fs::read(key_path(&dir, "node1")).unwrap();
+        let e = issue(&dir, "node1", Role::Agent, &[]).unwrap_err();
+        assert!(e.to_string().contains("exists already"), "{e}");
+        assert_eq!(fs::read(key_path(&dir, "node1")).unwrap(), before);
+        let ca_key = fs::read(ca_key_path(&dir)).unwrap();
+        for (name, role) in [("ca", Role::Agent), ("ca", Role::Orchestrator), ("orchestrator", Role::Agent)] {
+            let e = issue(&dir, name, role, &[]).unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
+        assert_eq!(fs::read(ca_key_path(&dir)).unwrap(), ca_key);
+        issue(&dir, "orchestrator", Role::Orchestrator, &[]).unwrap();
+        assert!(init_ca(&dir, "again").is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
