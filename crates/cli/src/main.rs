@@ -216,8 +216,61 @@ impl ApiArgs {
 
 fn token(file: Option<&str>) -> Result<Option<String>, Failure> {
     match file {
-        Some(f) => Ok(Some(read(f)?.trim().to_string())),
+        Some(f) => token_file(f).map(Some),
         None => Ok(std::env::var("BATON_TOKEN").ok().filter(|t| !t.is_empty())),
+    }
+}
+
+/// The operator token from a file, which must be private (it is a secret: anyone who reads it
+/// can start, abort or commit campaigns) and not empty (an empty token would match an empty
+/// `Authorization` header).
+fn token_file(path: &str) -> Result<String, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let problem = |message: String, help: &str| {
+        Failure::Input(
+            Box::new(Diagnostic {
+                file: path.to_string(),
+                line: 0,
+                col: 0,
+                span: None,
+                message,
+                help: Some(help.into()),
+            }),
+            None,
+        )
+    };
+    let text = read(path)?;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+    if mode & 0o077 != 0 {
+        return Err(problem(
+            format!("the token file is readable by others (mode {:o})", mode & 0o777),
+            &format!("run chmod 600 {path}"),
+        ));
+    }
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(problem("the token file is empty".into(), "write the operator token into it"));
+    }
+    Ok(token)
+}
+
+/// Raises this process's open-files limit to the most it may (its hard limit): every
+/// connection is a file, and a service left at a soft limit of 1024 is starved by a flood of
+/// idle connections. Done once at the start of the long-running commands.
+fn raise_open_files() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on this process with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let before = lim.rlim_cur;
+        if before < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!("open-files limit raised from {before} to {}", lim.rlim_max);
+            }
+        }
     }
 }
 
@@ -351,6 +404,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             let cfg = baton_agent::config::load(&config, &text)
                 .map_err(|d| Failure::Input(Box::new(d), Some(text)))?;
             logging("info");
+            raise_open_files();
             let code =
                 runtime()?.block_on(baton_agent::serve(cfg)).map_err(|e| Failure::Internal(e.to_string()))?;
             if code == 0 {
@@ -403,6 +457,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 token,
             };
             logging("info");
+            raise_open_files();
             runtime()?.block_on(async move {
                 let hub =
                     baton_server::Hub::start(settings).await.map_err(|e| Failure::Internal(e.to_string()))?;

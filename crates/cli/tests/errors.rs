@@ -287,3 +287,37 @@ fn names_follow_the_rule_and_node_names_are_dns_names() {
     let o = plan("name-campaign-newline", "fleet.toml", FLEET, &c);
     expect(&o, 2, "campaign.toml:1:8", &["campaign name", "has '\\n'"]);
 }
+
+/// Issue 11, item 4: `--token-file` permissions were not checked and an empty token file was
+/// accepted.
+#[test]
+fn the_token_file_must_be_private_and_not_empty() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir("token-file");
+    std::fs::write(d.join("fleet.toml"), FLEET).unwrap();
+    for (name, text, mode, words) in [
+        ("open.token", "secret-token", 0o644, "readable by others (mode 644)"),
+        ("empty.token", "  \n", 0o600, "the token file is empty"),
+    ] {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = run(
+            &d,
+            &[
+                "serve",
+                "--fleet",
+                "fleet.toml",
+                "--db",
+                "sqlite:t.db",
+                "--listen",
+                "127.0.0.1:1",
+                "--token-file",
+                name,
+            ],
+        );
+        expect(&o, 2, name, &[words, "help"]);
+        let o = run(&d, &["status", "--server", "http://127.0.0.1:1", "--token-file", name]);
+        expect(&o, 2, name, &[words]);
+    }
+}

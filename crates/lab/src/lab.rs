@@ -332,7 +332,12 @@ quorum = true
             etcd = etcd.join(", ")
         ));
         write(&self.fleet_file, &fleet)?;
-        write(&self.dir.join("token"), &self.token)?;
+        // The operator token is a secret: private, as `baton serve` requires.
+        let token_file = self.dir.join("token");
+        baton_pki::write_private(&token_file, self.token.as_bytes()).map_err(|e| LabError::WriteFile {
+            path: token_file.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         // HAProxy: retries and redispatch off, so only correct draining keeps requests whole.
         let port = free_port()?;
         self.frontend = format!("127.0.0.1:{port}");
