@@ -383,3 +383,56 @@ async fn an_agent_refuses_huge_step_ids_and_actions_without_a_version() {
     assert!(journal.is_empty(), "{} bytes journaled", journal.len());
     f.stop().await;
 }
+
+/// Issue 11, item 6: the HTTP layer's own rejections (a path that does not parse, a body that
+/// is not JSON, a wrong content type, no such route, a body too large) came as plain text with
+/// statuses the document did not list. Each is JSON `{"code","message"}` now, and documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layers_refusals_are_json_with_documented_statuses() {
+    let mut f = local("httperrors", LocalOptions { nodes: 1, ..Default::default() }).await;
+    let serve = Serve::start(&f, port()).await;
+    let url = |p: &str| format!("{}{p}", serve.url);
+    let h = &serve.http;
+    let json = "application/json";
+    let cases = [
+        (
+            "bad JSON",
+            h.post(url("/v1/campaigns")).header("content-type", json).body("{"),
+            400,
+            "/v1/campaigns",
+            "post",
+        ),
+        ("no content type", h.post(url("/v1/campaigns")).body("{}"), 415, "/v1/campaigns", "post"),
+        (
+            "too large",
+            h.post(url("/v1/campaigns")).header("content-type", json).body(vec![b' '; 3 << 20]),
+            413,
+            "/v1/campaigns",
+            "post",
+        ),
+        ("id not a number", h.get(url("/v1/campaigns/abc")), 400, "/v1/campaigns/{id}", "get"),
+        (
+            "after not a number",
+            h.get(url("/v1/campaigns/1/events?after=x")),
+            400,
+            "/v1/campaigns/{id}/events",
+            "get",
+        ),
+        ("no such route", h.get(url("/v2/nothing")), 404, "", ""),
+    ];
+    let doc: serde_json::Value = h.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for (what, req, status, path, method) in cases {
+        let r = req.bearer_auth(&serve.token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(ct.starts_with("application/json"), "{what}: content-type {ct}");
+        let e: baton_proto::ApiError = r.json().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!e.code.is_empty() && !e.message.is_empty(), "{what}: {e:?}");
+        if !path.is_empty() {
+            let documented = &doc["paths"][path][method]["responses"][status.to_string()];
+            assert!(documented.is_object(), "{what}: {status} not documented for {method} {path}");
+        }
+    }
+    drop(serve);
+    f.stop().await;
+}

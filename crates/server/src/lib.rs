@@ -527,7 +527,9 @@ async fn list(State(h): State<Shared>) -> Json<Vec<CampaignView>> {
 
 /// Creates a campaign from a campaign file's text; it starts with `start`.
 #[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = CreateCampaign, security(("token" = [])),
-    responses((status = 201, body = CampaignView), (status = 401, body = ApiError), (status = 409, description = "another campaign holds the fleet", body = ApiError),
+    responses((status = 201, body = CampaignView), (status = 400, description = "the body is not JSON of this shape", body = ApiError),
+              (status = 401, body = ApiError), (status = 409, description = "another campaign holds the fleet", body = ApiError),
+              (status = 413, description = "body over 2 MiB", body = ApiError), (status = 415, description = "not application/json", body = ApiError),
               (status = 422, description = "bad campaign file, or rules that can never be met", body = ApiError),
               (status = 503, description = "the journal could not record the campaign (disk full, I/O error)", body = ApiError)))]
 async fn create(
@@ -542,7 +544,7 @@ async fn create(
 
 /// One campaign: phase, nodes, service budgets.
 #[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
-    responses((status = 200, body = CampaignView), (status = 404, body = ApiError)))]
+    responses((status = 200, body = CampaignView), (status = 400, description = "the id is not a number", body = ApiError), (status = 404, body = ApiError)))]
 async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<CampaignView>, Fail> {
     h.view(id)
         .map(Json)
@@ -553,7 +555,8 @@ async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<J
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}", tag = "campaigns", security(("token" = [])),
     params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start | pause | resume | abort | rollback | commit"),
            ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
-    responses((status = 200, body = CampaignView), (status = 401, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = CampaignView), (status = 400, description = "the id is not a number", body = ApiError),
+              (status = 401, body = ApiError), (status = 404, body = ApiError),
               (status = 409, description = "not allowed in this phase, commit refused, or another campaign holds the fleet", body = ApiError),
               (status = 503, description = "the journal could not record the action, so it was not done", body = ApiError)))]
 async fn act(
@@ -577,7 +580,7 @@ struct EventsQuery {
 #[utoipa::path(get, path = "/v1/campaigns/{id}/events", tag = "campaigns",
     params(("id" = i64, Path, description = "campaign id"), ("after" = Option<i64>, Query, description = "last seq seen"),
            ("wait_ms" = Option<u64>, Query, description = "long poll, at most 60000")),
-    responses((status = 200, body = Vec<JournalEntry>), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Vec<JournalEntry>), (status = 400, description = "the id or a query parameter is not a number", body = ApiError), (status = 404, body = ApiError)))]
 async fn events(
     State(h): State<Shared>,
     UrlPath(id): UrlPath<i64>,
@@ -596,7 +599,7 @@ async fn events(
 
 /// The campaign's run report: per node, steps with outcome, duration and output; totals.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/report", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
-    responses((status = 200, body = Report), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Report), (status = 400, description = "the id is not a number", body = ApiError), (status = 404, body = ApiError)))]
 async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<Report>, Fail> {
     h.report(id).map(Json)
 }
@@ -676,7 +679,43 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(act))
         .split_for_parts();
     let _ = OPENAPI.set(doc);
-    router.with_state(h)
+    router.with_state(h).fallback(no_route).layer(axum::middleware::from_fn(json_errors))
+}
+
+/// No such route: a JSON 404 like every other refusal.
+async fn no_route(uri: axum::http::Uri) -> Fail {
+    Fail::new(StatusCode::NOT_FOUND, "no-route", format!("no route {}", uri.path()))
+}
+
+/// Every answer that is not 2xx is JSON `{"code", "message"}` (DESIGN.md §Formats), also what
+/// the HTTP layer itself rejects before a handler runs (a path that does not parse, a body that
+/// is not JSON or too large, a wrong content type, a method not allowed): axum answers those in
+/// plain text, so they are rewritten here with a stable code and axum's words as the message.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "no-route",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "bad-body",
+        _ => "http",
+    };
+    let message =
+        if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_string() } else { text };
+    Fail::new(status, code, message).into_response()
 }
 
 /// Serves the API on `listener` until `stop` resolves.
