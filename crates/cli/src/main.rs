@@ -258,17 +258,27 @@ fn token_file(path: &str) -> Result<String, Failure> {
 /// connection is a file, and a service left at a soft limit of 1024 is starved by a flood of
 /// idle connections. Done once at the start of the long-running commands.
 fn raise_open_files() {
+    // Not beyond this: the agent's actions inherit the limit, and some programs (rpm, older
+    // daemons) close every descriptor up to it one by one.
+    const ENOUGH: libc::rlim_t = 65_536;
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit on this process with a valid pointer to a local.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            tracing::warn!("cannot read the open-files limit: {}", std::io::Error::last_os_error());
             return;
         }
         let before = lim.rlim_cur;
-        if before < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
+        let want = lim.rlim_max.min(ENOUGH);
+        if before < want {
+            lim.rlim_cur = want;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::info!("open-files limit raised from {before} to {}", lim.rlim_max);
+                tracing::info!("open-files limit raised from {before} to {want}");
+            } else {
+                tracing::warn!(
+                    "cannot raise the open-files limit from {before}: {}; set LimitNOFILE in the unit",
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }

@@ -321,3 +321,30 @@ fn the_token_file_must_be_private_and_not_empty() {
         expect(&o, 2, name, &[words]);
     }
 }
+
+/// From a review: node names the URL parser reads as addresses (a last label that is a number)
+/// would skip the fleet file's address; `ca` and `orchestrator` are the PKI's; HAProxy's
+/// backend and server names reach its command line, where `;` separates commands.
+#[test]
+fn node_names_that_read_as_addresses_or_are_reserved_and_bad_haproxy_names_are_refused() {
+    for (case, to, words) in [
+        ("name-ip", "name = \"10.0.0.5\"", "reads as an address"),
+        ("name-label-number", "name = \"rack1.10\"", "reads as an address"),
+        ("name-hex", "name = \"web.0x1f\"", "reads as an address"),
+        ("name-ca", "name = \"ca\"", "reserved"),
+        ("name-orchestrator", "name = \"Orchestrator\"", "reserved"),
+    ] {
+        let o = plan(case, "fleet.toml", &FLEET.replacen("name = \"n01\"", to, 1), CAMPAIGN);
+        expect(&o, 2, "fleet.toml:6:8", &[words]);
+    }
+    // Upper case is a DNS name like any other.
+    let f = FLEET.replace("\"n01\"", "\"HV01\"");
+    assert_eq!(plan("name-upper", "fleet.toml", &f, CAMPAIGN).code, 0);
+    let lb =
+        "\n[service.haproxy]\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"web;disable frontend fe\"\n";
+    let o = plan("haproxy-semicolon", "fleet.toml", &format!("{FLEET}{lb}"), CAMPAIGN);
+    expect(&o, 2, "fleet.toml:24:11", &["HAProxy backend name", "has ';'"]);
+    let lb = "\n[service.haproxy]\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"web\"\nserver = \"{node} x\"\n";
+    let o = plan("haproxy-server-space", "fleet.toml", &format!("{FLEET}{lb}"), CAMPAIGN);
+    expect(&o, 2, "fleet.toml:25:10", &["HAProxy server name"]);
+}

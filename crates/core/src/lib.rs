@@ -8,7 +8,7 @@ pub mod model;
 pub mod units;
 
 pub use diag::{Diagnostic, Format};
-pub use load::{load_campaign, load_fleet};
+pub use load::{load_campaign, load_fleet, load_stored_campaign, load_stored_fleet};
 pub use model::*;
 pub use units::{Amount, Dur, Millis};
 pub mod plan;

@@ -173,6 +173,9 @@ struct Src<'a> {
     file: &'a str,
     text: &'a str,
     format: Format,
+    /// Whether names must follow the names rule: files as given now, not the text of a
+    /// campaign stored before the rule existed (that must still replay).
+    names: bool,
 }
 
 impl Src<'_> {
@@ -222,7 +225,6 @@ fn parse_help(msg: &str, what: &str) -> String {
     }
 }
 
-/// Parses and validates a fleet file (TOML or JSON by `file`'s extension).
 /// What is wrong with a name, by DESIGN.md's rule: 1-63 characters of `a-z A-Z 0-9 . _ -`,
 /// starting with a letter or digit; a node's name is also a DNS name (it is in the node's
 /// certificate and is the TLS server name the orchestrator reaches it by): no `_`, and every
@@ -241,6 +243,18 @@ pub fn name_problem(name: &str, dns: bool) -> Option<String> {
         return Some("must start with a letter or a digit".into());
     }
     if dns {
+        // The URL parser takes a host whose last label is a number (decimal or 0x hex) for an
+        // IPv4 address: the orchestrator would then skip the fleet file's address.
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let hex = last.strip_prefix("0x").or_else(|| last.strip_prefix("0X"));
+        if last.chars().all(|c| c.is_ascii_digit())
+            || hex.is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Some("ends in a number, so it reads as an address, not a DNS name".into());
+        }
+        if name.eq_ignore_ascii_case("ca") || name.eq_ignore_ascii_case("orchestrator") {
+            return Some("is reserved for the CA's and the orchestrator's certificates".into());
+        }
         if name.contains('_') {
             return Some("has '_', which a DNS name (a node's certificate names it) may not".into());
         }
@@ -256,6 +270,9 @@ pub fn name_problem(name: &str, dns: bool) -> Option<String> {
 
 /// The diagnostic for a bad name of `kind` at `path`.
 fn bad_name(src: &Src, path: DocPath, kind: &str, name: &str, dns: bool) -> Result<(), Diagnostic> {
+    if !src.names {
+        return Ok(());
+    }
     match name_problem(name, dns) {
         None => Ok(()),
         Some(why) => Err(src.err(
@@ -270,8 +287,17 @@ fn bad_name(src: &Src, path: DocPath, kind: &str, name: &str, dns: bool) -> Resu
     }
 }
 
+/// Parses and validates a fleet file (TOML or JSON by `file`'s extension).
 pub fn load_fleet(file: &str, text: &str) -> Result<Fleet, Diagnostic> {
-    let src = Src { file, text, format: Format::from_path(file) };
+    let src = Src { file, text, format: Format::from_path(file), names: true };
+    let raw: RawFleet = src.parse("fleet")?;
+    validate_fleet(raw, &src)
+}
+
+/// As [`load_fleet`], for a fleet file stored with a campaign (in the orchestrator's journal)
+/// before the names rule: everything is checked but the names, so that campaign still replays.
+pub fn load_stored_fleet(file: &str, text: &str) -> Result<Fleet, Diagnostic> {
+    let src = Src { file, text, format: Format::from_path(file), names: false };
     let raw: RawFleet = src.parse("fleet")?;
     validate_fleet(raw, &src)
 }
@@ -447,6 +473,20 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
         for &m in &members {
             memberships[m as usize].push(si as u32);
         }
+        if let Some(h) = &s.haproxy {
+            // Both reach HAProxy's command line (`set server BACKEND/SERVER ...`), where `;`
+            // separates commands.
+            bad_name(src, p().key("haproxy").key("backend"), "HAProxy backend", &h.backend, false)?;
+            if let Some(server) = &h.server {
+                bad_name(
+                    src,
+                    p().key("haproxy").key("server"),
+                    "HAProxy server",
+                    &server.replace("{node}", "n"),
+                    false,
+                )?;
+            }
+        }
         let haproxy = s.haproxy.map(|h| crate::model::Haproxy {
             socket: h.socket,
             backend: h.backend,
@@ -516,7 +556,15 @@ fn parse_selector(sel: &str) -> Result<Vec<(&str, &str)>, SelectorError> {
 
 /// Parses and validates a campaign file against its fleet.
 pub fn load_campaign(file: &str, text: &str, fleet: &Fleet) -> Result<CampaignSpec, Diagnostic> {
-    let src = Src { file, text, format: Format::from_path(file) };
+    let src = Src { file, text, format: Format::from_path(file), names: true };
+    let raw: RawCampaign = src.parse("campaign")?;
+    validate_campaign(raw, &src, fleet)
+}
+
+/// As [`load_campaign`], for a campaign file stored before the names rule (see
+/// [`load_stored_fleet`]).
+pub fn load_stored_campaign(file: &str, text: &str, fleet: &Fleet) -> Result<CampaignSpec, Diagnostic> {
+    let src = Src { file, text, format: Format::from_path(file), names: false };
     let raw: RawCampaign = src.parse("campaign")?;
     validate_campaign(raw, &src, fleet)
 }

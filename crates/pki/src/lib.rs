@@ -84,7 +84,8 @@ pub const LEAF_DAYS: u32 = 365;
 fn lifetime(p: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::minutes(5);
-    p.not_after = now + time::Duration::days(i64::from(days.max(1)));
+    // At most a century: beyond that the date arithmetic overflows and nothing is gained.
+    p.not_after = now + time::Duration::days(i64::from(days.clamp(1, 36_500)));
 }
 
 /// `baton ca init`: a new fleet CA in `dir` valid for [`CA_DAYS`] (refuses to overwrite one).

@@ -59,6 +59,9 @@ impl AgentClient {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(cfg)
             .dns_resolver(Arc::new(book.clone()))
+            // Straight to the fleet file's address: a proxy from the environment would resolve
+            // node names itself (or not at all).
+            .no_proxy()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
             .tls_info(true)
@@ -70,10 +73,18 @@ impl AgentClient {
     /// The URL of `path` on `node`'s agent, reached at `addr`: the node's name is the host (and
     /// so the TLS server name its certificate must carry); the book takes it to `addr`.
     fn url(&self, node: &str, addr: &str, path: &str) -> String {
-        let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or("7701");
+        // Host names are case-insensitive: the URL parser lowers them before the resolver sees
+        // them, so the book is kept in lower case.
+        let key = node.to_ascii_lowercase();
+        let (port, addr) = match addr.rsplit_once(':') {
+            Some((_, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+                (p.to_string(), addr.to_string())
+            }
+            _ => ("7701".to_string(), format!("{addr}:7701")),
+        };
         let mut book = self.book.0.write().unwrap_or_else(|p| p.into_inner());
-        if book.get(node).map(String::as_str) != Some(addr) {
-            book.insert(node.to_string(), addr.to_string());
+        if book.get(&key) != Some(&addr) {
+            book.insert(key, addr);
         }
         format!("https://{node}:{port}{path}")
     }
@@ -197,7 +208,7 @@ fn why(node: &str, addr: &str, e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         src = s.source();
     }
-    if text.contains("NotValidForName") || text.contains("certificate") {
+    if text.contains("not valid for name") || text.contains("NotValidForName") {
         format!(
             "the agent at {addr} is not {node}: its certificate does not name {node}, so nothing \
              was sent to it (check {node}'s address in the fleet file, and that the agent there \

@@ -121,8 +121,9 @@ impl Raised {
 
     /// The fleet a stored campaign was created against.
     fn fleet_of(s: &StoredCampaign) -> Result<Fleet, RebuildError> {
-        let mut fleet =
-            load_fleet(&s.fleet_file, &s.fleet_text).map_err(|d| RebuildError::Files(Box::new(d)))?;
+        // Stored before the names rule, perhaps: it must still replay.
+        let mut fleet = baton_core::load_stored_fleet(&s.fleet_file, &s.fleet_text)
+            .map_err(|d| RebuildError::Files(Box::new(d)))?;
         if !s.raised.is_empty() {
             let r: Raised = serde_json::from_str(&s.raised).map_err(RebuildError::Raised)?;
             r.apply(&mut fleet);
@@ -189,7 +190,7 @@ impl Hub {
     /// The stored campaign's fleet and spec.
     fn files(s: &StoredCampaign) -> Result<(Fleet, baton_core::CampaignSpec), RebuildError> {
         let fleet = Raised::fleet_of(s)?;
-        let spec = load_campaign(&s.campaign_file, &s.campaign_text, &fleet)
+        let spec = baton_core::load_stored_campaign(&s.campaign_file, &s.campaign_text, &fleet)
             .map_err(|d| RebuildError::Files(Box::new(d)))?;
         Ok((fleet, spec))
     }
@@ -702,7 +703,11 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     if !(status.is_client_error() || status.is_server_error()) || json {
         return res;
     }
-    let body = axum::body::to_bytes(res.into_body(), 64 * 1024).await.unwrap_or_default();
+    // Its other headers stay (a 405's Allow); the body and its type are replaced.
+    let (mut parts, body) = res.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body).trim().to_string();
     let code = match status {
         StatusCode::BAD_REQUEST => "bad-request",
@@ -715,7 +720,11 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     };
     let message =
         if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_string() } else { text };
-    Fail::new(status, code, message).into_response()
+    let mut out = Fail::new(status, code, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        out.headers_mut().entry(k).or_insert_with(|| v.clone());
+    }
+    out
 }
 
 /// Serves the API on `listener` until `stop` resolves.
