@@ -531,11 +531,12 @@ impl Driver {
             return;
         }
         let down = c.nodes[n as usize].observed_down;
+        let stable = Duration::from_millis(c.spec.health_stable);
         let job = watch_job(
             self.client.clone(),
             self.addr(node),
             node.to_string(),
-            down,
+            (down, stable),
             Reporter(self.inbox.clone()),
         );
         self.job(node, JobKind::Watch, job);
@@ -817,13 +818,28 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
 
 /// Reports a node seen down (agent unreachable or unhealthy) or up again, outside of what the
 /// campaign does to it. Short long-polls, so that a lost node is noticed within seconds.
-async fn watch_job(client: AgentClient, addr: String, node: String, down: bool, rep: Reporter) {
+///
+/// A node lost outside the campaign counts as up again only once it has been healthy for
+/// `health_stable`, as a node the campaign updated must be: a load balancer puts a server back
+/// only after its own checks pass again (HAProxy's `rise`), and until then the node is still out
+/// for the service, so the campaign must not take another member down in its place.
+async fn watch_job(
+    client: AgentClient,
+    addr: String,
+    node: String,
+    (down, stable): (bool, Duration),
+    rep: Reporter,
+) {
     let mut up = !down;
     let mut after = None;
+    let mut healthy_since: Option<std::time::Instant> = None;
     loop {
         let seen = client.status(&node, &addr, after, 2_000).await;
         let now_up = matches!(&seen, Ok(s) if s.healthy);
-        if now_up != up {
+        healthy_since = if now_up { healthy_since.or_else(|| Some(std::time::Instant::now())) } else { None };
+        let report =
+            if now_up && !up { healthy_since.is_some_and(|t| t.elapsed() >= stable) } else { now_up != up };
+        if report {
             up = now_up;
             let version = seen.as_ref().ok().and_then(|s| s.version.clone());
             rep.send(Event::Observed { node: node.clone(), up, version }).await;
