@@ -181,7 +181,7 @@ async fn zero_downtime_on(lab: &Lab, hosts: usize) -> Result<bool, LabError> {
         .collect();
     line(json!({"phase_median_ms": medians, "errors": t.errors, "etcd_refused": w.refused,
         "observer_samples": o.samples, "budget_violations": o.budget_violations, "violations": o.violations,
-        "peak_out": o.peak_out, "min_etcd_healthy": o.min_etcd_healthy}));
+        "peak_out": o.peak_out, "min_etcd_healthy": o.min_etcd_healthy, "etcd_dips": o.etcd_dips}));
     let quorum_lost = o.min_etcd_healthy < 2;
     let summary = Summary {
         hosts,

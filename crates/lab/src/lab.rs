@@ -251,6 +251,9 @@ impl Lab {
                     "100",
                     "--election-timeout",
                     "1000",
+                    // A member back from a reboot asks before it campaigns, so it cannot depose
+                    // a working leader with a higher term (etcd 3.5's default; 3.4 needs it).
+                    "--pre-vote=true",
                 ]
                 .iter()
                 .map(|s| s.to_string())

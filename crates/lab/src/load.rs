@@ -150,6 +150,8 @@ pub struct Observed {
     pub peak_out: HashMap<String, usize>,
     pub min_etcd_healthy: usize,
     pub violations: Vec<String>,
+    /// The first samples with fewer than two etcd members healthy: when, and what each answered.
+    pub etcd_dips: Vec<String>,
 }
 
 /// The lab's own view of who is out, every 100 ms: a web server is out when HAProxy does not
@@ -163,7 +165,10 @@ pub async fn observe(
     excused: Arc<Mutex<Vec<(String, Instant)>>>,
     stop: Arc<AtomicBool>,
 ) -> Observed {
-    let http = reqwest::Client::builder().timeout(Duration::from_millis(400)).build().expect("http client");
+    // A member that has lost quorum says so at once ("health":"false"); the timeout is only for
+    // one that does not answer at all, and is long enough that a busy 2-core host does not count
+    // a slow answer as a lost member.
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(1000)).build().expect("http client");
     let mut o = Observed { min_etcd_healthy: usize::MAX, ..Default::default() };
     let mut out_since: HashMap<(String, String), Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
@@ -176,19 +181,25 @@ pub async fn observe(
             }
         }
         let mut healthy = 0;
+        let mut said = Vec::new();
         for h in hosts.iter().filter(|h| h.etcd) {
             let up = http.get(format!("{}/version", h.etcd_url())).send().await.is_ok();
             if !up {
                 out.entry("etcd").or_default().push(h.name.clone());
             }
-            let health = http.get(format!("{}/health", h.etcd_url())).send().await;
-            if let Ok(r) = health {
-                if r.text().await.map(|t| t.contains("\"true\"")).unwrap_or(false) {
-                    healthy += 1;
-                }
+            let health = match http.get(format!("{}/health", h.etcd_url())).send().await {
+                Ok(r) => r.text().await.unwrap_or_else(|e| e.to_string()),
+                Err(e) => e.to_string(),
+            };
+            if health.contains("\"health\":\"true\"") {
+                healthy += 1;
             }
+            said.push(format!("{}: {}", h.name, health.trim()));
         }
         o.min_etcd_healthy = o.min_etcd_healthy.min(healthy);
+        if healthy < 2 && o.etcd_dips.len() < 5 {
+            o.etcd_dips.push(format!("sample {}: {}", o.samples, said.join("; ")));
+        }
         out_since.retain(|(s, h), _| out.get(s.as_str()).is_some_and(|v| v.contains(h)));
         let ex = excused.lock().expect("excused").clone();
         for (svc, members) in &out {
