@@ -183,6 +183,7 @@ pub type Argv = Vec<String>;
 #[derive(Debug, Clone)]
 pub struct Action {
     pub name: String,
+    pub kind: ActionKind,
     pub argv: Argv,
     pub timeout_ms: u64,
     pub reboot: RebootPolicy,
@@ -228,6 +229,18 @@ pub struct Config {
 impl Config {
     pub fn action(&self, name: &str) -> Option<&Action> {
         self.actions.iter().find(|a| a.name == name)
+    }
+}
+
+/// What makes `v` wrong for an action of `kind`, beyond [`valid_version`]: dnf reads
+/// `pkg-devel` as the package `pkg-devel`, so its versions must start with a digit (as RPM
+/// versions and epochs do).
+pub fn version_problem(kind: ActionKind, v: &str) -> Option<&'static str> {
+    match kind {
+        ActionKind::Dnf if !v.starts_with(|c: char| c.is_ascii_digit()) => {
+            Some("a dnf version starts with a digit (`pkg-{version}` would name another package)")
+        }
+        _ => None,
     }
 }
 
@@ -359,7 +372,13 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             }
         };
         check_argv(p().key("argv"), &argv, &["version", "node", "state_dir"])?;
-        actions.push(Action { name: a.name, argv, timeout_ms: a.timeout.ms(), reboot: a.reboot });
+        actions.push(Action {
+            name: a.name,
+            kind: a.kind,
+            argv,
+            timeout_ms: a.timeout.ms(),
+            reboot: a.reboot,
+        });
     }
     let mut checks = Vec::new();
     for (i, c) in raw.checks.into_iter().enumerate() {

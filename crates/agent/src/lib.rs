@@ -24,6 +24,13 @@ use tokio::sync::{mpsc, watch};
 /// The longest step id the agent takes.
 pub const MAX_STEP_ID: usize = 256;
 
+/// Where a drain's workload moves are written for its hooks (`$BATON_MOVES_FILE`), in the state
+/// directory.
+pub const MOVES_FILE: &str = "drain-moves.json";
+/// Moves up to this size also reach hooks in `$BATON_MOVES`; larger ones only in the file, since
+/// Linux refuses to start a program with one environment string over 128 KiB.
+pub const MOVES_ENV_MAX: usize = 64 * 1024;
+
 /// Exit code with which the agent asks its supervisor to restart it as a new boot.
 pub const EXIT_REBOOT: i32 = 75;
 
@@ -166,12 +173,22 @@ impl Agent {
                     "an action step names its action",
                 ));
             };
-            if self.cfg.action(name).is_none() {
+            let Some(action) = self.cfg.action(name) else {
                 let known: Vec<&str> = self.cfg.actions.iter().map(|a| a.name.as_str()).collect();
                 return Err(api_error(
                     StatusCode::FORBIDDEN,
                     "unknown-action",
                     format!("action {name} is not in this agent's config (it allows: {})", known.join(", ")),
+                ));
+            };
+            if let Some(why) = req.version.as_deref().and_then(|v| config::version_problem(action.kind, v)) {
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad-version",
+                    format!(
+                        "`{}` is not a version for action {name}: {why}",
+                        req.version.as_deref().unwrap_or("")
+                    ),
                 ));
             }
         }
@@ -242,10 +259,27 @@ impl Agent {
         };
         match req.kind {
             StepKind::Drain => {
-                let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
-                for h in &self.cfg.drain_hooks {
-                    let env = [("BATON_MOVES", moves.as_str())];
-                    step(run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await, "drain hook");
+                if !self.cfg.drain_hooks.is_empty() {
+                    let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
+                    let file = self.cfg.state_dir.join(MOVES_FILE);
+                    let path = file.display().to_string();
+                    match tokio::fs::write(&file, &moves).await {
+                        Ok(()) => {
+                            let mut env = vec![("BATON_MOVES_FILE", path.as_str())];
+                            // Within what one environment string may hold (128 KiB on Linux).
+                            if moves.len() <= MOVES_ENV_MAX {
+                                env.push(("BATON_MOVES", moves.as_str()));
+                            }
+                            for h in &self.cfg.drain_hooks {
+                                let o = run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await;
+                                step(o, "drain hook");
+                            }
+                        }
+                        Err(e) => {
+                            let error = Some(format!("cannot write the moves to {path}: {e}"));
+                            step(run::Outcome { ok: false, error, tail: String::new() }, "drain hook");
+                        }
+                    }
                 }
                 let grace = req.stop_grace_ms.unwrap_or(300_000);
                 for (o, what) in self.stop_services(&base, grace).await {
@@ -568,19 +602,20 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     });
     let listener = std::net::TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
     listener.set_nonblocking(true).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
-    let handle = axum_server::Handle::new();
-    let server =
-        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-            .map_err(|e| AgentError::Listen(addr.to_string(), e))?
-            .handle(handle.clone())
-            .serve(router(agent.clone()).into_make_service());
-    tracing::info!(node = %agent.cfg.node, %addr, boot_id = %agent.boot_id, "agent listening (mutual TLS)");
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
+    let limits = baton_net::Limits::for_this_process();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(baton_net::serve(listener, Some(tls), router(agent.clone()), limits, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(node = %agent.cfg.node, %addr, boot_id = %agent.boot_id, ?limits, "agent listening (mutual TLS)");
     let code = tokio::select! {
-        r = server => { if let Err(e) = r { tracing::error!("server stopped: {e}"); } 1 }
         c = exit_rx.recv() => c.unwrap_or(0),
         _ = shutdown_signal() => 0,
     };
-    handle.shutdown();
+    let _ = stop.send(());
+    let _ = server.await;
     health.abort();
     Ok(code)
 }

@@ -384,6 +384,43 @@ async fn an_agent_refuses_huge_step_ids_and_actions_without_a_version() {
     f.stop().await;
 }
 
+/// Issue 11, item 4: a dnf action given the version `devel` ran `dnf install myapp-devel`,
+/// another package. A dnf version must start with a digit; `devel` is refused and nothing is
+/// journaled or run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dnf_action_refuses_a_version_that_names_another_package() {
+    let dir = fresh_dir("dnf");
+    let mut f = LocalFleet::create(&dir, &LocalOptions { nodes: 1, ..Default::default() }).unwrap();
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[[action]]\nname = \"rpm\"\nkind = \"dnf\"\npackage = \"myapp\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    f.start(&exe(), 200);
+    let c = client(&f);
+    let (node, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.status(&node, &addr, None, 0).await.is_err() {
+        assert!(Instant::now() < deadline, "agent did not come up; see {}", f.nodes[0].dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = StepRequest {
+        action: Some("rpm".into()),
+        version: Some("devel".into()),
+        ..StepRequest::new("x/node1/0/update".into(), StepKind::Action)
+    };
+    match c.start_step(&node, &addr, &req).await {
+        Err(baton_server::client::ClientError::Refused(e)) => {
+            assert_eq!(e.code, "bad-version", "{}", e.message);
+            assert!(e.message.contains("starts with a digit"), "{}", e.message);
+        }
+        other => panic!("expected bad-version, got {other:?}"),
+    }
+    assert!(c.steps(&node, &addr).await.unwrap().is_empty());
+    let journal = std::fs::read(f.nodes[0].dir.join("state/journal.jsonl")).unwrap_or_default();
+    assert!(journal.is_empty(), "{} bytes journaled", journal.len());
+    f.stop().await;
+}
+
 /// Issue 11, item 6: the HTTP layer's own rejections (a path that does not parse, a body that
 /// is not JSON, a wrong content type, no such route, a body too large) came as plain text with
 /// statuses the document did not list. Each is JSON `{"code","message"}` now, and documented.

@@ -746,7 +746,11 @@ async fn drain_hooks_get_the_workload_moves() {
     let dir = fresh_dir("moves");
     let mut f = LocalFleet::create(&dir, &LocalOptions { nodes: 1, ..Default::default() }).unwrap();
     let hook = dir.join("hook.sh");
-    std::fs::write(&hook, "#!/bin/sh\nprintf '%s' \"$BATON_MOVES\" > \"$1/moves.json\"\n").unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nprintf '%s' \"$BATON_MOVES\" > \"$1/moves.json\"\ncp \"$BATON_MOVES_FILE\" \"$1/moves-file.json\"\n",
+    )
+    .unwrap();
     let cfg = f.nodes[0].dir.join("agent.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
@@ -776,5 +780,27 @@ async fn drain_hooks_get_the_workload_moves() {
     assert_eq!(st.state, baton_proto::StepState::Ok, "{st:?}");
     let got = std::fs::read_to_string(f.nodes[0].dir.join("state/moves.json")).unwrap();
     assert_eq!(got, r#"[{"workload":"vm1","to":"hv2","live":true}]"#);
+    let file = std::fs::read_to_string(f.nodes[0].dir.join("state/moves-file.json")).unwrap();
+    assert_eq!(file, got);
+
+    // Moves over what one environment string may hold (128 KiB) reach the hooks in the file.
+    // Before: every hook failed to start ("Argument list too long").
+    let moves: Vec<_> = (0..4000)
+        .map(|i| baton_proto::WorkloadMove {
+            workload: format!("vm-{i:05}"),
+            to: format!("hv-{i:05}"),
+            live: true,
+        })
+        .collect();
+    let want = serde_json::to_string(&moves).unwrap();
+    assert!(want.len() > 128 * 1024, "{}", want.len());
+    let big = StepRequest { id: "c/node1/1/drain".into(), moves, ..req };
+    c.start_step(&name, &addr, &big).await.unwrap();
+    let st = c.step(&name, &addr, &big.id, 10_000).await.unwrap();
+    assert_eq!(st.state, baton_proto::StepState::Ok, "{st:?}");
+    let file = std::fs::read_to_string(f.nodes[0].dir.join("state/moves-file.json")).unwrap();
+    assert_eq!(file, want);
+    let env = std::fs::read_to_string(f.nodes[0].dir.join("state/moves.json")).unwrap();
+    assert_eq!(env, "", "moves too large for the environment are only in the file");
     f.stop().await;
 }

@@ -727,11 +727,14 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     out
 }
 
-/// Serves the API on `listener` until `stop` resolves.
+/// Serves the API on `listener` until `stop` resolves, within [`baton_net::Limits`].
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(hub)).with_graceful_shutdown(stop).await
+    let limits = baton_net::Limits::for_this_process();
+    tracing::debug!(?limits, "API connection limits");
+    baton_net::serve(listener, None, router(hub), limits, stop).await;
+    Ok(())
 }
