@@ -59,6 +59,9 @@ async fn main() {
             db: dir.join("baton.db"),
             tls: tls.clone(),
             token: random_hex(),
+            open_reads: false,
+            public_host: None,
+            webhook_ca: None,
         })
         .await
         .unwrap();

@@ -59,6 +59,10 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
         db: tmp.join("baton.db"),
         tls: tls.clone(),
         token: token.clone(),
+        // A throwaway orchestrator on loopback: its dashboard opens without the token.
+        open_reads: true,
+        public_host: None,
+        webhook_ca: None,
     };
     let hub = baton_server::Hub::start(settings).await.map_err(|e| internal(&e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| internal(&e))?;

@@ -95,6 +95,17 @@ enum Cmd {
         /// File holding the operator token (else $BATON_TOKEN; else one is made beside the db).
         #[arg(long)]
         token_file: Option<String>,
+        /// Let anyone who reaches the API read campaigns, events, reports, the stream and
+        /// metrics without the token (writes still need it).
+        #[arg(long)]
+        open_reads: bool,
+        /// The URL operators reach the API at, when they use a DNS name for it (requests
+        /// naming any host other than an IP address, localhost or this one are refused).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// PEM file of more CA certificates to trust for HTTPS webhooks, besides the system's.
+        #[arg(long)]
+        webhook_ca: Option<String>,
     },
     /// Create a campaign from a file, start it and follow it to its end.
     Run {
@@ -444,7 +455,18 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 Ok(())
             }
         },
-        Cmd::Serve { fleet, db, listen, pki, cert, token_file } => {
+        Cmd::Serve { fleet, db, listen, pki, cert, token_file, open_reads, public_url, webhook_ca } => {
+            let public_host = match public_url.as_deref().map(|u| (u, baton_server::url_host(u))) {
+                None => None,
+                Some((_, Some(h))) => Some(h),
+                Some((u, None)) => {
+                    return Err(flag_error(
+                        "--public-url",
+                        format!("{u} has no host"),
+                        "write --public-url https://baton.example.com:7700",
+                    ))
+                }
+            };
             let fleet_text = read(&fleet)?;
             load_fleet(&fleet, &fleet_text)
                 .map_err(|d| Failure::Input(Box::new(d), Some(fleet_text.clone())))?;
@@ -465,12 +487,19 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 db: db.into(),
                 tls: baton_pki::TlsFiles::in_dir(std::path::Path::new(&pki), &cert),
                 token,
+                open_reads,
+                public_host,
+                webhook_ca: webhook_ca.map(Into::into),
             };
             logging("info");
             raise_open_files();
             runtime()?.block_on(async move {
-                let hub =
-                    baton_server::Hub::start(settings).await.map_err(|e| Failure::Internal(e.to_string()))?;
+                let hub = baton_server::Hub::start(settings).await.map_err(|e| match e {
+                    baton_server::ServerError::WebhookCa(w) => {
+                        flag_error("--webhook-ca", w.to_string(), "give a PEM file of CA certificates")
+                    }
+                    e => Failure::Internal(e.to_string()),
+                })?;
                 let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
                     flag_error("--listen", format!("cannot listen on {listen}: {e}"), "choose a free address")
                 })?;

@@ -421,6 +421,77 @@ async fn a_dnf_action_refuses_a_version_that_names_another_package() {
     f.stop().await;
 }
 
+/// Issue 11, item 5: reports (with the output of commands run as root), events and the stream
+/// needed no token, and any `Host` was answered, so a web page whose name was made to point at
+/// 127.0.0.1 could read them through a browser (DNS rebinding). Reads need the token now unless
+/// `--open-reads`, and a `Host` that is not an IP address, localhost or `--public-url` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_the_token_and_the_host_must_name_the_api() {
+    let mut f = local("reads", LocalOptions { nodes: 1, ..Default::default() }).await;
+    let p1 = port();
+    let serve = Serve::start(&f, p1).await;
+    let v = serve.create_and_start(LocalFleet::campaign_toml("")).await;
+    let bare = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", serve.url);
+    let reads = [
+        "/v1/campaigns".to_string(),
+        format!("/v1/campaigns/{}", v.id),
+        format!("/v1/campaigns/{}/events", v.id),
+        format!("/v1/campaigns/{}/report", v.id),
+        "/v1/stream".into(),
+        "/metrics".into(),
+    ];
+    for p in &reads {
+        let r = bare.get(url(p)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{p} without the token");
+        let e: baton_proto::ApiError = r.json().await.unwrap();
+        assert_eq!(e.code, "unauthorized", "{p}");
+        let r = bare.get(url(p)).bearer_auth(&serve.token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{p} with the token");
+    }
+    for p in ["/", "/healthz", "/openapi.json"] {
+        assert_eq!(bare.get(url(p)).send().await.unwrap().status().as_u16(), 200, "{p} is open");
+    }
+    // A name that is not this API's is refused, even with the token; an address or localhost is not.
+    for (host, status) in [
+        (format!("rebound.example:{p1}"), 421),
+        (format!("localhost:{p1}"), 200),
+        (format!("127.0.0.1:{p1}"), 200),
+        (format!("[::1]:{p1}"), 200),
+    ] {
+        let r = bare
+            .get(url("/v1/campaigns"))
+            .bearer_auth(&serve.token)
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "Host: {host}");
+        if status == 421 {
+            let e: baton_proto::ApiError = r.json().await.unwrap();
+            assert_eq!(e.code, "bad-host");
+        }
+    }
+    drop(serve);
+
+    // --open-reads: reads without the token, writes still with it; --public-url adds its name.
+    let flags = ["--open-reads", "--public-url", "https://baton.example.com:8443/"];
+    let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &flags).await;
+    let url = |p: &str| format!("{}{p}", serve.url);
+    assert_eq!(
+        bare.get(url(&format!("/v1/campaigns/{}/report", v.id))).send().await.unwrap().status().as_u16(),
+        200
+    );
+    let r = bare.post(url(&format!("/v1/campaigns/{}/pause", v.id))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "writes still need the token");
+    let r = bare.get(url("/v1/campaigns")).header("host", "BATON.example.com:8443").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the --public-url name");
+    let r = bare.get(url("/v1/campaigns")).header("host", "other.example.com").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    drop(serve);
+    f.stop().await;
+}
+
 /// Issue 11, item 6: the HTTP layer's own rejections (a path that does not parse, a body that
 /// is not JSON, a wrong content type, no such route, a body too large) came as plain text with
 /// statuses the document did not list. Each is JSON `{"code","message"}` now, and documented.

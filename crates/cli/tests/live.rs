@@ -353,7 +353,10 @@ async fn strangers_unknown_actions_and_missing_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    assert_eq!(http.get(format!("{}/v1/campaigns", serve.url)).send().await.unwrap().status().as_u16(), 200);
+    // Reads need the token too (reports hold command output): 401 without, 200 with.
+    assert_eq!(http.get(format!("{}/v1/campaigns", serve.url)).send().await.unwrap().status().as_u16(), 401);
+    let r = http.get(format!("{}/v1/campaigns", serve.url)).bearer_auth(&serve.token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     // Bad campaign text: 422 with the place; a second campaign while one holds the fleet: 409.
     let r: Result<CampaignView, _> = serve
         .post("/v1/campaigns", Some(serde_json::json!({"toml": "name = \"x\"\ntarget_version = \"9\"\n"})))
@@ -464,6 +467,18 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         .unwrap();
     let (_driver, c) = browser(&f.dir).await;
     c.goto(&format!("{}/", serve.url)).await.unwrap();
+    // Reads need the token: the page shows nothing until it has it.
+    until(
+        &c,
+        "the page to ask for the token",
+        Duration::from_secs(20),
+        "return document.getElementById('live').textContent === 'enter the operator token'",
+    )
+    .await;
+    let cells = c.execute("return document.querySelectorAll('#heatmap .cell').length", vec![]).await.unwrap();
+    assert_eq!(cells.as_u64(), Some(0), "nothing is shown without the token");
+    c.find(fantoccini::Locator::Css("#token")).await.unwrap().send_keys(&serve.token).await.unwrap();
+    c.execute("document.getElementById('token').dispatchEvent(new Event('change'))", vec![]).await.unwrap();
     // The heatmap: one row per update domain (the local fleet has 3), every node pending.
     until(
         &c,
@@ -487,9 +502,7 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     .await;
     let same = c.execute("return window.__marker === 'same page'", vec![]).await.unwrap();
     assert_eq!(same.as_bool(), Some(true), "the page was reloaded");
-    // Pause with the operator token and a confirmation.
-    c.find(fantoccini::Locator::Css("#token")).await.unwrap().send_keys(&serve.token).await.unwrap();
-    c.execute("document.getElementById('token').dispatchEvent(new Event('change'))", vec![]).await.unwrap();
+    // Pause with a confirmation (the token is in the box already).
     until(
         &c,
         "Pause to be enabled",
@@ -657,6 +670,7 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
     for (format, must) in [("md", "## node5"), ("html", "<h2>node5"), ("json", "\"name\": \"node5\"")] {
         let o = Command::new(exe())
             .args(["report", &id.to_string(), "--format", format, "--server", &serve.url])
+            .env("BATON_TOKEN", &serve.token)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -676,6 +690,11 @@ struct Receiver {
 }
 
 async fn receiver() -> Receiver {
+    receiver_over(None).await
+}
+
+/// As [`receiver`], over TLS with this configuration when given.
+async fn receiver_over(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicUsize::new(0));
     let (g, r) = (got.clone(), requests.clone());
@@ -693,8 +712,13 @@ async fn receiver() -> Receiver {
         }),
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let port = l.local_addr().unwrap().port();
+    let url = match tls {
+        Some(_) => format!("https://localhost:{port}/hook"),
+        None => format!("http://127.0.0.1:{port}/hook"),
+    };
+    let limits = baton_net::Limits::for_this_process();
+    tokio::spawn(baton_net::serve(l, tls, app, limits, std::future::pending()));
     Receiver { url, got, requests }
 }
 
@@ -737,6 +761,45 @@ async fn webhooks_arrive_once_even_when_the_first_attempt_fails() {
     assert_eq!(got[1]["campaign"], "demo-1.1");
     // The first attempt was refused and retried: one more request than events accepted.
     assert_eq!(hooks.requests.load(Ordering::SeqCst), got.len() + 1);
+    drop(serve);
+    f.stop().await;
+}
+
+/// Issue 11, item 5: the webhook client had no trust roots, so an HTTPS webhook could never
+/// arrive. It trusts the system's roots now, and `--webhook-ca` adds a private CA: a receiver on
+/// loopback with a certificate from its own CA gets the campaign's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_with_its_own_ca_arrives() {
+    use rustls::pki_types::pem::PemObject;
+    let ca = fresh_dir("hook-ca");
+    baton_pki::init_ca_days(&ca, "hooks", 30).unwrap();
+    baton_pki::issue(&ca, "localhost", baton_pki::Role::Agent, &[]).unwrap();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_file_iter(baton_pki::cert_path(&ca, "localhost"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(baton_pki::key_path(&ca, "localhost")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(baton_pki::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let hooks = receiver_over(Some(Arc::new(tls))).await;
+    assert!(hooks.url.starts_with("https://localhost:"), "{}", hooks.url);
+    let mut f = local(
+        "https-hooks",
+        LocalOptions { nodes: 1, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let ca_pem = baton_pki::ca_cert_path(&ca).display().to_string();
+    let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--webhook-ca", &ca_pem]).await;
+    let toml = LocalFleet::campaign_toml(&format!("webhooks = [\"{}\"]\n", hooks.url));
+    let v = serve.create_and_start(toml).await;
+    serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let got = hooks.wait_for("completed").await;
+    assert_eq!(events_of(&got), ["started", "completed"]);
     drop(serve);
     f.stop().await;
 }

@@ -89,6 +89,8 @@ pub struct Driver {
     stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
     /// Where the campaign's webhooks go (when its file lists any).
     hooks: Option<mpsc::UnboundedSender<crate::webhook::Hook>>,
+    /// What they are sent with.
+    webhooks: reqwest::Client,
     /// The last estimate of the end, and when it was made.
     eta: Option<(u64, std::time::Instant)>,
     /// The step each node is in for the metrics, and since when.
@@ -181,16 +183,24 @@ fn needs_job(st: &NodeState) -> bool {
         )
 }
 
+/// What every campaign's driver shares with the others.
+#[derive(Clone)]
+pub struct With {
+    pub store: Arc<Store>,
+    pub client: AgentClient,
+    pub telemetry: Arc<Telemetry>,
+    pub stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
+    pub webhooks: reqwest::Client,
+}
+
 impl Driver {
     pub fn new(
         id: i64,
         campaign: Campaign,
-        store: Arc<Store>,
-        client: AgentClient,
         events: i64,
-        telemetry: Arc<Telemetry>,
-        stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
+        with: With,
     ) -> (Driver, mpsc::Receiver<Msg>, watch::Receiver<CampaignView>) {
+        let With { store, client, telemetry, stream, webhooks } = with;
         let (tx, rx) = mpsc::channel(1024);
         let (view, view_rx) = watch::channel(view_of(id, &campaign, events));
         let d = Driver {
@@ -207,6 +217,7 @@ impl Driver {
             telemetry,
             stream,
             hooks: None,
+            webhooks,
             eta: None,
             entered: HashMap::new(),
             resume_at: None,
@@ -221,7 +232,8 @@ impl Driver {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         if !self.campaign.spec.webhooks.is_empty() {
-            self.hooks = Some(crate::webhook::start(self.campaign.spec.webhooks.clone()));
+            self.hooks =
+                Some(crate::webhook::start(self.campaign.spec.webhooks.clone(), self.webhooks.clone()));
         }
         // After a restart: ask every agent the campaign waits on about its step again, then
         // every other node how it is (before any event: see `census`), then watch those.

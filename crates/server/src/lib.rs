@@ -37,6 +37,8 @@ pub enum ServerError {
     Replay { id: i64, err: RebuildError },
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("{0}")]
+    WebhookCa(#[from] webhook::WebhookCaError),
 }
 
 /// Settings read once at start.
@@ -47,6 +49,31 @@ pub struct Settings {
     pub db: PathBuf,
     pub tls: baton_pki::TlsFiles,
     pub token: String,
+    /// Reads (campaigns, their events and reports, the stream, metrics) without the token
+    /// (`--open-reads`). Off by default: reports hold the output of commands run as root.
+    pub open_reads: bool,
+    /// The name operators reach the API by, besides an IP address or `localhost`
+    /// (`--public-url`). Any other `Host` is refused, so a web page whose DNS name is made to
+    /// point at this address cannot use a browser's access to it.
+    pub public_host: Option<String>,
+    /// More trust roots (PEM) for HTTPS webhooks, besides the system's (`--webhook-ca`).
+    pub webhook_ca: Option<PathBuf>,
+}
+
+/// The host part of a URL (`https://baton.example.com:8443/x` → `baton.example.com`), lowercase.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host_name(authority.rsplit_once('@').map_or(authority, |(_, h)| h));
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// `Host` without its port; an IPv6 literal keeps its brackets.
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 struct Handle {
@@ -73,6 +100,8 @@ pub struct Hub {
     fleet: Arc<Fleet>,
     store: Arc<Store>,
     client: AgentClient,
+    /// What webhooks are sent with.
+    webhooks: reqwest::Client,
     campaigns: Mutex<BTreeMap<i64, Handle>>,
     /// Taken by whatever may make a campaign hold the fleet (creating one, rolling one back),
     /// across the check that no other campaign holds it and the change itself, so that two
@@ -162,7 +191,9 @@ impl Hub {
             .map_err(|d| ServerError::Fleet(Box::new(d)))?;
         let store = Arc::new(Store::open(&settings.db)?);
         let client = AgentClient::new(&settings.tls)?;
+        let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
         let hub = Arc::new(Hub {
+            webhooks,
             fleet: Arc::new(fleet),
             store,
             client,
@@ -205,15 +236,14 @@ impl Hub {
     }
 
     fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64) {
-        let (d, rx, view) = Driver::new(
-            id,
-            c,
-            self.store.clone(),
-            self.client.clone(),
-            events,
-            self.telemetry.clone(),
-            self.stream.clone(),
-        );
+        let with = driver::With {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            telemetry: self.telemetry.clone(),
+            stream: self.stream.clone(),
+            webhooks: self.webhooks.clone(),
+        };
+        let (d, rx, view) = Driver::new(id, c, events, with);
         let h = Handle { inbox: d.inbox(), view, overhead_us: d.overhead_us.clone() };
         tokio::spawn(d.run(rx));
         map.insert(id, h);
@@ -461,6 +491,16 @@ impl Hub {
         metrics::render(&self.views(), &self.telemetry)
     }
 
+    /// Whether a request that names `host` is for this API: an IP address (DNS rebinding needs
+    /// a name), `localhost`, or the `--public-url` name.
+    fn host_ok(&self, host: &str) -> bool {
+        let name = host_name(host);
+        name.starts_with('[')
+            || name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self.settings.public_host.as_deref().is_some_and(|p| name.eq_ignore_ascii_case(p))
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<String, Fail> {
         let given = headers
             .get("authorization")
@@ -506,6 +546,26 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
+/// Every operation may be refused with `421 bad-host` (see [`guard`]).
+fn with_bad_host(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refused = ResponseBuilder::new()
+        .description(
+            "the Host header names something other than this API (an IP address, localhost or --public-url)",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("ApiError"))).build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            op.responses.responses.entry("421".into()).or_insert_with(|| refused.clone().into());
+        }
+    }
+    doc
+}
+
 static OPENAPI: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
 
 /// This document.
@@ -521,7 +581,8 @@ async fn healthz() -> &'static str {
 }
 
 /// Every campaign.
-#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", responses((status = 200, body = Vec<CampaignView>)))]
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", security(("token" = [])),
+    responses((status = 200, body = Vec<CampaignView>), (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn list(State(h): State<Shared>) -> Json<Vec<CampaignView>> {
     Json(h.views())
 }
@@ -545,7 +606,9 @@ async fn create(
 
 /// One campaign: phase, nodes, service budgets.
 #[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
-    responses((status = 200, body = CampaignView), (status = 400, description = "the id is not a number", body = ApiError), (status = 404, body = ApiError)))]
+    security(("token" = [])),
+    responses((status = 200, body = CampaignView), (status = 400, description = "the id is not a number", body = ApiError),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError), (status = 404, body = ApiError)))]
 async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<CampaignView>, Fail> {
     h.view(id)
         .map(Json)
@@ -581,7 +644,9 @@ struct EventsQuery {
 #[utoipa::path(get, path = "/v1/campaigns/{id}/events", tag = "campaigns",
     params(("id" = i64, Path, description = "campaign id"), ("after" = Option<i64>, Query, description = "last seq seen"),
            ("wait_ms" = Option<u64>, Query, description = "long poll, at most 60000")),
-    responses((status = 200, body = Vec<JournalEntry>), (status = 400, description = "the id or a query parameter is not a number", body = ApiError), (status = 404, body = ApiError)))]
+    security(("token" = [])),
+    responses((status = 200, body = Vec<JournalEntry>), (status = 400, description = "the id or a query parameter is not a number", body = ApiError),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError), (status = 404, body = ApiError)))]
 async fn events(
     State(h): State<Shared>,
     UrlPath(id): UrlPath<i64>,
@@ -600,14 +665,18 @@ async fn events(
 
 /// The campaign's run report: per node, steps with outcome, duration and output; totals.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/report", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
-    responses((status = 200, body = Report), (status = 400, description = "the id is not a number", body = ApiError), (status = 404, body = ApiError)))]
+    security(("token" = [])),
+    responses((status = 200, body = Report), (status = 400, description = "the id is not a number", body = ApiError),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError), (status = 404, body = ApiError)))]
 async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<Report>, Fail> {
     h.report(id).map(Json)
 }
 
 /// Server-Sent Events: every campaign's view at once, then each change and journal entry as
 /// it happens. A subscriber that falls behind gets the whole picture again.
-#[utoipa::path(get, path = "/v1/stream", tag = "campaigns", responses((status = 200, description = "text/event-stream of `view` and `entry` events", content_type = "text/event-stream")))]
+#[utoipa::path(get, path = "/v1/stream", tag = "campaigns", security(("token" = [])),
+    responses((status = 200, description = "text/event-stream of `view` and `entry` events", content_type = "text/event-stream"),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn stream(
     State(h): State<Shared>,
 ) -> axum::response::sse::Sse<
@@ -654,7 +723,9 @@ async fn dashboard() -> Response {
 }
 
 /// Prometheus metrics (OpenMetrics text), all named `baton_`.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "metrics", content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(("token" = [])),
+    responses((status = 200, description = "metrics", content_type = "application/openmetrics-text"),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn metrics_page(State(h): State<Shared>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -679,8 +750,43 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(report_json))
         .routes(routes!(act))
         .split_for_parts();
-    let _ = OPENAPI.set(doc);
-    router.with_state(h).fallback(no_route).layer(axum::middleware::from_fn(json_errors))
+    let _ = OPENAPI.set(with_bad_host(doc));
+    router
+        .with_state(h.clone())
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(h, guard))
+}
+
+/// Before any route: the `Host` must name this API, and reads need the token unless
+/// `--open-reads`. Writes check the token in their handlers (they journal who acted).
+async fn guard(
+    State(h): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(host) = req.headers().get(axum::http::header::HOST) {
+        let host = String::from_utf8_lossy(host.as_bytes());
+        if !h.host_ok(&host) {
+            return Fail::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "bad-host",
+                format!(
+                    "this API does not answer to the name `{}`: use its IP address, localhost, or the name given with --public-url",
+                    host.chars().take(100).collect::<String>()
+                ),
+            )
+            .into_response();
+        }
+    }
+    let path = req.uri().path();
+    let read = req.method() != axum::http::Method::POST && (path.starts_with("/v1/") || path == "/metrics");
+    if read && !h.settings.open_reads {
+        if let Err(f) = h.authorize(req.headers()) {
+            return f.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// No such route: a JSON 404 like every other refusal.

@@ -5,8 +5,38 @@
 
 use baton_core::campaign::{Notice, Phase};
 use serde::Serialize;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Why the webhook client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookCaError {
+    #[error("--webhook-ca {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("--webhook-ca {path}: {why}")]
+    Bad { path: String, why: String },
+}
+
+/// The client webhooks are sent with: HTTPS receivers are verified against the system's trust
+/// roots (`/etc/ssl/certs`, or `$SSL_CERT_FILE`), and against the certificates in `extra_ca`
+/// (PEM) when given, for receivers behind a private CA.
+pub fn client(extra_ca: Option<&Path>) -> Result<reqwest::Client, WebhookCaError> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10)).tls_built_in_root_certs(true);
+    if let Some(path) = extra_ca {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|err| WebhookCaError::Read { path: shown.clone(), err })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| WebhookCaError::Bad { path: shown.clone(), why: e.to_string() })?;
+        if certs.is_empty() {
+            return Err(WebhookCaError::Bad { path: shown, why: "holds no PEM certificate".into() });
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| WebhookCaError::Bad { path: "(system roots)".into(), why: e.to_string() })
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Hook {
@@ -61,11 +91,11 @@ pub fn event_of(n: &Notice) -> Option<What> {
 
 pub const ATTEMPTS: u32 = 12;
 
-/// Starts the delivery task for these URLs; send hooks on the returned channel.
-pub fn start(urls: Vec<String>) -> mpsc::UnboundedSender<Hook> {
+/// Starts the delivery task for these URLs, sending with `http` (see [`client`]); send hooks on
+/// the returned channel.
+pub fn start(urls: Vec<String>, http: reqwest::Client) -> mpsc::UnboundedSender<Hook> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
     tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         while let Some(hook) = rx.recv().await {
             for url in &urls {
                 let mut wait = Duration::from_millis(200);

@@ -62,15 +62,29 @@ impl Serve {
 
     /// As `start`, with the journal at `db`.
     pub async fn start_on(fleet: &LocalFleet, port: u16, db: &Path) -> Serve {
+        Serve::start_with(fleet, port, db, &[]).await
+    }
+
+    /// As `start_on`, with more flags.
+    pub async fn start_with(fleet: &LocalFleet, port: u16, db: &Path, flags: &[&str]) -> Serve {
         let token = Serve::TOKEN;
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(fleet.dir.join("serve.log")).unwrap();
-        let child = serve_command(fleet, port, db).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child =
+            serve_command(fleet, port, db).args(flags).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let s = Serve {
             child,
             url: format!("http://127.0.0.1:{port}"),
             token: token.into(),
-            http: reqwest::Client::new(),
+            // Reads need the token too: every request of this client carries it.
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap())]
+                        .into_iter()
+                        .collect(),
+                )
+                .build()
+                .unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while s.http.get(format!("{}/healthz", s.url)).send().await.is_err() {
