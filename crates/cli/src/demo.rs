@@ -76,6 +76,10 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
         tmp.display()
     );
     println!("dashboard: {url}/");
+    // Reads are open in the demo; pause, resume and abort on the dashboard need the token.
+    let token_file = tmp.join("operator.token");
+    baton_pki::write_private(&token_file, token.as_bytes()).map_err(|e| internal(&e))?;
+    println!("operator token (for the dashboard's pause, resume and abort): {}", token_file.display());
 
     let api = ops::Api::new(&url, Some(token));
     let v = api.create("demo-campaign.toml", LocalFleet::campaign_toml("")).await.map_err(Failure::Api)?;

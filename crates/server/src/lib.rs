@@ -102,6 +102,8 @@ pub struct Hub {
     client: AgentClient,
     /// What webhooks are sent with.
     webhooks: reqwest::Client,
+    /// The API's document as this server answers (set when the router is made).
+    openapi: std::sync::OnceLock<utoipa::openapi::OpenApi>,
     campaigns: Mutex<BTreeMap<i64, Handle>>,
     /// Taken by whatever may make a campaign hold the fleet (creating one, rolling one back),
     /// across the check that no other campaign holds it and the change itself, so that two
@@ -194,6 +196,7 @@ impl Hub {
         let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
         let hub = Arc::new(Hub {
             webhooks,
+            openapi: std::sync::OnceLock::new(),
             fleet: Arc::new(fleet),
             store,
             client,
@@ -546,8 +549,9 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
-/// Every operation may be refused with `421 bad-host` (see [`guard`]).
-fn with_bad_host(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// The document as this server answers: every operation may be refused with `421 bad-host`
+/// (see [`guard`]), and with `--open-reads` no read asks for the token.
+fn as_served(mut doc: utoipa::openapi::OpenApi, open_reads: bool) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     let refused = ResponseBuilder::new()
         .description(
@@ -562,16 +566,18 @@ fn with_bad_host(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi 
         for op in [&mut item.get, &mut item.post].into_iter().flatten() {
             op.responses.responses.entry("421".into()).or_insert_with(|| refused.clone().into());
         }
+        if let (Some(op), true) = (&mut item.get, open_reads) {
+            op.security = None;
+            op.responses.responses.remove("401");
+        }
     }
     doc
 }
 
-static OPENAPI: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
-async fn openapi_json() -> Response {
-    Json(OPENAPI.get().cloned().unwrap_or_default()).into_response()
+async fn openapi_json(State(h): State<Shared>) -> Response {
+    Json(h.openapi.get().cloned().unwrap_or_default()).into_response()
 }
 
 /// Liveness.
@@ -632,6 +638,9 @@ async fn act(
     h.act(id, &action, by).await.map(Json)
 }
 
+/// The longest long poll (`wait_ms`).
+const MAX_WAIT_MS: u64 = 60_000;
+
 #[derive(Deserialize)]
 struct EventsQuery {
     #[serde(default)]
@@ -643,9 +652,9 @@ struct EventsQuery {
 /// The campaign's journal after `after`; with `wait_ms`, waits for a newer entry first.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/events", tag = "campaigns",
     params(("id" = i64, Path, description = "campaign id"), ("after" = Option<i64>, Query, description = "last seq seen"),
-           ("wait_ms" = Option<u64>, Query, description = "long poll, at most 60000")),
+           ("wait_ms" = Option<u64>, Query, description = "long poll: wait up to this many ms for a newer entry", minimum = 0, maximum = 60000)),
     security(("token" = [])),
-    responses((status = 200, body = Vec<JournalEntry>), (status = 400, description = "the id or a query parameter is not a number", body = ApiError),
+    responses((status = 200, body = Vec<JournalEntry>), (status = 400, description = "the id or a query parameter is not a number, or wait_ms is over 60000", body = ApiError),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError), (status = 404, body = ApiError)))]
 async fn events(
     State(h): State<Shared>,
@@ -653,12 +662,15 @@ async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<JournalEntry>>, Fail> {
     if let Some(ms) = q.wait_ms {
+        if ms > MAX_WAIT_MS {
+            return Err(Fail::new(
+                StatusCode::BAD_REQUEST,
+                "bad-query",
+                format!("wait_ms is {ms}: at most {MAX_WAIT_MS} (ask again for longer)"),
+            ));
+        }
         let after = q.after;
-        let _ = tokio::time::timeout(
-            Duration::from_millis(ms.min(60_000)),
-            h.wait_view(id, |v| v.events > after),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(ms), h.wait_view(id, |v| v.events > after)).await;
     }
     h.events(id, q.after).map(Json)
 }
@@ -750,7 +762,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(report_json))
         .routes(routes!(act))
         .split_for_parts();
-    let _ = OPENAPI.set(with_bad_host(doc));
+    let _ = h.openapi.set(as_served(doc, h.settings.open_reads));
     router
         .with_state(h.clone())
         .fallback(no_route)
