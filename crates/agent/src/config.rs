@@ -68,6 +68,9 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// The fleet's revocation list (`baton ca revoke`); default: `crl.pem` beside `ca`, when
+    /// there is one. Read again on SIGHUP.
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,7 +431,12 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
     }
 
     // TLS is not optional: the files must be there, and the key private.
-    let tls = baton_pki::TlsFiles { ca: abs(&raw.tls.ca), cert: abs(&raw.tls.cert), key: abs(&raw.tls.key) };
+    let tls = baton_pki::TlsFiles {
+        ca: abs(&raw.tls.ca),
+        cert: abs(&raw.tls.cert),
+        key: abs(&raw.tls.key),
+        crl: raw.tls.crl.as_deref().map(abs),
+    };
     for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
         if !path.is_file() {
             return Err(err(

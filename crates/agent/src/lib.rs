@@ -606,9 +606,31 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
         tokio::net::TcpListener::from_std(listener).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
     let limits = baton_net::Limits::for_this_process();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(baton_net::serve(listener, Some(tls), router(agent.clone()), limits, async {
-        let _ = stopped.await;
-    }));
+    // SIGHUP reads the TLS files again (a new revocation list, a renewed certificate); new
+    // connections use them, and the old ones stay in force when they do not load.
+    let (tls_tx, tls_rx) = watch::channel(tls);
+    let files = agent.cfg.tls.clone();
+    let reload = tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: TLS files are read at start only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match files.server_config() {
+                Ok(c) => {
+                    tls_tx.send_replace(c);
+                    tracing::info!("SIGHUP: TLS files read again");
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: keeping the TLS files in use, the new ones do not load: {e}")
+                }
+            }
+        }
+    });
+    let server =
+        tokio::spawn(baton_net::serve(listener, Some(tls_rx), router(agent.clone()), limits, async {
+            let _ = stopped.await;
+        }));
     tracing::info!(node = %agent.cfg.node, %addr, boot_id = %agent.boot_id, ?limits, "agent listening (mutual TLS)");
     let code = tokio::select! {
         c = exit_rx.recv() => c.unwrap_or(0),
@@ -616,6 +638,7 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     };
     let _ = stop.send(());
     let _ = server.await;
+    reload.abort();
     health.abort();
     Ok(code)
 }

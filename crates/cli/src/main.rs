@@ -194,6 +194,13 @@ enum CaCmd {
         #[arg(long, default_value_t = baton_pki::LEAF_DAYS)]
         days: u32,
     },
+    /// Revoke a certificate: adds it to crl.pem, which agents (on SIGHUP) and the orchestrator
+    /// (at start) honour; moves its files aside so the name can be issued again.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = "pki")]
+        dir: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -451,6 +458,16 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 })?;
                 println!(
                     "certificate for {name} written to {dir}/{name}.pem (key {dir}/{name}.key, mode 0600)"
+                );
+                Ok(())
+            }
+            CaCmd::Revoke { name, dir } => {
+                let serial = baton_pki::revoke(std::path::Path::new(&dir), &name).map_err(|e| {
+                    flag_error("ca revoke", e.to_string(), "name a certificate issued from this --dir")
+                })?;
+                println!(
+                    "{name} (serial {serial}) revoked: {dir}/crl.pem written. Copy it beside ca.pem on every node and \
+                     `systemctl reload baton-agent` (SIGHUP), and restart `baton serve`."
                 );
                 Ok(())
             }

@@ -395,14 +395,9 @@ async fn a_dnf_action_refuses_a_version_that_names_another_package() {
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str("\n[[action]]\nname = \"rpm\"\nkind = \"dnf\"\npackage = \"myapp\"\n");
     std::fs::write(&cfg, text).unwrap();
-    f.start(&exe(), 200);
+    start_and_wait(&mut f, 200).await;
     let c = client(&f);
     let (node, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.status(&node, &addr, None, 0).await.is_err() {
-        assert!(Instant::now() < deadline, "agent did not come up; see {}", f.nodes[0].dir.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let req = StepRequest {
         action: Some("rpm".into()),
         version: Some("devel".into()),
@@ -489,6 +484,62 @@ async fn reads_need_the_token_and_the_host_must_name_the_api() {
     let r = bare.get(url("/v1/campaigns")).header("host", "other.example.com").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 421);
     drop(serve);
+    f.stop().await;
+}
+
+/// Issue 11, item 3: certificates could not be revoked. `baton ca revoke orchestrator` writes
+/// `crl.pem` beside `ca.pem`; once the agents read it (SIGHUP), every one of them refuses the
+/// revoked certificate, and the one issued in its place works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_orchestrator_certificate_is_refused_by_every_agent() {
+    let mut f = local("revoke", LocalOptions { nodes: 3, ..Default::default() }).await;
+    let before = client(&f);
+    for n in &f.nodes {
+        assert!(before.status(&n.name, &n.addr, None, 0).await.is_ok(), "{} answers before", n.name);
+    }
+    let pki = f.pki.display().to_string();
+    let o = Command::new(exe()).args(["ca", "revoke", "orchestrator", "--dir", &pki]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    let serial = said.split("(serial ").nth(1).and_then(|r| r.split(')').next()).unwrap().to_string();
+    assert!(f.pki.join("crl.pem").exists());
+    // The revoked pair, moved aside, as a stolen copy would be used.
+    let stolen = baton_pki::TlsFiles {
+        cert: f.pki.join(format!("orchestrator.pem.revoked-{serial}")),
+        key: f.pki.join(format!("orchestrator.key.revoked-{serial}")),
+        ..baton_pki::TlsFiles::in_dir(&f.pki, "orchestrator")
+    };
+    for n in &f.nodes {
+        let pid = n.pid.load(Ordering::SeqCst);
+        assert_ne!(pid, 0, "{} runs", n.name);
+        // SAFETY: a signal to a child process this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    }
+    for n in &f.nodes {
+        // New connections only: a fresh client per try, so no pooled connection answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = baton_server::client::AgentClient::new(&stolen).unwrap();
+            match c.status(&n.name, &n.addr, None, 0).await {
+                Err(_) => break,
+                Ok(_) => assert!(Instant::now() < deadline, "{} still takes the revoked certificate", n.name),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Revoking it again is refused; a new certificate under the same name works everywhere.
+    let again = Command::new(exe()).args(["ca", "revoke", "orchestrator", "--dir", &pki]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", String::from_utf8_lossy(&again.stderr));
+    let o = Command::new(exe())
+        .args(["ca", "issue", "orchestrator", "--role", "orchestrator", "--dir", &pki])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = client(&f);
+    for n in &f.nodes {
+        let st = after.status(&n.name, &n.addr, None, 0).await;
+        assert!(st.is_ok(), "{} takes the new certificate: {st:?}", n.name);
+    }
     f.stop().await;
 }
 

@@ -718,6 +718,7 @@ async fn receiver_over(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         None => format!("http://127.0.0.1:{port}/hook"),
     };
     let limits = baton_net::Limits::for_this_process();
+    let tls = tls.map(|c| tokio::sync::watch::channel(c).1);
     tokio::spawn(baton_net::serve(l, tls, app, limits, std::future::pending()));
     Receiver { url, got, requests }
 }
@@ -821,14 +822,9 @@ async fn drain_hooks_get_the_workload_moves() {
         hook.display()
     ));
     std::fs::write(&cfg, text).unwrap();
-    f.start(&exe(), 200);
+    start_and_wait(&mut f, 200).await;
     let c = client(&f);
     let (name, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.status(&name, &addr, None, 0).await.is_err() {
-        assert!(Instant::now() < deadline, "agent did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let moves = vec![baton_proto::WorkloadMove { workload: "vm1".into(), to: "hv2".into(), live: true }];
     let req = StepRequest {
         id: "c/node1/0/drain".into(),

@@ -119,17 +119,18 @@ impl Drop for Permit {
     }
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is given) within `limits`, until `stop`
-/// resolves; then stops accepting and gives requests under way up to [`Limits::drain`].
+/// Serves `app` on `listener` (over TLS when `tls` is given: each new connection takes the
+/// configuration in the channel then, so a sender can swap certificates or revocation lists
+/// without a restart) within `limits`, until `stop` resolves; then stops accepting and gives
+/// requests under way up to [`Limits::drain`].
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
     app: axum::Router,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
     let gate = Arc::new(Gate { per_peer: limits.per_peer, total: limits.total, ..Default::default() });
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut refused = 0u64;
     let mut stop = std::pin::pin!(stop);
@@ -168,7 +169,8 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
+        let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.borrow().clone()));
+        let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
             match tls {

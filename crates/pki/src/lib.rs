@@ -8,8 +8,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::fs;
@@ -72,6 +73,91 @@ pub fn cert_path(dir: &Path, name: &str) -> PathBuf {
 }
 pub fn key_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.key"))
+}
+/// The certificate revocation list `baton ca revoke` writes; agents and the orchestrator read
+/// the one beside their `ca.pem`.
+pub fn crl_path(dir: &Path) -> PathBuf {
+    dir.join("crl.pem")
+}
+/// What has been revoked, a line each: serial (hex), when (Unix seconds), name.
+fn revoked_path(dir: &Path) -> PathBuf {
+    dir.join("revoked.txt")
+}
+
+/// `baton ca revoke NAME`: adds NAME's certificate to the fleet's revocation list and writes
+/// the list again, signed by the CA, to `crl.pem`; moves NAME's certificate and key aside (to
+/// `NAME.pem.revoked-SERIAL`), so that a new one can be issued. Returns the serial (hex).
+pub fn revoke(dir: &Path, name: &str) -> Result<String, PkiError> {
+    let cert = cert_path(dir, name);
+    let der = CertificateDer::from_pem_file(&cert).map_err(|e| PkiError::Bad {
+        path: cert.clone(),
+        message: format!("no certificate to revoke: {e}"),
+    })?;
+    let serial = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| PkiError::Bad { path: cert.clone(), message: format!("not a usable certificate: {e}") })?
+        .serial()
+        .to_vec();
+    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let list_file = revoked_path(dir);
+    let mut list = match fs::read_to_string(&list_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(&list_file)(e)),
+    };
+    if list.lines().any(|l| l.split_whitespace().next() == Some(hex.as_str())) {
+        return Err(PkiError::Bad { path: cert, message: format!("serial {hex} is revoked already") });
+    }
+    let now = time::OffsetDateTime::now_utc();
+    list.push_str(&format!("{hex} {} {name}\n", now.unix_timestamp()));
+    write_crl(dir, &list, now)?;
+    write_private(&list_file, list.as_bytes())?;
+    for from in [cert, key_path(dir, name)] {
+        let mut to = from.clone().into_os_string();
+        to.push(format!(".revoked-{hex}"));
+        if from.exists() {
+            fs::rename(&from, &to).map_err(io(&from))?;
+        }
+    }
+    Ok(hex)
+}
+
+/// Signs the revocation list `list` (lines of [`revoked_path`]) with the CA in `dir`.
+fn write_crl(dir: &Path, list: &str, now: time::OffsetDateTime) -> Result<(), PkiError> {
+    let bad = |m: String| PkiError::Bad { path: revoked_path(dir), message: m };
+    let mut revoked = Vec::new();
+    for (i, line) in list.lines().enumerate() {
+        let mut f = line.split_whitespace();
+        let (Some(hex), Some(at)) = (f.next(), f.next()) else { continue };
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|k| hex.get(k..k + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect();
+        let at = at.parse::<i64>().ok().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok());
+        let (Some(bytes), Some(at)) = (bytes, at) else {
+            return Err(bad(format!("line {} is not `SERIAL SECONDS NAME`", i + 1)));
+        };
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: at,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let name_file = dir.join("ca.name");
+    let cn = fs::read_to_string(&name_file).map_err(io(&name_file))?;
+    let ca_key = KeyPair::from_pem(&read_key_file(&ca_key_path(dir))?)?;
+    let issuer = Issuer::new(ca_params(cn.trim())?, ca_key);
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        // Agents do not refuse a list past this date (it is a hint for when to fetch the next).
+        next_update: now + time::Duration::days(i64::from(LEAF_DAYS)),
+        crl_number: rcgen::SerialNumber::from(revoked.len() as u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    write_private(&crl_path(dir), crl.pem()?.as_bytes())
 }
 
 /// How long a fleet CA is valid by default (`baton ca init --days`): ten years.
@@ -232,12 +318,38 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The revocation list: certificates on it are refused. `None`: `crl.pem` beside `ca`,
+    /// when there is one.
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// The files for `name` in a directory made by `baton ca`.
     pub fn in_dir(dir: &Path, name: &str) -> Self {
-        TlsFiles { ca: ca_cert_path(dir), cert: cert_path(dir, name), key: key_path(dir, name) }
+        TlsFiles { ca: ca_cert_path(dir), cert: cert_path(dir, name), key: key_path(dir, name), crl: None }
+    }
+
+    /// The revocation lists in force (none when there is no file and none was named).
+    fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
+        let path = match &self.crl {
+            Some(p) => p.clone(),
+            None => {
+                let beside = self.ca.with_file_name("crl.pem");
+                if !beside.exists() {
+                    return Ok(Vec::new());
+                }
+                beside
+            }
+        };
+        let pem = fs::read(&path).map_err(io(&path))?;
+        let crls: Vec<_> =
+            CertificateRevocationListDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| {
+                PkiError::Bad { path: path.clone(), message: format!("not a PEM revocation list: {e}") }
+            })?;
+        if crls.is_empty() {
+            return Err(PkiError::Bad { path, message: "no revocation list in the file".into() });
+        }
+        Ok(crls)
     }
 
     fn load(
@@ -270,6 +382,7 @@ impl TlsFiles {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let (roots, chain, key) = self.load()?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .with_crls(self.crls()?)
             .build()
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -285,10 +398,14 @@ impl TlsFiles {
     /// A client that trusts only the CA and presents its own certificate.
     pub fn client_config(&self) -> Result<ClientConfig, PkiError> {
         let (roots, chain, key) = self.load()?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .with_crls(self.crls()?)
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
         ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| PkiError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(chain, key)
             .map_err(|e| PkiError::Tls(e.to_string()))
     }
@@ -297,6 +414,61 @@ impl TlsFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revoking_lists_the_serial_signs_the_list_and_frees_the_name() {
+        let dir = std::env::temp_dir().join(format!("baton-pki-revoke-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        init_ca(&dir, "test").unwrap();
+        issue(&dir, "node1", Role::Agent, &[]).unwrap();
+        issue(&dir, "node2", Role::Agent, &[]).unwrap();
+        let der = CertificateDer::from_pem_file(cert_path(&dir, "node1")).unwrap();
+        let serial = revoke(&dir, "node1").unwrap();
+        let want: String = webpki::EndEntityCert::try_from(&der)
+            .unwrap()
+            .serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(serial, want);
+        assert!(!cert_path(&dir, "node1").exists() && !key_path(&dir, "node1").exists(), "moved aside");
+        assert!(dir.join(format!("node1.pem.revoked-{serial}")).exists());
+        // The list is the CA's, names that serial, and is what webpki checks against.
+        let pem = fs::read(crl_path(&dir)).unwrap();
+        let crl_der = CertificateRevocationListDer::from_pem_slice(&pem).unwrap();
+        let crl =
+            webpki::CertRevocationList::from(webpki::OwnedCertRevocationList::from_der(&crl_der).unwrap());
+        let ca = CertificateDer::from_pem_file(ca_cert_path(&dir)).unwrap();
+        let anchors = [webpki::anchor_from_trusted_cert(&ca).unwrap().to_owned()];
+        let check = |cert: &CertificateDer<'_>| {
+            let crls = [&crl];
+            let revocation = webpki::RevocationOptionsBuilder::new(&crls).unwrap().build();
+            let now = rustls::pki_types::UnixTime::now();
+            let algs = provider().signature_verification_algorithms.all;
+            webpki::EndEntityCert::try_from(cert)
+                .unwrap()
+                .verify_for_usage(
+                    algs,
+                    &anchors,
+                    &[],
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                    Some(revocation),
+                    None,
+                )
+                .map(|_| ())
+        };
+        assert_eq!(check(&der), Err(webpki::Error::CertRevoked), "node1 is listed");
+        let other = CertificateDer::from_pem_file(cert_path(&dir, "node2")).unwrap();
+        assert_eq!(check(&other), Ok(()), "node2 is not");
+        // A second revocation keeps the first on the list; the name can be issued again.
+        issue(&dir, "node1", Role::Agent, &[]).unwrap();
+        revoke(&dir, "node2").unwrap();
+        let list = fs::read_to_string(dir.join("revoked.txt")).unwrap();
+        assert_eq!(list.lines().count(), 2, "{list}");
+        assert!(revoke(&dir, "node9").is_err(), "nothing to revoke");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_certificate_names_its_node_and_no_other() {
