@@ -181,22 +181,27 @@ pub fn client(fleet: &LocalFleet) -> AgentClient {
 }
 
 /// A port for `baton serve`, which a test may restart on the same port after killing it.
+/// Starts a created fleet's agents (after a test changed their configs) and waits until every
+/// one answers.
+pub async fn start_and_wait(f: &mut LocalFleet, reboot_ms: u64) {
+    f.start(&exe(), reboot_ms);
+    let c = client(f);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &f.nodes {
+        while c.status(&n.name, &n.addr, None, 0).await.is_err() {
+            assert!(Instant::now() < deadline, "agent {} did not come up; see {}", n.name, n.dir.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 pub fn port() -> u16 {
     baton_agent::local::free_port().unwrap()
 }
 
 pub async fn local(name: &str, o: LocalOptions) -> LocalFleet {
     let mut f = LocalFleet::create(&fresh_dir(name), &o).unwrap();
-    f.start(&exe(), o.reboot_ms);
-    // Wait until every agent answers.
-    let c = client(&f);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for n in &f.nodes {
-        while c.status(&n.name, &n.addr, None, 0).await.is_err() {
-            assert!(Instant::now() < deadline, "agent {} did not come up", n.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    start_and_wait(&mut f, o.reboot_ms).await;
     f
 }
 
