@@ -121,72 +121,9 @@ impl Journal {
             file.sync_all().map_err(io(&path))?;
         }
 
-        let mut steps: HashMap<String, StepStatus> = HashMap::new();
-        let mut last = None;
-        for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue; // no record (and the empty piece after the last newline)
-            }
-            let (rec, dropped) = parse_line(line).map_err(|reason| JournalError::Corrupt {
-                path: path.clone(),
-                line: n + 1,
-                reason,
-            })?;
-            if dropped > 0 {
-                tracing::warn!(
-                    journal = %path.display(),
-                    line = n + 1,
-                    dropped,
-                    "a record glued behind a torn fragment (by an older agent): the record is \
-                     kept, the fragment dropped"
-                );
-            }
-            match rec {
-                Record::Start { id, kind, boot_id, version, .. } => {
-                    let e = steps.entry(id.clone()).or_insert_with(|| StepStatus {
-                        id: id.clone(),
-                        kind,
-                        state: StepState::Running,
-                        reboot: false,
-                        boot_id,
-                        version,
-                        error: None,
-                        output_tail: String::new(),
-                        executions: 0,
-                    });
-                    e.executions += 1;
-                    last = Some(id);
-                }
-                Record::End { id, state, reboot, version, error, tail } => {
-                    if let Some(s) = steps.get_mut(&id) {
-                        s.state = state;
-                        s.reboot = reboot;
-                        s.version = version.or(s.version.take());
-                        s.error = error;
-                        s.output_tail = tail;
-                    } else {
-                        tracing::warn!(
-                            journal = %path.display(),
-                            line = n + 1,
-                            step = %id,
-                            "the end of a step whose start is not in the journal; ignored"
-                        );
-                    }
-                }
-            }
-        }
-        // A step that started and never ended was cut short by a crash or a reboot. It is not
-        // run again; it is reported as failed, and the orchestrator decides what comes next.
-        for s in steps.values_mut() {
-            if s.state == StepState::Running {
-                s.state = StepState::Failed;
-                s.error = Some(
-                    "the agent stopped while this step ran (crash or reboot); it was not run again".into(),
-                );
-            }
-        }
+        let replayed = replay(&path, &bytes[..complete])?;
         let out = Appender { file, undo_to: None };
-        Ok((Journal { out, path }, Replayed { steps, last }))
+        Ok((Journal { out, path }, replayed))
     }
 
     /// Appends a record and waits until it is on disk. On an error nothing of the record is
@@ -196,6 +133,76 @@ impl Journal {
         line.push(b'\n');
         self.out.append(&line)
     }
+}
+
+/// The steps a journal's complete records (`complete`: up to and including its last newline)
+/// tell of. A step that started and never ended is reported failed, never run again; a damaged
+/// record stops the replay with its line.
+pub fn replay(path: &Path, complete: &[u8]) -> Result<Replayed, JournalError> {
+    let mut steps: HashMap<String, StepStatus> = HashMap::new();
+    let mut last = None;
+    for (n, line) in complete.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue; // no record (and the empty piece after the last newline)
+        }
+        let (rec, dropped) = parse_line(line).map_err(|reason| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: n + 1,
+            reason,
+        })?;
+        if dropped > 0 {
+            tracing::warn!(
+                journal = %path.display(),
+                line = n + 1,
+                dropped,
+                "a record glued behind a torn fragment (by an older agent): the record is \
+                 kept, the fragment dropped"
+            );
+        }
+        match rec {
+            Record::Start { id, kind, boot_id, version, .. } => {
+                let e = steps.entry(id.clone()).or_insert_with(|| StepStatus {
+                    id: id.clone(),
+                    kind,
+                    state: StepState::Running,
+                    reboot: false,
+                    boot_id,
+                    version,
+                    error: None,
+                    output_tail: String::new(),
+                    executions: 0,
+                });
+                e.executions += 1;
+                last = Some(id);
+            }
+            Record::End { id, state, reboot, version, error, tail } => {
+                if let Some(s) = steps.get_mut(&id) {
+                    s.state = state;
+                    s.reboot = reboot;
+                    s.version = version.or(s.version.take());
+                    s.error = error;
+                    s.output_tail = tail;
+                } else {
+                    tracing::warn!(
+                        journal = %path.display(),
+                        line = n + 1,
+                        step = %id,
+                        "the end of a step whose start is not in the journal; ignored"
+                    );
+                }
+            }
+        }
+    }
+    // A step that started and never ended was cut short by a crash or a reboot. It is not
+    // run again; it is reported as failed, and the orchestrator decides what comes next.
+    for s in steps.values_mut() {
+        if s.state == StepState::Running {
+            s.state = StepState::Failed;
+            s.error =
+                Some("the agent stopped while this step ran (crash or reboot); it was not run again".into());
+        }
+    }
+    Ok(Replayed { steps, last })
 }
 
 /// Parses one complete line into its record and the number of bytes dropped before it.
@@ -277,7 +284,12 @@ impl<F: Sink> Appender<F> {
 }
 
 #[cfg(test)]
+#[path = "../tests/common/records.rs"]
+mod records;
+
+#[cfg(test)]
 mod tests {
+    use super::records::{assert_file, end, start};
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -292,42 +304,6 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&d);
         d
-    }
-
-    /// Checks that a file holds exactly `want`; on a difference it says where, not every byte.
-    fn assert_file(path: &Path, want: &[u8], what: &str) {
-        let got = std::fs::read(path).unwrap();
-        if got != want {
-            let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-            panic!(
-                "{what}: {} is {} bytes, expected {}; they differ from byte {at}: {:?}",
-                path.display(),
-                got.len(),
-                want.len(),
-                String::from_utf8_lossy(&got[at..got.len().min(at + 80)])
-            );
-        }
-    }
-
-    fn start(id: &str) -> Record {
-        Record::Start {
-            id: id.into(),
-            kind: StepKind::Action,
-            boot_id: "b1".into(),
-            action: Some("upgrade".into()),
-            version: Some("1.1".into()),
-        }
-    }
-
-    fn end(id: &str, state: StepState, tail: &str) -> Record {
-        Record::End {
-            id: id.into(),
-            state,
-            reboot: false,
-            version: Some("1.1".into()),
-            error: (state == StepState::Failed).then(|| "exit 1: é✓".into()),
-            tail: tail.into(),
-        }
     }
 
     fn line(r: &Record) -> Vec<u8> {

@@ -142,6 +142,17 @@ impl LocalFleet {
             write(&nd.join("state/version"), "1.0\n")?;
             write(&nd.join("boot_id"), &random_hex())?;
             let port = free_port().map_err(io(dir))?;
+            // Updating and rolling back run the same script, to the version they are given.
+            let actions: String = ["upgrade", "rollback"]
+                .iter()
+                .map(|a| {
+                    format!(
+                        "[[action]]\nname = \"{a}\"\nkind = \"script\"\nargv = [\"/bin/sh\", \"{script}\", \"{{version}}\", \"{{state_dir}}\", \"{secs}\"]\ntimeout = \"2m\"\nreboot = \"if-required\"\n\n",
+                        script = script.display(),
+                        secs = o.action_seconds,
+                    )
+                })
+                .collect();
             let cfg = format!(
                 r#"node = "{name}"
 listen = "127.0.0.1:{port}"
@@ -157,28 +168,13 @@ ca = "{pki}/ca.pem"
 cert = "{pki}/{name}.pem"
 key = "{pki}/{name}.key"
 
-[[action]]
-name = "upgrade"
-kind = "script"
-argv = ["/bin/sh", "{script}", "{{version}}", "{{state_dir}}", "{secs}"]
-timeout = "2m"
-reboot = "if-required"
-
-[[action]]
-name = "rollback"
-kind = "script"
-argv = ["/bin/sh", "{script}", "{{version}}", "{{state_dir}}", "{secs}"]
-timeout = "2m"
-reboot = "if-required"
-
+{actions}
 [[check]]
 name = "version-file"
 kind = "command"
 argv = ["test", "-s", "{{state_dir}}/version"]
 "#,
                 pki = pki.display(),
-                script = script.display(),
-                secs = o.action_seconds,
             );
             write(&nd.join("agent.toml"), &cfg)?;
             let _ = write!(

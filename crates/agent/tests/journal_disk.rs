@@ -15,6 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/records.rs"]
+mod records;
+use records::{assert_file, end, start};
+
 static N: AtomicUsize = AtomicUsize::new(0);
 
 /// The environment variable that makes this binary an agent (the path of its agent.toml).
@@ -87,42 +91,6 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-/// Checks that a file holds exactly `want`; on a difference it says where, not every byte.
-fn assert_file(path: &Path, want: &[u8], what: &str) {
-    let got = std::fs::read(path).unwrap();
-    if got != want {
-        let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-        panic!(
-            "{what}: {} is {} bytes, expected {}; they differ from byte {at}: {:?}",
-            path.display(),
-            got.len(),
-            want.len(),
-            String::from_utf8_lossy(&got[at..got.len().min(at + 80)])
-        );
-    }
-}
-
-fn start(id: &str) -> Record {
-    Record::Start {
-        id: id.into(),
-        kind: StepKind::Action,
-        boot_id: "b1".into(),
-        action: Some("upgrade".into()),
-        version: Some("1.1".into()),
-    }
-}
-
-fn end(id: &str, tail: &str) -> Record {
-    Record::End {
-        id: id.into(),
-        state: StepState::Ok,
-        reboot: false,
-        version: Some("1.1".into()),
-        error: None,
-        tail: tail.into(),
-    }
-}
-
 fn line_len(r: &Record) -> usize {
     serde_json::to_vec(r).unwrap().len() + 1
 }
@@ -147,7 +115,7 @@ fn a_record_that_does_not_fit_on_a_full_disk_leaves_the_journal_as_it_was() {
     let state = fs.dir.join("state");
     let journal = state.join("journal.jsonl");
     let (mut j, _) = Journal::open(&state).unwrap();
-    let mut done = vec![start("s1"), end("s1", "installed é✓"), start("s2")];
+    let mut done = vec![start("s1"), end("s1", StepState::Ok, "installed é✓"), start("s2")];
     for r in &done {
         j.append(r).unwrap();
     }
@@ -155,7 +123,7 @@ fn a_record_that_does_not_fit_on_a_full_disk_leaves_the_journal_as_it_was() {
     let filler = fill(&fs.dir);
 
     // s2's end with more output than a page: there is no room for it anywhere.
-    let big = end("s2", &"é✓ sortie ".repeat(1000));
+    let big = end("s2", StepState::Ok, &"é✓ sortie ".repeat(1000));
     assert!(line_len(&big) > 4096);
     let e = j.append(&big).expect_err("the disk is full");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
@@ -183,7 +151,7 @@ fn a_record_that_partly_fits_on_a_full_disk_is_not_left_half_written() {
     let state = fs.dir.join("state");
     let journal = state.join("journal.jsonl");
     let (mut j, _) = Journal::open(&state).unwrap();
-    let mut done = vec![start("s1"), end("s1", "installed é✓")];
+    let mut done = vec![start("s1"), end("s1", StepState::Ok, "installed é✓")];
     for r in &done {
         j.append(r).unwrap();
     }

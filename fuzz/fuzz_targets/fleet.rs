@@ -1,0 +1,9 @@
+//! The fleet loader (`fleet.toml`): any text gives a fleet or a diagnostic, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = baton_core::load_fleet("fleet.toml", text);
+    }
+});
