@@ -14,7 +14,8 @@ fn fleet() -> &'static baton_core::Fleet {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(body) = serde_json::from_slice::<baton_proto::CreateCampaign>(data) {
-        let _ = baton_core::load_campaign(body.file.as_deref().unwrap_or("campaign.toml"), &body.toml, fleet());
+        let _ =
+            baton_core::load_campaign(body.file.as_deref().unwrap_or("campaign.toml"), &body.toml, fleet());
     }
     let _ = serde_json::from_slice::<baton_proto::StepRequest>(data);
     if let Ok(text) = std::str::from_utf8(data) {
