@@ -30,6 +30,8 @@ pub const MOVES_FILE: &str = "drain-moves.json";
 /// Moves up to this size also reach hooks in `$BATON_MOVES`; larger ones only in the file, since
 /// Linux refuses to start a program with one environment string over 128 KiB.
 pub const MOVES_ENV_MAX: usize = 64 * 1024;
+/// `$BATON_MOVES` when the moves are larger: not JSON, and it says where they are.
+pub const MOVES_TOO_LARGE: &str = "too large for the environment: read $BATON_MOVES_FILE";
 
 /// Exit code with which the agent asks its supervisor to restart it as a new boot.
 pub const EXIT_REBOOT: i32 = 75;
@@ -266,10 +268,14 @@ impl Agent {
                     match tokio::fs::write(&file, &moves).await {
                         Ok(()) => {
                             let mut env = vec![("BATON_MOVES_FILE", path.as_str())];
-                            // Within what one environment string may hold (128 KiB on Linux).
-                            if moves.len() <= MOVES_ENV_MAX {
-                                env.push(("BATON_MOVES", moves.as_str()));
-                            }
+                            // Within what one environment string may hold (128 KiB on Linux);
+                            // beyond, a hook still reading $BATON_MOVES gets what is not JSON
+                            // and fails, rather than an empty list it would take for "nothing
+                            // to move".
+                            env.push((
+                                "BATON_MOVES",
+                                if moves.len() <= MOVES_ENV_MAX { &moves } else { MOVES_TOO_LARGE },
+                            ));
                             for h in &self.cfg.drain_hooks {
                                 let o = run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await;
                                 step(o, "drain hook");
@@ -559,6 +565,8 @@ pub fn router(a: Shared) -> Router {
 /// Runs the agent until it is stopped (exit code 0) or asks to be restarted as a new boot
 /// ([`EXIT_REBOOT`]).
 pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
+    // First: until a handler is in place, SIGHUP (`systemctl reload`) would end the agent.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     baton_pki::install_default_provider();
     let tls = cfg.tls.server_config()?;
     let (journal, replayed) = Journal::open(&cfg.state_dir)?;
@@ -611,9 +619,12 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     let (tls_tx, tls_rx) = watch::channel(tls);
     let files = agent.cfg.tls.clone();
     let reload = tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("no SIGHUP handler: TLS files are read at start only");
-            return;
+        let mut hup = match hup {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("no SIGHUP handler ({e}): TLS files are read at start only");
+                return std::future::pending::<()>().await;
+            }
         };
         while hup.recv().await.is_some() {
             match files.server_config() {
@@ -632,6 +643,10 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
             let _ = stopped.await;
         }));
     tracing::info!(node = %agent.cfg.node, %addr, boot_id = %agent.boot_id, ?limits, "agent listening (mutual TLS)");
+    match agent.cfg.tls.crl_file() {
+        Some(f) => tracing::info!("revocation list in force: {}", f.display()),
+        None => tracing::info!("no revocation list (none named, no crl.pem beside the CA)"),
+    }
     let code = tokio::select! {
         c = exit_rx.recv() => c.unwrap_or(0),
         _ = shutdown_signal() => 0,

@@ -467,7 +467,8 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 })?;
                 println!(
                     "{name} (serial {serial}) revoked: {dir}/crl.pem written. Copy it beside ca.pem on every node and \
-                     `systemctl reload baton-agent` (SIGHUP), and restart `baton serve`."
+                     `systemctl reload baton-agent` (SIGHUP), and beside ca.pem on the orchestrator's host and \
+                     restart `baton serve`."
                 );
                 Ok(())
             }

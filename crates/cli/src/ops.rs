@@ -41,7 +41,12 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, token: Option<String>) -> Api {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("http client");
+        // Idle connections are dropped before the API's 10 s header-read time closes them.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
         Api { base: base.trim_end_matches('/').to_string(), token, http }
     }
 

@@ -860,6 +860,6 @@ async fn drain_hooks_get_the_workload_moves() {
     let file = std::fs::read_to_string(f.nodes[0].dir.join("state/moves-file.json")).unwrap();
     assert_eq!(file, want);
     let env = std::fs::read_to_string(f.nodes[0].dir.join("state/moves.json")).unwrap();
-    assert_eq!(env, "", "moves too large for the environment are only in the file");
+    assert_eq!(env, baton_agent::MOVES_TOO_LARGE, "too large for the environment: not JSON, and says where");
     f.stop().await;
 }

@@ -329,18 +329,15 @@ impl TlsFiles {
         TlsFiles { ca: ca_cert_path(dir), cert: cert_path(dir, name), key: key_path(dir, name), crl: None }
     }
 
+    /// The revocation list file in force: the one named, else `crl.pem` beside the CA if
+    /// there is one.
+    pub fn crl_file(&self) -> Option<PathBuf> {
+        self.crl.clone().or_else(|| Some(self.ca.with_file_name("crl.pem")).filter(|p| p.exists()))
+    }
+
     /// The revocation lists in force (none when there is no file and none was named).
     fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
-        let path = match &self.crl {
-            Some(p) => p.clone(),
-            None => {
-                let beside = self.ca.with_file_name("crl.pem");
-                if !beside.exists() {
-                    return Ok(Vec::new());
-                }
-                beside
-            }
-        };
+        let Some(path) = self.crl_file() else { return Ok(Vec::new()) };
         let pem = fs::read(&path).map_err(io(&path))?;
         let crls: Vec<_> =
             CertificateRevocationListDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| {

@@ -64,6 +64,9 @@ impl AgentClient {
             .no_proxy()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
+            // Below the agent's 10 s header-read time: a pooled connection is dropped here
+            // before the agent closes it, not used as it does.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tls_info(true)
             .build()
             .map_err(|e| baton_pki::PkiError::Tls(e.to_string()))?;

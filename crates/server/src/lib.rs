@@ -770,8 +770,8 @@ pub fn router(h: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(h, guard))
 }
 
-/// Before any route: the `Host` must name this API, and reads need the token unless
-/// `--open-reads`. Writes check the token in their handlers (they journal who acted).
+/// Before any route: the `Host` must name this API, writes need the token, and reads too
+/// unless `--open-reads`. (Writes check it again in their handlers, which journal who acted.)
 async fn guard(
     State(h): State<Shared>,
     req: axum::extract::Request,
@@ -791,9 +791,12 @@ async fn guard(
             .into_response();
         }
     }
+    // Writes are checked here too, before their body is read: a client without the token
+    // cannot hold a connection open with a body it never finishes.
     let path = req.uri().path();
-    let read = req.method() != axum::http::Method::POST && (path.starts_with("/v1/") || path == "/metrics");
-    if read && !h.settings.open_reads {
+    let api = path.starts_with("/v1/") || path == "/metrics";
+    let write = req.method() == axum::http::Method::POST;
+    if api && (write || !h.settings.open_reads) {
         if let Err(f) = h.authorize(req.headers()) {
             return f.into_response();
         }
