@@ -180,21 +180,34 @@ pub async fn observe(
                 out.entry("web").or_default().push(h.clone());
             }
         }
+        // Every member at once, so a sample takes one timeout at most, not one per member.
+        let mut probes = tokio::task::JoinSet::new();
+        for h in hosts.iter().filter(|h| h.etcd) {
+            let (http, h) = (http.clone(), h.clone());
+            probes.spawn(async move {
+                let (up, health) = tokio::join!(
+                    http.get(format!("{}/version", h.etcd_url())).send(),
+                    http.get(format!("{}/health", h.etcd_url())).send(),
+                );
+                let health = match health {
+                    Ok(r) => r.text().await.unwrap_or_else(|e| e.to_string()),
+                    Err(e) => e.to_string(),
+                };
+                (h.name.clone(), up.is_ok(), health)
+            });
+        }
+        let mut answers = probes.join_all().await;
+        answers.sort();
         let mut healthy = 0;
         let mut said = Vec::new();
-        for h in hosts.iter().filter(|h| h.etcd) {
-            let up = http.get(format!("{}/version", h.etcd_url())).send().await.is_ok();
+        for (name, up, health) in answers {
             if !up {
-                out.entry("etcd").or_default().push(h.name.clone());
+                out.entry("etcd").or_default().push(name.clone());
             }
-            let health = match http.get(format!("{}/health", h.etcd_url())).send().await {
-                Ok(r) => r.text().await.unwrap_or_else(|e| e.to_string()),
-                Err(e) => e.to_string(),
-            };
             if health.contains("\"health\":\"true\"") {
                 healthy += 1;
             }
-            said.push(format!("{}: {}", h.name, health.trim()));
+            said.push(format!("{name}: {}", health.trim()));
         }
         o.min_etcd_healthy = o.min_etcd_healthy.min(healthy);
         if healthy < 2 && o.etcd_dips.len() < 5 {
