@@ -164,6 +164,12 @@ enum Cmd {
         /// Members per service.
         #[arg(long, default_value_t = 100)]
         service_size: usize,
+        /// Update domains the nodes are dealt into in turn (0: none).
+        #[arg(long, default_value_t = 10)]
+        update_domains: usize,
+        /// Fault domains (0: none).
+        #[arg(long, default_value_t = 3)]
+        fault_domains: usize,
     },
 }
 
@@ -403,23 +409,34 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             let opts = baton_sim::SimOptions { seed, duration: range, fail_rate, ..Default::default() };
             let strategies: Vec<Strategy> =
                 if compare { Strategy::ALL.to_vec() } else { vec![spec.strategy] };
-            let mut reports = Vec::new();
+            // Each strategy twice: as a first campaign would run, knowing no node's time, and
+            // with the times an earlier campaign would have taught the orchestrator.
+            let learned_times = baton_sim::learned_times(&fleet, &opts);
+            let (mut reports, mut learned) = (Vec::new(), Vec::new());
             for s in strategies {
                 let mut sp = spec.clone();
                 sp.strategy = s;
-                let r = baton_sim::run(fleet.clone(), sp, &opts, &[]).map_err(Failure::Infeasible)?;
-                reports.push(r);
+                reports.push(
+                    baton_sim::run(fleet.clone(), sp.clone(), &opts, &[]).map_err(Failure::Infeasible)?,
+                );
+                sp.expected.clone_from(&learned_times);
+                learned.push(baton_sim::run(fleet.clone(), sp, &opts, &[]).map_err(Failure::Infeasible)?);
             }
             match format {
-                OutFormat::Json => println!("{}", output::simulate_json(&reports)),
+                OutFormat::Json => println!("{}", output::simulate_json(&reports, &learned)),
                 OutFormat::Text => {
-                    print!("{}", output::simulate_text(&fleet, &spec, &opts, &reports))
+                    print!("{}", output::simulate_text(&fleet, &spec, &opts, &reports, &learned))
                 }
             }
-            let bad: usize = reports.iter().map(|r| r.violations.len()).sum();
+            let bad: usize = reports.iter().chain(&learned).map(|r| r.violations.len()).sum();
             if bad > 0 {
-                let first =
-                    reports.iter().flat_map(|r| r.violations.iter()).next().cloned().unwrap_or_default();
+                let first = reports
+                    .iter()
+                    .chain(&learned)
+                    .flat_map(|r| r.violations.iter())
+                    .next()
+                    .cloned()
+                    .unwrap_or_default();
                 return Err(Failure::Internal(format!(
                     "{bad} safety violation(s) in the simulation; first: {first}"
                 )));
@@ -598,8 +615,14 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 }
             })
         }
-        Cmd::GenFleet { nodes, memberships, service_size } => {
-            let o = baton_sim::gen::GenOptions { nodes, memberships, service_size, ..Default::default() };
+        Cmd::GenFleet { nodes, memberships, service_size, update_domains, fault_domains } => {
+            let o = baton_sim::gen::GenOptions {
+                nodes,
+                memberships,
+                service_size,
+                update_domains,
+                fault_domains,
+            };
             println!("{}", baton_sim::gen::fleet_json(&o));
             Ok(())
         }

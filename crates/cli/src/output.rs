@@ -156,11 +156,19 @@ struct RunJson<'a> {
 #[derive(Serialize)]
 struct SimJson<'a> {
     runs: Vec<RunJson<'a>>,
+    /// The same runs with each node's time learned from an earlier campaign (a key DESIGN.md
+    /// does not list; `runs` is unchanged).
+    learned: Vec<RunJson<'a>>,
 }
 
-/// DESIGN.md §Simulate JSON (**contract**).
-pub fn simulate_json(reports: &[SimReport]) -> String {
-    let runs = reports
+/// DESIGN.md §Simulate JSON (**contract**), plus `learned`.
+pub fn simulate_json(reports: &[SimReport], learned: &[SimReport]) -> String {
+    serde_json::to_string(&SimJson { runs: run_json(reports), learned: run_json(learned) })
+        .expect("report serializes")
+}
+
+fn run_json(reports: &[SimReport]) -> Vec<RunJson<'_>> {
+    reports
         .iter()
         .map(|r| RunJson {
             strategy: r.strategy.as_str(),
@@ -173,8 +181,7 @@ pub fn simulate_json(reports: &[SimReport]) -> String {
             peak_down: &r.peak_down,
             violations: r.violations.len(),
         })
-        .collect();
-    serde_json::to_string(&SimJson { runs }).expect("report serializes")
+        .collect()
 }
 
 fn secs(ms: u64) -> String {
@@ -189,7 +196,13 @@ fn over(r: &SimReport) -> String {
     format!("{:+.1}%", (r.makespan as f64 / r.lower_bound as f64 - 1.0) * 100.0)
 }
 
-pub fn simulate_text(fleet: &Fleet, spec: &CampaignSpec, opts: &SimOptions, reports: &[SimReport]) -> String {
+pub fn simulate_text(
+    fleet: &Fleet,
+    spec: &CampaignSpec,
+    opts: &SimOptions,
+    reports: &[SimReport],
+    learned: &[SimReport],
+) -> String {
     let mut s = String::new();
     let dur = if opts.duration.0 == opts.duration.1 {
         format_duration(opts.duration.0)
@@ -237,7 +250,7 @@ pub fn simulate_text(fleet: &Fleet, spec: &CampaignSpec, opts: &SimOptions, repo
     }
     let first = &reports[0];
     let best = reports.iter().min_by_key(|r| r.makespan).expect("at least one run");
-    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    let violations: usize = reports.iter().chain(learned).map(|r| r.violations.len()).sum();
     let how = match first.outcome {
         Phase::Completed => {
             format!("updated {} in {}", plural(first.updated, "node", "nodes"), secs(first.makespan))
@@ -258,9 +271,21 @@ pub fn simulate_text(fleet: &Fleet, spec: &CampaignSpec, opts: &SimOptions, repo
     } else {
         String::new()
     };
+    if !learned.is_empty() {
+        let runs: Vec<String> = learned
+            .iter()
+            .map(|r| format!("{} {} ({})", r.strategy.as_str(), secs(r.makespan), over(r)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nwith each node's time learned from an earlier campaign (longest first): {}.",
+            runs.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
-        "\n{}: {how}, {} the lower bound{cmp}; {}.",
+        "{}{}: {how}, {} the lower bound{cmp}; {}.",
+        if learned.is_empty() { "\n" } else { "" },
         first.strategy,
         if first.lower_bound == 0 { "at".to_string() } else { format!("{} over", over(first)) },
         if violations == 0 {

@@ -607,3 +607,37 @@ async fn the_http_layers_refusals_are_json_with_documented_statuses() {
     drop(serve);
     f.stop().await;
 }
+
+/// Issue 14: the orchestrator learns each node's time out of service from earlier campaigns in
+/// its journal, and the next plan starts the longest first. node3's action takes seconds where
+/// the others take a fifth of one; the first campaign knows nothing and starts in file order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_after_another_starts_the_node_that_took_longest() {
+    let mut f = local(
+        "learned",
+        LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    std::fs::write(f.nodes[2].dir.join("state/action_seconds"), "2\n").unwrap();
+    let serve = Serve::start(&f, port()).await;
+    let toml = quick("").replace("max_parallel = 2", "max_parallel = 1");
+    let start_of = |journal: &[JournalEntry]| match decoded(&journal[0]) {
+        Event::Planned { plan, .. } => plan.start,
+        e => panic!("the journal opens with {e:?}"),
+    };
+    let first = serve.create_and_start(toml.clone()).await;
+    let done = serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(done.updated, 3);
+    assert_eq!(start_of(&serve.events(first.id).await), ["node1", "node2", "node3"]);
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/rollback", first.id), None).await.unwrap();
+    serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::RolledBack)).await;
+
+    let again = serve.create_and_start(toml.clone()).await;
+    let start = start_of(&serve.events(again.id).await);
+    assert_eq!(start.first().map(String::as_str), Some("node3"), "{start:?}");
+    let end = serve.wait(again.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3);
+    budgets_kept(&f, &toml, &serve.events(again.id).await);
+    drop(serve);
+    f.stop().await;
+}

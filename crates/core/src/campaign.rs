@@ -192,6 +192,9 @@ pub struct PlanRecord {
     /// Nodes an earlier campaign left out of service when this one was created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// `continuous`: the order nodes start in (absent: the waves' order, as before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +423,7 @@ impl Campaign {
                     .filter(|&n| self.nodes[n as usize].left_out)
                     .map(|n| name(&n))
                     .collect(),
+                start: self.plan.start.iter().map(name).collect(),
             },
         }
     }
@@ -448,6 +452,7 @@ impl Campaign {
             skipped.push((node(&s.node)?, s.reason.clone()));
         }
         let left_out = rec.left_out.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
+        let start = rec.start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
         let plan = Plan {
             campaign: spec.name.clone(),
             strategy: spec.strategy,
@@ -456,6 +461,7 @@ impl Campaign {
             lower_bound: rec.lower_bound,
             binding: rec.binding.clone(),
             max_parallel: rec.max_parallel,
+            start,
         };
         Ok((Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out), 1))
     }
@@ -520,6 +526,21 @@ impl Campaign {
                 rank[id as usize] = by_rank.len() as u32;
                 by_rank.push(id);
                 nodes[id as usize].state = NodeState::Pending { out_of_service: false };
+            }
+        }
+        // Continuous starts in the plan's start order when it names each planned node once.
+        if spec.strategy == Strategy::Continuous && plan.start.len() == by_rank.len() {
+            let mut seen = vec![false; n];
+            let whole = plan.start.iter().all(|&id| {
+                (id as usize) < n
+                    && rank[id as usize] != u32::MAX
+                    && !std::mem::replace(&mut seen[id as usize], true)
+            });
+            if whole {
+                for (r, &id) in plan.start.iter().enumerate() {
+                    rank[id as usize] = r as u32;
+                }
+                by_rank.clone_from(&plan.start);
             }
         }
         let ngroups = match spec.strategy {

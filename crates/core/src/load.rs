@@ -657,6 +657,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         nodes,
         order,
         webhooks: raw.webhooks,
+        expected: Default::default(),
     })
 }
 

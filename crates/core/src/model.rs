@@ -162,6 +162,10 @@ pub struct CampaignSpec {
     pub order: Vec<NodeId>,
     /// URLs that receive the campaign's events (started, node failed, halted, completed, ...).
     pub webhooks: Vec<String>,
+    /// Each node's expected time out of service, learned from earlier campaigns (not a file
+    /// key: the orchestrator and the simulator fill it in). The planner starts the longest
+    /// first; empty when nothing was learned.
+    pub expected: HashMap<NodeId, Millis>,
 }
 
 impl Fleet {

@@ -3,7 +3,10 @@
 //! Waves are built first-fit over a priority order (the campaign's `order`, then the nodes of
 //! the most constrained services first). Per service and per wave the planner keeps member
 //! counts, and per service a pointer to the first wave that still has room, so placing a node
-//! costs about its number of memberships. When workloads must move and nodes have capacity, a
+//! costs about its number of memberships. First fit keeps update domains together but can spill
+//! the last nodes into a wave above the bound; then a balanced placement (each node, most
+//! constrained first, into the least full wave that fits) is tried, first following update
+//! domains, then not, and kept when it has fewer waves. When workloads must move and nodes have capacity, a
 //! second pass walks the waves in order, places each drained node's workloads on nodes that stay
 //! up (preferring nodes already updated, so a workload moves once), and pushes a node to a later
 //! wave when its workloads do not fit.
@@ -27,12 +30,19 @@ pub struct Plan {
     pub binding: String,
     /// Nodes that may be in service work at once (max_parallel resolved; 1 for one-at-a-time).
     pub max_parallel: usize,
+    /// For `continuous`: the order in which nodes start as room allows, most critical first
+    /// (the waves only show that a grouping within the bound exists). Empty: the waves' order.
+    pub start: Vec<NodeId>,
 }
 
 impl Plan {
     /// Nodes to update, in the order the plan starts them.
-    pub fn order(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.waves.iter().flatten().copied()
+    pub fn order(&self) -> Box<dyn Iterator<Item = NodeId> + '_> {
+        if self.start.is_empty() {
+            Box::new(self.waves.iter().flatten().copied())
+        } else {
+            Box::new(self.start.iter().copied())
+        }
     }
     pub fn to_update(&self) -> usize {
         self.waves.iter().map(Vec::len).sum()
@@ -126,8 +136,33 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
                 ff.insert(n, 0);
             }
         }
+        let before = capacity.clone();
         if let Some(state) = &mut capacity {
             capacity_pass(fleet, &mut ff, state)?;
+        }
+        // First fit keeps the priority order and update domains together, but can spill the
+        // last nodes into a wave more than the bound. Then try balanced placements, and keep one
+        // only if it has fewer waves. An explicit `order` keeps first fit: it says who goes first.
+        if spec.strategy != Strategy::OneAtATime && spec.order.is_empty() {
+            let bound = group_bound(fleet, group, p);
+            if waves_of(&ff) > bound {
+                for by_domain in [true, false] {
+                    let Some(mut bal) = balanced(fleet, p, group, bound, by_domain) else { continue };
+                    let mut state = before.clone();
+                    if let Some(st) = &mut state {
+                        if capacity_pass(fleet, &mut bal, st).is_err() {
+                            continue;
+                        }
+                    }
+                    if waves_of(&bal) < waves_of(&ff) {
+                        ff = bal;
+                        capacity = state;
+                    }
+                    if waves_of(&ff) <= bound {
+                        break;
+                    }
+                }
+            }
         }
         waves.extend(ff.waves.into_iter().filter(|w| !w.is_empty()));
     }
@@ -140,6 +175,7 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
         lower_bound,
         binding,
         max_parallel: p,
+        start: if spec.strategy == Strategy::Continuous { order } else { Vec::new() },
     })
 }
 
@@ -156,20 +192,47 @@ pub fn rule_words(s: &Service) -> String {
     }
 }
 
-/// The order in which nodes are considered: `order` first, then the nodes whose services bind
-/// hardest, then by update domain and file order. For domain-walk, update domains come first.
+/// The order in which nodes are considered, and in which `continuous` starts them: `order`
+/// first, then the most critical nodes, then by update domain and file order. For domain-walk,
+/// update domains come first.
+///
+/// Critical means on long chains: a service whose members to update, one allowance at a time,
+/// take long holds up the end of the campaign, so its members go first, and a node in several
+/// such services (a quorum member that is also a web server) before a node in one. A chain's
+/// length is its members' expected times (learned from earlier campaigns, `spec.expected`) over
+/// its allowance, or its member count over its allowance when nothing was learned. A node's key
+/// is the sum of its chains, then its longest chain, then its own expected time (longest first).
 fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize]) -> Vec<NodeId> {
     let mut pos = vec![u32::MAX; fleet.nodes.len()];
     for (i, &n) in spec.order.iter().enumerate() {
         pos[n as usize] = i as u32;
     }
-    let tight = |n: NodeId| -> usize {
-        fleet.memberships[n as usize]
-            .iter()
-            .map(|&s| todo[s as usize].div_ceil(fleet.services[s as usize].allowance.max(1) as usize))
-            .max()
-            .unwrap_or(0)
+    let learned = !spec.expected.is_empty();
+    // Per service, the length of its chain in thousandths of a node-or-time unit.
+    let mut chain = vec![0u64; fleet.services.len()];
+    if learned {
+        let mean = (spec.expected.values().sum::<Millis>() / spec.expected.len().max(1) as Millis).max(1);
+        for &n in update {
+            let e = spec.expected.get(&n).copied().unwrap_or(mean);
+            for &s in &fleet.memberships[n as usize] {
+                chain[s as usize] = chain[s as usize].saturating_add(e);
+            }
+        }
+        for (s, c) in chain.iter_mut().enumerate() {
+            *c /= fleet.services[s].allowance.max(1) as u64;
+        }
+    } else {
+        for (s, c) in chain.iter_mut().enumerate() {
+            *c = todo[s].div_ceil(fleet.services[s].allowance.max(1) as usize) as u64;
+        }
+    }
+    let tight = |n: NodeId| -> (u64, u64) {
+        let mems = &fleet.memberships[n as usize];
+        let sum = mems.iter().map(|&s| chain[s as usize]).fold(0u64, u64::saturating_add);
+        let top = mems.iter().map(|&s| chain[s as usize]).max().unwrap_or(0);
+        (sum, top)
     };
+    let expected = |n: NodeId| spec.expected.get(&n).copied().unwrap_or(0);
     let ud = |n: NodeId| fleet.nodes[n as usize].update_domain.map(|u| u as u64).unwrap_or(u64::MAX);
     // For domain-walk, a domain goes earlier when it holds a node named in `order`.
     let mut ud_first = std::collections::HashMap::new();
@@ -184,11 +247,91 @@ fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize
         .map(|&n| {
             let group =
                 if spec.strategy == Strategy::DomainWalk { (ud_first[&ud(n)], ud(n)) } else { (0, 0) };
-            (group, pos[n as usize], Reverse(tight(n)), ud(n), n)
+            (group, pos[n as usize], Reverse(tight(n)), Reverse(expected(n)), ud(n), n)
         })
         .collect();
     keyed.sort_unstable();
-    keyed.into_iter().map(|k| k.4).collect()
+    keyed.into_iter().map(|k| k.5).collect()
+}
+
+fn waves_of(ff: &FirstFit) -> usize {
+    ff.waves.iter().filter(|w| !w.is_empty()).count()
+}
+
+/// The wave bound of one group of nodes planned together (all nodes, or one update domain).
+fn group_bound(fleet: &Fleet, group: &[NodeId], p: usize) -> usize {
+    let mut todo = vec![0usize; fleet.services.len()];
+    for &n in group {
+        for &s in &fleet.memberships[n as usize] {
+            todo[s as usize] += 1;
+        }
+    }
+    lower_bound(fleet, group, &todo, p).0
+}
+
+/// Balanced placement into `target` waves: each node (in `nodes`' order, most constrained first)
+/// goes into its preferred wave if it fits there, else into the least full wave that fits, else
+/// into a new wave. With `by_domain`, a node's preferred wave follows its update domain (the
+/// nodes sorted by domain are dealt over the waves in order), so domains stay together where
+/// that costs no wave; without, every node takes the least full wave, which spreads each
+/// service's members evenly. Gives up (None) when the search would cost more than a few times
+/// what first fit costs, so the planner stays fast on fleets where the waves are many.
+fn balanced<'a>(
+    fleet: &'a Fleet,
+    p: usize,
+    nodes: &[NodeId],
+    target: usize,
+    by_domain: bool,
+) -> Option<FirstFit<'a>> {
+    let target = target.max(1);
+    if target > u32::MAX as usize / 2 {
+        return None;
+    }
+    let mut preferred = vec![u32::MAX; nodes.len()];
+    if by_domain {
+        let mut by_ud: Vec<(u64, NodeId, usize)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (fleet.nodes[n as usize].update_domain.map(u64::from).unwrap_or(u64::MAX), n, i))
+            .collect();
+        by_ud.sort_unstable();
+        for (r, &(_, _, i)) in by_ud.iter().enumerate() {
+            preferred[i] = (r * target / nodes.len().max(1)) as u32;
+        }
+    }
+    let mut ff = FirstFit::new(fleet, p);
+    ff.waves = vec![Vec::new(); target];
+    let mut by_size: std::collections::BTreeSet<(u32, u32)> = (0..target as u32).map(|w| (0, w)).collect();
+    let mut budget: u64 = 64 * nodes.len() as u64 + 1_000_000;
+    for (i, &n) in nodes.iter().enumerate() {
+        let pick = if preferred[i] != u32::MAX && ff.fits(n, preferred[i]) {
+            Some(preferred[i])
+        } else {
+            let mut found = None;
+            for &(size, w) in &by_size {
+                if size >= ff.p {
+                    break;
+                }
+                budget = budget.checked_sub(1 + fleet.memberships[n as usize].len() as u64)?;
+                if ff.fits(n, w) {
+                    found = Some(w);
+                    break;
+                }
+            }
+            found
+        };
+        let w = match pick {
+            Some(w) => w,
+            None => {
+                ff.waves.push(Vec::new());
+                ff.waves.len() as u32 - 1
+            }
+        };
+        by_size.remove(&(ff.size(w), w));
+        ff.place(n, w);
+        by_size.insert((ff.size(w), w));
+    }
+    Some(ff)
 }
 
 struct FirstFit<'a> {
@@ -247,6 +390,13 @@ impl<'a> FirstFit<'a> {
         while !self.fits(n, w) {
             w += 1;
         }
+        self.place(n, w);
+        w
+    }
+
+    /// Puts `n` into wave `w` (the caller knows it fits), keeping counts and pointers.
+    fn place(&mut self, n: NodeId, w: u32) {
+        let mems = &self.fleet.memberships[n as usize];
         while self.waves.len() <= w as usize {
             self.waves.push(Vec::new());
         }
@@ -265,7 +415,6 @@ impl<'a> FirstFit<'a> {
         while self.size(self.size_open) >= self.p {
             self.size_open += 1;
         }
-        w
     }
 
     fn remove(&mut self, n: NodeId, w: u32) {
@@ -365,6 +514,7 @@ impl Placement {
 
 /// Where workloads are as the plan's waves go by, and which nodes are settled (updated, or
 /// never to be), so that workloads prefer them and move once.
+#[derive(Clone)]
 struct CapacityState {
     place: Placement,
     settled: Vec<bool>,
@@ -439,6 +589,23 @@ fn no_room(fleet: &Fleet, place: &Placement, w: u32) -> Infeasible {
 }
 
 /// `max(ceil(U / P), max over services ceil(members to update / allowance), capacity bound)`.
+///
+/// Why no plan has fewer waves. Take any plan of W waves covering the U nodes to update; the
+/// nodes of one wave are down together.
+/// 1. A wave holds at most P nodes, so W·P ≥ U: W ≥ ⌈U / P⌉.
+/// 2. A wave holds at most `allowance` members of a service (else it is over its allowance
+///    while they are down), so W·allowance ≥ members to update: W ≥ ⌈t / allowance⌉.
+/// 3. Capacity (when every node declares one): a node n never holds more than
+///    h(n) = max(capacity(n), what it held at the start), since workloads move onto a node only
+///    within its capacity and those already there leave only when it drains. While the nodes S
+///    of a wave are down, all movable demand D sits on nodes outside S, so
+///    D ≤ Σ_{n∉S} h(n) = H − Σ_{n∈S} h(n): the h of a wave sums to at most H − D. No more than
+///    k nodes fit in that (k counts the smallest h first, and any k+1 nodes sum to at least the
+///    k+1 smallest), so |S| ≤ k and W ≥ ⌈U / k⌉. Demand that cannot move only takes room away,
+///    so leaving it out keeps this a bound.
+///
+/// Each holds for every plan, so their maximum does. `crates/sim/tests/properties.rs` checks it
+/// against an exhaustive search on small random fleets (overloaded nodes included).
 fn lower_bound(fleet: &Fleet, update: &[NodeId], todo: &[usize], p: usize) -> (usize, String) {
     let u = update.len();
     if u == 0 {

@@ -238,6 +238,29 @@ impl Hub {
         Ok((Campaign::replay(Arc::new(fleet), spec, &journal)?, n))
     }
 
+    /// Each node's time out of service (drain to restored, wall clock) in the most recent of
+    /// the last few campaigns that updated it, so the planner can start the longest first. The
+    /// plan journals the order it made, so replay never needs these again. A journal that does
+    /// not replay teaches nothing.
+    fn learned_times(&self, fleet: &Fleet) -> std::collections::HashMap<NodeId, baton_core::Millis> {
+        const LOOK_BACK: usize = 5;
+        let mut out = std::collections::HashMap::new();
+        let Ok(stored) = self.store.campaigns() else { return out };
+        for s in stored.iter().rev().take(LOOK_BACK) {
+            let Ok((c, _)) = self.rebuild(s) else { continue };
+            for (i, r) in c.nodes.iter().enumerate() {
+                if let (baton_core::NodeState::Done { .. }, Some(from), Some(to)) =
+                    (&r.state, r.started_at, r.finished_at)
+                {
+                    if let Some(id) = fleet.node_id(c.fleet.node_name(i as NodeId)) {
+                        out.entry(id).or_insert(to.saturating_sub(from));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64) {
         let with = driver::With {
             store: self.store.clone(),
@@ -286,8 +309,9 @@ impl Hub {
         let raised = committed.map(Raised::of).unwrap_or_default();
         let mut fleet = (*self.fleet).clone();
         raised.apply(&mut fleet);
-        let spec = load_campaign(&file, &req.toml, &fleet)
+        let mut spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        spec.expected = self.learned_times(&fleet);
         // Nodes the last campaign left out of service count as down until this one restores them.
         let left_out: Vec<NodeId> = views
             .iter()

@@ -10,7 +10,9 @@ pub struct GenOptions {
     pub memberships: usize,
     /// Members per service.
     pub service_size: usize,
+    /// Update domains the nodes are dealt into in turn; 0 for none (no `update_domain` key).
     pub update_domains: usize,
+    /// Fault domains; 0 for none.
     pub fault_domains: usize,
 }
 
@@ -33,12 +35,14 @@ pub fn fleet_json(o: &GenOptions) -> String {
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(
-            s,
-            "{{\"name\":\"n{i:06}\",\"update_domain\":{},\"fault_domain\":{},\"version\":\"1.0\"}}",
-            i % o.update_domains.max(1),
-            (i / o.update_domains.max(1)) % o.fault_domains.max(1)
-        );
+        let _ = write!(s, "{{\"name\":\"n{i:06}\"");
+        if o.update_domains > 0 {
+            let _ = write!(s, ",\"update_domain\":{}", i % o.update_domains);
+        }
+        if o.fault_domains > 0 {
+            let _ = write!(s, ",\"fault_domain\":{}", (i / o.update_domains.max(1)) % o.fault_domains);
+        }
+        s.push_str(",\"version\":\"1.0\"}");
     }
     s.push_str("],\"service\":[");
     let size = o.service_size.clamp(1, n);

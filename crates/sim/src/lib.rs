@@ -88,6 +88,7 @@ const SALT_DURATION: u64 = 1;
 const SALT_FAIL: u64 = 2;
 const SALT_STUCK: u64 = 3;
 const SALT_UNHEALTHY: u64 = 4;
+const SALT_LEARNED: u64 = 5;
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -272,6 +273,27 @@ impl Observer {
 
 /// Runs a campaign to its end in virtual time. `inject` adds outside events (operator actions,
 /// nodes lost outside the campaign, gates) at given times; the campaign is started at time 0.
+/// A node's time out of service in the simulated world.
+fn node_duration(opts: &SimOptions, n: NodeId) -> Millis {
+    let (lo, hi) = opts.duration;
+    if hi <= lo {
+        return lo;
+    }
+    lo + (unit(opts.seed, n as u64, 0, SALT_DURATION) * (hi - lo + 1) as f64) as Millis
+}
+
+/// What an orchestrator would have learned of each node's time out of service from an earlier
+/// campaign on the same world: the simulated time, off by up to 10% either way (a node is never
+/// quite as fast twice), for `CampaignSpec::expected`.
+pub fn learned_times(fleet: &Fleet, opts: &SimOptions) -> HashMap<NodeId, Millis> {
+    (0..fleet.nodes.len() as NodeId)
+        .map(|n| {
+            let off = 0.9 + 0.2 * unit(opts.seed, n as u64, 0, SALT_LEARNED);
+            (n, (node_duration(opts, n) as f64 * off) as Millis)
+        })
+        .collect()
+}
+
 pub fn run(
     fleet: Arc<Fleet>,
     spec: CampaignSpec,
@@ -397,11 +419,7 @@ impl Sim {
     }
 
     fn duration(&self, n: NodeId) -> Millis {
-        let (lo, hi) = self.opts.duration;
-        if hi <= lo {
-            return lo;
-        }
-        lo + (unit(self.opts.seed, n as u64, 0, SALT_DURATION) * (hi - lo + 1) as f64) as Millis
+        node_duration(&self.opts, n)
     }
 
     fn chance(&self, n: NodeId, attempt: u64, salt: u64, p: f64) -> bool {
