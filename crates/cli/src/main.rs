@@ -170,6 +170,9 @@ enum Cmd {
         /// Fault domains (0: none).
         #[arg(long, default_value_t = 3)]
         fault_domains: usize,
+        /// Deal service members at random with this seed (default: by stride, evenly).
+        #[arg(long)]
+        shuffle: Option<u64>,
     },
 }
 
@@ -615,13 +618,14 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 }
             })
         }
-        Cmd::GenFleet { nodes, memberships, service_size, update_domains, fault_domains } => {
+        Cmd::GenFleet { nodes, memberships, service_size, update_domains, fault_domains, shuffle } => {
             let o = baton_sim::gen::GenOptions {
                 nodes,
                 memberships,
                 service_size,
                 update_domains,
                 fault_domains,
+                shuffle,
             };
             println!("{}", baton_sim::gen::fleet_json(&o));
             Ok(())

@@ -145,22 +145,30 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
         // only if it has fewer waves. An explicit `order` keeps first fit: it says who goes first.
         if spec.strategy != Strategy::OneAtATime && spec.order.is_empty() {
             let bound = group_bound(fleet, group, p);
-            if waves_of(&ff) > bound {
-                for by_domain in [true, false] {
-                    let Some(mut bal) = balanced(fleet, p, group, bound, by_domain) else { continue };
-                    let mut state = before.clone();
-                    if let Some(st) = &mut state {
-                        if capacity_pass(fleet, &mut bal, st).is_err() {
-                            continue;
-                        }
+            // At the bound itself, following update domains (without any, dealt in order) and
+            // not; then once at one wave under the best so far, which gives services that must
+            // put exactly their allowance in every wave at the bound some room.
+            let mut tries = 0;
+            while waves_of(&ff) > bound && tries < 3 {
+                let (target, by_domain) = match tries {
+                    0 => (bound, true),
+                    1 => (bound, false),
+                    _ => (waves_of(&ff) - 1, false),
+                };
+                tries += 1;
+                if tries == 3 && target <= bound {
+                    break;
+                }
+                let Some(mut bal) = balanced(fleet, p, group, target, by_domain) else { continue };
+                let mut state = before.clone();
+                if let Some(st) = &mut state {
+                    if capacity_pass(fleet, &mut bal, st).is_err() {
+                        continue;
                     }
-                    if waves_of(&bal) < waves_of(&ff) {
-                        ff = bal;
-                        capacity = state;
-                    }
-                    if waves_of(&ff) <= bound {
-                        break;
-                    }
+                }
+                if waves_of(&bal) < waves_of(&ff) {
+                    ff = bal;
+                    capacity = state;
                 }
             }
         }
@@ -270,12 +278,16 @@ fn group_bound(fleet: &Fleet, group: &[NodeId], p: usize) -> usize {
 }
 
 /// Balanced placement into `target` waves: each node (in `nodes`' order, most constrained first)
-/// goes into its preferred wave if it fits there, else into the least full wave that fits, else
+/// goes into its preferred wave if it fits there, else into the wave that fits where its
+/// services have the fewest members so far (the least full wave, when the waves are many), else
 /// into a new wave. With `by_domain`, a node's preferred wave follows its update domain (the
 /// nodes sorted by domain are dealt over the waves in order), so domains stay together where
 /// that costs no wave; without, every node takes the least full wave, which spreads each
 /// service's members evenly. Gives up (None) when the search would cost more than a few times
 /// what first fit costs, so the planner stays fast on fleets where the waves are many.
+/// Up to this many waves, balanced placement scores every wave for each node.
+const SCORED_WAVES: usize = 64;
+
 fn balanced<'a>(
     fleet: &'a Fleet,
     p: usize,
@@ -301,11 +313,45 @@ fn balanced<'a>(
     }
     let mut ff = FirstFit::new(fleet, p);
     ff.waves = vec![Vec::new(); target];
+    // Members per service and wave, dense, for scoring when the waves are few.
+    let mut dense = (target <= SCORED_WAVES && fleet.services.len().saturating_mul(target) <= 1 << 24)
+        .then(|| vec![0u32; fleet.services.len() * target]);
     let mut by_size: std::collections::BTreeSet<(u32, u32)> = (0..target as u32).map(|w| (0, w)).collect();
-    let mut budget: u64 = 64 * nodes.len() as u64 + 1_000_000;
+    // About what scoring every wave for every node costs at SCORED_WAVES waves, and a little.
+    let work: u64 = nodes.iter().map(|&n| 1 + fleet.memberships[n as usize].len() as u64).sum();
+    let mut budget: u64 = (SCORED_WAVES as u64 + 16) * work + 1_000_000;
     for (i, &n) in nodes.iter().enumerate() {
         let pick = if preferred[i] != u32::MAX && ff.fits(n, preferred[i]) {
             Some(preferred[i])
+        } else if ff.waves.len() <= SCORED_WAVES {
+            // Few waves: the one where this node's services have the fewest members yet (for
+            // their allowance), so every service spreads evenly and keeps room in every wave.
+            let mems = &fleet.memberships[n as usize];
+            budget = budget.checked_sub((ff.waves.len() * (1 + mems.len())) as u64)?;
+            let mut best: Option<(u64, u32, u32)> = None;
+            'waves: for w in 0..ff.waves.len() as u32 {
+                let size = ff.size(w);
+                if size >= ff.p {
+                    continue;
+                }
+                let mut load = 0u64;
+                for &s in mems {
+                    let c = match &dense {
+                        Some(d) if (w as usize) < target => d[s as usize * target + w as usize],
+                        _ => ff.count(s, w),
+                    };
+                    let allow = fleet.services[s as usize].allowance;
+                    if c >= allow {
+                        continue 'waves;
+                    }
+                    load += (u64::from(c) << 20) / u64::from(allow.max(1));
+                }
+                let key = (load, size, w);
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
+                }
+            }
+            best.map(|b| b.2)
         } else {
             let mut found = None;
             for &(size, w) in &by_size {
@@ -330,6 +376,13 @@ fn balanced<'a>(
         by_size.remove(&(ff.size(w), w));
         ff.place(n, w);
         by_size.insert((ff.size(w), w));
+        if let Some(d) = &mut dense {
+            if (w as usize) < target {
+                for &s in &fleet.memberships[n as usize] {
+                    d[s as usize * target + w as usize] += 1;
+                }
+            }
+        }
     }
     Some(ff)
 }

@@ -14,11 +14,21 @@ pub struct GenOptions {
     pub update_domains: usize,
     /// Fault domains; 0 for none.
     pub fault_domains: usize,
+    /// Deal each membership layer's members at random (this seed) instead of by stride: the
+    /// services then meet the update domains unevenly, as real ones do.
+    pub shuffle: Option<u64>,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { nodes: 1000, memberships: 10, service_size: 100, update_domains: 10, fault_domains: 3 }
+        GenOptions {
+            nodes: 1000,
+            memberships: 10,
+            service_size: 100,
+            update_domains: 10,
+            fault_domains: 3,
+            shuffle: None,
+        }
     }
 }
 
@@ -66,9 +76,31 @@ pub fn fleet_json(o: &GenOptions) -> String {
             stride += 1;
         }
         let mut groups: Vec<Vec<usize>> = vec![Vec::with_capacity(size); per_layer];
-        for i in 0..n {
-            let key = (i * stride + layer) % n;
-            groups[key / size].push(i);
+        match o.shuffle {
+            None => {
+                for i in 0..n {
+                    let key = (i * stride + layer) % n;
+                    groups[key / size].push(i);
+                }
+            }
+            Some(seed) => {
+                // Fisher-Yates over SplitMix64, so a seed gives the same fleet everywhere.
+                let mut state = seed ^ (layer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut next = move || {
+                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^ (z >> 31)
+                };
+                let mut perm: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    perm.swap(i, (next() % (i as u64 + 1)) as usize);
+                }
+                for (key, &i) in perm.iter().enumerate() {
+                    groups[key / size].push(i);
+                }
+            }
         }
         for (g, members) in groups.iter().enumerate() {
             if members.is_empty() {

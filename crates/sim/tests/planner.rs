@@ -5,8 +5,10 @@
 use baton_core::{load_campaign, load_fleet};
 use baton_sim::gen::{campaign_toml, fleet_json, GenOptions};
 
-fn check(nodes: usize, update_domains: usize, max_parallel: &str) {
-    let o = GenOptions { nodes, memberships: 10, service_size: 100, update_domains, fault_domains: 0 };
+/// Plans a generated fleet, checks the plan, and returns its waves and lower bound.
+fn plan(nodes: usize, update_domains: usize, max_parallel: &str, shuffle: Option<u64>) -> (usize, usize) {
+    let o =
+        GenOptions { nodes, memberships: 10, service_size: 100, update_domains, fault_domains: 0, shuffle };
     let fleet = load_fleet("gen.json", &fleet_json(&o)).expect("generated fleet loads");
     let spec = load_campaign("gen.toml", &campaign_toml(max_parallel), &fleet).expect("campaign loads");
     let plan = baton_core::plan(&fleet, &spec).expect("plans");
@@ -29,32 +31,37 @@ fn check(nodes: usize, update_domains: usize, max_parallel: &str) {
         }
     }
     assert!(seen.iter().all(|s| *s), "a node was left out of the plan");
-    assert_eq!(
-        plan.waves.len(),
-        plan.lower_bound,
-        "{nodes} nodes, {update_domains} update domains, max_parallel {max_parallel}: {} waves, bound {} ({})",
-        plan.waves.len(),
-        plan.lower_bound,
-        plan.binding
-    );
+    (plan.waves.len(), plan.lower_bound)
 }
 
+/// At 5% the services leave room (about 5 of a service's 100 members per wave, 10 allowed):
+/// the bound is reached. Members are dealt at random, so services meet the update domains
+/// unevenly: first fit put the last nodes into a 21st wave here.
 #[test]
 fn twenty_update_domains_at_five_percent() {
-    check(20_000, 20, "5%");
-}
-
-#[test]
-fn twenty_update_domains_at_ten_percent() {
-    check(20_000, 20, "10%");
+    assert_eq!(plan(20_000, 20, "5%", Some(1)), (20, 20));
 }
 
 #[test]
 fn no_update_domains_at_five_percent() {
-    check(20_000, 0, "5%");
+    assert_eq!(plan(20_000, 0, "5%", Some(1)), (20, 20));
+}
+
+/// At 10% the bound of 10 waves leaves a service no room at all: each must put exactly its
+/// allowance, 10 members, in every wave. With members dealt evenly (gen-fleet's default) that
+/// is reached; dealt at random it is not found (first fit gave 14, balanced placement 12), and
+/// the plan says it is above the bound.
+#[test]
+fn ten_percent_reaches_the_bound_when_members_are_dealt_evenly() {
+    assert_eq!(plan(20_000, 20, "10%", None), (10, 10));
+    assert_eq!(plan(20_000, 0, "10%", None), (10, 10));
 }
 
 #[test]
-fn no_update_domains_at_ten_percent() {
-    check(20_000, 0, "10%");
+fn ten_percent_with_members_at_random_stays_within_two_waves_of_the_bound() {
+    for ud in [20, 0] {
+        let (waves, bound) = plan(20_000, ud, "10%", Some(1));
+        assert_eq!(bound, 10);
+        assert!(waves <= 12, "{ud} update domains: {waves} waves");
+    }
 }
