@@ -437,8 +437,11 @@ impl Campaign {
         first: Option<&Event>,
     ) -> Result<(Campaign, usize), ReplayError> {
         let Some(Event::Planned { id, plan: rec }) = first else {
+            // Planned again exactly as baton did when it wrote schema 1.
             let id = spec.name.clone();
-            let mut c = Campaign::new(id, fleet, spec).map_err(ReplayError::Infeasible)?;
+            let plan = crate::plan::plan_by(&fleet, &spec, crate::plan::Rules::V1)
+                .map_err(ReplayError::Infeasible)?;
+            let mut c = Campaign::from_plan(id, fleet, spec, plan, &[]);
             c.legacy = true;
             return Ok((c, 0));
         };
@@ -453,6 +456,15 @@ impl Campaign {
         }
         let left_out = rec.left_out.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
         let start = rec.start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
+        if !start.is_empty() {
+            let mut planned: Vec<NodeId> = waves.iter().flatten().copied().collect();
+            let mut named = start.clone();
+            planned.sort_unstable();
+            named.sort_unstable();
+            if spec.strategy != Strategy::Continuous || planned != named {
+                return Err(ReplayError::BadStart);
+            }
+        }
         let plan = Plan {
             campaign: spec.name.clone(),
             strategy: spec.strategy,
@@ -1478,6 +1490,8 @@ pub enum ReplayError {
     Infeasible(Infeasible),
     #[error("the journaled plan names node {0}, which is not in the fleet file")]
     UnknownNode(String),
+    #[error("the journaled plan's start order does not name each planned node once, or the campaign is not continuous")]
+    BadStart,
     #[error("journal entry {index} does not apply: {err}")]
     Event { index: usize, err: CampaignError },
 }

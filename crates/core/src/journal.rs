@@ -7,12 +7,14 @@
 //! - 1 (baton before 0.2): no `"v"` key; no `planned` event (the plan was made again on replay
 //!   and step ids carried the campaign's name).
 //! - 2: `"v": 2`; the first event is `planned`, with the campaign's unique id and its plan.
+//! - 3: `"v": 3`; `planned` may carry `start`, the order `continuous` starts nodes in (an
+//!   older baton would ignore it and start them in the waves' order, so it must refuse).
 
 use crate::campaign::Event;
 use serde_json::Value;
 
 /// The schema version this baton writes.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -55,8 +57,8 @@ pub fn decode_value(value: Value) -> Result<Event, DecodeError> {
     if !obj.contains_key("event") {
         return Err(DecodeError::Shape);
     }
-    // Version 1 and 2 events have the same shape; 2 only added `planned` and optional fields
-    // (`version` on health and boot reports) that default when absent. A later schema change
+    // Versions 1 to 3 have the same shape; 2 only added `planned` and optional fields
+    // (`version` on health and boot reports) that default when absent, 3 the optional `start`. A later schema change
     // converts here, oldest first.
     let event: Event = serde_json::from_value(Value::Object(obj))
         .map_err(|e| DecodeError::Event { version, message: e.to_string() })?;
@@ -79,7 +81,7 @@ mod tests {
     fn the_current_schema_round_trips_and_names_its_version() {
         let e = Event::Pause { by: "ana".into() };
         let text = encode(&e);
-        assert!(text.starts_with(r#"{"v":2,"event":"pause""#), "{text}");
+        assert!(text.starts_with(r#"{"v":3,"event":"pause""#), "{text}");
         assert_eq!(decode(&text), Ok(e));
     }
 
@@ -90,6 +92,12 @@ mod tests {
         assert!(matches!(e, Event::StepOk { node, .. } if node == "n1"));
         let e = decode(r#"{"event":"health","node":"n1","healthy":true}"#).unwrap();
         assert!(matches!(e, Event::Health { healthy: true, version: None, .. }));
+    }
+
+    #[test]
+    fn version_two_entries_still_read() {
+        let e = decode(r#"{"v":2,"event":"pause","by":"ana"}"#).unwrap();
+        assert_eq!(e, Event::Pause { by: "ana".into() });
     }
 
     #[test]

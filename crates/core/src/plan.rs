@@ -85,7 +85,22 @@ pub fn resolve_parallel(spec: &CampaignSpec, to_update: usize) -> usize {
     spec.max_parallel.of_ceil(to_update).max(1)
 }
 
+/// How the planner decides, by the journal schema a campaign was created under: a journal of
+/// schema 1 holds no plan, so replaying it plans again, and must plan exactly as baton did then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// Schema 1: nodes by their tightest service only, first fit, waves' order at run time.
+    V1,
+    /// Now: critical chains and learned times first, balanced placement when first fit spills,
+    /// a start order for `continuous`.
+    Current,
+}
+
 pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
+    plan_by(fleet, spec, Rules::Current)
+}
+
+pub fn plan_by(fleet: &Fleet, spec: &CampaignSpec, rules: Rules) -> Result<Plan, Infeasible> {
     let (update, skipped) = targets(fleet, spec);
     let p = resolve_parallel(spec, update.len());
     let mut in_update = vec![false; fleet.nodes.len()];
@@ -115,7 +130,7 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
         }
     }
 
-    let order = priority(fleet, spec, &update, &todo);
+    let order = priority(fleet, spec, &update, &todo, rules);
     // Domain-walk plans each update domain on its own (`order` is grouped by domain already);
     // the other strategies plan all nodes together.
     let groups: Vec<&[NodeId]> = if spec.strategy == Strategy::DomainWalk {
@@ -136,14 +151,24 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
                 ff.insert(n, 0);
             }
         }
-        let before = capacity.clone();
+        // The capacity state before this group, for balanced tries, kept only when first fit
+        // may be above the bound (None: no tries, when capacity counts).
+        let before: Option<Option<CapacityState>> =
+            (capacity.is_none() || ff.waves.len() > group.len().div_ceil(p.max(1))).then(|| capacity.clone());
         if let Some(state) = &mut capacity {
             capacity_pass(fleet, &mut ff, state)?;
         }
         // First fit keeps the priority order and update domains together, but can spill the
         // last nodes into a wave more than the bound. Then try balanced placements, and keep one
         // only if it has fewer waves. An explicit `order` keeps first fit: it says who goes first.
-        if spec.strategy != Strategy::OneAtATime && spec.order.is_empty() {
+        // Waves at ⌈nodes / P⌉ are at the bound already (the cheap test spares computing it
+        // for every update domain of a domain-walk).
+        if rules == Rules::Current
+            && spec.strategy != Strategy::OneAtATime
+            && spec.order.is_empty()
+            && waves_of(&ff) > group.len().div_ceil(p.max(1))
+            && before.is_some()
+        {
             let bound = group_bound(fleet, group, p);
             // At the bound itself, following update domains (without any, dealt in order) and
             // not; then once at one wave under the best so far, which gives services that must
@@ -160,7 +185,7 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
                     break;
                 }
                 let Some(mut bal) = balanced(fleet, p, group, target, by_domain) else { continue };
-                let mut state = before.clone();
+                let mut state = before.clone().flatten();
                 if let Some(st) = &mut state {
                     if capacity_pass(fleet, &mut bal, st).is_err() {
                         continue;
@@ -183,7 +208,11 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
         lower_bound,
         binding,
         max_parallel: p,
-        start: if spec.strategy == Strategy::Continuous { order } else { Vec::new() },
+        start: if rules == Rules::Current && spec.strategy == Strategy::Continuous {
+            order
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -210,18 +239,28 @@ pub fn rule_words(s: &Service) -> String {
 /// length is its members' expected times (learned from earlier campaigns, `spec.expected`) over
 /// its allowance, or its member count over its allowance when nothing was learned. A node's key
 /// is the sum of its chains, then its longest chain, then its own expected time (longest first).
-fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize]) -> Vec<NodeId> {
+fn priority(
+    fleet: &Fleet,
+    spec: &CampaignSpec,
+    update: &[NodeId],
+    todo: &[usize],
+    rules: Rules,
+) -> Vec<NodeId> {
     let mut pos = vec![u32::MAX; fleet.nodes.len()];
     for (i, &n) in spec.order.iter().enumerate() {
         pos[n as usize] = i as u32;
     }
-    let learned = !spec.expected.is_empty();
-    // Per service, the length of its chain in thousandths of a node-or-time unit.
+    let learned = rules == Rules::Current && !spec.expected.is_empty();
+    // Nodes nothing was learned of count as the mean of those something was.
+    let mean = (spec.expected.values().fold(0u64, |a, &e| a.saturating_add(e))
+        / spec.expected.len().max(1) as Millis)
+        .max(1);
+    let expected = |n: NodeId| if learned { spec.expected.get(&n).copied().unwrap_or(mean) } else { 0 };
+    // Per service, the length of its chain: time (or members) to update over its allowance.
     let mut chain = vec![0u64; fleet.services.len()];
     if learned {
-        let mean = (spec.expected.values().sum::<Millis>() / spec.expected.len().max(1) as Millis).max(1);
         for &n in update {
-            let e = spec.expected.get(&n).copied().unwrap_or(mean);
+            let e = expected(n);
             for &s in &fleet.memberships[n as usize] {
                 chain[s as usize] = chain[s as usize].saturating_add(e);
             }
@@ -238,9 +277,13 @@ fn priority(fleet: &Fleet, spec: &CampaignSpec, update: &[NodeId], todo: &[usize
         let mems = &fleet.memberships[n as usize];
         let sum = mems.iter().map(|&s| chain[s as usize]).fold(0u64, u64::saturating_add);
         let top = mems.iter().map(|&s| chain[s as usize]).max().unwrap_or(0);
-        (sum, top)
+        // Schema 1 ordered by the tightest service alone.
+        if rules == Rules::V1 {
+            (top, 0)
+        } else {
+            (sum, top)
+        }
     };
-    let expected = |n: NodeId| spec.expected.get(&n).copied().unwrap_or(0);
     let ud = |n: NodeId| fleet.nodes[n as usize].update_domain.map(|u| u as u64).unwrap_or(u64::MAX);
     // For domain-walk, a domain goes earlier when it holds a node named in `order`.
     let mut ud_first = std::collections::HashMap::new();
@@ -277,17 +320,17 @@ fn group_bound(fleet: &Fleet, group: &[NodeId], p: usize) -> usize {
     lower_bound(fleet, group, &todo, p).0
 }
 
-/// Balanced placement into `target` waves: each node (in `nodes`' order, most constrained first)
-/// goes into its preferred wave if it fits there, else into the wave that fits where its
-/// services have the fewest members so far (the least full wave, when the waves are many), else
-/// into a new wave. With `by_domain`, a node's preferred wave follows its update domain (the
-/// nodes sorted by domain are dealt over the waves in order), so domains stay together where
-/// that costs no wave; without, every node takes the least full wave, which spreads each
-/// service's members evenly. Gives up (None) when the search would cost more than a few times
-/// what first fit costs, so the planner stays fast on fleets where the waves are many.
 /// Up to this many waves, balanced placement scores every wave for each node.
 const SCORED_WAVES: usize = 64;
 
+/// Balanced placement into `target` waves: each node (in `nodes`' order, most constrained first)
+/// goes into its preferred wave if it fits there, else into the wave that fits where its
+/// services have the fewest members so far for their allowance (the least full wave, when the
+/// waves are more than SCORED_WAVES), else into a new wave. With `by_domain`, a node's preferred
+/// wave follows its update domain (the nodes sorted by domain are dealt over the waves in
+/// order), so domains stay together where that costs no wave; without, the scoring spreads each
+/// service's members evenly. Gives up (None) past a budget of about SCORED_WAVES times the
+/// fleet's memberships, so the planner stays fast where the waves are many.
 fn balanced<'a>(
     fleet: &'a Fleet,
     p: usize,

@@ -550,3 +550,47 @@ fn an_update_that_reboots_is_judged_on_the_version_after_the_reboot() {
     c.handle(5 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
 }
+
+/// A schema-1 journal holds no plan, so replay plans again: with the planner of the time (the
+/// tightest service alone, waves' order), not today's, which starts x (in two chains of 2)
+/// before y (in one chain of 3). Planned with today's rules, y's journaled drain would land on
+/// a node still pending and the orchestrator would refuse to start.
+#[test]
+fn a_schema_one_journal_replays_with_the_planner_of_its_time() {
+    let fleet_text = "name = \"f\"\nversions = [\"1\", \"2\"]\n\
+        [[node]]\nname = \"x\"\nversion = \"1\"\n[[node]]\nname = \"y\"\nversion = \"1\"\n\
+        [[node]]\nname = \"a\"\nversion = \"1\"\n[[node]]\nname = \"b\"\nversion = \"1\"\n\
+        [[node]]\nname = \"c\"\nversion = \"1\"\n[[node]]\nname = \"d\"\nversion = \"1\"\n\
+        [[service]]\nname = \"s1\"\nnodes = [\"x\", \"a\"]\nmax_unavailable = 1\n\
+        [[service]]\nname = \"s2\"\nnodes = [\"x\", \"b\"]\nmax_unavailable = 1\n\
+        [[service]]\nname = \"s3\"\nnodes = [\"y\", \"c\", \"d\"]\nmax_unavailable = 1\n";
+    let fleet = Arc::new(load_fleet("f.toml", fleet_text).unwrap());
+    let text = "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 1\n";
+    let spec = load_campaign("c.toml", text, &fleet).unwrap();
+    // Today's planner starts x first.
+    let today = baton_core::plan(&fleet, &spec).unwrap();
+    assert_eq!(today.order().next().map(|n| fleet.node_name(n)), Some("x"));
+    let journal: Vec<(u64, Event)> = [
+        r#"{"event":"start","by":"op"}"#,
+        r#"{"event":"step-ok","node":"y","step":"c1/y/0/drain","reboot":false,"boot_id":null,"version":null}"#,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, l)| (i as u64 * S, baton_core::journal::decode(l).unwrap()))
+    .collect();
+    let c = Campaign::replay(fleet.clone(), spec, &journal).unwrap();
+    assert!(matches!(c.nodes[1].state, NodeState::Updating { .. }), "{:?}", c.nodes[1].state);
+    assert!(matches!(c.nodes[0].state, NodeState::Pending { .. }), "{:?}", c.nodes[0].state);
+}
+
+/// A journaled start order that is not the planned nodes, each once, is refused on replay.
+#[test]
+fn a_journaled_start_order_that_is_not_the_plan_is_refused() {
+    let c = campaign("");
+    let Event::Planned { id, mut plan } = c.planned_event() else { panic!("planned event") };
+    assert!(!plan.start.is_empty(), "continuous journals its start order");
+    plan.start.pop();
+    let bad = Event::Planned { id, plan };
+    let err = Campaign::begin(c.fleet.clone(), c.spec.clone(), Some(&bad)).unwrap_err();
+    assert!(matches!(err, baton_core::campaign::ReplayError::BadStart), "{err:?}");
+}

@@ -245,8 +245,8 @@ impl Hub {
     fn learned_times(&self, fleet: &Fleet) -> std::collections::HashMap<NodeId, baton_core::Millis> {
         const LOOK_BACK: usize = 5;
         let mut out = std::collections::HashMap::new();
-        let Ok(stored) = self.store.campaigns() else { return out };
-        for s in stored.iter().rev().take(LOOK_BACK) {
+        let Ok(stored) = self.store.recent(LOOK_BACK) else { return out };
+        for s in &stored {
             let Ok((c, _)) = self.rebuild(s) else { continue };
             for (i, r) in c.nodes.iter().enumerate() {
                 if let (baton_core::NodeState::Done { .. }, Some(from), Some(to)) =

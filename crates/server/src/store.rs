@@ -223,6 +223,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The latest `limit` campaigns, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<StoredCampaign>, StoreError> {
+        let db = self.db();
+        let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY id DESC LIMIT ?1"))?;
+        let rows = st.query_map([limit as i64], stored)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn get(&self, id: i64) -> Result<Option<StoredCampaign>, StoreError> {
         let db = self.db();
         Ok(db
