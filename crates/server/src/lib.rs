@@ -231,9 +231,13 @@ impl Hub {
 
     /// The campaign as its journal leaves it, and how many entries the journal has.
     fn rebuild(&self, s: &StoredCampaign) -> Result<(Campaign, i64), RebuildError> {
+        Hub::rebuild_from(&self.store, s)
+    }
+
+    fn rebuild_from(store: &Store, s: &StoredCampaign) -> Result<(Campaign, i64), RebuildError> {
         let (fleet, spec) = Hub::files(s)?;
         let journal: Vec<(u64, Event)> =
-            self.store.events(s.id, 0)?.into_iter().map(|e| (e.at_ms, e.event)).collect();
+            store.events(s.id, 0)?.into_iter().map(|e| (e.at_ms, e.event)).collect();
         let n = journal.len() as i64;
         Ok((Campaign::replay(Arc::new(fleet), spec, &journal)?, n))
     }
@@ -241,18 +245,22 @@ impl Hub {
     /// Each node's time out of service (drain to restored, wall clock) in the most recent of
     /// the last few campaigns that updated it, so the planner can start the longest first. The
     /// plan journals the order it made, so replay never needs these again. A journal that does
-    /// not replay teaches nothing.
-    fn learned_times(&self, fleet: &Fleet) -> std::collections::HashMap<NodeId, baton_core::Millis> {
+    /// not replay teaches nothing. Blocking (it reads and replays journals): run it off the
+    /// async runtime. `ids` maps node names to the new campaign's node ids.
+    fn learned_times(
+        store: &Store,
+        ids: &std::collections::HashMap<String, NodeId>,
+    ) -> std::collections::HashMap<NodeId, baton_core::Millis> {
         const LOOK_BACK: usize = 5;
         let mut out = std::collections::HashMap::new();
-        let Ok(stored) = self.store.recent(LOOK_BACK) else { return out };
+        let Ok(stored) = store.recent(LOOK_BACK) else { return out };
         for s in &stored {
-            let Ok((c, _)) = self.rebuild(s) else { continue };
+            let Ok((c, _)) = Hub::rebuild_from(store, s) else { continue };
             for (i, r) in c.nodes.iter().enumerate() {
                 if let (baton_core::NodeState::Done { .. }, Some(from), Some(to)) =
                     (&r.state, r.started_at, r.finished_at)
                 {
-                    if let Some(id) = fleet.node_id(c.fleet.node_name(i as NodeId)) {
+                    if let Some(&id) = ids.get(c.fleet.node_name(i as NodeId)) {
                         out.entry(id).or_insert(to.saturating_sub(from));
                     }
                 }
@@ -311,7 +319,9 @@ impl Hub {
         raised.apply(&mut fleet);
         let mut spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
-        spec.expected = self.learned_times(&fleet);
+        let (store, ids) = (self.store.clone(), fleet.by_name.clone());
+        spec.expected =
+            tokio::task::spawn_blocking(move || Hub::learned_times(&store, &ids)).await.unwrap_or_default();
         // Nodes the last campaign left out of service count as down until this one restores them.
         let left_out: Vec<NodeId> = views
             .iter()
