@@ -5,8 +5,8 @@
 //! counts, and per service a pointer to the first wave that still has room, so placing a node
 //! costs about its number of memberships. First fit keeps update domains together but can spill
 //! the last nodes into a wave above the bound; then a balanced placement (each node, most
-//! constrained first, into the least full wave that fits) is tried, first following update
-//! domains, then not, and kept when it has fewer waves. When workloads must move and nodes have capacity, a
+//! constrained first, into the wave where its services have the fewest members) is tried, first
+//! following update domains, then not, and kept when it has fewer waves. When workloads must move and nodes have capacity, a
 //! second pass walks the waves in order, places each drained node's workloads on nodes that stay
 //! up (preferring nodes already updated, so a workload moves once), and pushes a node to a later
 //! wave when its workloads do not fit.
@@ -108,12 +108,7 @@ pub fn plan_by(fleet: &Fleet, spec: &CampaignSpec, rules: Rules) -> Result<Plan,
         in_update[n as usize] = true;
     }
     // Members to update per service.
-    let mut todo = vec![0usize; fleet.services.len()];
-    for &n in &update {
-        for &s in &fleet.memberships[n as usize] {
-            todo[s as usize] += 1;
-        }
-    }
+    let todo = members_to_update(fleet, &update);
     for (s, svc) in fleet.services.iter().enumerate() {
         if todo[s] > 0 && svc.allowance == 0 {
             return Err(Infeasible {
@@ -309,15 +304,20 @@ fn waves_of(ff: &FirstFit) -> usize {
     ff.waves.iter().filter(|w| !w.is_empty()).count()
 }
 
-/// The wave bound of one group of nodes planned together (all nodes, or one update domain).
-fn group_bound(fleet: &Fleet, group: &[NodeId], p: usize) -> usize {
+/// Per service, how many of `nodes` are its members.
+fn members_to_update(fleet: &Fleet, nodes: &[NodeId]) -> Vec<usize> {
     let mut todo = vec![0usize; fleet.services.len()];
-    for &n in group {
+    for &n in nodes {
         for &s in &fleet.memberships[n as usize] {
             todo[s as usize] += 1;
         }
     }
-    lower_bound(fleet, group, &todo, p).0
+    todo
+}
+
+/// The wave bound of one group of nodes planned together (all nodes, or one update domain).
+fn group_bound(fleet: &Fleet, group: &[NodeId], p: usize) -> usize {
+    lower_bound(fleet, group, &members_to_update(fleet, group), p).0
 }
 
 /// Up to this many waves, balanced placement scores every wave for each node.

@@ -85,13 +85,11 @@ pub fn fleet_json(o: &GenOptions) -> String {
             }
             Some(seed) => {
                 // Fisher-Yates over SplitMix64, so a seed gives the same fleet everywhere.
-                let mut state = seed ^ (layer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut state = seed ^ (layer as u64).wrapping_mul(super::GOLDEN);
                 let mut next = move || {
-                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^ (z >> 31)
+                    let out = super::splitmix(state);
+                    state = state.wrapping_add(super::GOLDEN);
+                    out
                 };
                 let mut perm: Vec<usize> = (0..n).collect();
                 for i in (1..n).rev() {

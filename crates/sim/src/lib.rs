@@ -70,11 +70,19 @@ pub struct SimReport {
 
 /// Reproducible draws: SplitMix64 over (seed, node, attempt, salt).
 fn draw(seed: u64, node: u64, attempt: u64, salt: u64) -> u64 {
-    let mut z = seed
-        ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ attempt.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-        ^ salt.wrapping_mul(0x1656_67B1_9E37_79F9);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    splitmix(
+        seed ^ node.wrapping_mul(GOLDEN)
+            ^ attempt.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            ^ salt.wrapping_mul(0x1656_67B1_9E37_79F9),
+    )
+}
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// One SplitMix64 output for state `z`: the state advanced by the golden ratio, then mixed. A
+/// sequence advances its state by `GOLDEN` after each output.
+fn splitmix(z: u64) -> u64 {
+    let mut z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
