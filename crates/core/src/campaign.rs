@@ -381,6 +381,9 @@ pub struct Campaign {
     active: u32,
     /// Members down per service, for any reason.
     down: Vec<u32>,
+    /// Nodes whose record changed while the current event was handled, for views kept up to
+    /// date in place ([`Campaign::handle_changes`]); empty between events.
+    touched: Vec<NodeId>,
 }
 
 impl Campaign {
@@ -579,6 +582,7 @@ impl Campaign {
             level: fleet.functional_level.clone(),
             placement: Placement::initial(&fleet),
             down,
+            touched: Vec::new(),
             pending: (0..by_rank.len() as u32).collect(),
             candidates: (0..by_rank.len() as u32).collect(),
             waiters: vec![Vec::new(); fleet.services.len()],
@@ -742,11 +746,14 @@ impl Campaign {
         let new = self.deadline_of(n, &state, keep);
         self.retime(n, old, new);
         self.nodes[n as usize].unreachable_since = keep;
+        self.touch(n);
         // Back in service through this campaign: no longer left out by an earlier one.
         if state.back() == Some(&Back::In) {
             self.nodes[n as usize].left_out = false;
+            self.touch(n);
         }
         self.nodes[n as usize].state = state;
+        self.touch(n);
         self.recount(n, was_down, was_active);
     }
 
@@ -758,6 +765,7 @@ impl Campaign {
         );
         self.retime(n, old, new);
         self.nodes[n as usize].unreachable_since = since;
+        self.touch(n);
     }
 
     fn retime(&mut self, n: NodeId, old: Option<Millis>, new: Option<Millis>) {
@@ -799,6 +807,7 @@ impl Campaign {
         let was_down = self.is_down(n);
         let was_active = self.nodes[n as usize].state.is_active();
         self.nodes[n as usize].observed_down = down;
+        self.touch(n);
         self.recount(n, was_down, was_active);
         if !down && self.pending.contains(&self.rank[n as usize]) {
             self.candidates.insert(self.rank[n as usize]);
@@ -851,10 +860,30 @@ impl Campaign {
 
     /// Applies one event at time `now` and returns the commands that follow.
     pub fn handle(&mut self, now: Millis, event: Event) -> Result<Vec<Command>, CampaignError> {
+        self.handle_changes(now, event).map(|(out, _)| out)
+    }
+
+    /// As [`Campaign::handle`], and which nodes' records changed (each once, in id order), so
+    /// that a view of the fleet can be kept up to date without looking at every node.
+    pub fn handle_changes(
+        &mut self,
+        now: Millis,
+        event: Event,
+    ) -> Result<(Vec<Command>, Vec<NodeId>), CampaignError> {
+        self.touched.clear();
         let mut out = Vec::new();
-        self.apply(now, event, &mut out)?;
+        let applied = self.apply(now, event, &mut out);
+        let mut touched = std::mem::take(&mut self.touched);
+        applied?;
         self.advance(now, &mut out);
-        Ok(out)
+        touched.append(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        Ok((out, touched))
+    }
+
+    fn touch(&mut self, n: NodeId) {
+        self.touched.push(n);
     }
 
     fn not_allowed(&self, action: &'static str) -> CampaignError {
@@ -945,13 +974,16 @@ impl Campaign {
                                     self.target_for(n)
                                 );
                                 self.nodes[n as usize].version = Some(v);
+                                self.touch(n);
                                 self.retry_or_fail(n, now, attempt, why, out);
                                 return Ok(());
                             }
                             self.nodes[n as usize].version = Some(v);
+                            self.touch(n);
                         }
                         if boot_id.is_some() {
                             self.nodes[n as usize].boot_id = boot_id;
+                            self.touch(n);
                         }
                         if reboot {
                             let old_boot = self.nodes[n as usize].boot_id.clone();
@@ -1001,20 +1033,24 @@ impl Campaign {
                 let n = self.node(&node)?;
                 if let Some(v) = version {
                     self.nodes[n as usize].version = Some(v);
+                    self.touch(n);
                 }
                 if let NodeState::Rebooting { old_boot, .. } = &self.nodes[n as usize].state {
                     if old_boot.as_deref() != Some(boot_id.as_str()) {
                         self.nodes[n as usize].boot_id = Some(boot_id);
+                        self.touch(n);
                         self.start_verify(n, now, out);
                         return Ok(());
                     }
                 }
                 self.nodes[n as usize].boot_id = Some(boot_id);
+                self.touch(n);
             }
             Event::Health { node, healthy, version } => {
                 let n = self.node(&node)?;
                 if let Some(v) = version {
                     self.nodes[n as usize].version = Some(v);
+                    self.touch(n);
                 }
                 // A node being verified counts as healthy only at its target version: it is
                 // never counted updated on the word of an old record.
@@ -1048,6 +1084,7 @@ impl Campaign {
                 let n = self.node(&node)?;
                 if let Some(v) = version {
                     self.nodes[n as usize].version = Some(v);
+                    self.touch(n);
                 }
                 if up && self.phase == Phase::Committed {
                     if let Some(reason) = self.too_old(n) {
@@ -1214,6 +1251,7 @@ impl Campaign {
         }
         // Before the state: a node left waiting to be healthy is given up on from this time.
         self.nodes[n as usize].finished_at = Some(now);
+        self.touch(n);
         self.set_state(n, state);
         if failed {
             self.failed += 1;
@@ -1238,6 +1276,7 @@ impl Campaign {
             _ => return,
         };
         self.nodes[n as usize].pass = Pass::Back;
+        self.touch(n);
         self.set_state(n, NodeState::Pending { out_of_service });
         self.pending.insert(self.rank[n as usize]);
         self.candidates.insert(self.rank[n as usize]);
@@ -1256,11 +1295,13 @@ impl Campaign {
                 // Queued to go back, but it never got back into service after its update: it
                 // stays as it was, updated and out of service, and counts as down.
                 self.nodes[n as usize].pass = Pass::Forward;
+                self.touch(n);
                 self.set_state(n, NodeState::Done { back: Back::Out });
                 continue;
             }
             self.set_state(n, NodeState::Skipped { reason: reason.to_string() });
             self.nodes[n as usize].finished_at = Some(now);
+            self.touch(n);
             self.settle_group(n);
         }
     }
@@ -1467,6 +1508,7 @@ impl Campaign {
                 .collect();
             self.set_state(n, NodeState::Draining { moves: moves.clone() });
             self.nodes[n as usize].started_at = Some(now);
+            self.touch(n);
             out.push(Command::Drain {
                 node: self.fleet.node_name(n).to_string(),
                 step: self.step_id(n, 0, "drain"),

@@ -352,6 +352,11 @@ pub struct Sim {
     versions: HashMap<NodeId, String>,
     steps_sent: usize,
     last_finish: Millis,
+    /// Check, for every event, that the core names every node whose record changed
+    /// ([`Campaign::handle_changes`]); what it missed goes to `touch_misses`. Costs a copy of
+    /// every node per event: for tests.
+    pub check_touched: bool,
+    pub touch_misses: Vec<String>,
 }
 
 impl Sim {
@@ -380,6 +385,8 @@ impl Sim {
             versions: HashMap::new(),
             steps_sent: 0,
             last_finish: 0,
+            check_touched: false,
+            touch_misses: Vec::new(),
         }
     }
 
@@ -476,9 +483,20 @@ impl Sim {
             }
             _ => None,
         };
-        match self.campaign.handle(now, ev.clone()) {
+        let before = self.check_touched.then(|| self.campaign.nodes.clone());
+        match self.campaign.handle_changes(now, ev.clone()) {
             Err(e) => self.refused.push((now, ev, e.to_string())),
-            Ok(cmds) => {
+            Ok((cmds, touched)) => {
+                if let Some(before) = before {
+                    for (i, (a, b)) in before.iter().zip(&self.campaign.nodes).enumerate() {
+                        if a != b && touched.binary_search(&(i as NodeId)).is_err() {
+                            self.touch_misses.push(format!(
+                                "{ev:?} changed node {} ({a:?} -> {b:?}) without naming it",
+                                self.campaign.fleet.node_name(i as NodeId)
+                            ));
+                        }
+                    }
+                }
                 let fleet = self.campaign.fleet.clone();
                 self.observer.on_event(&fleet, &ev);
                 if let Some(n) = restored {

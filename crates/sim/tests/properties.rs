@@ -280,6 +280,7 @@ proptest! {
             }
         };
         let mut sim = Sim::new(campaign, opts);
+        sim.check_touched = true;
         sim.push(0, Event::Start { by: "prop".into() });
         for (t, i) in &inj {
             match i {
@@ -297,6 +298,7 @@ proptest! {
         for (step, k) in &sim.executions {
             prop_assert!(*k == 1, "step {step} executed {k} times");
         }
+        prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
         let report = sim.report();
 
         prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
