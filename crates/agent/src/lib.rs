@@ -3,6 +3,8 @@
 //! journal, and reports its node's version, boot id, health and current step.
 
 pub mod config;
+pub mod hollow;
+pub mod host;
 pub mod journal;
 pub mod local;
 pub mod run;
@@ -13,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_proto::{AgentStatus, ApiError, CheckResult, StepKind, StepRequest, StepState, StepStatus};
-use config::{CheckKind, Config, RebootPolicy, RebootVia};
+use config::Config;
+use host::Host;
 use journal::{Journal, Record};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -56,19 +59,15 @@ struct Inner {
     checks: Vec<CheckResult>,
     journal: Journal,
     generation: u64,
-    /// Set by a drain during this boot: the services' stop grace, and whether they are stopped
-    /// now. An update runs with them stopped and starts them again when the node stays up
-    /// (no reboot, or the update failed), so its health can be checked; a reboot starts them.
-    drained: Option<(u64, bool)>,
 }
 
 pub struct Agent {
     cfg: Config,
+    host: Arc<dyn Host>,
     boot_id: String,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     exit: mpsc::Sender<i32>,
-    http: reqwest::Client,
 }
 
 type Shared = Arc<Agent>;
@@ -109,25 +108,13 @@ impl Agent {
         }
     }
 
-    fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![("node", self.cfg.node.clone()), ("state_dir", self.cfg.state_dir.display().to_string())]
-    }
-
-    async fn read_version(&self) -> Option<String> {
-        let argv = self.cfg.version_command.as_ref()?;
-        let vars = self.vars();
-        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = run::run(&config::fill(argv, &v), 30_000, 4096).await;
-        out.ok.then(|| out.tail.trim().to_string()).filter(|s| !s.is_empty())
-    }
-
     /// Reads the installed version again, unless a step is running (the version is in flux
     /// then; the step's end reads it).
     async fn refresh_version(&self) {
         if self.inner.lock().expect("agent lock").running.is_some() {
             return;
         }
-        let v = self.read_version().await;
+        let v = self.host.version().await;
         let mut i = self.inner.lock().expect("agent lock");
         if i.running.is_none() && i.version != v {
             i.version = v;
@@ -246,99 +233,7 @@ impl Agent {
 
     async fn execute(self: Arc<Self>, req: StepRequest) {
         let tail = self.cfg.output_tail_bytes;
-        let vars = self.vars();
-        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut outputs = String::new();
-        let mut failure: Option<String> = None;
-        let mut reboot = false;
-        let mut version = None;
-        let mut step = |o: run::Outcome, what: &str| -> bool {
-            outputs.push_str(&o.tail);
-            if !o.ok && failure.is_none() {
-                failure = Some(format!("{what}: {}", o.error.unwrap_or_default()));
-            }
-            o.ok
-        };
-        match req.kind {
-            StepKind::Drain => {
-                if !self.cfg.drain_hooks.is_empty() {
-                    let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
-                    let file = self.cfg.state_dir.join(MOVES_FILE);
-                    let path = file.display().to_string();
-                    match tokio::fs::write(&file, &moves).await {
-                        Ok(()) => {
-                            let mut env = vec![("BATON_MOVES_FILE", path.as_str())];
-                            // Within what one environment string may hold (128 KiB on Linux);
-                            // beyond, a hook still reading $BATON_MOVES gets what is not JSON
-                            // and fails, rather than an empty list it would take for "nothing
-                            // to move".
-                            env.push((
-                                "BATON_MOVES",
-                                if moves.len() <= MOVES_ENV_MAX { &moves } else { MOVES_TOO_LARGE },
-                            ));
-                            for h in &self.cfg.drain_hooks {
-                                let o = run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await;
-                                step(o, "drain hook");
-                            }
-                        }
-                        Err(e) => {
-                            let error = Some(format!("cannot write the moves to {path}: {e}"));
-                            step(run::Outcome { ok: false, error, tail: String::new() }, "drain hook");
-                        }
-                    }
-                }
-                let grace = req.stop_grace_ms.unwrap_or(300_000);
-                for (o, what) in self.stop_services(&base, grace).await {
-                    step(o, &what);
-                }
-                self.inner.lock().expect("agent lock").drained = Some((grace, true));
-            }
-            StepKind::Restore => {
-                for (o, what) in self.start_services(&base).await {
-                    step(o, &what);
-                }
-                self.inner.lock().expect("agent lock").drained = None;
-                for h in &self.cfg.restore_hooks {
-                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "restore hook");
-                }
-            }
-            StepKind::Action => {
-                let action = self
-                    .cfg
-                    .action(req.action.as_deref().unwrap_or_default())
-                    .cloned()
-                    .expect("checked at start");
-                // Services a drain stopped and a failed attempt started again stop first.
-                let drained = self.inner.lock().expect("agent lock").drained;
-                if let Some((grace, false)) = drained {
-                    for (o, what) in self.stop_services(&base, grace).await {
-                        step(o, &what);
-                    }
-                }
-                let mut v = base.clone();
-                let ver = req.version.clone().unwrap_or_default();
-                v.push(("version", &ver));
-                let ok = step(
-                    run::run(&config::fill(&action.argv, &v), action.timeout_ms, tail).await,
-                    &action.name,
-                );
-                if ok {
-                    version = self.read_version().await;
-                    reboot = match action.reboot {
-                        RebootPolicy::Never => false,
-                        RebootPolicy::Always => true,
-                        RebootPolicy::IfRequired => self.cfg.reboot_required_file.exists(),
-                    };
-                }
-                if let (Some((grace, _)), false) = (drained, reboot) {
-                    // The node stays up: its services run again, on whichever version it has.
-                    for (o, what) in self.start_services(&base).await {
-                        step(o, &what);
-                    }
-                    self.inner.lock().expect("agent lock").drained = Some((grace, false));
-                }
-            }
-        }
+        let host::Effects { failure, output: outputs, reboot, version } = self.host.execute(&req).await;
         let bytes = outputs.as_bytes();
         let tail_text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(tail)..]).into_owned();
         let state = if failure.is_none() { StepState::Ok } else { StepState::Failed };
@@ -388,83 +283,16 @@ impl Agent {
         }
     }
 
-    /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
-    /// failure if the kill works (its output is kept).
-    async fn stop_services(&self, base: &[(&str, &str)], grace: u64) -> Vec<(run::Outcome, String)> {
-        let tail = self.cfg.output_tail_bytes;
-        let mut out = Vec::new();
-        for svc in &self.cfg.services {
-            let mut v = base.to_vec();
-            v.push(("service", svc));
-            let stop = run::run(&config::fill(&self.cfg.stop_command, &v), grace, tail).await;
-            let stopped = stop.ok;
-            out.push((run::Outcome { ok: true, ..stop }, "stop".to_string()));
-            if !stopped {
-                let kill = run::run(&config::fill(&self.cfg.kill_command, &v), 30_000, tail).await;
-                out.push((kill, format!("kill {svc}")));
-            }
-        }
-        out
-    }
-
-    async fn start_services(&self, base: &[(&str, &str)]) -> Vec<(run::Outcome, String)> {
-        let tail = self.cfg.output_tail_bytes;
-        let mut out = Vec::new();
-        for svc in &self.cfg.services {
-            let mut v = base.to_vec();
-            v.push(("service", svc));
-            let o = run::run(&config::fill(&self.cfg.start_command, &v), 120_000, tail).await;
-            out.push((o, format!("start {svc}")));
-        }
-        out
-    }
-
     async fn reboot(&self) {
         // Give the orchestrator a moment to read the outcome; it is in the journal either way.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        match self.cfg.reboot_via {
-            RebootVia::SupervisorExit => {
-                tracing::info!("rebooting: exiting for the supervisor to restart this node");
-                let _ = self.exit.send(EXIT_REBOOT).await;
-            }
-            RebootVia::Command => {
-                let argv = config::fill(&self.cfg.reboot_command, &[("node", &self.cfg.node)]);
-                tracing::info!(?argv, "rebooting");
-                let o = run::run(&argv, 60_000, 1024).await;
-                if !o.ok {
-                    tracing::error!("reboot command failed: {:?}", o.error);
-                }
-            }
+        if self.host.reboot().await == host::Reboot::Exit {
+            let _ = self.exit.send(EXIT_REBOOT).await;
         }
     }
 
     async fn check_health(&self) {
-        let mut results = Vec::with_capacity(self.cfg.checks.len());
-        let vars = self.vars();
-        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        for c in &self.cfg.checks {
-            let t = Duration::from_millis(c.timeout_ms);
-            let (ok, detail) = match &c.kind {
-                CheckKind::Command(argv) => {
-                    let o = run::run(&config::fill(argv, &base), c.timeout_ms, 512).await;
-                    (o.ok, o.error.unwrap_or_else(|| "ok".into()))
-                }
-                CheckKind::Http(url) => match tokio::time::timeout(t, self.http.get(url).send()).await {
-                    Ok(Ok(r)) if r.status().is_success() => (true, r.status().to_string()),
-                    Ok(Ok(r)) => (false, r.status().to_string()),
-                    Ok(Err(e)) => (false, e.to_string()),
-                    Err(_) => (false, "timed out".into()),
-                },
-                CheckKind::Tcp(addr) => {
-                    match tokio::time::timeout(t, tokio::net::TcpStream::connect(addr)).await {
-                        Ok(Ok(_)) => (true, "connected".into()),
-                        Ok(Err(e)) => (false, e.to_string()),
-                        Err(_) => (false, "timed out".into()),
-                    }
-                }
-            };
-            results.push(CheckResult { name: c.name.clone(), ok, detail });
-        }
+        let results = self.host.check().await;
         let healthy = results.iter().all(|r| r.ok);
         let mut i = self.inner.lock().expect("agent lock");
         let changed = i.healthy != healthy || i.checks.iter().map(|c| c.ok).ne(results.iter().map(|c| c.ok));
@@ -568,75 +396,98 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     // First: until a handler is in place, SIGHUP (`systemctl reload`) would end the agent.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     baton_pki::install_default_provider();
+    let host = Arc::new(host::System::new(&cfg));
+    let run = Run { hup: Some(hup), limits: baton_net::Limits::for_this_process() };
+    run_on(cfg, host, run, shutdown_signal()).await
+}
+
+/// How [`run_on`] runs an agent.
+pub struct Run {
+    /// SIGHUP's stream: each one reads the TLS files again. `None`: they are read at start only
+    /// (hollow agents, many in one process).
+    pub hup: Option<std::io::Result<tokio::signal::unix::Signal>>,
+    /// The limits of its listener.
+    pub limits: baton_net::Limits,
+}
+
+/// Runs an agent for `host` until `stop` resolves (exit code 0) or the host reboots by exiting
+/// ([`EXIT_REBOOT`]): the real agent, whatever the host is.
+pub async fn run_on(
+    cfg: Config,
+    host: Arc<dyn Host>,
+    run: Run,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<i32, AgentError> {
     let tls = cfg.tls.server_config()?;
     let (journal, replayed) = Journal::open(&cfg.state_dir)?;
-    let boot_id =
-        std::fs::read_to_string(&cfg.boot_id_file).map(|s| s.trim().to_string()).unwrap_or_else(|e| {
-            tracing::warn!("cannot read boot id from {}: {e}", cfg.boot_id_file.display());
-            "unknown".into()
-        });
     let (changed, _) = watch::channel(0u64);
     let (exit_tx, mut exit_rx) = mpsc::channel(1);
     let addr: std::net::SocketAddr =
         cfg.listen.parse().map_err(|e| AgentError::Listen(cfg.listen.clone(), std::io::Error::other(e)))?;
     let agent = Arc::new(Agent {
-        boot_id,
+        boot_id: host.boot_id(),
         inner: Mutex::new(Inner {
-            drained: None,
             steps: replayed.steps,
             running: None,
             last: replayed.last,
             version: None,
-            healthy: cfg.checks.is_empty(),
+            healthy: !host.has_checks(),
             checks: Vec::new(),
             journal,
             generation: 1,
         }),
         changed,
         exit: exit_tx,
-        http: reqwest::Client::new(),
+        host,
         cfg,
     });
-    let v = agent.read_version().await;
+    let v = agent.host.version().await;
     agent.inner.lock().expect("agent lock").version = v;
-    agent.check_health().await;
-    let checker = agent.clone();
-    let health = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(checker.cfg.check_interval_ms));
-        loop {
-            tick.tick().await;
-            checker.check_health().await;
-        }
+    if agent.host.has_checks() {
+        agent.check_health().await;
+    }
+    // With no checks the node is healthy, and nothing needs to run every interval.
+    let health = agent.host.has_checks().then(|| {
+        let checker = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(checker.cfg.check_interval_ms));
+            loop {
+                tick.tick().await;
+                checker.check_health().await;
+            }
+        })
     });
     let listener = std::net::TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
     listener.set_nonblocking(true).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(|e| AgentError::Listen(addr.to_string(), e))?;
-    let limits = baton_net::Limits::for_this_process();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = run.limits;
+    let (stop_tx, stopped) = tokio::sync::oneshot::channel::<()>();
     // SIGHUP reads the TLS files again (a new revocation list, a renewed certificate); new
     // connections use them, and the old ones stay in force when they do not load.
     let (tls_tx, tls_rx) = watch::channel(tls);
     let files = agent.cfg.tls.clone();
-    let reload = tokio::spawn(async move {
-        let mut hup = match hup {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("no SIGHUP handler ({e}): TLS files are read at start only");
-                return std::future::pending::<()>().await;
-            }
-        };
-        while hup.recv().await.is_some() {
-            match files.server_config() {
-                Ok(c) => {
-                    tls_tx.send_replace(c);
-                    tracing::info!("SIGHUP: TLS files read again");
-                }
+    let reload = run.hup.map(|hup| {
+        tokio::spawn(async move {
+            let mut hup = match hup {
+                Ok(h) => h,
                 Err(e) => {
-                    tracing::error!("SIGHUP: keeping the TLS files in use, the new ones do not load: {e}")
+                    tracing::warn!("no SIGHUP handler ({e}): TLS files are read at start only");
+                    return std::future::pending::<()>().await;
+                }
+            };
+            while hup.recv().await.is_some() {
+                match files.server_config() {
+                    Ok(c) => {
+                        tls_tx.send_replace(c);
+                        tracing::info!("SIGHUP: TLS files read again");
+                    }
+                    Err(e) => {
+                        tracing::error!("SIGHUP: keeping the TLS files in use, the new ones do not load: {e}")
+                    }
                 }
             }
-        }
+        })
     });
     let server =
         tokio::spawn(baton_net::serve(listener, Some(tls_rx), router(agent.clone()), limits, async {
@@ -649,12 +500,16 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     }
     let code = tokio::select! {
         c = exit_rx.recv() => c.unwrap_or(0),
-        _ = shutdown_signal() => 0,
+        _ = stop => 0,
     };
-    let _ = stop.send(());
+    let _ = stop_tx.send(());
     let _ = server.await;
-    reload.abort();
-    health.abort();
+    if let Some(r) = reload {
+        r.abort();
+    }
+    if let Some(h) = health {
+        h.abort();
+    }
     Ok(code)
 }
 

@@ -1,0 +1,297 @@
+//! What an agent does to its node, behind one trait: the real system ([`System`]: commands,
+//! services, hooks, the reboot command) or a simulated host for scale tests
+//! ([`crate::hollow`]). The agent itself (its API, mutual TLS, journal, step ids, generations)
+//! is the same for both.
+
+use crate::config::{self, CheckKind, Config, RebootPolicy, RebootVia};
+use crate::{run, MOVES_ENV_MAX, MOVES_FILE, MOVES_TOO_LARGE};
+use baton_proto::{CheckResult, StepKind, StepRequest};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a step did to the node.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// What failed first, in words; `None` when everything worked.
+    pub failure: Option<String>,
+    /// The output of what the step ran, in order (the agent keeps its tail).
+    pub output: String,
+    /// The node must reboot for the step to take effect.
+    pub reboot: bool,
+    /// The installed version after an action that worked.
+    pub version: Option<String>,
+}
+
+/// How a reboot is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reboot {
+    /// The agent exits with [`crate::EXIT_REBOOT`] for its supervisor to start it again as a
+    /// new boot.
+    Exit,
+    /// The host was asked to reboot (its command ran, or failed and said so in the log); the
+    /// agent goes on until the machine stops it.
+    Asked,
+}
+
+/// The node under an agent.
+pub trait Host: Send + Sync + 'static {
+    /// This boot's id: a reboot changes it.
+    fn boot_id(&self) -> String;
+    /// The installed version, when it can be read.
+    fn version(&self) -> BoxFuture<'_, Option<String>>;
+    /// Runs a step the agent has journaled as started. A step that cannot run fails with its
+    /// reason in [`Effects::failure`]; nothing here panics.
+    fn execute<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Effects>;
+    /// Whether the node has health checks (with none, it is healthy).
+    fn has_checks(&self) -> bool;
+    /// Runs the health checks once.
+    fn check(&self) -> BoxFuture<'_, Vec<CheckResult>>;
+    /// Reboots the node.
+    fn reboot(&self) -> BoxFuture<'_, Reboot>;
+}
+
+/// The real node: every effect is a command from the agent's config, run as argv.
+pub struct System {
+    cfg: Config,
+    http: reqwest::Client,
+    boot_id: String,
+    /// Set by a drain during this boot: the services' stop grace, and whether they are stopped
+    /// now. An update runs with them stopped and starts them again when the node stays up
+    /// (no reboot, or the update failed), so its health can be checked; a reboot starts them.
+    drained: Mutex<Option<(u64, bool)>>,
+}
+
+impl System {
+    pub fn new(cfg: &Config) -> System {
+        let boot_id =
+            std::fs::read_to_string(&cfg.boot_id_file).map(|s| s.trim().to_string()).unwrap_or_else(|e| {
+                tracing::warn!("cannot read boot id from {}: {e}", cfg.boot_id_file.display());
+                "unknown".into()
+            });
+        System { cfg: cfg.clone(), http: reqwest::Client::new(), boot_id, drained: Mutex::new(None) }
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![("node", self.cfg.node.clone()), ("state_dir", self.cfg.state_dir.display().to_string())]
+    }
+
+    fn drained(&self) -> Option<(u64, bool)> {
+        *self.drained.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_drained(&self, d: Option<(u64, bool)>) {
+        *self.drained.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    async fn read_version(&self) -> Option<String> {
+        let argv = self.cfg.version_command.as_ref()?;
+        let vars = self.vars();
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = run::run(&config::fill(argv, &v), 30_000, 4096).await;
+        out.ok.then(|| out.tail.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    async fn run_step(&self, req: &StepRequest) -> Effects {
+        let tail = self.cfg.output_tail_bytes;
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut output = String::new();
+        let mut failure: Option<String> = None;
+        let mut reboot = false;
+        let mut version = None;
+        let mut step = |o: run::Outcome, what: &str| -> bool {
+            output.push_str(&o.tail);
+            if !o.ok && failure.is_none() {
+                failure = Some(format!("{what}: {}", o.error.unwrap_or_default()));
+            }
+            o.ok
+        };
+        match req.kind {
+            StepKind::Drain => {
+                if !self.cfg.drain_hooks.is_empty() {
+                    let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
+                    let file = self.cfg.state_dir.join(MOVES_FILE);
+                    let path = file.display().to_string();
+                    match tokio::fs::write(&file, &moves).await {
+                        Ok(()) => {
+                            let mut env = vec![("BATON_MOVES_FILE", path.as_str())];
+                            // Within what one environment string may hold (128 KiB on Linux);
+                            // beyond, a hook still reading $BATON_MOVES gets what is not JSON
+                            // and fails, rather than an empty list it would take for "nothing
+                            // to move".
+                            env.push((
+                                "BATON_MOVES",
+                                if moves.len() <= MOVES_ENV_MAX { &moves } else { MOVES_TOO_LARGE },
+                            ));
+                            for h in &self.cfg.drain_hooks {
+                                let o = run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await;
+                                step(o, "drain hook");
+                            }
+                        }
+                        Err(e) => {
+                            let error = Some(format!("cannot write the moves to {path}: {e}"));
+                            step(run::Outcome { ok: false, error, tail: String::new() }, "drain hook");
+                        }
+                    }
+                }
+                let grace = req.stop_grace_ms.unwrap_or(300_000);
+                for (o, what) in self.stop_services(&base, grace).await {
+                    step(o, &what);
+                }
+                self.set_drained(Some((grace, true)));
+            }
+            StepKind::Restore => {
+                for (o, what) in self.start_services(&base).await {
+                    step(o, &what);
+                }
+                self.set_drained(None);
+                for h in &self.cfg.restore_hooks {
+                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "restore hook");
+                }
+            }
+            StepKind::Action => {
+                let name = req.action.as_deref().unwrap_or_default();
+                let Some(action) = self.cfg.action(name).cloned() else {
+                    // The agent checks the name before it starts a step; this is a second
+                    // guard, not a path a request can take.
+                    let failure = Some(format!("action {name} is not in this agent's config"));
+                    return Effects { failure, ..Effects::default() };
+                };
+                // Services a drain stopped and a failed attempt started again stop first.
+                let drained = self.drained();
+                if let Some((grace, false)) = drained {
+                    for (o, what) in self.stop_services(&base, grace).await {
+                        step(o, &what);
+                    }
+                }
+                let mut v = base.clone();
+                let ver = req.version.clone().unwrap_or_default();
+                v.push(("version", &ver));
+                let ok = step(
+                    run::run(&config::fill(&action.argv, &v), action.timeout_ms, tail).await,
+                    &action.name,
+                );
+                if ok {
+                    version = self.read_version().await;
+                    reboot = match action.reboot {
+                        RebootPolicy::Never => false,
+                        RebootPolicy::Always => true,
+                        RebootPolicy::IfRequired => self.cfg.reboot_required_file.exists(),
+                    };
+                }
+                if let (Some((grace, _)), false) = (drained, reboot) {
+                    // The node stays up: its services run again, on whichever version it has.
+                    for (o, what) in self.start_services(&base).await {
+                        step(o, &what);
+                    }
+                    self.set_drained(Some((grace, false)));
+                }
+            }
+        }
+        Effects { failure, output, reboot, version }
+    }
+
+    /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
+    /// failure if the kill works (its output is kept).
+    async fn stop_services(&self, base: &[(&str, &str)], grace: u64) -> Vec<(run::Outcome, String)> {
+        let tail = self.cfg.output_tail_bytes;
+        let mut out = Vec::new();
+        for svc in &self.cfg.services {
+            let mut v = base.to_vec();
+            v.push(("service", svc));
+            let stop = run::run(&config::fill(&self.cfg.stop_command, &v), grace, tail).await;
+            let stopped = stop.ok;
+            out.push((run::Outcome { ok: true, ..stop }, "stop".to_string()));
+            if !stopped {
+                let kill = run::run(&config::fill(&self.cfg.kill_command, &v), 30_000, tail).await;
+                out.push((kill, format!("kill {svc}")));
+            }
+        }
+        out
+    }
+
+    async fn start_services(&self, base: &[(&str, &str)]) -> Vec<(run::Outcome, String)> {
+        let tail = self.cfg.output_tail_bytes;
+        let mut out = Vec::new();
+        for svc in &self.cfg.services {
+            let mut v = base.to_vec();
+            v.push(("service", svc));
+            let o = run::run(&config::fill(&self.cfg.start_command, &v), 120_000, tail).await;
+            out.push((o, format!("start {svc}")));
+        }
+        out
+    }
+
+    async fn run_checks(&self) -> Vec<CheckResult> {
+        let mut results = Vec::with_capacity(self.cfg.checks.len());
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for c in &self.cfg.checks {
+            let t = Duration::from_millis(c.timeout_ms);
+            let (ok, detail) = match &c.kind {
+                CheckKind::Command(argv) => {
+                    let o = run::run(&config::fill(argv, &base), c.timeout_ms, 512).await;
+                    (o.ok, o.error.unwrap_or_else(|| "ok".into()))
+                }
+                CheckKind::Http(url) => match tokio::time::timeout(t, self.http.get(url).send()).await {
+                    Ok(Ok(r)) if r.status().is_success() => (true, r.status().to_string()),
+                    Ok(Ok(r)) => (false, r.status().to_string()),
+                    Ok(Err(e)) => (false, e.to_string()),
+                    Err(_) => (false, "timed out".into()),
+                },
+                CheckKind::Tcp(addr) => {
+                    match tokio::time::timeout(t, tokio::net::TcpStream::connect(addr)).await {
+                        Ok(Ok(_)) => (true, "connected".into()),
+                        Ok(Err(e)) => (false, e.to_string()),
+                        Err(_) => (false, "timed out".into()),
+                    }
+                }
+            };
+            results.push(CheckResult { name: c.name.clone(), ok, detail });
+        }
+        results
+    }
+
+    async fn do_reboot(&self) -> Reboot {
+        match self.cfg.reboot_via {
+            RebootVia::SupervisorExit => {
+                tracing::info!("rebooting: exiting for the supervisor to restart this node");
+                Reboot::Exit
+            }
+            RebootVia::Command => {
+                let argv = config::fill(&self.cfg.reboot_command, &[("node", &self.cfg.node)]);
+                tracing::info!(?argv, "rebooting");
+                let o = run::run(&argv, 60_000, 1024).await;
+                if !o.ok {
+                    tracing::error!("reboot command failed: {:?}", o.error);
+                }
+                Reboot::Asked
+            }
+        }
+    }
+}
+
+impl Host for System {
+    fn boot_id(&self) -> String {
+        self.boot_id.clone()
+    }
+    fn version(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self.read_version())
+    }
+    fn execute<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Effects> {
+        Box::pin(self.run_step(req))
+    }
+    fn has_checks(&self) -> bool {
+        !self.cfg.checks.is_empty()
+    }
+    fn check(&self) -> BoxFuture<'_, Vec<CheckResult>> {
+        Box::pin(self.run_checks())
+    }
+    fn reboot(&self) -> BoxFuture<'_, Reboot> {
+        Box::pin(self.do_reboot())
+    }
+}
