@@ -15,8 +15,13 @@ async fn a_campaign_across_five_agents_completes() {
     let serve = Serve::start(&f, port()).await;
     let toml = LocalFleet::campaign_toml("");
     let v = serve.create_and_start(toml.clone()).await;
-    // Once a node has finished, the campaign has an ETA: the rest simulated with what was seen.
-    let mid = serve.wait(v.id, Duration::from_secs(120), |v| v.updated >= 1).await;
+    // Once a node has finished, the campaign has an ETA: the rest simulated with what was seen
+    // (on its own task, so a moment after).
+    let mid = serve
+        .wait(v.id, Duration::from_secs(120), |v| {
+            v.updated >= 1 && (v.eta_ms.is_some() || v.phase != Phase::Running)
+        })
+        .await;
     let now = baton_server::driver::now_ms();
     if mid.phase == Phase::Running {
         let eta = mid.eta_ms.expect("an ETA once a node has finished");

@@ -22,7 +22,8 @@ pub fn now_ms() -> Millis {
 }
 
 pub enum Msg {
-    Event { event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>> },
+    /// `sent`: when it was sent, so that a decision's time includes its wait in the inbox.
+    Event { event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>>, sent: std::time::Instant },
 }
 
 /// Why an event was not taken.
@@ -60,7 +61,7 @@ struct Reporter(mpsc::Sender<Msg>);
 
 impl Reporter {
     async fn send(&self, event: Event) {
-        let _ = self.0.send(Msg::Event { event, reply: None }).await;
+        let _ = self.0.send(Msg::Event { event, reply: None, sent: std::time::Instant::now() }).await;
     }
 }
 
@@ -76,10 +77,19 @@ pub struct Driver {
     pub id: i64,
     pub campaign: Campaign,
     store: Arc<Store>,
+    /// Where the journal is written, off the async runtime.
+    writer: crate::store::Writer,
+    /// The runtime the jobs, the census and the estimates run on. The driver itself runs on a
+    /// thread of its own: thousands of jobs talking to agents do not delay its decisions.
+    main: tokio::runtime::Handle,
     client: AgentClient,
     inbox: mpsc::Sender<Msg>,
     jobs: HashMap<String, (JobKind, AbortHandle)>,
-    view: watch::Sender<CampaignView>,
+    /// The view the API reads, kept up to date in place.
+    shown: Arc<Shown>,
+    _closer: Closer,
+    /// Each node's wave in the plan (it does not change).
+    wave: Vec<Option<usize>>,
     events: i64,
     last_now: Millis,
     /// Time from an agent's report to the commands it led to being handed to jobs, in µs.
@@ -91,8 +101,9 @@ pub struct Driver {
     hooks: Option<mpsc::UnboundedSender<crate::webhook::Hook>>,
     /// What they are sent with.
     webhooks: reqwest::Client,
-    /// The last estimate of the end, and when it was made.
-    eta: Option<(u64, std::time::Instant)>,
+    /// What the estimate of the end is made from, for its own task; and when it was last sent.
+    eta: watch::Sender<Option<EtaInput>>,
+    eta_sent: Option<std::time::Instant>,
     /// The step each node is in for the metrics, and since when.
     entered: HashMap<String, (&'static str, std::time::Instant)>,
     /// After a failed journal append: when to send again what the campaign waits on, and the
@@ -104,7 +115,19 @@ pub struct Driver {
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
-    let mut v = CampaignView {
+    let wave = waves_of(c);
+    let mut v = head_of(id, c, events);
+    v.nodes = (0..c.nodes.len()).map(|i| node_view(c, i, wave[i])).collect();
+    let states: Vec<String> = v.nodes.iter().map(|n| n.state.clone()).collect();
+    for st in &states {
+        count(&mut v, st, 1);
+    }
+    v
+}
+
+/// The campaign's view without its nodes (and with their counts at 0).
+fn head_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
+    CampaignView {
         id,
         name: c.spec.name.clone(),
         fleet: c.fleet.name.clone(),
@@ -112,19 +135,8 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         strategy: c.spec.strategy.as_str().into(),
         phase: phase_of(c.phase),
         holds_fleet: c.holds_fleet(),
-        nodes: Vec::with_capacity(c.nodes.len()),
-        services: c
-            .fleet
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ServiceView {
-                name: s.name.clone(),
-                members: s.members.len(),
-                allowance: s.allowance,
-                down: c.down(i),
-            })
-            .collect(),
+        nodes: Vec::new(),
+        services: (0..c.fleet.services.len()).map(|s| service_view(c, s)).collect(),
         waves: c.plan.waves.len(),
         updated: 0,
         failed: 0,
@@ -133,38 +145,239 @@ pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         active: c.active() as usize,
         events,
         eta_ms: None,
-    };
+    }
+}
+
+fn service_view(c: &Campaign, s: usize) -> ServiceView {
+    let svc = &c.fleet.services[s];
+    ServiceView {
+        name: svc.name.clone(),
+        members: svc.members.len(),
+        allowance: svc.allowance,
+        down: c.down(s),
+    }
+}
+
+/// Each node's wave in the plan.
+fn waves_of(c: &Campaign) -> Vec<Option<usize>> {
     let mut wave = vec![None; c.nodes.len()];
     for (w, nodes) in c.plan.waves.iter().enumerate() {
         for &n in nodes {
             wave[n as usize] = Some(w);
         }
     }
-    for (i, r) in c.nodes.iter().enumerate() {
-        let reason = match &r.state {
-            NodeState::Failed { reason, .. } | NodeState::Skipped { reason } => Some(reason.clone()),
-            _ if r.observed_down => {
-                Some("seen down: its agent does not answer as this node, or is unhealthy".into())
-            }
-            _ => None,
-        };
-        match r.state {
-            NodeState::Done { .. } => v.updated += 1,
-            NodeState::Failed { .. } => v.failed += 1,
-            NodeState::Skipped { .. } => v.skipped += 1,
-            _ => {}
+    wave
+}
+
+fn node_view(c: &Campaign, i: usize, wave: Option<usize>) -> NodeView {
+    let r = &c.nodes[i];
+    let reason = match &r.state {
+        NodeState::Failed { reason, .. } | NodeState::Skipped { reason } => Some(reason.clone()),
+        _ if r.observed_down => {
+            Some("seen down: its agent does not answer as this node, or is unhealthy".into())
         }
-        v.nodes.push(NodeView {
-            name: c.fleet.nodes[i].name.clone(),
-            state: r.state.name().into(),
-            update_domain: c.fleet.nodes[i].update_domain,
-            wave: wave[i],
-            version: r.version.clone(),
-            reason,
-            out_of_service: c.out_of_service(i as baton_core::NodeId),
+        _ => None,
+    };
+    NodeView {
+        name: c.fleet.nodes[i].name.clone(),
+        state: r.state.name().into(),
+        update_domain: c.fleet.nodes[i].update_domain,
+        wave,
+        version: r.version.clone(),
+        reason,
+        out_of_service: c.out_of_service(i as baton_core::NodeId),
+    }
+}
+
+/// Counts a node in (`by` 1) or out of (`by` -1) the view's totals by its state's name.
+fn count(v: &mut CampaignView, state: &str, by: isize) {
+    let n = match state {
+        "done" => &mut v.updated,
+        "failed" => &mut v.failed,
+        "skipped" => &mut v.skipped,
+        _ => return,
+    };
+    *n = n.saturating_add_signed(by);
+}
+
+/// A campaign's view, kept up to date in place by its driver (what changed, not the whole
+/// fleet, after each event) and read by the API.
+pub struct Shown {
+    view: std::sync::Mutex<CampaignView>,
+    /// Bumped after each change: long polls wait on it.
+    changed: watch::Sender<u64>,
+    /// Set when the driver is gone (it ended or panicked): nothing will change any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Held by the driver: when it is dropped (the driver ended, or panicked), the view is closed
+/// and whoever waits on it is told.
+struct Closer(Arc<Shown>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.send_modify(|g| *g += 1);
+    }
+}
+
+impl Shown {
+    fn new(v: CampaignView) -> Shown {
+        Shown {
+            view: std::sync::Mutex::new(v),
+            changed: watch::channel(0).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the driver is gone.
+    pub fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CampaignView> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The whole view, now.
+    pub fn get(&self) -> CampaignView {
+        self.lock().clone()
+    }
+
+    /// The view, if it satisfies `f` now (copied only then).
+    pub fn get_if(&self, f: impl Fn(&CampaignView) -> bool) -> Option<CampaignView> {
+        let v = self.lock();
+        f(&v).then(|| v.clone())
+    }
+
+    /// Changes each time the view does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut CampaignView) -> R) -> R {
+        let r = f(&mut self.lock());
+        self.changed.send_modify(|g| *g += 1);
+        r
+    }
+}
+
+/// What changed in a campaign's view with one event: its totals, and the nodes and services
+/// that changed, each with its place in the view's lists. The live stream's `delta`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewDelta {
+    pub campaign: i64,
+    pub phase: baton_proto::Phase,
+    pub holds_fleet: bool,
+    pub updated: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub pending: usize,
+    pub active: usize,
+    pub events: i64,
+    pub eta_ms: Option<u64>,
+    pub nodes: Vec<Indexed<NodeView>>,
+    pub services: Vec<Indexed<ServiceView>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Indexed<T> {
+    pub index: usize,
+    #[serde(flatten)]
+    pub item: T,
+}
+
+impl ViewDelta {
+    fn of(v: &CampaignView, nodes: Vec<Indexed<NodeView>>, services: Vec<Indexed<ServiceView>>) -> ViewDelta {
+        ViewDelta {
+            campaign: v.id,
+            phase: v.phase,
+            holds_fleet: v.holds_fleet,
+            updated: v.updated,
+            failed: v.failed,
+            skipped: v.skipped,
+            pending: v.pending,
+            active: v.active,
+            events: v.events,
+            eta_ms: v.eta_ms,
+            nodes,
+            services,
+        }
+    }
+}
+
+/// Events taken from the inbox at once, at most: they share one journal transaction.
+const MAX_BATCH: usize = 256;
+
+/// How often the estimate of the end is redone, at most.
+const ETA_EVERY: Duration = Duration::from_secs(3);
+
+/// An event the campaign took, waiting for the journal before its commands go out.
+struct Taken {
+    now: Millis,
+    event: Event,
+    cmds: Vec<Command>,
+    reply: Option<oneshot::Sender<Result<(), Refused>>>,
+    sent: std::time::Instant,
+}
+
+type Reply = Option<oneshot::Sender<Result<(), Refused>>>;
+
+fn answer(replies: Vec<(Reply, Result<(), Refused>)>) {
+    for (reply, r) in replies {
+        if let Some(tx) = reply {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// What an estimate of the campaign's end is made from.
+#[derive(Clone)]
+struct EtaInput {
+    fleet: Arc<baton_core::model::Fleet>,
+    /// The campaign over the nodes still to start, with no health windows (they are in `mean`).
+    spec: baton_core::CampaignSpec,
+    /// The mean out-of-service time seen so far.
+    mean: Millis,
+    /// When the nodes in flight will be done, at that mean.
+    from: Millis,
+}
+
+/// Estimates the campaign's end on its own task, off the driver's: the simulator over the nodes
+/// still to start takes a while on a large fleet. Each estimate goes into the view and the stream.
+async fn eta_task(
+    id: i64,
+    mut input: watch::Receiver<Option<EtaInput>>,
+    shown: Arc<Shown>,
+    stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
+) {
+    while input.changed().await.is_ok() {
+        let Some(i) = input.borrow_and_update().clone() else { continue };
+        let rest = if i.spec.nodes.as_ref().is_some_and(|n| n.is_empty()) {
+            0
+        } else {
+            let opts = baton_sim::SimOptions { duration: (i.mean, i.mean), ..Default::default() };
+            tokio::task::spawn_blocking(move || {
+                baton_sim::run(i.fleet, i.spec, &opts, &[]).map(|r| r.makespan).unwrap_or(0)
+            })
+            .await
+            .unwrap_or(0)
+        };
+        shown.update(|v| {
+            // The campaign may have ended while this ran: an ended one has no estimate.
+            let live = matches!(
+                v.phase,
+                baton_proto::Phase::Running | baton_proto::Phase::Paused | baton_proto::Phase::RollingBack
+            );
+            if live {
+                v.eta_ms = Some(i.from + rest);
+                // Under the view's lock, as the driver's own deltas are: never out of order.
+                let _ =
+                    stream.send(crate::StreamItem::Delta(Box::new(ViewDelta::of(v, Vec::new(), Vec::new()))));
+            }
         });
     }
-    v
+    tracing::debug!(campaign = id, "estimates end");
 }
 
 /// Once committed, aborted or rolled back, nothing the nodes do matters to the campaign.
@@ -187,6 +400,7 @@ fn needs_job(st: &NodeState) -> bool {
 #[derive(Clone)]
 pub struct With {
     pub store: Arc<Store>,
+    pub writer: crate::store::Writer,
     pub client: AgentClient,
     pub telemetry: Arc<Telemetry>,
     pub stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
@@ -199,18 +413,22 @@ impl Driver {
         campaign: Campaign,
         events: i64,
         with: With,
-    ) -> (Driver, mpsc::Receiver<Msg>, watch::Receiver<CampaignView>) {
-        let With { store, client, telemetry, stream, webhooks } = with;
+    ) -> (Driver, mpsc::Receiver<Msg>, Arc<Shown>) {
+        let With { store, writer, client, telemetry, stream, webhooks } = with;
         let (tx, rx) = mpsc::channel(1024);
-        let (view, view_rx) = watch::channel(view_of(id, &campaign, events));
+        let shown = Arc::new(Shown::new(view_of(id, &campaign, events)));
         let d = Driver {
             id,
+            wave: waves_of(&campaign),
             campaign,
             store,
+            writer,
+            main: tokio::runtime::Handle::current(),
             client,
             inbox: tx,
             jobs: HashMap::new(),
-            view,
+            shown: shown.clone(),
+            _closer: Closer(shown.clone()),
             events,
             last_now: 0,
             overhead_us: Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -218,12 +436,13 @@ impl Driver {
             stream,
             hooks: None,
             webhooks,
-            eta: None,
+            eta: watch::channel(None).0,
+            eta_sent: None,
             entered: HashMap::new(),
             resume_at: None,
             stale: false,
         };
-        (d, rx, view_rx)
+        (d, rx, shown)
     }
 
     pub fn inbox(&self) -> mpsc::Sender<Msg> {
@@ -232,11 +451,13 @@ impl Driver {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         if !self.campaign.spec.webhooks.is_empty() {
+            let _main = self.main.enter();
             self.hooks =
                 Some(crate::webhook::start(self.campaign.spec.webhooks.clone(), self.webhooks.clone()));
         }
         // After a restart: ask every agent the campaign waits on about its step again, then
         // every other node how it is (before any event: see `census`), then watch those.
+        self.main.spawn(eta_task(self.id, self.eta.subscribe(), self.shown.clone(), self.stream.clone()));
         self.resend();
         self.census().await;
         self.watch_all();
@@ -246,18 +467,30 @@ impl Driver {
             let resume_at = self.resume_at.map(|r| r.0);
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(Msg::Event { event, reply }) => self.apply(event, reply),
+                    Some(m) => {
+                        // Group commit: what else is waiting goes into the same journal
+                        // transaction (one fsync), each event still applied in order and
+                        // journaled before any of their commands go out.
+                        let mut batch = vec![m];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        self.apply_all(batch).await;
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() && resume_at.is_none() => {
-                    self.apply(Event::Tick, None)
+                    self.apply(Event::Tick).await
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
                     tracing::info!(campaign = self.id, "trying the journal again: sending again what the campaign waits on");
                     // A tick is journaled like any event: if the journal works again, that
                     // sends everything the campaign waits on again; else the next try is
                     // scheduled, twice as late.
-                    self.apply(Event::Tick, None);
+                    self.apply(Event::Tick).await;
                 }
             }
         }
@@ -299,105 +532,196 @@ impl Driver {
         self.telemetry.journal_failures.inc();
     }
 
-    fn apply(&mut self, event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>>) {
-        let started = std::time::Instant::now();
-        let from_agent = matches!(
-            event,
-            Event::StepOk { .. } | Event::StepFailed { .. } | Event::Booted { .. } | Event::Health { .. }
-        );
-        let now = now_ms().max(self.last_now);
+    /// Applies one event of the driver's own (a tick, what the census saw).
+    async fn apply(&mut self, event: Event) {
+        self.apply_all(vec![Msg::Event { event, reply: None, sent: std::time::Instant::now() }]).await
+    }
+
+    /// Applies events in order, journals those the campaign took in one transaction, and only
+    /// then sends the commands that follow from them, updates the view and answers. Every
+    /// answer waits for the journal: a refusal reasoned on an event the journal then refused
+    /// would give a false reason.
+    async fn apply_all(&mut self, batch: Vec<Msg>) {
         if self.stale && !self.rebuild() {
             let e = "the journal cannot be read back to the campaign's last recorded state";
-            self.journal_failed(&event, &e);
-            if let Some(r) = reply {
-                let _ = r.send(Err(Refused::Journal(e.into())));
+            if let Some(Msg::Event { event, .. }) = batch.first() {
+                self.journal_failed(event, &e);
+            }
+            for Msg::Event { reply, .. } in batch {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Refused::Journal(e.into())));
+                }
             }
             return;
         }
-        match self.campaign.handle(now, event.clone()) {
-            Ok(cmds) => {
-                let write = std::time::Instant::now();
-                let appended = self.store.append(self.id, now, &event);
-                self.telemetry.journal_write_seconds.observe(write.elapsed().as_secs_f64());
-                if let Err(e) = appended {
-                    // Not journaled: the event did not happen. Go back to the journal's state,
-                    // send nothing, and try again later.
-                    self.journal_failed(&event, &e);
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(Refused::Journal(e.to_string())));
-                    }
-                    return;
+        let phase = self.campaign.phase;
+        let mut taken = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        let mut touched = Vec::new();
+        for Msg::Event { event, reply, sent } in batch {
+            let now = now_ms().max(self.last_now);
+            match self.campaign.handle_changes(now, event.clone()) {
+                Ok((cmds, t)) => {
+                    self.last_now = now;
+                    touched.extend(t);
+                    taken.push(Taken { now, event, cmds, reply, sent });
                 }
-                self.last_now = now;
-                // The journal works again: whatever reached it first, everything the campaign
-                // waits on is asked again now (the failure stopped every job).
-                if self.resume_at.take().is_some() {
-                    self.resume();
-                }
-                self.events += 1;
-                let entry = baton_proto::JournalEntry {
-                    seq: self.events,
-                    at_ms: now,
-                    event: baton_core::journal::to_value(&event),
-                };
-                let _ = self.stream.send(crate::StreamItem::Entry { campaign: self.id, entry });
-                let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
-                for (k, c) in cmds.into_iter().enumerate() {
-                    if let (Some(tx), Command::Notify { notice }) = (&self.hooks, &c) {
-                        if let Some(crate::webhook::What { event, node, reason, by }) =
-                            crate::webhook::event_of(notice)
-                        {
-                            let _ = tx.send(crate::webhook::Hook {
-                                delivery: format!("{}-{}-{k}", self.id, self.events),
-                                campaign_id: self.id,
-                                campaign: self.campaign.spec.name.clone(),
-                                fleet: self.campaign.fleet.name.clone(),
-                                event,
-                                node,
-                                reason,
-                                by,
-                                at_ms: now,
-                            });
-                        }
-                    }
-                    self.dispatch(c);
-                }
-                if from_agent && had_commands {
-                    self.overhead_us
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(started.elapsed().as_micros() as u64);
-                }
-                self.reap();
-                self.estimate(now);
-                let mut v = view_of(self.id, &self.campaign, self.events);
-                v.eta_ms = self.eta.map(|e| e.0);
-                let _ = self.stream.send(crate::StreamItem::View(Box::new(v.clone())));
-                self.view.send_replace(v);
-                if let Some(r) = reply {
-                    let _ = r.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                tracing::debug!(campaign = self.id, "event not applied: {e}");
-                if let Some(r) = reply {
-                    let _ = r.send(Err(e.into()));
+                Err(e) => {
+                    tracing::debug!(campaign = self.id, "event not applied: {e}");
+                    refused.push((reply, Err(Refused::from(e))));
                 }
             }
         }
+        if taken.is_empty() {
+            answer(refused);
+            return;
+        }
+        // Off the async runtime: the sync to disk blocks the writer's thread, not the API or
+        // the jobs.
+        let write = std::time::Instant::now();
+        let entries: Vec<(Millis, Event)> = taken.iter().map(|t| (t.now, t.event.clone())).collect();
+        let appended = self.writer.append_all(self.id, entries).await;
+        self.telemetry.journal_write_seconds.observe(write.elapsed().as_secs_f64());
+        if let Err(e) = appended {
+            // Not journaled: none of them happened. Go back to the journal's state, send
+            // nothing, and try again later. What was refused was refused in a state that did
+            // not happen either.
+            self.journal_failed(&taken[0].event, &e);
+            let why = || Refused::Journal(e.to_string());
+            let replies = taken.into_iter().map(|t| t.reply).chain(refused.into_iter().map(|r| r.0));
+            answer(replies.map(|r| (r, Err(why()))).collect());
+            return;
+        }
+        // The journal works again: whatever reached it first, everything the campaign waits on
+        // is asked again now (the failure stopped every job).
+        if self.resume_at.take().is_some() {
+            self.resume();
+        }
+        let mut replies = Vec::with_capacity(taken.len());
+        for Taken { now, event, cmds, reply, sent } in taken {
+            self.events += 1;
+            let from_agent = matches!(
+                event,
+                Event::StepOk { .. } | Event::StepFailed { .. } | Event::Booted { .. } | Event::Health { .. }
+            );
+            let entry = baton_proto::JournalEntry {
+                seq: self.events,
+                at_ms: now,
+                event: baton_core::journal::to_value(&event),
+            };
+            let _ = self.stream.send(crate::StreamItem::Entry { campaign: self.id, entry });
+            let had_commands = cmds.iter().any(|c| !matches!(c, Command::Notify { .. }));
+            for (k, c) in cmds.into_iter().enumerate() {
+                if let (Some(tx), Command::Notify { notice }) = (&self.hooks, &c) {
+                    if let Some(crate::webhook::What { event, node, reason, by }) =
+                        crate::webhook::event_of(notice)
+                    {
+                        let _ = tx.send(crate::webhook::Hook {
+                            delivery: format!("{}-{}-{k}", self.id, self.events),
+                            campaign_id: self.id,
+                            campaign: self.campaign.spec.name.clone(),
+                            fleet: self.campaign.fleet.name.clone(),
+                            event,
+                            node,
+                            reason,
+                            by,
+                            at_ms: now,
+                        });
+                    }
+                }
+                self.dispatch(c);
+            }
+            if from_agent && had_commands {
+                let took = sent.elapsed();
+                self.telemetry.decision_seconds.observe(took.as_secs_f64());
+                self.overhead_us.lock().unwrap_or_else(|p| p.into_inner()).push(took.as_micros() as u64);
+            }
+            replies.push((reply, Ok(())));
+        }
+        // Once for the batch: the campaign is at its end state already, and the view then
+        // matches the journal's length.
+        touched.sort_unstable();
+        touched.dedup();
+        let phase_changed = phase != self.campaign.phase;
+        self.reap(&touched, phase_changed);
+        self.show(&touched, phase_changed);
+        answer(replies);
+        answer(refused);
+        self.estimate(self.last_now);
     }
 
-    /// Estimates when the campaign ends: the nodes still to start, simulated with the mean
-    /// out-of-service time observed so far, after the nodes in flight have had that time.
-    /// Redone when a node finishes, at most every few seconds (it runs the simulator).
+    /// Brings the view up to date with the nodes an event changed (all of them after a phase
+    /// change: cheap next to what a phase change does) and tells the stream what changed.
+    fn show(&mut self, touched: &[baton_core::NodeId], all: bool) {
+        let c = &self.campaign;
+        let ended = !matches!(
+            c.phase,
+            baton_core::Phase::Running | baton_core::Phase::Paused | baton_core::Phase::RollingBack
+        );
+        let nodes: Vec<usize> =
+            if all { (0..c.nodes.len()).collect() } else { touched.iter().map(|&n| n as usize).collect() };
+        let mut services: Vec<usize> = if all {
+            (0..c.fleet.services.len()).collect()
+        } else {
+            nodes.iter().flat_map(|&n| c.fleet.memberships[n].iter().map(|&s| s as usize)).collect()
+        };
+        services.sort_unstable();
+        services.dedup();
+        let (wave, stream) = (&self.wave, &self.stream);
+        self.shown.update(|v| {
+            let mut changed = Vec::new();
+            for &i in &nodes {
+                let nv = node_view(c, i, wave[i]);
+                if v.nodes[i] != nv {
+                    let old = std::mem::replace(&mut v.nodes[i], nv);
+                    count(v, &old.state, -1);
+                    let state = v.nodes[i].state.clone();
+                    count(v, &state, 1);
+                    changed.push(Indexed { index: i, item: v.nodes[i].clone() });
+                }
+            }
+            let mut svc = Vec::new();
+            for &s in &services {
+                let sv = service_view(c, s);
+                if v.services[s] != sv {
+                    v.services[s] = sv.clone();
+                    svc.push(Indexed { index: s, item: sv });
+                }
+            }
+            v.phase = phase_of(c.phase);
+            v.holds_fleet = c.holds_fleet();
+            v.pending = c.pending();
+            v.active = c.active() as usize;
+            v.events = self.events;
+            if ended {
+                v.eta_ms = None;
+            }
+            // Sent under the view's lock: deltas reach the stream in the order they were made.
+            let _ = stream.send(crate::StreamItem::Delta(Box::new(ViewDelta::of(v, changed, svc))));
+        });
+    }
+
+    /// Rebuilds the whole view (after the campaign was rebuilt from its journal).
+    fn show_all(&mut self) {
+        let mut v = view_of(self.id, &self.campaign, self.events);
+        let stream = &self.stream;
+        self.shown.update(|old| {
+            v.eta_ms = old.eta_ms;
+            let _ = stream.send(crate::StreamItem::View(Box::new(v.clone())));
+            *old = v;
+        });
+    }
+
+    /// Hands what the estimate of the end is made from to its task: the nodes still to start,
+    /// to be simulated with the mean out-of-service time observed so far, after the nodes in
+    /// flight have had that time. At most every few seconds (it runs the simulator).
     fn estimate(&mut self, now: Millis) {
         use baton_core::Phase;
         let c = &self.campaign;
         if !matches!(c.phase, Phase::Running | Phase::Paused | Phase::RollingBack) {
-            self.eta = None;
             return;
         }
-        if self.eta.is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(3)) {
+        if self.eta_sent.is_some_and(|at| at.elapsed() < ETA_EVERY) {
             return;
         }
         let took: Vec<Millis> = c
@@ -421,18 +745,13 @@ impl Driver {
         let pending: Vec<baton_core::NodeId> = (0..c.nodes.len() as baton_core::NodeId)
             .filter(|&n| matches!(c.nodes[n as usize].state, NodeState::Pending { .. }))
             .collect();
-        let rest = if pending.is_empty() {
-            0
-        } else {
-            let mut spec = c.spec.clone();
-            spec.nodes = Some(pending);
-            spec.order.clear();
-            spec.health_wait = 0;
-            spec.health_stable = 0;
-            let opts = baton_sim::SimOptions { duration: (mean, mean), ..Default::default() };
-            baton_sim::run(c.fleet.clone(), spec, &opts, &[]).map(|r| r.makespan).unwrap_or(0)
-        };
-        self.eta = Some((now + in_flight + rest, std::time::Instant::now()));
+        let mut spec = c.spec.clone();
+        spec.nodes = Some(pending);
+        spec.order.clear();
+        spec.health_wait = 0;
+        spec.health_stable = 0;
+        self.eta.send_replace(Some(EtaInput { fleet: c.fleet.clone(), spec, mean, from: now + in_flight }));
+        self.eta_sent = Some(std::time::Instant::now());
     }
 
     /// Rebuilds the campaign from its journal (after a failed append).
@@ -452,6 +771,7 @@ impl Driver {
             Ok(r) => {
                 self.campaign = r;
                 self.stale = false;
+                self.show_all();
                 true
             }
             Err(e) => {
@@ -463,22 +783,45 @@ impl Driver {
     }
 
     /// Stops jobs for nodes the campaign no longer waits on; those nodes are watched instead.
-    fn reap(&mut self) {
+    /// Only the nodes an event changed can need that, unless the phase changed (an ended
+    /// campaign watches nothing).
+    fn reap(&mut self, touched: &[baton_core::NodeId], phase_changed: bool) {
         let c = &self.campaign;
         let ended = watch_ended(c);
+        let keep = |kind: JobKind, n: baton_core::NodeId| {
+            let needed = needs_job(&c.nodes[n as usize].state);
+            if kind == JobKind::Watch {
+                !needed && !ended
+            } else {
+                needed
+            }
+        };
         let mut freed = Vec::new();
-        self.jobs.retain(|node, (kind, h)| {
-            let needed =
-                c.fleet.node_id(node).map(|n| needs_job(&c.nodes[n as usize].state)).unwrap_or(false);
-            let keep = if *kind == JobKind::Watch { !needed && !ended } else { needed };
-            if !keep {
-                h.abort();
-                if *kind != JobKind::Watch {
-                    freed.push(node.clone());
+        if phase_changed {
+            self.jobs.retain(|node, (kind, h)| {
+                let k = c.fleet.node_id(node).is_some_and(|n| keep(*kind, n));
+                if !k {
+                    h.abort();
+                    if *kind != JobKind::Watch {
+                        freed.push(node.clone());
+                    }
+                }
+                k
+            });
+        } else {
+            for &n in touched {
+                let node = c.fleet.node_name(n);
+                let Some(&(kind, _)) = self.jobs.get(node) else { continue };
+                if !keep(kind, n) {
+                    if let Some((_, h)) = self.jobs.remove(node) {
+                        h.abort();
+                    }
+                    if kind != JobKind::Watch {
+                        freed.push(node.to_string());
+                    }
                 }
             }
-            keep
-        });
+        }
         for node in freed {
             self.watch(&node);
         }
@@ -499,7 +842,7 @@ impl Driver {
         if let Some((_, h)) = self.jobs.remove(node) {
             h.abort();
         }
-        let h = tokio::spawn(fut).abort_handle();
+        let h = self.main.spawn(fut).abort_handle();
         self.jobs.insert(node.to_string(), (kind, h));
     }
 
@@ -521,7 +864,7 @@ impl Driver {
     /// Sends a step to the node's agent in a job that reports how it ended.
     fn step(&mut self, node: String, req: StepRequest, rep: Reporter) {
         let addr = self.addr(&node);
-        let out = (self.store.clone(), self.id);
+        let out = (self.writer.clone(), self.id);
         let lbs = self.balancers(&node);
         let job = step_job(self.client.clone(), addr, node.clone(), req, rep, out, lbs);
         self.job(&node, JobKind::Step, job);
@@ -573,10 +916,24 @@ impl Driver {
                 Some((node, addr))
             })
             .collect();
-        for Seen { node, up, version } in probe(&self.client, targets, false).await {
+        let client = self.client.clone();
+        let all = targets.clone();
+        let seen = match self.main.spawn(async move { probe(&client, targets, false).await }).await {
+            Ok(seen) => seen,
+            // The census did not finish: no node is known to be up, so each counts as down
+            // until its watch sees it (a node down before the start must count, rule 1).
+            Err(e) => {
+                tracing::error!(
+                    campaign = self.id,
+                    "the census did not finish ({e}): every node counts as down until seen"
+                );
+                all.into_iter().map(|(node, _)| Seen { node, up: false, version: None }).collect()
+            }
+        };
+        for Seen { node, up, version } in seen {
             let Some(n) = self.campaign.fleet.node_id(&node) else { continue };
             if self.campaign.nodes[n as usize].observed_down == up {
-                self.apply(Event::Observed { node, up, version }, None);
+                self.apply(Event::Observed { node, up, version }).await;
             }
         }
     }
@@ -690,7 +1047,7 @@ async fn step_job(
     node: String,
     req: StepRequest,
     rep: Reporter,
-    (store, campaign): (Arc<Store>, i64),
+    (writer, campaign): (crate::store::Writer, i64),
     lbs: Vec<Haproxy>,
 ) {
     // Out of the load balancers first: the node's services stop only once no request is
@@ -758,9 +1115,7 @@ async fn step_job(
         }
     }
     // The output's tail goes to the run report; the journal keeps only the outcome.
-    if let Err(e) = store.put_output(campaign, &req.id, &st.output_tail) {
-        tracing::warn!(campaign, step = %req.id, "cannot keep the step's output: {e}");
-    }
+    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
     // Back into the load balancers only when the node's services are started again (the
     // restore step runs after the health gate passed).
     if req.kind == StepKind::Restore && st.state == StepState::Ok {

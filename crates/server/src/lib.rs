@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{Store, StoredCampaign};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,6 +37,10 @@ pub enum ServerError {
     Replay { id: i64, err: RebuildError },
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("cannot start the journal's writer thread: {0}")]
+    Writer(std::io::Error),
+    #[error("cannot start the drivers' thread: {0}")]
+    Drivers(std::io::Error),
     #[error("{0}")]
     WebhookCa(#[from] webhook::WebhookCaError),
 }
@@ -78,7 +82,7 @@ fn host_name(host: &str) -> &str {
 
 struct Handle {
     inbox: mpsc::Sender<Msg>,
-    view: watch::Receiver<CampaignView>,
+    shown: Arc<driver::Shown>,
     overhead_us: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -99,6 +103,9 @@ pub struct Hub {
     settings: Settings,
     fleet: Arc<Fleet>,
     store: Arc<Store>,
+    writer: store::Writer,
+    /// Where the campaigns' drivers run: one thread of their own (see [`Drivers`]).
+    drivers: Drivers,
     client: AgentClient,
     /// What webhooks are sent with.
     webhooks: reqwest::Client,
@@ -113,12 +120,38 @@ pub struct Hub {
     stream: tokio::sync::broadcast::Sender<StreamItem>,
 }
 
+/// The campaigns' drivers run on a thread and runtime of their own, so that a decision is not
+/// queued behind thousands of tasks talking to agents, serving the API or streaming (their
+/// jobs run on the main runtime). The thread ends with the hub.
+struct Drivers {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drivers {
+    fn start() -> std::io::Result<Drivers> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("baton-drivers".into()).spawn(move || {
+            let _ = rt.block_on(stopped);
+        })?;
+        Ok(Drivers { handle, _stop: stop })
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(f);
+    }
+}
+
 /// What the live stream (`/v1/stream`) pushes.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum StreamItem {
-    /// A campaign's whole view, after each change.
+    /// A campaign's whole view: first, and again for a subscriber that fell behind.
     View(Box<CampaignView>),
+    /// What one event changed in a campaign's view.
+    Delta(Box<driver::ViewDelta>),
     /// A new journal entry.
     Entry { campaign: i64, entry: JournalEntry },
 }
@@ -192,6 +225,8 @@ impl Hub {
         let fleet = load_fleet(&settings.fleet_file, &settings.fleet_text)
             .map_err(|d| ServerError::Fleet(Box::new(d)))?;
         let store = Arc::new(Store::open(&settings.db)?);
+        let writer = store::Writer::start(store.clone()).map_err(ServerError::Writer)?;
+        let drivers = Drivers::start().map_err(ServerError::Drivers)?;
         let client = AgentClient::new(&settings.tls)?;
         let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
         let hub = Arc::new(Hub {
@@ -199,11 +234,13 @@ impl Hub {
             openapi: std::sync::OnceLock::new(),
             fleet: Arc::new(fleet),
             store,
+            writer,
+            drivers,
             client,
             campaigns: Mutex::new(BTreeMap::new()),
             fleet_gate: tokio::sync::Mutex::new(()),
             telemetry: Arc::new(metrics::Telemetry::default()),
-            stream: tokio::sync::broadcast::channel(4096).0,
+            stream: tokio::sync::broadcast::channel(16_384).0,
             settings,
         });
         for stored in hub.store.campaigns()? {
@@ -272,14 +309,17 @@ impl Hub {
     fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64) {
         let with = driver::With {
             store: self.store.clone(),
+            writer: self.writer.clone(),
             client: self.client.clone(),
             telemetry: self.telemetry.clone(),
             stream: self.stream.clone(),
             webhooks: self.webhooks.clone(),
         };
-        let (d, rx, view) = Driver::new(id, c, events, with);
-        let h = Handle { inbox: d.inbox(), view, overhead_us: d.overhead_us.clone() };
-        tokio::spawn(d.run(rx));
+        let (d, rx, shown) = Driver::new(id, c, events, with);
+        // The stream then sends what changes in it: its subscribers see the whole of it first.
+        let _ = self.stream.send(StreamItem::View(Box::new(shown.get())));
+        let h = Handle { inbox: d.inbox(), shown, overhead_us: d.overhead_us.clone() };
+        self.drivers.spawn(d.run(rx));
         map.insert(id, h);
     }
 
@@ -362,20 +402,29 @@ impl Hub {
     }
 
     pub fn view(&self, id: i64) -> Option<CampaignView> {
-        self.campaigns().get(&id).map(|h| h.view.borrow().clone())
+        self.shown(id).map(|s| s.get())
+    }
+
+    fn shown(&self, id: i64) -> Option<Arc<driver::Shown>> {
+        self.campaigns().get(&id).map(|h| h.shown.clone())
     }
 
     pub fn views(&self) -> Vec<CampaignView> {
-        self.campaigns().values().map(|h| h.view.borrow().clone()).collect()
+        let shown: Vec<Arc<driver::Shown>> = self.campaigns().values().map(|h| h.shown.clone()).collect();
+        shown.iter().map(|s| s.get()).collect()
     }
 
     /// Waits until the campaign's view satisfies `done` (or it is gone).
     pub async fn wait_view(&self, id: i64, done: impl Fn(&CampaignView) -> bool) -> Option<CampaignView> {
-        let mut rx = self.campaigns().get(&id)?.view.clone();
+        let shown = self.shown(id)?;
+        let mut rx = shown.subscribe();
         loop {
-            let v = rx.borrow_and_update().clone();
-            if done(&v) {
+            rx.borrow_and_update();
+            if let Some(v) = shown.get_if(&done) {
                 return Some(v);
+            }
+            if shown.closed() {
+                return None;
             }
             rx.changed().await.ok()?;
         }
@@ -437,7 +486,10 @@ impl Hub {
             self.observe_all(id, &inbox).await?;
         }
         let (tx, rx) = oneshot::channel();
-        inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| stopped())?;
+        inbox
+            .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
+            .await
+            .map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(())) => self.view(id).ok_or_else(stopped),
             Ok(Err(Refused::Campaign(CampaignError::CommitRefused(m)))) => {
@@ -483,7 +535,10 @@ impl Hub {
         for seen in seen {
             let event = Event::Observed { node: seen.node, up: seen.up, version: seen.version };
             let (tx, rx) = oneshot::channel();
-            inbox.send(Msg::Event { event, reply: Some(tx) }).await.map_err(|_| stopped())?;
+            inbox
+                .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
+                .await
+                .map_err(|_| stopped())?;
             if let Ok(Err(e @ Refused::Journal(_))) = rx.await {
                 return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()));
             }
@@ -718,10 +773,13 @@ async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Resu
     h.report(id).map(Json)
 }
 
-/// Server-Sent Events: every campaign's view at once, then each change and journal entry as
-/// it happens. A subscriber that falls behind gets the whole picture again.
+/// Server-Sent Events: every campaign's whole view at once (`view`), then as it happens each
+/// journal entry (`entry`) and what it changed in its campaign's view (`delta`: the totals, and
+/// the nodes and services that changed, each with its `index` in the view's lists). A new
+/// campaign's whole view comes when it is created. A subscriber that falls behind gets every
+/// whole view again.
 #[utoipa::path(get, path = "/v1/stream", tag = "campaigns", security(("token" = [])),
-    responses((status = 200, description = "text/event-stream of `view` and `entry` events", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream of `view`, `delta` and `entry` events", content_type = "text/event-stream"),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn stream(
     State(h): State<Shared>,
@@ -748,6 +806,10 @@ async fn stream(
         let out: Vec<Result<Sse, std::convert::Infallible>> = match item {
             Ok(it @ StreamItem::View(_)) => vec![Ok(Sse::default()
                 .event("view")
+                .json_data(it)
+                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
+            Ok(it @ StreamItem::Delta(_)) => vec![Ok(Sse::default()
+                .event("delta")
                 .json_data(it)
                 .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
             Ok(it @ StreamItem::Entry { .. }) => vec![Ok(Sse::default()

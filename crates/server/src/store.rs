@@ -25,6 +25,8 @@ pub enum StoreError {
     Lock { path: String, err: std::io::Error },
     #[error("cannot draw a random campaign id from /dev/urandom: {0}")]
     Random(std::io::Error),
+    #[error("the journal's writer stopped: {0}")]
+    Task(String),
 }
 
 /// A journal entry as stored: its sequence number, time and event.
@@ -168,17 +170,27 @@ impl Store {
 
     /// Appends an event; returns its sequence number. Durable when this returns.
     pub fn append(&self, campaign: i64, at: Millis, event: &Event) -> Result<i64, StoreError> {
-        let text = encode(event);
-        let db = self.db();
-        let seq: i64 = db.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE campaign = ?1",
-            [campaign],
-            |r| r.get(0),
-        )?;
-        db.execute(
-            "INSERT INTO events (campaign, seq, at_ms, event) VALUES (?1, ?2, ?3, ?4)",
-            params![campaign, seq, at as i64, text],
-        )?;
+        self.append_all(campaign, &[(at, event.clone())])
+    }
+
+    /// Appends events in order, all or none, with one sync to disk (group commit); returns the
+    /// last one's sequence number. Durable when this returns.
+    pub fn append_all(&self, campaign: i64, events: &[(Millis, Event)]) -> Result<i64, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut seq: i64 =
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events WHERE campaign = ?1", [campaign], |r| {
+                r.get(0)
+            })?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO events (campaign, seq, at_ms, event) VALUES (?1, ?2, ?3, ?4)")?;
+            for (at, event) in events {
+                seq += 1;
+                insert.execute(params![campaign, seq, *at as i64, encode(event)])?;
+            }
+        }
+        tx.commit()?;
         Ok(seq)
     }
 
@@ -200,11 +212,22 @@ impl Store {
 
     /// Keeps the end of a step's output for reports.
     pub fn put_output(&self, campaign: i64, step: &str, tail: &str) -> Result<(), StoreError> {
-        let db = self.db();
-        db.execute(
-            "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
-            params![campaign, step, tail],
-        )?;
+        self.put_outputs(&[(campaign, step.to_string(), tail.to_string())])
+    }
+
+    /// Keeps the ends of steps' outputs, in one transaction.
+    pub fn put_outputs(&self, outputs: &[(i64, String, String)]) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
+            )?;
+            for (campaign, step, tail) in outputs {
+                put.execute(params![campaign, step, tail])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -250,4 +273,81 @@ fn stored(r: &rusqlite::Row) -> rusqlite::Result<StoredCampaign> {
         campaign_text: r.get(4)?,
         raised: r.get(5)?,
     })
+}
+
+/// A write for the [`Writer`].
+enum Job {
+    Events {
+        campaign: i64,
+        events: Vec<(Millis, Event)>,
+        done: tokio::sync::oneshot::Sender<Result<i64, StoreError>>,
+    },
+    Output {
+        campaign: i64,
+        step: String,
+        tail: String,
+    },
+}
+
+/// Every write of the orchestrator's drivers goes through one thread: no async runtime thread
+/// waits on a sync to disk, and no crowd of blocking threads waits on the database's lock.
+/// What arrives together is written together: the events of one campaign's batch in one
+/// transaction (the driver waits for it before any command goes out), the step outputs that
+/// are waiting in another.
+#[derive(Clone)]
+pub struct Writer {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `store`; it ends when the last `Writer` is dropped.
+    pub fn start(store: std::sync::Arc<Store>) -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("baton-journal".into()).spawn(move || {
+            let flush = |outputs: &mut Vec<(i64, String, String)>| {
+                if !outputs.is_empty() {
+                    if let Err(e) = store.put_outputs(outputs) {
+                        tracing::warn!("cannot keep {} steps' output: {e}", outputs.len());
+                    }
+                    outputs.clear();
+                }
+            };
+            let mut outputs = Vec::new();
+            while let Ok(first) = rx.recv() {
+                let mut next = Some(first);
+                while let Some(w) = next.take() {
+                    match w {
+                        Job::Events { campaign, events, done } => {
+                            // A step's output was sent before its outcome: it is kept first.
+                            flush(&mut outputs);
+                            let _ = done.send(store.append_all(campaign, &events));
+                        }
+                        Job::Output { campaign, step, tail } => outputs.push((campaign, step, tail)),
+                    }
+                    if outputs.len() >= 1024 {
+                        flush(&mut outputs);
+                    }
+                    next = rx.try_recv().ok();
+                }
+                flush(&mut outputs);
+            }
+        })?;
+        Ok(Writer { tx })
+    }
+
+    /// Appends events to a campaign's journal, all or none; durable when this returns.
+    pub async fn append_all(&self, campaign: i64, events: Vec<(Millis, Event)>) -> Result<i64, StoreError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job::Events { campaign, events, done })
+            .map_err(|_| StoreError::Task("the journal's writer thread has ended".into()))?;
+        rx.await.map_err(|_| StoreError::Task("the journal's writer thread has ended".into()))?
+    }
+
+    /// Keeps the end of a step's output for reports (written soon, not waited for).
+    pub fn put_output(&self, campaign: i64, step: String, tail: String) {
+        if self.tx.send(Job::Output { campaign, step, tail }).is_err() {
+            tracing::warn!(campaign, "cannot keep a step's output: the journal's writer thread has ended");
+        }
+    }
 }

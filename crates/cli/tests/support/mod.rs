@@ -67,11 +67,18 @@ impl Serve {
 
     /// As `start_on`, with more flags.
     pub async fn start_with(fleet: &LocalFleet, port: u16, db: &Path, flags: &[&str]) -> Serve {
+        let mut cmd = serve_command(fleet, port, db);
+        cmd.args(flags);
+        Serve::spawn(cmd, port, &fleet.dir).await
+    }
+
+    /// Runs a `baton serve` command line that listens on `port` with [`Serve::TOKEN`], its log
+    /// in `dir`, and waits until it answers.
+    pub async fn spawn(mut cmd: Command, port: u16, dir: &Path) -> Serve {
+        baton_pki::install_default_provider();
         let token = Serve::TOKEN;
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(fleet.dir.join("serve.log")).unwrap();
-        let child =
-            serve_command(fleet, port, db).args(flags).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let s = Serve {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -91,7 +98,7 @@ impl Serve {
             assert!(
                 Instant::now() < deadline,
                 "baton serve did not come up; see {}",
-                fleet.dir.join("serve.log").display()
+                dir.join("serve.log").display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -237,7 +244,16 @@ pub fn budget_violation(
     campaign_toml: &str,
     journal: &[JournalEntry],
 ) -> Result<(), String> {
-    let fl = load_fleet("fleet.toml", &fleet.fleet_text).unwrap();
+    budget_violation_in(&fleet.fleet_text, campaign_toml, journal)
+}
+
+/// As [`budget_violation`], for any fleet file's text.
+pub fn budget_violation_in(
+    fleet_text: &str,
+    campaign_toml: &str,
+    journal: &[JournalEntry],
+) -> Result<(), String> {
+    let fl = load_fleet("fleet.toml", fleet_text).unwrap();
     let spec = load_campaign("campaign.toml", campaign_toml, &fl).unwrap();
     let events: Vec<(u64, Event)> = journal.iter().map(|e| (e.at_ms, decoded(e))).collect();
     let (mut c, taken) = Campaign::begin(Arc::new(fl), spec, events.first().map(|e| &e.1)).unwrap();
