@@ -176,8 +176,26 @@ impl Store {
     /// Appends events in order, all or none, with one sync to disk (group commit); returns the
     /// last one's sequence number. Durable when this returns.
     pub fn append_all(&self, campaign: i64, events: &[(Millis, Event)]) -> Result<i64, StoreError> {
+        self.append_with_outputs(campaign, events, &[])
+    }
+
+    /// As [`Store::append_all`], with step outputs in the same transaction (one sync to disk).
+    pub fn append_with_outputs(
+        &self,
+        campaign: i64,
+        events: &[(Millis, Event)],
+        outputs: &[(i64, String, String)],
+    ) -> Result<i64, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
+        if !outputs.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
+            )?;
+            for (c, step, tail) in outputs {
+                put.execute(params![c, step, tail])?;
+            }
+        }
         let mut seq: i64 =
             tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events WHERE campaign = ?1", [campaign], |r| {
                 r.get(0)
@@ -318,9 +336,17 @@ impl Writer {
                 while let Some(w) = next.take() {
                     match w {
                         Job::Events { campaign, events, done } => {
-                            // A step's output was sent before its outcome: it is kept first.
-                            flush(&mut outputs);
-                            let _ = done.send(store.append_all(campaign, &events));
+                            // A step's output was sent before its outcome: it is kept with it,
+                            // in the same transaction.
+                            let r = store.append_with_outputs(campaign, &events, &outputs);
+                            if r.is_err() && !outputs.is_empty() {
+                                tracing::warn!(
+                                    "cannot keep {} steps' output: the journal refused",
+                                    outputs.len()
+                                );
+                            }
+                            outputs.clear();
+                            let _ = done.send(r);
                         }
                         Job::Output { campaign, step, tail } => outputs.push((campaign, step, tail)),
                     }
