@@ -61,22 +61,34 @@ impl Follower {
     }
 }
 
+/// A child process killed when dropped: a failing assertion leaves no agents behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_hollow_agents_with_the_stream_open() {
     let nodes = 300;
     let dir = fresh_dir("scale");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut hollow = Command::new(exe())
-        .args(["hollow", "--dir"])
-        .arg(dir.join("fleet"))
-        .args(["--nodes", &nodes.to_string(), "--action", "300ms..800ms", "--reboot", "100ms..300ms"])
-        .args(["--update-domains", "5", "--service-size", "30"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("hollow.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut hollow = Killed(
+        Command::new(exe())
+            .args(["hollow", "--dir"])
+            .arg(dir.join("fleet"))
+            .args(["--nodes", &nodes.to_string(), "--action", "300ms..800ms", "--reboot", "100ms..300ms"])
+            .args(["--update-domains", "5", "--service-size", "30"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("hollow.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     // `ready FLEET-FILE` once every agent's files are written and the agents are starting.
-    let out = hollow.stdout.take().unwrap();
+    let out = hollow.0.stdout.take().unwrap();
     let ready = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         std::io::BufReader::new(out).read_line(&mut line).map(|_| line)
@@ -196,6 +208,5 @@ async fn hundreds_of_hollow_agents_with_the_stream_open() {
     assert_eq!(f.snapshots, 1, "the subscriber fell behind and was sent the whole view again");
     drop(f);
     drop(serve);
-    let _ = hollow.kill();
-    let _ = hollow.wait();
+    drop(hollow);
 }
