@@ -188,14 +188,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        if !outputs.is_empty() {
-            let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
-            )?;
-            for (c, step, tail) in outputs {
-                put.execute(params![c, step, tail])?;
-            }
-        }
+        put_outputs(&tx, outputs)?;
         let mut seq: i64 =
             tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events WHERE campaign = ?1", [campaign], |r| {
                 r.get(0)
@@ -228,23 +221,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Keeps the end of a step's output for reports.
-    pub fn put_output(&self, campaign: i64, step: &str, tail: &str) -> Result<(), StoreError> {
-        self.put_outputs(&[(campaign, step.to_string(), tail.to_string())])
-    }
-
-    /// Keeps the ends of steps' outputs, in one transaction.
+    /// Keeps the ends of steps' outputs (campaign, step, tail), in one transaction.
     pub fn put_outputs(&self, outputs: &[(i64, String, String)]) -> Result<(), StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        {
-            let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)",
-            )?;
-            for (campaign, step, tail) in outputs {
-                put.execute(params![campaign, step, tail])?;
-            }
-        }
+        put_outputs(&tx, outputs)?;
         tx.commit()?;
         Ok(())
     }
@@ -376,4 +357,17 @@ impl Writer {
             tracing::warn!(campaign, "cannot keep a step's output: the journal's writer thread has ended");
         }
     }
+}
+
+/// Keeps the ends of steps' outputs for reports, within `tx`.
+fn put_outputs(tx: &rusqlite::Transaction, outputs: &[(i64, String, String)]) -> Result<(), StoreError> {
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let mut put =
+        tx.prepare_cached("INSERT OR REPLACE INTO outputs (campaign, step, tail) VALUES (?1, ?2, ?3)")?;
+    for (campaign, step, tail) in outputs {
+        put.execute(params![campaign, step, tail])?;
+    }
+    Ok(())
 }
