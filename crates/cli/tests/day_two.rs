@@ -325,6 +325,74 @@ async fn baton_run_exits_2_for_a_bad_campaign_and_3_for_an_infeasible_one() {
     f.stop().await;
 }
 
+/// Issue 14: each node's watch keeps a lean connection of its own (a socket and a TLS session,
+/// not a pooled HTTP client's buffers), so that 10,000 watches fit in the orchestrator's memory.
+/// It must still be pinned to the node's identity, end its long poll when the node changes, keep
+/// its connection from one poll to the next, and see the agent go and come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_watch_is_pinned_sees_changes_at_once_and_outlives_its_agent() {
+    use baton_server::client::ClientError;
+    let mut f = local("watch", LocalOptions { nodes: 2, ..Default::default() }).await;
+    let c = client(&f);
+    let addr = f.nodes[0].addr.clone();
+    // At node1's address, node2 is refused in the handshake, and so is anything but node1.
+    let e = c.watch("node2", &addr).status(None, 0).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Unreachable(m) if m.contains("is not node2")), "{e}");
+    let mut w = c.watch("node1", &addr);
+    let first = w.status(None, 0).await.unwrap();
+    assert_eq!(first.node, "node1");
+    let port = w.local_addr().expect("the connection is kept");
+    // Nothing new: the poll ends at its wait, with the same generation, on the same connection.
+    let t = Instant::now();
+    let same = w.status(Some(first.generation), 500).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert_eq!(same.generation, first.generation);
+    assert_eq!(w.local_addr(), Some(port), "a new connection for each poll");
+    // A change ends a long poll at once: a step started while it waits.
+    let poll = tokio::spawn(async move {
+        let t = Instant::now();
+        let s = w.status(Some(first.generation), 20_000).await;
+        (w, s, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = StepRequest::new("x/node1/0/drain".into(), StepKind::Drain);
+    c.start_step("node1", &addr, &req).await.unwrap();
+    let (mut w, changed, took) = poll.await.unwrap();
+    let changed = changed.unwrap();
+    assert!(changed.generation > first.generation, "{changed:?}");
+    assert!(took < Duration::from_secs(10), "the poll waited {took:?} for a change that had come");
+    assert_eq!(w.local_addr(), Some(port));
+    // The agent killed: the next poll fails at once, not after its wait; once the agent is back
+    // the watch connects again by itself.
+    let pid = f.nodes[0].pid.load(Ordering::SeqCst);
+    assert!(f.kill_agent(0, true));
+    let dead = Instant::now() + Duration::from_secs(10);
+    let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    while alive() {
+        assert!(Instant::now() < dead, "agent {pid} still alive after SIGKILL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let gone = w.status(Some(changed.generation), 20_000).await;
+    assert!(gone.is_err(), "{gone:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(w.local_addr(), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        match w.status(None, 0).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the watch did not reach the restarted agent: {e}"),
+        }
+    };
+    assert_eq!(back.node, "node1");
+    assert!(w.local_addr().is_some_and(|a| a != port));
+    f.stop().await;
+}
+
 /// `baton run` of a campaign file with this text against `serve`.
 fn baton_run(f: &LocalFleet, serve: &Serve, name: &str, text: &str) -> std::process::Output {
     let file = f.dir.join(name);

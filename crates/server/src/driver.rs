@@ -357,11 +357,9 @@ async fn eta_task(
             0
         } else {
             let opts = baton_sim::SimOptions { duration: (i.mean, i.mean), ..Default::default() };
-            tokio::task::spawn_blocking(move || {
-                baton_sim::run(i.fleet, i.spec, &opts, &[]).map(|r| r.makespan).unwrap_or(0)
-            })
-            .await
-            .unwrap_or(0)
+            tokio::task::spawn_blocking(move || baton_sim::makespan(i.fleet, i.spec, &opts).unwrap_or(0))
+                .await
+                .unwrap_or(0)
         };
         shown.update(|v| {
             // The campaign may have ended while this ran: an ended one has no estimate.
@@ -1159,8 +1157,9 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
     let mut last: Option<(bool, Option<String>)> = None;
     let mut after = None;
     let mut backoff = Backoff::new();
+    let mut watch = client.watch(&node, &addr);
     loop {
-        match client.status(&node, &addr, after, 20_000).await {
+        match watch.status(after, 20_000).await {
             Ok(s) => {
                 backoff = Backoff::new();
                 let now = (s.healthy, s.version);
@@ -1200,8 +1199,9 @@ async fn watch_job(
     let mut up = !down;
     let mut after = None;
     let mut healthy_since: Option<std::time::Instant> = None;
+    let mut watch = client.watch(&node, &addr);
     loop {
-        let seen = client.status(&node, &addr, after, 2_000).await;
+        let seen = watch.status(after, 2_000).await;
         let now_up = matches!(&seen, Ok(s) if s.healthy);
         healthy_since = if now_up { healthy_since.or_else(|| Some(std::time::Instant::now())) } else { None };
         let report =
@@ -1240,11 +1240,8 @@ pub async fn probe(client: &AgentClient, targets: Vec<(String, String)>, fresh: 
         let (client, limit) = (client.clone(), limit.clone());
         probes.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let seen = if fresh {
-                client.status_fresh(&node, &addr).await
-            } else {
-                client.status(&node, &addr, None, 0).await
-            };
+            // Not pooled: a census of 10,000 agents would otherwise keep 10,000 connections.
+            let seen = client.watch(&node, &addr).once(fresh).await;
             if let Err(e) = &seen {
                 tracing::warn!(%node, "agent does not answer: {e}");
             }

@@ -318,6 +318,19 @@ pub fn run(
     Ok(sim.report())
 }
 
+/// When the campaign would end, simulated as [`run`] does but keeping only what that needs: no
+/// journal, commands or step outcomes are kept (the orchestrator's estimate of the end runs this
+/// on its own task every few seconds, and at 10,000 nodes the records of a whole run are tens of
+/// MB). Without restarts nothing is sent twice, so the agents' recorded outcomes are not needed.
+pub fn makespan(fleet: Arc<Fleet>, spec: CampaignSpec, opts: &SimOptions) -> Result<Millis, Infeasible> {
+    let campaign = Campaign::new("sim", fleet, spec)?;
+    let mut sim = Sim::new(campaign, opts.clone());
+    sim.light = true;
+    sim.push(0, Event::Start { by: "sim".into() });
+    sim.run_to_end();
+    Ok(sim.last_finish)
+}
+
 /// Something due to happen in the simulated world.
 enum Item {
     /// An event for the campaign. `gen` is the orchestrator incarnation an agent's answer is
@@ -357,6 +370,8 @@ pub struct Sim {
     /// every node per event: for tests.
     pub check_touched: bool,
     pub touch_misses: Vec<String>,
+    /// Keep no journal, commands, step outcomes or execution counts ([`makespan`]).
+    light: bool,
 }
 
 impl Sim {
@@ -387,6 +402,7 @@ impl Sim {
             last_finish: 0,
             check_touched: false,
             touch_misses: Vec::new(),
+            light: false,
         }
     }
 
@@ -502,19 +518,25 @@ impl Sim {
                 if let Some(n) = restored {
                     self.observer.on_restored(n);
                 }
-                self.journal.push((now, ev));
+                if !self.light {
+                    self.journal.push((now, ev));
+                }
                 for c in &cmds {
                     self.observer.on_command(&fleet, now, c);
                     self.carry_out(now, c);
                 }
-                self.commands.extend(cmds.into_iter().map(|c| (now, c)));
+                if !self.light {
+                    self.commands.extend(cmds.into_iter().map(|c| (now, c)));
+                }
             }
         }
     }
 
     /// A step's outcome, due at `at`: kept as the agent's journal would, and answered.
     fn record(&mut self, step: &str, at: Millis, e: Event) {
-        self.outcomes.insert(step.to_string(), (at, e.clone()));
+        if !self.light {
+            self.outcomes.insert(step.to_string(), (at, e.clone()));
+        }
         self.answer(at, e);
     }
 
@@ -533,7 +555,9 @@ impl Sim {
                 self.answer(now.max(ready), ev);
                 return;
             }
-            *self.executions.entry(step.clone()).or_default() += 1;
+            if !self.light {
+                *self.executions.entry(step.clone()).or_default() += 1;
+            }
         }
         match cmd {
             // Draining and restoring take no simulated time and always work.
