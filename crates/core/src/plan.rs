@@ -204,7 +204,7 @@ pub fn plan_by(fleet: &Fleet, spec: &CampaignSpec, rules: Rules) -> Result<Plan,
         binding,
         max_parallel: p,
         start: if rules == Rules::Current && spec.strategy == Strategy::Continuous {
-            order
+            searched_start(fleet, spec, order, p)
         } else {
             Vec::new()
         },
@@ -298,6 +298,111 @@ fn priority(
         .collect();
     keyed.sort_unstable();
     keyed.into_iter().map(|k| k.5).collect()
+}
+
+/// Up to this many targeted nodes, with learned times, continuous's start order is searched.
+const SEARCHED_STARTS: usize = 64;
+/// How many orders the search tries at most (each a list schedule of the targeted nodes).
+const SEARCH_TRIES: usize = 2_000;
+
+/// Continuous's start order. With each node's time learned from earlier campaigns, on a small
+/// fleet, the critical-first order is improved by search: orders are tried by the makespan of
+/// the list schedule continuous would run with them at the learned times ([`list_makespan`]),
+/// first longest-first, then swaps of two nodes while one shortens it. Critical-first alone
+/// runs each chain of one-at-a-time members back to back and leaves the shared tier's last
+/// slot to the rest, which ends unbalanced (a web tier with two quorum services on it ended
+/// 6% over its bound at the median); the search balances the slots. Not searched: an explicit
+/// `order` (it says who goes first), nothing learned (every order looks alike), workloads to
+/// move (where they would go is not modelled), or more nodes than [`SEARCHED_STARTS`].
+fn searched_start(fleet: &Fleet, spec: &CampaignSpec, order: Vec<NodeId>, p: usize) -> Vec<NodeId> {
+    if !spec.order.is_empty()
+        || spec.expected.is_empty()
+        || !fleet.workloads.is_empty()
+        || order.len() > SEARCHED_STARTS
+        || order.len() < 2
+    {
+        return order;
+    }
+    let mean =
+        spec.expected.values().fold(0u64, |a, &e| a.saturating_add(e)) / spec.expected.len().max(1) as Millis;
+    let mut time = vec![0; fleet.nodes.len()];
+    for &n in &order {
+        time[n as usize] = spec.expected.get(&n).copied().unwrap_or(mean).max(1);
+    }
+    let mut best = order;
+    let mut best_end = list_makespan(fleet, &best, &time, p);
+    let mut longest = best.clone();
+    longest.sort_by_key(|&n| Reverse(time[n as usize]));
+    let end = list_makespan(fleet, &longest, &time, p);
+    if end < best_end {
+        (best, best_end) = (longest, end);
+    }
+    let mut tries = 2;
+    loop {
+        let mut shorter = false;
+        for i in 0..best.len() {
+            for j in i + 1..best.len() {
+                let (a, b) = (best[i] as usize, best[j] as usize);
+                if time[a] == time[b] && fleet.memberships[a] == fleet.memberships[b] {
+                    continue; // the same order as far as the schedule can tell
+                }
+                if tries >= SEARCH_TRIES {
+                    return best;
+                }
+                tries += 1;
+                best.swap(i, j);
+                let end = list_makespan(fleet, &best, &time, p);
+                if end < best_end {
+                    best_end = end;
+                    shorter = true;
+                } else {
+                    best.swap(i, j);
+                }
+            }
+        }
+        if !shorter {
+            return best;
+        }
+    }
+}
+
+/// When the last node of `order` is back, if continuous starts them as it does: at each moment,
+/// the nodes not started yet, in order, start while they fit (`p` at once, each service's
+/// allowance), and each is out for its `time`.
+fn list_makespan(fleet: &Fleet, order: &[NodeId], time: &[Millis], p: usize) -> Millis {
+    let mut down = vec![0u32; fleet.services.len()];
+    let mut waiting = order.to_vec();
+    let mut out: std::collections::BinaryHeap<Reverse<(Millis, NodeId)>> = Default::default();
+    let mut now: Millis = 0;
+    loop {
+        waiting.retain(|&n| {
+            let mems = &fleet.memberships[n as usize];
+            if out.len() >= p.max(1)
+                || mems.iter().any(|&s| down[s as usize] >= fleet.services[s as usize].allowance)
+            {
+                return true;
+            }
+            for &s in mems {
+                down[s as usize] += 1;
+            }
+            out.push(Reverse((now.saturating_add(time[n as usize]), n)));
+            false
+        });
+        let Some(Reverse((end, _))) = out.peek().copied() else {
+            // Nothing out and nothing fits: no schedule (an allowance of 0 is refused earlier).
+            return if waiting.is_empty() { now } else { Millis::MAX };
+        };
+        now = end;
+        while let Some(&Reverse((e, n))) = out.peek() {
+            if e != now {
+                break;
+            }
+            out.pop();
+            for &s in &fleet.memberships[n as usize] {
+                down[s as usize] -= 1;
+            }
+        }
+    }
 }
 
 fn waves_of(ff: &FirstFit) -> usize {

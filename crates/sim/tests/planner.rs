@@ -65,3 +65,30 @@ fn ten_percent_with_members_at_random_stays_within_two_waves_of_the_bound() {
         assert!(waves <= 12, "{ud} update domains: {waves} waves");
     }
 }
+
+/// Issue 14: on two quorum services sharing an 11-node web tier (bench/fleets/quorum-web), with
+/// each node's time learned, critical-first ran each quorum chain back to back and left the web
+/// tier's third slot to the rest: 1.064 times the bound at the median over 50 seeds. The start
+/// order is now searched by the list schedule it gives (1.043 over the same 50 seeds); over 20
+/// seeds here the median is within 5% of the bound.
+#[test]
+fn a_searched_start_order_balances_quorum_chains_on_a_shared_tier() {
+    use baton_sim::{learned_times, run, SimOptions};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/fleets/quorum-web");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+    let fleet = std::sync::Arc::new(load_fleet("fleet.toml", &read("fleet.toml")).unwrap());
+    let spec = load_campaign("campaign.toml", &read("campaign.toml"), &fleet).unwrap();
+    let mut ratios = Vec::new();
+    for seed in 1..=20 {
+        let opts = SimOptions { seed, duration: (10 * 60_000, 20 * 60_000), ..Default::default() };
+        let mut learned = spec.clone();
+        learned.expected = learned_times(&fleet, &opts);
+        let searched = run(fleet.clone(), learned, &opts, &[]).unwrap();
+        assert!(searched.violations.is_empty(), "{:?}", searched.violations);
+        assert_eq!(searched.updated, fleet.nodes.len());
+        ratios.push(searched.makespan as f64 / searched.lower_bound as f64);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = (ratios[9] + ratios[10]) / 2.0;
+    assert!(median <= 1.05, "median {median:.3} over its bound: {ratios:?}");
+}

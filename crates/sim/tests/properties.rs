@@ -265,10 +265,16 @@ proptest! {
             (Just(f), campaign_case(n), injections(n))
         }),
         opts in sim_opts(),
+        learned in any::<bool>(),
     ) {
         let n = f.uds.len();
         let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
-        let spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+        let mut spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+        // Half the campaigns know each node's time from an earlier one: continuous's start order
+        // is then searched (on fleets of up to 64 nodes), and must keep every rule as well.
+        if learned {
+            spec.expected = baton_sim::learned_times(&fleet, &opts);
+        }
         let campaign = match Campaign::new("prop", fleet.clone(), spec.clone()) {
             Ok(c) => c,
             Err(inf) => {
