@@ -187,7 +187,7 @@ impl AgentClient {
 /// read and write buffers (8 KB each), a dispatch channel (8 KB) and the request's futures: about
 /// 35 KB per watch, measured with heaptrack against 2,000 hollow agents, so 10,000 watches held
 /// 428 MiB. This holds the socket and the TLS session only. It sends a plain `GET /v1/status` and
-/// reads an answer with a `Content-Length` (all the agent sends: the HTTP head parsed by
+/// reads an answer with one `Content-Length` (all the agent sends: the HTTP head parsed by
 /// httparse), and closes on anything else.
 ///
 /// Identity is pinned as for [`AgentClient`]: the node's name is the TLS server name and its
@@ -200,17 +200,29 @@ pub struct StatusWatch {
     host: String,
     tls: tokio_rustls::TlsConnector,
     connecting: Arc<tokio::sync::Semaphore>,
-    /// Boxed, as is the connecting: the task that waits on a watch holds only what it needs
-    /// while it waits.
-    conn: Option<Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+    /// The connection kept for the next poll (boxed, as is the connecting, so that a task
+    /// waiting on a watch holds little), and when its last answer ended.
+    conn: Option<(Box<Tls>, std::time::Instant)>,
 }
 
-/// How many watches connect at once.
-const CONNECTING: usize = 64;
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// How many watches make their TLS handshake at once.
+const CONNECTING: usize = 64;
+/// A kept connection idle for longer is not used again: the agent closes a connection that
+/// sends no request within 10 s of its last answer (baton-net's header-read time).
+const KEEP_IDLE: Duration = Duration::from_secs(5);
 /// The longest answer head and body a status may have (an agent's status is under 1 KB).
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 256 * 1024;
+
+/// Why one poll failed.
+enum Failed {
+    /// A kept connection was closed before any byte of the answer came (the agent closed it
+    /// while it was idle): asking again on a new one is safe, a status read changes nothing.
+    Stale(ClientError),
+    Other(ClientError),
+}
 
 impl AgentClient {
     /// A watch on `node`'s status at `addr`. It connects on its first poll.
@@ -229,18 +241,19 @@ impl AgentClient {
 
 impl StatusWatch {
     /// The agent's status; with `after`, waits up to `wait_ms` for a newer one. Unreachable
-    /// within [`AgentClient::patience`] of `wait_ms`, as for [`AgentClient::status`].
+    /// when no connection is made within 3 s, or no answer comes within
+    /// [`AgentClient::patience`] of `wait_ms`.
     pub async fn status(&mut self, after: Option<u64>, wait_ms: u64) -> Result<AgentStatus, ClientError> {
         self.get(after, wait_ms, false).await
     }
 
     /// The local address of the connection kept for the next poll, if one is.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.conn.as_ref().and_then(|c| c.get_ref().0.local_addr().ok())
+        self.conn.as_ref().and_then(|(c, _)| c.get_ref().0.local_addr().ok())
     }
 
-    /// The node's status with its installed version read again now, on a connection that is
-    /// closed afterwards (for a census of many nodes, each asked once).
+    /// The node's status (with `fresh`, its installed version read again now), on a
+    /// connection that is closed afterwards: for a census of many nodes, each asked once.
     pub async fn once(mut self, fresh: bool) -> Result<AgentStatus, ClientError> {
         self.get(None, 0, fresh).await
     }
@@ -251,18 +264,11 @@ impl StatusWatch {
         wait_ms: u64,
         fresh: bool,
     ) -> Result<AgentStatus, ClientError> {
-        let patience = AgentClient::patience(wait_ms);
-        let r = match tokio::time::timeout(patience, self.exchange(after, wait_ms, fresh)).await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Unreachable(format!(
-                "{} at {} did not answer within {patience:?}",
-                self.node, self.addr
-            ))),
+        let r = match self.poll(after, wait_ms, fresh).await {
+            Err(Failed::Stale(_)) => self.poll(after, wait_ms, fresh).await,
+            r => r,
         };
-        if r.is_err() {
-            self.conn = None;
-        }
-        let s = r?;
+        let s = r.map_err(|(Failed::Stale(e) | Failed::Other(e))| e)?;
         if s.node != self.node {
             self.conn = None;
             return Err(ClientError::Unreachable(other_config(&self.addr, &self.node, &s.node)));
@@ -270,20 +276,51 @@ impl StatusWatch {
         Ok(s)
     }
 
-    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+    /// One request and its answer, on the kept connection (if it is fresh enough) or a new one.
+    /// The answer must come within the patience of `wait_ms`; the connection's making, and the
+    /// wait for a turn at it, are bounded apart ([`StatusWatch::connect`]).
+    async fn poll(&mut self, after: Option<u64>, wait_ms: u64, fresh: bool) -> Result<AgentStatus, Failed> {
+        let kept = self.conn.take().filter(|(_, at)| at.elapsed() < KEEP_IDLE).map(|(c, _)| c);
+        let reused = kept.is_some();
+        let conn = match kept {
+            Some(c) => c,
+            None => Box::new(Box::pin(self.connect()).await.map_err(Failed::Other)?),
+        };
+        let patience = AgentClient::patience(wait_ms);
+        match tokio::time::timeout(patience, self.exchange(conn, after, wait_ms, fresh)).await {
+            Ok(Ok((status, keep))) => {
+                self.conn = keep.map(|c| (c, std::time::Instant::now()));
+                Ok(status)
+            }
+            Ok(Err((e, answered))) if reused && !answered => Err(Failed::Stale(e)),
+            Ok(Err((e, _))) => Err(Failed::Other(e)),
+            Err(_) => Err(Failed::Other(ClientError::Unreachable(format!(
+                "{} at {} did not answer within {patience:?}",
+                self.node, self.addr
+            )))),
+        }
+    }
+
+    /// A new connection: TCP within 3 s, then, once one of the [`CONNECTING`] turns is free
+    /// (the wait is not the agent's to answer for, and a host that does not answer holds no
+    /// turn), the TLS handshake within 3 s.
+    async fn connect(&self) -> Result<Tls, ClientError> {
         let (node, addr) = (&self.node, &self.addr);
         let unreachable =
             |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{node} at {addr}: {e}"));
         let name = rustls::pki_types::ServerName::try_from(node.to_ascii_lowercase())
             .map_err(|e| unreachable(&format!("{node} is not a host name: {e}")))?;
-        // The wait for a turn is not the agent's to answer for: its 3 s start after it.
+        let tcp =
+            match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr.as_str()))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(unreachable(&e)),
+                Err(_) => return Err(unreachable(&"no connection within 3s")),
+            };
+        tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
         let _turn = self.connecting.acquire().await.map_err(|e| unreachable(&e))?;
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
-            tcp.set_nodelay(true)?;
-            self.tls.connect(name, tcp).await
-        };
-        let conn = match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        let conn = match tokio::time::timeout(Duration::from_secs(3), self.tls.connect(name, tcp)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 let mut text = e.to_string();
@@ -292,7 +329,7 @@ impl StatusWatch {
                 }
                 return Err(ClientError::Unreachable(not_node(node, addr, text)));
             }
-            Err(_) => return Err(unreachable(&"no connection within 3s")),
+            Err(_) => return Err(unreachable(&"no TLS handshake within 3s")),
         };
         let cert = conn.get_ref().1.peer_certificates().and_then(|c| c.first());
         if !cert.is_some_and(|c| baton_pki::names(c, node)) {
@@ -301,18 +338,16 @@ impl StatusWatch {
         Ok(conn)
     }
 
-    /// One request and its answer, on the kept connection or a new one.
+    /// Sends one request on `conn` and reads its answer: the status, and the connection if it
+    /// may carry the next request. On failure, whether any byte of an answer had come.
     async fn exchange(
-        &mut self,
+        &self,
+        mut conn: Box<Tls>,
         after: Option<u64>,
         wait_ms: u64,
         fresh: bool,
-    ) -> Result<AgentStatus, ClientError> {
+    ) -> Result<(AgentStatus, Option<Box<Tls>>), (ClientError, bool)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => Box::new(Box::pin(self.connect()).await?),
-        };
         let (node, addr) = (&self.node, &self.addr);
         let lost = |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{node} at {addr}: {e}"));
         let mut path = format!("/v1/status?wait_ms={wait_ms}");
@@ -323,53 +358,64 @@ impl StatusWatch {
             path.push_str("&fresh=true");
         }
         let req = format!("GET {path} HTTP/1.1\r\nhost: {}\r\naccept: application/json\r\n\r\n", self.host);
-        conn.write_all(req.as_bytes()).await.map_err(|e| lost(&e))?;
-        conn.flush().await.map_err(|e| lost(&e))?;
+        conn.write_all(req.as_bytes()).await.map_err(|e| (lost(&e), false))?;
+        conn.flush().await.map_err(|e| (lost(&e), false))?;
         // Grown as the answer comes (64 bytes, then doubling): a long poll waits with next to
         // nothing allocated.
         let mut buf = Vec::new();
         let (head, code, length, close) = loop {
-            if conn.read_buf(&mut buf).await.map_err(|e| lost(&e))? == 0 {
-                return Err(lost(&"the agent closed the connection"));
+            let n = conn.read_buf(&mut buf).await.map_err(|e| (lost(&e), !buf.is_empty()))?;
+            if n == 0 {
+                return Err((lost(&"the agent closed the connection"), !buf.is_empty()));
             }
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut answer = httparse::Response::new(&mut headers);
             match answer.parse(&buf) {
                 Ok(httparse::Status::Complete(head)) => {
-                    let header = |name: &str| {
-                        answer.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+                    let headers = &*answer.headers;
+                    let named = |name: &'static str| {
+                        headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
                     };
-                    let length = header("content-length")
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    // One Content-Length of digits, and no other framing: anything else might
+                    // be read differently by the agent's side, so it is not read at all.
+                    let mut lengths = named("content-length");
+                    let length = match (lengths.next(), lengths.next(), named("transfer-encoding").next()) {
+                        (Some(v), None, None)
+                            if !v.value.is_empty() && v.value.iter().all(u8::is_ascii_digit) =>
+                        {
+                            std::str::from_utf8(v.value).ok().and_then(|v| v.parse::<usize>().ok())
+                        }
+                        _ => None,
+                    };
                     let close = answer.version != Some(1)
-                        || header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+                        || named("connection").any(|h| h.value.eq_ignore_ascii_case(b"close"));
                     break (head, answer.code.unwrap_or(0), length, close);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => return Err(lost(&"an answer head over 16 KB")),
-                Err(e) => return Err(lost(&format!("not an HTTP answer: {e}"))),
+                Ok(httparse::Status::Partial) => return Err((lost(&"an answer head over 16 KB"), true)),
+                Err(e) => return Err((lost(&format!("not an HTTP answer: {e}")), true)),
             }
         };
         let Some(length) = length.filter(|&l| l <= MAX_BODY) else {
-            return Err(lost(&"an answer without a Content-Length, or over 256 KB"));
+            return Err((lost(&"an answer without one Content-Length of at most 256 KB"), true));
         };
         while buf.len() < head + length {
-            if conn.read_buf(&mut buf).await.map_err(|e| lost(&e))? == 0 {
-                return Err(lost(&"the agent closed the connection within an answer"));
+            if conn.read_buf(&mut buf).await.map_err(|e| (lost(&e), true))? == 0 {
+                return Err((lost(&"the agent closed the connection within an answer"), true));
             }
         }
-        // One request at a time: bytes beyond the answer are not for anything sent.
-        if !close && buf.len() == head + length {
-            self.conn = Some(conn);
-        }
+        // One request at a time: bytes beyond the answer are not for anything sent, and the
+        // connection is not used again.
+        let keep = (!close && buf.len() == head + length).then_some(conn);
         let body = &buf[head..head + length];
         if (200..300).contains(&code) {
-            serde_json::from_slice(body).map_err(|e| lost(&format!("a status that does not parse: {e}")))
+            let status = serde_json::from_slice(body)
+                .map_err(|e| (lost(&format!("a status that does not parse: {e}")), true))?;
+            Ok((status, keep))
         } else {
             let e = serde_json::from_slice::<ApiError>(body)
                 .unwrap_or_else(|_| ApiError { code: "http".into(), message: format!("HTTP {code}") });
-            Err(ClientError::Refused(e))
+            Err((ClientError::Refused(e), true))
         }
     }
 }
