@@ -563,11 +563,23 @@ impl Hub {
             Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
         })?;
         let (fleet, spec) = Hub::files(&stored).map_err(|e| internal(e.to_string()))?;
-        let journal = self.store.events(id, 0).map_err(|e| internal(e.to_string()))?;
-        let (fresh, taken) = Campaign::begin(Arc::new(fleet), spec, journal.first().map(|e| &e.event))
-            .map_err(|e| internal(e.to_string()))?;
         let outputs = self.store.outputs(id).map_err(|e| internal(e.to_string()))?;
-        Ok(report::build(id, fresh, &journal[taken..], &outputs))
+        // A page of the journal at a time: never all of it in memory, and the journal's writer
+        // waits for one page's read at most.
+        let page = |after| self.store.events_page(id, after, 4096).map_err(|e| internal(e.to_string()));
+        let mut entries = page(0)?;
+        let (fresh, taken) = Campaign::begin(Arc::new(fleet), spec, entries.first().map(|e| &e.event))
+            .map_err(|e| internal(e.to_string()))?;
+        let mut report = report::Builder::new(id, fresh);
+        let mut skip = taken;
+        while let Some(last) = entries.last().map(|e| e.seq) {
+            for e in &entries[skip..] {
+                report.push(e, &outputs);
+            }
+            skip = 0;
+            entries = page(last)?;
+        }
+        Ok(report.finish())
     }
 
     /// Report-to-command times recorded so far for a campaign, in µs.
@@ -770,7 +782,12 @@ async fn events(
     responses((status = 200, body = Report), (status = 400, description = "the id is not a number", body = ApiError),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError), (status = 404, body = ApiError)))]
 async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<Json<Report>, Fail> {
-    h.report(id).map(Json)
+    // Replaying a long journal takes a while (about a second at 10,000 nodes): not on a thread
+    // the API's other requests are answered from.
+    match tokio::task::spawn_blocking(move || h.report(id)).await {
+        Ok(r) => r.map(Json),
+        Err(e) => Err(Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "report", e.to_string())),
+    }
 }
 
 /// Server-Sent Events: every campaign's whole view at once (`view`), then as it happens each

@@ -16,44 +16,59 @@ fn key(st: &NodeState) -> String {
     }
 }
 
-pub fn build(id: i64, mut c: Campaign, journal: &[Entry], outputs: &HashMap<String, String>) -> Report {
-    let n = c.nodes.len();
-    let mut nodes: Vec<NodeReport> = (0..n)
-        .map(|i| NodeReport {
-            name: c.fleet.nodes[i].name.clone(),
-            update_domain: c.fleet.nodes[i].update_domain,
-            state: c.nodes[i].state.name().into(),
-            version_before: c.nodes[i].from_version.clone(),
-            version_after: None,
-            started_ms: None,
-            ended_ms: None,
-            retries: 0,
-            reboots: 0,
-            failure: None,
-            steps: Vec::new(),
-        })
-        .collect();
-    let mut keys: Vec<String> = c.nodes.iter().map(|r| key(&r.state)).collect();
-    let (mut started, mut ended) = (None, None);
-    for e in journal {
+/// A report built as the journal is read, one entry at a time (a campaign of 10,000 nodes has
+/// some 60,000 entries: they are not all held at once).
+pub struct Builder {
+    id: i64,
+    c: Campaign,
+    nodes: Vec<NodeReport>,
+    /// Each node's step key as last seen.
+    keys: Vec<String>,
+    started: Option<u64>,
+    ended: Option<u64>,
+}
+
+impl Builder {
+    pub fn new(id: i64, c: Campaign) -> Builder {
+        let n = c.nodes.len();
+        let nodes = (0..n)
+            .map(|i| NodeReport {
+                name: c.fleet.nodes[i].name.clone(),
+                update_domain: c.fleet.nodes[i].update_domain,
+                state: c.nodes[i].state.name().into(),
+                version_before: c.nodes[i].from_version.clone(),
+                version_after: None,
+                started_ms: None,
+                ended_ms: None,
+                retries: 0,
+                reboots: 0,
+                failure: None,
+                steps: Vec::new(),
+            })
+            .collect();
+        let keys = c.nodes.iter().map(|r| key(&r.state)).collect();
+        Builder { id, c, nodes, keys, started: None, ended: None }
+    }
+
+    /// Replays one journal entry; only the nodes it changed are looked at.
+    pub fn push(&mut self, e: &Entry, outputs: &HashMap<String, String>) {
         if matches!(e.event, Event::Start { .. }) {
-            started = Some(e.at_ms);
+            self.started = Some(e.at_ms);
         }
-        if c.handle(e.at_ms, e.event.clone()).is_err() {
-            continue;
-        }
+        let Ok((_, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
         // The output of the step this event ends, if it is a step's outcome.
         let tail = match &e.event {
             Event::StepOk { step, .. } | Event::StepFailed { step, .. } => outputs.get(step).cloned(),
             _ => None,
         };
-        for i in 0..n {
-            let st = &c.nodes[i].state;
+        for i in touched {
+            let i = i as usize;
+            let st = &self.c.nodes[i].state;
             let k = key(st);
-            if k == keys[i] {
+            if k == self.keys[i] {
                 continue;
             }
-            let r = &mut nodes[i];
+            let r = &mut self.nodes[i];
             if let Some(open) = r.steps.last_mut().filter(|s| s.ended_ms.is_none()) {
                 open.ended_ms = Some(e.at_ms);
                 if let NodeState::Failed { reason, .. } = st {
@@ -81,50 +96,54 @@ pub fn build(id: i64, mut c: Campaign, journal: &[Entry], outputs: &HashMap<Stri
             }
             if st.is_terminal() {
                 r.ended_ms = Some(e.at_ms);
-                ended = Some(e.at_ms);
+                self.ended = Some(e.at_ms);
             }
-            keys[i] = k;
+            self.keys[i] = k;
         }
     }
-    let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
-    for (i, r) in nodes.iter_mut().enumerate() {
-        let st = &c.nodes[i].state;
-        r.state = st.name().into();
-        r.version_after = c.nodes[i].version.clone();
-        r.retries = (r.steps.iter().filter(|s| s.step == "updating").count() as u32).saturating_sub(1);
-        r.reboots = r.steps.iter().filter(|s| s.step == "rebooting").count() as u32;
-        match st {
-            NodeState::Done { .. } => updated += 1,
-            NodeState::Failed { reason, .. } => {
-                failed += 1;
-                r.failure = Some(reason.clone());
+
+    pub fn finish(self) -> Report {
+        let Builder { id, c, mut nodes, started, ended, .. } = self;
+        let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
+        for (i, r) in nodes.iter_mut().enumerate() {
+            let st = &c.nodes[i].state;
+            r.state = st.name().into();
+            r.version_after = c.nodes[i].version.clone();
+            r.retries = (r.steps.iter().filter(|s| s.step == "updating").count() as u32).saturating_sub(1);
+            r.reboots = r.steps.iter().filter(|s| s.step == "rebooting").count() as u32;
+            match st {
+                NodeState::Done { .. } => updated += 1,
+                NodeState::Failed { reason, .. } => {
+                    failed += 1;
+                    r.failure = Some(reason.clone());
+                }
+                NodeState::Skipped { reason } => {
+                    skipped += 1;
+                    r.failure = None;
+                    r.steps.clear();
+                    r.state = format!("skipped: {reason}");
+                }
+                _ => {}
             }
-            NodeState::Skipped { reason } => {
-                skipped += 1;
-                r.failure = None;
-                r.steps.clear();
-                r.state = format!("skipped: {reason}");
-            }
-            _ => {}
+            retries += r.retries;
+            reboots += r.reboots;
         }
-        retries += r.retries;
-        reboots += r.reboots;
-    }
-    Report {
-        id,
-        name: c.spec.name.clone(),
-        fleet: c.fleet.name.clone(),
-        target_version: c.spec.target_version.clone(),
-        strategy: c.spec.strategy.as_str().into(),
-        phase: c.phase.as_str().into(),
-        started_ms: started,
-        ended_ms: ended,
-        nodes_targeted: c.nodes.iter().filter(|r| !matches!(r.state, NodeState::NotTargeted)).count(),
-        updated,
-        failed,
-        skipped,
-        retries,
-        reboots,
-        nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
+        Report {
+            id,
+            name: c.spec.name.clone(),
+            fleet: c.fleet.name.clone(),
+            target_version: c.spec.target_version.clone(),
+            strategy: c.spec.strategy.as_str().into(),
+            phase: c.phase.as_str().into(),
+            started_ms: started,
+            ended_ms: ended,
+            nodes_targeted: c.nodes.iter().filter(|r| !matches!(r.state, NodeState::NotTargeted)).count(),
+            updated,
+            failed,
+            skipped,
+            retries,
+            reboots,
+            nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
+        }
     }
 }

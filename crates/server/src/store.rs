@@ -206,10 +206,17 @@ impl Store {
     }
 
     pub fn events(&self, campaign: i64, after: i64) -> Result<Vec<Entry>, StoreError> {
+        self.events_page(campaign, after, i64::MAX)
+    }
+
+    /// At most `limit` entries after `after`. Reading a long journal a page at a time holds
+    /// neither all of it in memory nor the database from the journal's writer for long.
+    pub fn events_page(&self, campaign: i64, after: i64, limit: i64) -> Result<Vec<Entry>, StoreError> {
         let db = self.db();
-        let mut st =
-            db.prepare("SELECT seq, at_ms, event FROM events WHERE campaign = ?1 AND seq > ?2 ORDER BY seq")?;
-        let rows = st.query_map(params![campaign, after], |r| {
+        let mut st = db.prepare_cached(
+            "SELECT seq, at_ms, event FROM events WHERE campaign = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![campaign, after, limit], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })?;
         let mut out = Vec::new();
