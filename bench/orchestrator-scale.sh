@@ -5,7 +5,9 @@
 # stream open, and one JSON line says how it went:
 #   nodes, events (journal entries), wall_s (first node started to last node done, from the
 #   run report), ideal_s (`baton simulate`'s makespan of the same campaign with the same
-#   out-of-service times), orchestrator_rss_mib (peak, VmHWM), orchestrator_cpu_s,
+#   out-of-service times), orchestrator_rss_mib (peak, VmHWM, from its start to the campaign's
+#   end), rss_with_report_mib (the same peak once the run report has been built and fetched,
+#   which replays the whole journal), orchestrator_cpu_s,
 #   decision_p50_ms / decision_p99_ms (an agent's report to the commands that follow it, from
 #   the baton_decision_seconds histogram: each figure is its bucket's upper edge, ×1.25 apart),
 #   stream_bytes (what the /v1/stream subscriber received), journal_events_per_s.
@@ -121,16 +123,17 @@ while :; do
   sleep 1
 done
 [ "$1" = completed ] && [ "$3" = "$N" ] || { echo "campaign ended $1 with $3 of $N updated, $4 failed" >&2; exit 1; }
+rss_kib=$(awk '/^VmHWM:/ {print $2}' /proc/$serve/status)
 curl -sf "${auth[@]}" "$api/v1/campaigns/$id/report" > "$dir/report.json"
 curl -sf "${auth[@]}" "$api/metrics" > "$dir/metrics.txt"
-rss_kib=$(awk '/^VmHWM:/ {print $2}' /proc/$serve/status)
+rss_report_kib=$(awk '/^VmHWM:/ {print $2}' /proc/$serve/status)
 ticks=$(getconf CLK_TCK)
 cpu=$(awk -v t="$ticks" '{print ($14 + $15) / t}' /proc/$serve/stat)
 sleep 0.5
 stream_bytes=$(stat -c %s "$dir/stream.out")
-python3 - "$N" "$ideal" "$rss_kib" "$cpu" "$stream_bytes" "$5" "$dir" <<'PY'
+python3 - "$N" "$ideal" "$rss_kib" "$cpu" "$stream_bytes" "$5" "$dir" "$rss_report_kib" <<'PY'
 import json, sys
-n, ideal, rss, cpu, stream, events, d = sys.argv[1:]
+n, ideal, rss, cpu, stream, events, d, rss_report = sys.argv[1:]
 report = json.load(open(d + "/report.json"))
 wall = (report["ended_ms"] - report["started_ms"]) / 1000
 buckets = []
@@ -147,7 +150,8 @@ def pct(p):
 print(json.dumps({
     "nodes": int(n), "events": int(events), "wall_s": round(wall, 1), "ideal_s": float(ideal),
     "wall_over_ideal": round(wall / float(ideal), 3),
-    "orchestrator_rss_mib": round(int(rss) / 1024, 1), "orchestrator_cpu_s": round(float(cpu), 1),
+    "orchestrator_rss_mib": round(int(rss) / 1024, 1),
+    "rss_with_report_mib": round(int(rss_report) / 1024, 1), "orchestrator_cpu_s": round(float(cpu), 1),
     "decisions": total, "decision_p50_ms": pct(0.5), "decision_p99_ms": pct(0.99),
     "stream_bytes": int(stream), "journal_events_per_s": round(int(events) / wall, 1),
 }))
