@@ -336,9 +336,9 @@ async fn a_status_watch_is_pinned_sees_changes_at_once_and_outlives_its_agent() 
     let c = client(&f);
     let addr = f.nodes[0].addr.clone();
     // At node1's address, node2 is refused in the handshake, and so is anything but node1.
-    let e = c.watch("node2", &addr).status(None, 0).await.unwrap_err();
+    let e = c.conn("node2", &addr).status(None, 0).await.unwrap_err();
     assert!(matches!(&e, ClientError::Unreachable(m) if m.contains("is not node2")), "{e}");
-    let mut w = c.watch("node1", &addr);
+    let mut w = c.conn("node1", &addr);
     let first = w.status(None, 0).await.unwrap();
     assert_eq!(first.node, "node1");
     let port = w.local_addr().expect("the connection is kept");

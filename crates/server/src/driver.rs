@@ -1067,8 +1067,9 @@ async fn step_job(
     }
     let mut backoff = Backoff::new();
     let mut reach = Reach { lost: false };
+    let mut agent = client.conn(&node, &addr);
     let mut st = loop {
-        match client.start_step(&node, &addr, &req).await {
+        match agent.start_step(&req).await {
             Ok(st) => {
                 reach.ok(&rep, &node).await;
                 break st;
@@ -1096,7 +1097,7 @@ async fn step_job(
         }
     };
     while st.state == StepState::Running {
-        match client.step(&node, &addr, &req.id, 5_000).await {
+        match agent.step(&req.id, 5_000).await {
             Ok(s) => {
                 reach.ok(&rep, &node).await;
                 backoff = Backoff::new();
@@ -1141,8 +1142,9 @@ async fn step_job(
 /// Waits for the node to answer with a new boot id.
 async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<String>, rep: Reporter) {
     let mut backoff = Backoff::new();
+    let mut agent = client.conn(&node, &addr);
     loop {
-        if let Ok(s) = client.status(&node, &addr, None, 0).await {
+        if let Ok(s) = agent.status(None, 0).await {
             if Some(&s.boot_id) != old.as_ref() {
                 rep.send(Event::Booted { node, boot_id: s.boot_id, version: s.version }).await;
                 return;
@@ -1157,7 +1159,7 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
     let mut last: Option<(bool, Option<String>)> = None;
     let mut after = None;
     let mut backoff = Backoff::new();
-    let mut watch = client.watch(&node, &addr);
+    let mut watch = client.conn(&node, &addr);
     loop {
         match watch.status(after, 20_000).await {
             Ok(s) => {
@@ -1199,7 +1201,7 @@ async fn watch_job(
     let mut up = !down;
     let mut after = None;
     let mut healthy_since: Option<std::time::Instant> = None;
-    let mut watch = client.watch(&node, &addr);
+    let mut watch = client.conn(&node, &addr);
     loop {
         let seen = watch.status(after, 2_000).await;
         let now_up = matches!(&seen, Ok(s) if s.healthy);
@@ -1241,7 +1243,7 @@ pub async fn probe(client: &AgentClient, targets: Vec<(String, String)>, fresh: 
         probes.spawn(async move {
             let _permit = limit.acquire_owned().await;
             // Not pooled: a census of 10,000 agents would otherwise keep 10,000 connections.
-            let seen = client.watch(&node, &addr).once(fresh).await;
+            let seen = client.conn(&node, &addr).once(fresh).await;
             if let Err(e) = &seen {
                 tracing::warn!(%node, "agent does not answer: {e}");
             }

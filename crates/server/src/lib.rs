@@ -566,7 +566,8 @@ impl Hub {
         let outputs = self.store.outputs(id).map_err(|e| internal(e.to_string()))?;
         // A page of the journal at a time: never all of it in memory, and the journal's writer
         // waits for one page's read at most.
-        let page = |after| self.store.events_page(id, after, 4096).map_err(|e| internal(e.to_string()));
+        let page =
+            |after| self.store.events_page(id, after, REPORT_PAGE).map_err(|e| internal(e.to_string()));
         let mut entries = page(0)?;
         let (fresh, taken) = Campaign::begin(Arc::new(fleet), spec, entries.first().map(|e| &e.event))
             .map_err(|e| internal(e.to_string()))?;
@@ -627,6 +628,10 @@ impl Hub {
 }
 
 type Shared = Arc<Hub>;
+
+/// Journal entries a run report reads per lock of the store. Small in debug builds, so that
+/// every test that fetches a report reads it over several pages.
+const REPORT_PAGE: i64 = if cfg!(debug_assertions) { 5 } else { 4096 };
 
 /// The API's document; the paths come from the handlers below as they are routed.
 #[derive(utoipa::OpenApi)]
