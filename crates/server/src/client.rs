@@ -211,6 +211,9 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// How many watches make their TLS handshake at once.
 const CONNECTING: usize = 64;
+/// The longest a made TCP connection waits for its turn at the TLS handshake (the agent's own
+/// limit, from accepting the connection to the handshake's end, is 10 s).
+const TURN_WAIT: Duration = Duration::from_secs(5);
 /// A kept connection idle for longer is not used again: the agent closes a connection that
 /// sends no request within 10 s of its last answer (baton-net's header-read time).
 const KEEP_IDLE: Duration = Duration::from_secs(5);
@@ -222,7 +225,8 @@ const MAX_BODY: usize = 8 << 20;
 /// Why one poll failed.
 enum Failed {
     /// A kept connection was closed before any byte of the answer came (the agent closed it
-    /// while it was idle): asking again on a new one is safe, a status read changes nothing.
+    /// while it was idle): asking again on a new one is safe, as every request here is (a status
+    /// or a step's record is only read; a step id the agent has seen is not run again).
     Stale(ClientError),
     Other(ClientError),
 }
@@ -342,25 +346,33 @@ impl AgentConn {
         }
     }
 
-    /// A new connection: TCP within 3 s, then, once one of the [`CONNECTING`] turns is free
-    /// (the wait is not the agent's to answer for, and a host that does not answer holds no
-    /// turn), the TLS handshake within 3 s.
+    /// A new connection: TCP within 3 s, then, once one of the [`CONNECTING`] turns is free,
+    /// the TLS handshake within 3 s. The wait for a turn is not the agent's to answer for, and a
+    /// host that does not answer holds no turn; but the agent drops a connection whose
+    /// handshake has not ended 10 s after it accepted it, so a connection that waited
+    /// [`TURN_WAIT`] for its turn is closed and made again, not used.
     async fn connect(&self) -> Result<Tls, ClientError> {
         let (node, addr) = (&self.node, &self.addr);
         let unreachable =
             |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{node} at {addr}: {e}"));
         let name = rustls::pki_types::ServerName::try_from(node.to_ascii_lowercase())
             .map_err(|e| unreachable(&format!("{node} is not a host name: {e}")))?;
-        let tcp =
-            match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr.as_str()))
-                .await
+        let (tcp, _turn) = loop {
+            let tcp = match tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr.as_str()),
+            )
+            .await
             {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(e)) => return Err(unreachable(&e)),
                 Err(_) => return Err(unreachable(&"no connection within 3s")),
             };
-        tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
-        let _turn = self.connecting.acquire().await.map_err(|e| unreachable(&e))?;
+            tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
+            if let Ok(turn) = tokio::time::timeout(TURN_WAIT, self.connecting.acquire()).await {
+                break (tcp, turn.map_err(|e| unreachable(&e))?);
+            }
+        };
         let conn = match tokio::time::timeout(Duration::from_secs(3), self.tls.connect(name, tcp)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {

@@ -563,11 +563,19 @@ impl Hub {
             Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
         })?;
         let (fleet, spec) = Hub::files(&stored).map_err(|e| internal(e.to_string()))?;
+        // The journal up to its last entry now, and the step outputs after that: a step's output
+        // is written before (or with) the entry of its outcome, so every outcome read has its
+        // output, even while the campaign runs.
+        let last = self.store.last_seq(id).map_err(|e| internal(e.to_string()))?;
         let outputs = self.store.outputs(id).map_err(|e| internal(e.to_string()))?;
         // A page of the journal at a time: never all of it in memory, and the journal's writer
         // waits for one page's read at most.
-        let page =
-            |after| self.store.events_page(id, after, REPORT_PAGE).map_err(|e| internal(e.to_string()));
+        let page = |after| {
+            let mut entries =
+                self.store.events_page(id, after, REPORT_PAGE).map_err(|e| internal(e.to_string()))?;
+            entries.retain(|e| e.seq <= last);
+            Ok::<_, Fail>(entries)
+        };
         let mut entries = page(0)?;
         let (fresh, taken) = Campaign::begin(Arc::new(fleet), spec, entries.first().map(|e| &e.event))
             .map_err(|e| internal(e.to_string()))?;

@@ -205,6 +205,14 @@ impl Store {
         Ok(seq)
     }
 
+    /// The sequence number of the campaign's last journal entry (0 when it has none).
+    pub fn last_seq(&self, campaign: i64) -> Result<i64, StoreError> {
+        let db = self.db();
+        Ok(db.query_row("SELECT COALESCE(MAX(seq), 0) FROM events WHERE campaign = ?1", [campaign], |r| {
+            r.get(0)
+        })?)
+    }
+
     pub fn events(&self, campaign: i64, after: i64) -> Result<Vec<Entry>, StoreError> {
         self.events_page(campaign, after, i64::MAX)
     }
