@@ -247,10 +247,8 @@ fn priority(
     }
     let learned = rules == Rules::Current && !spec.expected.is_empty();
     // Nodes nothing was learned of count as the mean of those something was.
-    let mean = (spec.expected.values().fold(0u64, |a, &e| a.saturating_add(e))
-        / spec.expected.len().max(1) as Millis)
-        .max(1);
-    let expected = |n: NodeId| if learned { spec.expected.get(&n).copied().unwrap_or(mean) } else { 0 };
+    let learned_time = learned_times(spec);
+    let expected = |n: NodeId| if learned { learned_time(n) } else { 0 };
     // Per service, the length of its chain: time (or members) to update over its allowance.
     let mut chain = vec![0u64; fleet.services.len()];
     if learned {
@@ -300,6 +298,15 @@ fn priority(
     keyed.into_iter().map(|k| k.5).collect()
 }
 
+/// Each node's time out of service as learned from earlier campaigns; a node nothing was
+/// learned of counts as the mean of those something was (at least 1 ms).
+fn learned_times(spec: &CampaignSpec) -> impl Fn(NodeId) -> Millis + '_ {
+    let mean = (spec.expected.values().fold(0u64, |a, &e| a.saturating_add(e))
+        / spec.expected.len().max(1) as Millis)
+        .max(1);
+    move |n| spec.expected.get(&n).copied().unwrap_or(mean)
+}
+
 /// Up to this many targeted nodes, with learned times, continuous's start order is searched.
 const SEARCHED_STARTS: usize = 64;
 /// How many orders the search tries at most (each a list schedule of the targeted nodes).
@@ -323,11 +330,10 @@ fn searched_start(fleet: &Fleet, spec: &CampaignSpec, order: Vec<NodeId>, p: usi
     {
         return order;
     }
-    let mean =
-        spec.expected.values().fold(0u64, |a, &e| a.saturating_add(e)) / spec.expected.len().max(1) as Millis;
+    let learned_time = learned_times(spec);
     let mut time = vec![0; fleet.nodes.len()];
     for &n in &order {
-        time[n as usize] = spec.expected.get(&n).copied().unwrap_or(mean).max(1);
+        time[n as usize] = learned_time(n).max(1);
     }
     let mut best = order;
     let mut best_end = list_makespan(fleet, &best, &time, p);

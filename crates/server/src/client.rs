@@ -25,9 +25,9 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
-    /// The same TLS configuration, for [`AgentConn`]es.
+    /// The same TLS configuration, for [`AgentConn`]s.
     tls: tokio_rustls::TlsConnector,
-    /// Watches connecting at once, at most: a campaign watches all its nodes from its first
+    /// [`AgentConn`]s making their TLS handshake at once, at most: a campaign watches all its nodes from its first
     /// moment, and 10,000 TLS handshakes under way together held more memory than the 10,000
     /// connections they made.
     connecting: Arc<tokio::sync::Semaphore>,
@@ -209,7 +209,7 @@ pub struct AgentConn {
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-/// How many watches make their TLS handshake at once.
+/// How many [`AgentConn`]s make their TLS handshake at once.
 const CONNECTING: usize = 64;
 /// The longest a made TCP connection waits for its turn at the TLS handshake (the agent's own
 /// limit, from accepting the connection to the handshake's end, is 10 s).
