@@ -62,6 +62,7 @@ async fn main() {
             open_reads: false,
             public_host: None,
             webhook_ca: None,
+            test_clock: false,
         })
         .await
         .unwrap();

@@ -56,6 +56,10 @@ enum Cmd {
         /// Chance that one update attempt fails (0 to 1).
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
+        /// When the campaign starts (RFC 3339, e.g. 2026-12-05T01:00:00Z), for its maintenance
+        /// windows; default now. The makespan counts the hours its windows are closed.
+        #[arg(long)]
+        start: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: OutFormat,
     },
@@ -140,6 +144,9 @@ enum Cmd {
         /// PEM file of more CA certificates to trust for HTTPS webhooks, besides the system's.
         #[arg(long)]
         webhook_ca: Option<String>,
+        /// For tests only: let `POST /v1/clock` move this orchestrator's clock forward.
+        #[arg(long, hide = true)]
+        test_clock: bool,
     },
     /// Create a campaign from a file, start it and follow it to its end.
     Run {
@@ -457,7 +464,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Simulate { fleet, campaign, compare, seed, duration, fail_rate, format } => {
+        Cmd::Simulate { fleet, campaign, compare, seed, duration, fail_rate, start, format } => {
             let (fleet, spec) = load(&fleet, &campaign)?;
             let range = parse_range(&duration).map_err(|m| {
                 flag_error(
@@ -473,7 +480,25 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                     "use a number from 0 to 1",
                 ));
             }
-            let opts = baton_sim::SimOptions { seed, duration: range, fail_rate, ..Default::default() };
+            let start = match start {
+                Some(s) => s.parse::<jiff::Timestamp>().map_err(|e| {
+                    flag_error(
+                        "--start",
+                        format!("{s} is not a time: {e}"),
+                        "write it like 2026-12-05T01:00:00Z",
+                    )
+                })?,
+                None => jiff::Timestamp::now(),
+            };
+            let start = u64::try_from(start.as_millisecond()).map_err(|_| {
+                flag_error(
+                    "--start",
+                    "the time is before 1970".to_string(),
+                    "write it like 2026-12-05T01:00:00Z",
+                )
+            })?;
+            let opts =
+                baton_sim::SimOptions { seed, duration: range, fail_rate, start, ..Default::default() };
             let strategies: Vec<Strategy> =
                 if compare { Strategy::ALL.to_vec() } else { vec![spec.strategy] };
             // Each strategy twice: as a first campaign would run, knowing no node's time, and
@@ -626,7 +651,18 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 Ok(())
             }
         },
-        Cmd::Serve { fleet, db, listen, pki, cert, token_file, open_reads, public_url, webhook_ca } => {
+        Cmd::Serve {
+            fleet,
+            db,
+            listen,
+            pki,
+            cert,
+            token_file,
+            open_reads,
+            public_url,
+            webhook_ca,
+            test_clock,
+        } => {
             few_malloc_arenas();
             let public_host = match public_url.as_deref().map(|u| (u, baton_server::url_host(u))) {
                 None => None,
@@ -662,6 +698,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 open_reads,
                 public_host,
                 webhook_ca: webhook_ca.map(Into::into),
+                test_clock,
             };
             logging("info");
             raise_open_files();

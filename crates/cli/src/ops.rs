@@ -224,6 +224,15 @@ pub fn print_view(v: &CampaignView) {
         "{} updated, {} failed, {} skipped, {} pending, {} active",
         v.updated, v.failed, v.skipped, v.pending, v.active
     );
+    let at = |ms: u64| {
+        jiff::Timestamp::from_millisecond(ms as i64).map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+    };
+    if let Some(Ok(open)) = v.window_opens_at_ms.map(at) {
+        println!("waiting for its maintenance window: no node starts before {open}");
+    }
+    if let Some(Ok(eta)) = v.eta_ms.map(at) {
+        println!("expected to end about {eta}");
+    }
     for n in &v.nodes {
         let ud = n.update_domain.map(|u| format!("UD {u}")).unwrap_or_else(|| "no UD".into());
         let reason = n.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();

@@ -709,3 +709,93 @@ async fn a_campaign_after_another_starts_the_node_that_took_longest() {
     drop(serve);
     f.stop().await;
 }
+
+/// The orchestrator's clock, and moves it forward (`--test-clock`).
+async fn clock(serve: &Serve, advance_ms: Option<u64>) -> baton_proto::ClockView {
+    match advance_ms {
+        None => serve.http.get(format!("{}/v1/clock", serve.url)).send().await.unwrap().json().await.unwrap(),
+        Some(ms) => serve.post("/v1/clock", Some(serde_json::json!({ "advance_ms": ms }))).await.unwrap(),
+    }
+}
+
+fn started(v: &CampaignView) -> usize {
+    v.nodes.iter().filter(|n| !matches!(n.state.as_str(), "pending" | "not-targeted" | "skipped")).count()
+}
+
+/// Issue 12, windows: a campaign whose window opens in two minutes starts no node before it
+/// opens, lets the node in flight finish when it closes, and starts the next when it opens
+/// again the next day. Real agents; the orchestrator's clock is moved forward by the test
+/// (`--test-clock`) instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_start_only_inside_the_maintenance_window() {
+    const MIN: u64 = 60_000;
+    let mut f = local(
+        "window",
+        LocalOptions { nodes: 3, action_seconds: "2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--test-clock"]).await;
+    let now = clock(&serve, None).await;
+    assert!(now.settable);
+    // A daily one-minute window that opens at the start of the minute after next (UTC, so the
+    // test's arithmetic needs no time zone): between one and two minutes from now.
+    let opens = (now.now_ms / MIN + 2) * MIN;
+    let hm = (opens / MIN) % (24 * 60);
+    let extra = format!(
+        "timezone = \"UTC\"\nwindows = [{{ days = \"*\", start = \"{:02}:{:02}\", length = \"1m\" }}]\n",
+        hm / 60,
+        hm % 60
+    );
+    let toml = quick(&extra).replace("max_parallel = 2", "max_parallel = 1");
+    let v = serve.create_and_start(toml.clone()).await;
+    // Started, and waiting: nothing in flight, and the view says when the window opens.
+    let v = serve.view(v.id).await.unwrap();
+    assert_eq!(v.phase, Phase::Running);
+    assert_eq!((started(&v), v.pending, v.window_opens_at_ms), (0, 3, Some(opens)), "{v:#?}");
+
+    // To one second before it opens: still nothing.
+    let t = clock(&serve, Some(opens - 1_000 - clock(&serve, None).await.now_ms)).await;
+    assert!(t.now_ms < opens);
+    let v = serve.view(v.id).await.unwrap();
+    assert_eq!((started(&v), v.window_opens_at_ms), (0, Some(opens)), "{v:#?}");
+
+    // Open: the first node starts (one at a time).
+    clock(&serve, Some(2_000)).await;
+    let v =
+        serve.wait(v.id, Duration::from_secs(30), |v| v.nodes.iter().any(|n| n.state == "updating")).await;
+    assert_eq!(started(&v), 1);
+    assert_eq!(v.window_opens_at_ms, None);
+    // Closed while it updates: it finishes, and nothing else starts.
+    let t = clock(&serve, Some(MIN)).await;
+    assert!(t.now_ms >= opens + MIN);
+    let v = serve.wait(v.id, Duration::from_secs(60), |v| v.updated == 1 && v.active == 0).await;
+    assert_eq!((started(&v), v.pending), (1, 2), "{v:#?}");
+    let tomorrow = opens + 24 * 60 * MIN;
+    assert_eq!(v.window_opens_at_ms, Some(tomorrow), "{v:#?}");
+    // `baton status` says so too.
+    let out = Command::new(exe())
+        .args(["status", &v.id.to_string(), "--server", &serve.url])
+        .env("BATON_TOKEN", Serve::TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("waiting for its maintenance window"), "{text}");
+
+    // The next day's window: the other two start, one after the other, inside it.
+    clock(&serve, Some(tomorrow - clock(&serve, None).await.now_ms)).await;
+    let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3);
+    // Each node was drained inside a window: the journal's step reports are timed.
+    let events = serve.events(v.id).await;
+    let drained: Vec<u64> = events
+        .iter()
+        .filter(|e| matches!(decoded(e), Event::StepOk { ref step, .. } if step.ends_with("/drain")))
+        .map(|e| e.at_ms)
+        .collect();
+    assert_eq!(drained.len(), 3);
+    assert!(drained[0] >= opens && drained[0] < opens + MIN, "{drained:?}");
+    assert!(drained[1..].iter().all(|&t| t >= tomorrow && t < tomorrow + MIN), "{drained:?} {tomorrow}");
+    budgets_kept(&f, &toml, &events);
+    drop(serve);
+    f.stop().await;
+}

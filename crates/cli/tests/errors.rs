@@ -348,3 +348,34 @@ fn node_names_that_read_as_addresses_or_are_reserved_and_bad_haproxy_names_are_r
     let o = plan("haproxy-server-space", "fleet.toml", &format!("{FLEET}{lb}"), CAMPAIGN);
     expect(&o, 2, "fleet.toml:25:10", &["HAProxy server name"]);
 }
+
+/// Issue 12: a window that never opens, an unknown time zone, a day or time that does not
+/// parse: each names file, line and column, exits 2, and starts nothing.
+#[test]
+fn bad_windows_and_time_zones_are_refused_where_they_are() {
+    let cases = [
+        ("tz", "timezone = \"Europe/Berln\"\n", "campaign.toml:5:12", "unknown time zone `Europe/Berln`"),
+        (
+            "days",
+            "windows = [{ days = \"Sat,Funday\", start = \"02:00\", length = \"4h\" }]\n",
+            "campaign.toml:5:21",
+            "window 1: `Funday` is not a day of the week",
+        ),
+        (
+            "start",
+            "windows = [{ days = \"*\", start = \"25:00\", length = \"4h\" }]\n",
+            "campaign.toml:5:34",
+            "window 1: `25:00` is not a time of day",
+        ),
+        (
+            "never",
+            "windows = [{ days = \"Sun\", start = \"02:00\", length = \"4h\" }, { days = \"Sat\", start = \"02:00\", length = \"0s\" }]\n",
+            "campaign.toml:5:104",
+            "window 2 never opens: its length is 0",
+        ),
+    ];
+    for (name, extra, at, msg) in cases {
+        let o = plan(&format!("window-{name}"), "fleet.toml", FLEET, &format!("{CAMPAIGN}{extra}"));
+        expect(&o, 2, at, &[msg]);
+    }
+}

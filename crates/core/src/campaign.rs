@@ -358,6 +358,8 @@ pub struct Campaign {
     pub failed: u32,
     pub failed_accepted: u32,
     pub window_open: bool,
+    /// When the campaign's next maintenance window opens, while starts wait for it.
+    window_wait: Option<Millis>,
     pub closed_gates: BTreeSet<String>,
     pub placement: Placement,
     rank: Vec<u32>,
@@ -595,6 +597,7 @@ impl Campaign {
             failed: 0,
             failed_accepted: 0,
             window_open: true,
+            window_wait: None,
             closed_gates: BTreeSet::new(),
             rank,
             by_rank,
@@ -645,6 +648,11 @@ impl Campaign {
         r.left_out || r.state.is_out()
     }
 
+    /// While nodes wait for a maintenance window to start: when it opens.
+    pub fn window_opens_at(&self) -> Option<Millis> {
+        self.window_wait
+    }
+
     /// Nodes in active states.
     pub fn active(&self) -> u32 {
         self.active
@@ -667,6 +675,9 @@ impl Campaign {
     /// The next time at which [`Event::Tick`] would change something.
     pub fn next_deadline(&self) -> Option<Millis> {
         let mut best = self.timers.first().map(|t| t.0);
+        if let Some(w) = self.window_wait {
+            best = Some(best.map_or(w, |b| b.min(w)));
+        }
         // A barrier pause that has not passed yet (it is cleared once it has).
         if self.phase == Phase::Running && self.group_open_at > 0 && !self.pending.is_empty() {
             best = Some(best.map_or(self.group_open_at, |b| b.min(self.group_open_at)));
@@ -1465,13 +1476,22 @@ impl Campaign {
     }
 
     fn start_nodes(&mut self, now: Millis, out: &mut Vec<Command>) {
+        self.window_wait = None;
         if !matches!(self.phase, Phase::Running | Phase::RollingBack)
             || !self.window_open
             || !self.closed_gates.is_empty()
             || self.failure_threshold_passed()
             || (self.barriers() && now < self.group_open_at)
+            || self.pending.is_empty()
         {
             return;
+        }
+        if let Some(w) = &self.spec.windows {
+            if !w.contains(now) {
+                // Wait for it: the next deadline is when it opens (rule 4).
+                self.window_wait = w.next_open(now);
+                return;
+            }
         }
         let mut cursor = 0u32;
         while self.active < self.max_parallel {

@@ -6,6 +6,7 @@ pub mod diag;
 pub mod load;
 pub mod model;
 pub mod units;
+pub mod window;
 
 pub use diag::{Diagnostic, Format};
 pub use load::{load_campaign, load_fleet, load_stored_campaign, load_stored_fleet};

@@ -135,6 +135,17 @@ struct RawCampaign {
     order: Vec<String>,
     #[serde(default)]
     webhooks: Vec<String>,
+    timezone: Option<String>,
+    #[serde(default)]
+    windows: Vec<RawWindow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    days: String,
+    start: String,
+    length: Dur,
 }
 
 fn default_action() -> String {
@@ -639,6 +650,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
             ));
         }
     }
+    let windows = campaign_windows(&raw, src)?;
     Ok(CampaignSpec {
         name: raw.name,
         target_version: raw.target_version,
@@ -658,7 +670,60 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         order,
         webhooks: raw.webhooks,
         expected: Default::default(),
+        windows,
     })
+}
+
+/// The campaign's maintenance windows in its time zone (none: nodes may start at any time).
+fn campaign_windows(raw: &RawCampaign, src: &Src) -> Result<Option<crate::window::Windows>, Diagnostic> {
+    use crate::window::{parse_days, parse_time_of_day, Window, Windows, MAX_LENGTH};
+    let root = DocPath::root;
+    let zone = raw.timezone.as_deref().unwrap_or("UTC");
+    if let Err(e) = crate::window::zone(zone) {
+        return Err(src.err(
+            root().key("timezone"),
+            e.to_string(),
+            "use an IANA time zone name such as \"Europe/Berlin\", \"America/New_York\" or \"UTC\"",
+        ));
+    }
+    if raw.windows.is_empty() {
+        return Ok(None);
+    }
+    let mut spans = Vec::with_capacity(raw.windows.len());
+    for (i, w) in raw.windows.iter().enumerate() {
+        let at = |k: &str| root().key("windows").idx(i).key(k);
+        let days = parse_days(&w.days).map_err(|e| {
+            src.err(
+                at("days"),
+                format!("window {}: {e}", i + 1),
+                "write days like \"Sat,Sun\", \"Mon-Fri\" or \"*\" for every day",
+            )
+        })?;
+        let start = parse_time_of_day(&w.start).map_err(|e| {
+            src.err(
+                at("start"),
+                format!("window {}: {e}", i + 1),
+                "write the local start time as HH:MM, e.g. \"02:00\"",
+            )
+        })?;
+        let length = w.length.ms();
+        if length == 0 {
+            return Err(src.err(
+                at("length"),
+                format!("window {} never opens: its length is 0", i + 1),
+                "give it a length such as \"4h\"",
+            ));
+        }
+        if length > MAX_LENGTH {
+            return Err(src.err(
+                at("length"),
+                format!("window {} is longer than a week", i + 1),
+                "use at most \"7d\", or remove `windows` to let nodes start at any time",
+            ));
+        }
+        spans.push(Window { days, start, length });
+    }
+    Ok(Some(Windows::new(zone, spans).expect("zone checked above")))
 }
 
 /// Why a campaign's `target_version` cannot be rolled out to its fleet.

@@ -166,6 +166,8 @@ pub struct CampaignSpec {
     /// key: the orchestrator and the simulator fill it in). The planner starts the longest
     /// first; empty when nothing was learned.
     pub expected: HashMap<NodeId, Millis>,
+    /// When nodes may start (`windows` in `timezone`); none: at any time.
+    pub windows: Option<crate::window::Windows>,
 }
 
 impl Fleet {

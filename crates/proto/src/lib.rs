@@ -210,6 +210,26 @@ pub struct CampaignView {
     /// out-of-service time observed so far. None until a node has finished.
     #[serde(default)]
     pub eta_ms: Option<u64>,
+    /// While nodes wait for the campaign's maintenance window: when it opens (ms since the
+    /// epoch). None when nothing waits for a window.
+    #[serde(default)]
+    pub window_opens_at_ms: Option<u64>,
+}
+
+/// The orchestrator's clock (`GET /v1/clock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClockView {
+    /// Its time now, ms since the epoch: what maintenance windows and journal entries use.
+    pub now_ms: u64,
+    /// Whether `POST /v1/clock` may move it (`baton serve --test-clock`, for tests only).
+    pub settable: bool,
+}
+
+/// Moves a test clock forward (`POST /v1/clock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockMove {
+    pub advance_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

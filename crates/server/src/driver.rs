@@ -21,6 +21,61 @@ pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
+/// Only a test clock can be moved.
+#[derive(Debug, thiserror::Error)]
+#[error("this orchestrator runs on the system clock; only `baton serve --test-clock` lets a test move it")]
+pub struct FixedClock;
+
+/// The orchestrator's clock: the system's, plus an offset that only `baton serve --test-clock`
+/// lets a test move forward (`POST /v1/clock`), so that a maintenance window two minutes away
+/// can be reached without waiting two minutes. Moving it wakes every driver.
+#[derive(Clone)]
+pub struct Clock {
+    offset: Arc<std::sync::atomic::AtomicU64>,
+    moved: watch::Sender<u64>,
+    settable: bool,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock::new(false)
+    }
+
+    /// The system clock, which a test may move forward.
+    pub fn settable() -> Clock {
+        Clock::new(true)
+    }
+
+    fn new(settable: bool) -> Clock {
+        Clock { offset: Default::default(), moved: watch::channel(0).0, settable }
+    }
+
+    pub fn now(&self) -> Millis {
+        now_ms() + self.offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_settable(&self) -> bool {
+        self.settable
+    }
+
+    /// Moves the clock forward by `by` (never back) and wakes whoever waits on it. Refused by a
+    /// system clock.
+    pub fn advance(&self, by: Millis) -> Result<Millis, FixedClock> {
+        if !self.settable {
+            return Err(FixedClock);
+        }
+        self.offset.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+        self.moved.send_modify(|n| *n += 1);
+        Ok(self.now())
+    }
+
+    /// Changes each time the clock is moved.
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+}
+
 pub enum Msg {
     /// `sent`: when it was sent, so that a decision's time includes its wait in the inbox.
     Event { event: Event, reply: Option<oneshot::Sender<Result<(), Refused>>>, sent: std::time::Instant },
@@ -112,6 +167,7 @@ pub struct Driver {
     /// The campaign in memory may hold an event the journal refused (it could not be read back
     /// to undo it): no event is taken until a rebuild from the journal works.
     stale: bool,
+    clock: Clock,
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
@@ -145,6 +201,7 @@ fn head_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         active: c.active() as usize,
         events,
         eta_ms: None,
+        window_opens_at_ms: c.window_opens_at(),
     }
 }
 
@@ -276,6 +333,7 @@ pub struct ViewDelta {
     pub active: usize,
     pub events: i64,
     pub eta_ms: Option<u64>,
+    pub window_opens_at_ms: Option<u64>,
     pub nodes: Vec<Indexed<NodeView>>,
     pub services: Vec<Indexed<ServiceView>>,
 }
@@ -300,6 +358,7 @@ impl ViewDelta {
             active: v.active,
             events: v.events,
             eta_ms: v.eta_ms,
+            window_opens_at_ms: v.window_opens_at_ms,
             nodes,
             services,
         }
@@ -356,7 +415,10 @@ async fn eta_task(
         let rest = if i.spec.nodes.as_ref().is_some_and(|n| n.is_empty()) {
             0
         } else {
-            let opts = baton_sim::SimOptions { duration: (i.mean, i.mean), ..Default::default() };
+            // Simulated from when the nodes in flight are done, in wall-clock time: the closed
+            // hours of maintenance windows count.
+            let opts =
+                baton_sim::SimOptions { duration: (i.mean, i.mean), start: i.from, ..Default::default() };
             tokio::task::spawn_blocking(move || baton_sim::makespan(i.fleet, i.spec, &opts).unwrap_or(0))
                 .await
                 .unwrap_or(0)
@@ -403,6 +465,7 @@ pub struct With {
     pub telemetry: Arc<Telemetry>,
     pub stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
     pub webhooks: reqwest::Client,
+    pub clock: Clock,
 }
 
 impl Driver {
@@ -412,7 +475,7 @@ impl Driver {
         events: i64,
         with: With,
     ) -> (Driver, mpsc::Receiver<Msg>, Arc<Shown>) {
-        let With { store, writer, client, telemetry, stream, webhooks } = with;
+        let With { store, writer, client, telemetry, stream, webhooks, clock } = with;
         let (tx, rx) = mpsc::channel(1024);
         let shown = Arc::new(Shown::new(view_of(id, &campaign, events)));
         let d = Driver {
@@ -439,6 +502,7 @@ impl Driver {
             entered: HashMap::new(),
             resume_at: None,
             stale: false,
+            clock,
         };
         (d, rx, shown)
     }
@@ -459,9 +523,10 @@ impl Driver {
         self.resend();
         self.census().await;
         self.watch_all();
+        let mut moves = self.clock.moves();
         loop {
             let deadline = self.campaign.next_deadline();
-            let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+            let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(self.clock.now())));
             let resume_at = self.resume_at.map(|r| r.0);
             tokio::select! {
                 m = rx.recv() => match m {
@@ -481,6 +546,10 @@ impl Driver {
                     None => break,
                 },
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() && resume_at.is_none() => {
+                    self.apply(Event::Tick).await
+                }
+                // A test moved the clock: what is due now is due.
+                Ok(()) = moves.changed(), if resume_at.is_none() => {
                     self.apply(Event::Tick).await
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
@@ -557,7 +626,7 @@ impl Driver {
         let mut refused = Vec::new();
         let mut touched = Vec::new();
         for Msg::Event { event, reply, sent } in batch {
-            let now = now_ms().max(self.last_now);
+            let now = self.clock.now().max(self.last_now);
             match self.campaign.handle_changes(now, event.clone()) {
                 Ok((cmds, t)) => {
                     self.last_now = now;
@@ -691,6 +760,7 @@ impl Driver {
             v.pending = c.pending();
             v.active = c.active() as usize;
             v.events = self.events;
+            v.window_opens_at_ms = c.window_opens_at();
             if ended {
                 v.eta_ms = None;
             }

@@ -62,6 +62,9 @@ pub struct Settings {
     pub public_host: Option<String>,
     /// More trust roots (PEM) for HTTPS webhooks, besides the system's (`--webhook-ca`).
     pub webhook_ca: Option<PathBuf>,
+    /// Let `POST /v1/clock` move the orchestrator's clock forward (`--test-clock`): for tests
+    /// of maintenance windows and schedules, never for a real fleet.
+    pub test_clock: bool,
 }
 
 /// The host part of a URL (`https://baton.example.com:8443/x` → `baton.example.com`), lowercase.
@@ -109,6 +112,8 @@ pub struct Hub {
     client: AgentClient,
     /// What webhooks are sent with.
     webhooks: reqwest::Client,
+    /// The time every driver reads.
+    clock: driver::Clock,
     /// The API's document as this server answers (set when the router is made).
     openapi: std::sync::OnceLock<utoipa::openapi::OpenApi>,
     campaigns: Mutex<BTreeMap<i64, Handle>>,
@@ -229,7 +234,9 @@ impl Hub {
         let drivers = Drivers::start().map_err(ServerError::Drivers)?;
         let client = AgentClient::new(&settings.tls)?;
         let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
+        let clock = if settings.test_clock { driver::Clock::settable() } else { driver::Clock::system() };
         let hub = Arc::new(Hub {
+            clock,
             webhooks,
             openapi: std::sync::OnceLock::new(),
             fleet: Arc::new(fleet),
@@ -314,6 +321,7 @@ impl Hub {
             telemetry: self.telemetry.clone(),
             stream: self.stream.clone(),
             webhooks: self.webhooks.clone(),
+            clock: self.clock.clone(),
         };
         let (d, rx, shown) = Driver::new(id, c, events, with);
         // The stream then sends what changes in it: its subscribers see the whole of it first.
@@ -388,7 +396,7 @@ impl Hub {
             },
         };
         let id =
-            self.store.create(&c.spec.name, &stored, driver::now_ms(), &c.planned_event()).map_err(|e| {
+            self.store.create(&c.spec.name, &stored, self.clock.now(), &c.planned_event()).map_err(|e| {
                 Fail::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "journal-unavailable",
@@ -694,6 +702,34 @@ async fn openapi_json(State(h): State<Shared>) -> Response {
     Json(h.openapi.get().cloned().unwrap_or_default()).into_response()
 }
 
+/// The orchestrator's clock.
+#[utoipa::path(get, path = "/v1/clock", tag = "meta", security(("token" = [])),
+    responses((status = 200, body = baton_proto::ClockView),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
+async fn clock_get(State(h): State<Shared>) -> Json<baton_proto::ClockView> {
+    Json(baton_proto::ClockView { now_ms: h.clock.now(), settable: h.clock.is_settable() })
+}
+
+/// Moves a test orchestrator's clock forward (only with `baton serve --test-clock`).
+#[utoipa::path(post, path = "/v1/clock", tag = "meta", request_body = baton_proto::ClockMove, security(("token" = [])),
+    responses((status = 200, body = baton_proto::ClockView),
+              (status = 401, body = ApiError),
+              (status = 409, description = "this orchestrator runs on the system clock (no --test-clock)", body = ApiError),
+              (status = 422, description = "the body is not a clock move", body = ApiError)))]
+async fn clock_post(
+    State(h): State<Shared>,
+    headers: HeaderMap,
+    Json(m): Json<baton_proto::ClockMove>,
+) -> Result<Json<baton_proto::ClockView>, Fail> {
+    let by = h.authorize(&headers)?;
+    let now = h
+        .clock
+        .advance(m.advance_ms)
+        .map_err(|e| Fail::new(StatusCode::CONFLICT, "fixed-clock", e.to_string()))?;
+    tracing::warn!(by, advance_ms = m.advance_ms, now_ms = now, "test clock moved forward");
+    Ok(Json(baton_proto::ClockView { now_ms: now, settable: true }))
+}
+
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "ok", body = String)))]
 async fn healthz() -> &'static str {
@@ -887,6 +923,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(events))
         .routes(routes!(report_json))
         .routes(routes!(act))
+        .routes(routes!(clock_get, clock_post))
         .split_for_parts();
     let _ = h.openapi.set(as_served(doc, h.settings.open_reads));
     router

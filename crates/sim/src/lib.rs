@@ -28,6 +28,9 @@ pub struct SimOptions {
     pub unhealthy_rate: f64,
     /// Stop after this many events (a guard; a campaign never needs that many).
     pub max_events: usize,
+    /// When the campaign starts, in ms since the Unix epoch: maintenance windows are wall-clock
+    /// times. Injected events are timed from here.
+    pub start: Millis,
 }
 
 impl Default for SimOptions {
@@ -39,6 +42,7 @@ impl Default for SimOptions {
             stuck_reboot_rate: 0.0,
             unhealthy_rate: 0.0,
             max_events: 50_000_000,
+            start: 0,
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct Observer {
     failed: u32,
     accepted: u32,
     window_open: bool,
+    windows: Option<baton_core::window::Windows>,
     closed_gates: HashSet<String>,
     /// Finishes per drain step (one per node and pass).
     finished: HashMap<String, u32>,
@@ -141,6 +146,7 @@ impl Observer {
             peak: vec![0; f.services.len()],
             phase: Some(Phase::Planned),
             window_open: true,
+            windows: c.spec.windows.clone(),
             ..Default::default()
         }
     }
@@ -210,7 +216,8 @@ impl Observer {
                     self.violations
                         .push(format!("at {now}ms: {node} started while the campaign is {:?}", self.phase));
                 }
-                if !self.window_open || !self.closed_gates.is_empty() {
+                let outside = self.windows.as_ref().is_some_and(|w| !w.contains(now));
+                if !self.window_open || outside || !self.closed_gates.is_empty() {
                     self.violations
                         .push(format!("at {now}ms: {node} started while a window or gate is closed"));
                 }
@@ -310,9 +317,9 @@ pub fn run(
 ) -> Result<SimReport, Infeasible> {
     let campaign = Campaign::new("sim", fleet.clone(), spec)?;
     let mut sim = Sim::new(campaign, opts.clone());
-    sim.push(0, Event::Start { by: "sim".into() });
+    sim.push(opts.start, Event::Start { by: "sim".into() });
     for (t, e) in inject {
-        sim.push(*t, e.clone());
+        sim.push(opts.start + t, e.clone());
     }
     sim.run_to_end();
     Ok(sim.report())
@@ -326,9 +333,9 @@ pub fn makespan(fleet: Arc<Fleet>, spec: CampaignSpec, opts: &SimOptions) -> Res
     let campaign = Campaign::new("sim", fleet, spec)?;
     let mut sim = Sim::new(campaign, opts.clone());
     sim.light = true;
-    sim.push(0, Event::Start { by: "sim".into() });
+    sim.push(opts.start, Event::Start { by: "sim".into() });
     sim.run_to_end();
-    Ok(sim.last_finish)
+    Ok(sim.last_finish - opts.start)
 }
 
 /// Something due to happen in the simulated world.
@@ -379,7 +386,8 @@ impl Sim {
     /// orchestrator's does.
     pub fn new(campaign: Campaign, opts: SimOptions) -> Self {
         let observer = Observer::new(&campaign);
-        let journal = vec![(0, campaign.planned_event())];
+        let journal = vec![(opts.start, campaign.planned_event())];
+        let start = opts.start;
         Sim {
             campaign,
             opts,
@@ -390,7 +398,7 @@ impl Sim {
             executions: HashMap::new(),
             restarts: 0,
             seq: 0,
-            now: 0,
+            now: start,
             journal,
             commands: Vec::new(),
             observer,
@@ -399,7 +407,7 @@ impl Sim {
             boots: HashMap::new(),
             versions: HashMap::new(),
             steps_sent: 0,
-            last_finish: 0,
+            last_finish: start,
             check_touched: false,
             touch_misses: Vec::new(),
             light: false,
@@ -650,7 +658,7 @@ impl Sim {
             f.services.iter().zip(&self.observer.peak).map(|(s, p)| (s.name.clone(), *p)).collect();
         SimReport {
             strategy: c.spec.strategy,
-            makespan: self.last_finish,
+            makespan: self.last_finish - self.opts.start,
             lower_bound: lb,
             updated,
             failed,

@@ -47,7 +47,16 @@ struct CampaignCase {
     pause_between: bool,
     only: Option<Vec<bool>>,
     order: Vec<usize>,
+    /// Maintenance windows in one of `ZONES`.
+    windows: Option<(usize, Vec<WindowCase>)>,
 }
+
+/// A window: days mask (bit 0 Monday), start minute, length in minutes.
+type WindowCase = (u8, u16, u64);
+
+/// Time zones with and without daylight saving (campaigns start in March, when both change).
+const ZONES: [&str; 3] = ["UTC", "Europe/Berlin", "America/New_York"];
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
 #[derive(Debug, Clone)]
 enum Inj {
@@ -109,9 +118,13 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
         prop::bool::weighted(0.3),
         prop::option::weighted(0.2, prop::collection::vec(prop::bool::weighted(0.7), n)),
         prop::collection::vec(0..n, 0..3),
+        prop::option::weighted(
+            0.3,
+            (0..ZONES.len(), prop::collection::vec((1u8..128, 0u16..1440, 10u64..600), 1..3)),
+        ),
     )
         .prop_map(
-            |(strategy, max_parallel, max_failed, retries, proceed, pause_between, only, order)| {
+            |(strategy, max_parallel, max_failed, retries, proceed, pause_between, only, order, windows)| {
                 CampaignCase {
                     strategy,
                     max_parallel,
@@ -121,6 +134,7 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
                     pause_between,
                     only,
                     order,
+                    windows,
                 }
             },
         )
@@ -145,14 +159,16 @@ fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
 }
 
 fn sim_opts() -> impl Strategy<Value = SimOptions> {
-    (any::<u64>(), 1u64..15, 0u64..20, 0.0f64..0.4, 0.0f64..0.15, 0.0f64..0.15).prop_map(
-        |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate)| SimOptions {
+    (any::<u64>(), 1u64..15, 0u64..20, 0.0f64..0.4, 0.0f64..0.15, 0.0f64..0.15, 0u64..60 * 24 * 60).prop_map(
+        |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate, start_min)| SimOptions {
             seed,
             duration: (lo * MIN, (lo + span) * MIN),
             fail_rate,
             stuck_reboot_rate,
             unhealthy_rate,
             max_events: 200_000,
+            // Within 60 days of 2026-02-15T00:00Z: across both daylight-saving changes of March.
+            start: 1_771_113_600_000 + start_min * MIN,
         },
     )
 }
@@ -228,6 +244,22 @@ fn campaign_toml(c: &CampaignCase) -> String {
         .map(|&i| format!("\"{}\"", name(i)))
         .collect();
     let _ = writeln!(s, "order = [{}]", order.join(", "));
+    if let Some((zone, windows)) = &c.windows {
+        let _ = writeln!(s, "timezone = \"{}\"", ZONES[*zone]);
+        let list: Vec<String> = windows
+            .iter()
+            .map(|(mask, start, len)| {
+                let days: Vec<&str> = (0..7).filter(|d| mask & (1 << d) != 0).map(|d| DAYS[d]).collect();
+                format!(
+                    "{{ days = \"{}\", start = \"{:02}:{:02}\", length = \"{len}m\" }}",
+                    days.join(","),
+                    start / 60,
+                    start % 60
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "windows = [{}]", list.join(", "));
+    }
     s
 }
 
@@ -285,13 +317,14 @@ proptest! {
                 return Ok(());
             }
         };
+        let t0 = opts.start;
         let mut sim = Sim::new(campaign, opts);
         sim.check_touched = true;
-        sim.push(0, Event::Start { by: "prop".into() });
+        sim.push(t0, Event::Start { by: "prop".into() });
         for (t, i) in &inj {
             match i {
-                Inj::Restart => sim.push_restart(*t),
-                _ => sim.push(*t, event(i, n)),
+                Inj::Restart => sim.push_restart(t0 + t),
+                _ => sim.push(t0 + t, event(i, n)),
             }
         }
         sim.run_to_end();
