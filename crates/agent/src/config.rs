@@ -58,6 +58,8 @@ struct RawConfig {
     actions: Vec<RawAction>,
     #[serde(default, rename = "check")]
     checks: Vec<RawCheck>,
+    #[serde(default, rename = "precheck")]
+    prechecks: Vec<RawCheck>,
     #[serde(default)]
     drain: RawDrain,
 }
@@ -95,6 +97,9 @@ struct RawCheck {
     argv: Option<Vec<String>>,
     url: Option<String>,
     address: Option<String>,
+    /// `disk`: the file system holding this path, and the space it must have free.
+    path: Option<PathBuf>,
+    min_free: Option<String>,
     #[serde(default = "default_check_timeout")]
     timeout: Dur,
 }
@@ -105,6 +110,7 @@ enum CheckKindName {
     Command,
     Http,
     Tcp,
+    Disk,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +203,11 @@ pub enum CheckKind {
     Command(Argv),
     Http(String),
     Tcp(String),
+    /// At least `min_free` bytes free (for an unprivileged user) on the file system of `path`.
+    Disk {
+        path: PathBuf,
+        min_free: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +232,8 @@ pub struct Config {
     pub check_interval_ms: u64,
     pub actions: Vec<Action>,
     pub checks: Vec<Check>,
+    /// Run before the node is drained; a failure leaves it untouched.
+    pub prechecks: Vec<Check>,
     pub services: Vec<String>,
     pub stop_command: Argv,
     pub kill_command: Argv,
@@ -383,32 +396,12 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             reboot: a.reboot,
         });
     }
-    let mut checks = Vec::new();
-    for (i, c) in raw.checks.into_iter().enumerate() {
-        let p = || root().key("check").idx(i);
-        let kind = match (c.kind, c.argv, c.url, c.address) {
-            (CheckKindName::Command, Some(argv), None, None) => {
-                check_argv(p().key("argv"), &argv, &["node", "state_dir"])?;
-                CheckKind::Command(argv)
-            }
-            (CheckKindName::Http, None, Some(url), None) if url.starts_with("http://") => {
-                CheckKind::Http(url)
-            }
-            (CheckKindName::Tcp, None, None, Some(addr)) => CheckKind::Tcp(addr),
-            (k, ..) => {
-                let need = match k {
-                    CheckKindName::Command => "argv = [...]",
-                    CheckKindName::Http => "url = \"http://127.0.0.1:8080/health\"",
-                    CheckKindName::Tcp => "address = \"127.0.0.1:5432\"",
-                };
-                return Err(err(
-                    p().key("kind"),
-                    format!("check {} needs exactly {need}", c.name),
-                    "give the one key its kind needs",
-                ));
-            }
-        };
-        checks.push(Check { name: c.name, kind, timeout_ms: c.timeout.ms() });
+    let mut checks = build_checks(raw.checks, "check", &err, &check_argv)?;
+    let mut prechecks = build_checks(raw.prechecks, "precheck", &err, &check_argv)?;
+    for c in checks.iter_mut().chain(prechecks.iter_mut()) {
+        if let CheckKind::Disk { path, .. } = &mut c.kind {
+            *path = abs(path);
+        }
     }
     let d = raw.drain;
     for (key, argv) in [
@@ -467,6 +460,7 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
         check_interval_ms: raw.check_interval.ms().max(100),
         actions,
         checks,
+        prechecks,
         services: d.services,
         stop_command: d.stop_command,
         kill_command: d.kill_command,
@@ -474,6 +468,106 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
         drain_hooks: d.drain_hooks,
         restore_hooks: d.restore_hooks,
     })
+}
+
+/// Checks an argv's placeholders against those allowed where it is.
+type ArgvCheck<'a> = dyn Fn(DocPath, &[String], &[&str]) -> Result<(), Diagnostic> + 'a;
+
+/// The `[[check]]` or `[[precheck]]` tables (`key`), each with exactly the keys its kind needs.
+fn build_checks(
+    raw: Vec<RawCheck>,
+    key: &str,
+    err: &dyn Fn(DocPath, String, &str) -> Diagnostic,
+    check_argv: &ArgvCheck<'_>,
+) -> Result<Vec<Check>, Diagnostic> {
+    let mut checks = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let p = || DocPath::root().key(key).idx(i);
+        let kind = match (c.kind, c.argv, c.url, c.address, c.path, c.min_free) {
+            (CheckKindName::Command, Some(argv), None, None, None, None) => {
+                check_argv(p().key("argv"), &argv, &["node", "state_dir"])?;
+                CheckKind::Command(argv)
+            }
+            (CheckKindName::Http, None, Some(url), None, None, None) if url.starts_with("http://") => {
+                CheckKind::Http(url)
+            }
+            (CheckKindName::Tcp, None, None, Some(addr), None, None) => CheckKind::Tcp(addr),
+            (CheckKindName::Disk, None, None, None, Some(path), Some(min_free)) => {
+                let min_free = parse_size(&min_free).map_err(|e| {
+                    err(
+                        p().key("min_free"),
+                        format!("{key} {}: {e}", c.name),
+                        "write a size such as \"10GB\", \"512MiB\" or a number of bytes",
+                    )
+                })?;
+                CheckKind::Disk { path, min_free }
+            }
+            (k, ..) => {
+                let need = match k {
+                    CheckKindName::Command => "argv = [...]",
+                    CheckKindName::Http => "url = \"http://127.0.0.1:8080/health\"",
+                    CheckKindName::Tcp => "address = \"127.0.0.1:5432\"",
+                    CheckKindName::Disk => "path = \"/var\" and min_free = \"10GB\"",
+                };
+                return Err(err(
+                    p().key("kind"),
+                    format!("{key} {} needs exactly {need}", c.name),
+                    "give the keys its kind needs, and no others",
+                ));
+            }
+        };
+        checks.push(Check { name: c.name, kind, timeout_ms: c.timeout.ms() });
+    }
+    Ok(checks)
+}
+
+/// A size like "10GB" (powers of 1000), "512MiB" (powers of 1024), "1.5TB" or "4096" bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let bad = || format!("`{s}` is not a size");
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return Err(bad());
+    }
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a size: unknown unit `{unit}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Bytes for people: "1.2 GB".
+pub fn show_size(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Fills placeholders in an argv. Values were checked (versions by [`valid_version`]).

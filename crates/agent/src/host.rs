@@ -111,6 +111,23 @@ impl System {
             o.ok
         };
         match req.kind {
+            StepKind::Precheck => {
+                // Nothing is touched: the checks only look.
+                let results = self.run_checks(&self.cfg.prechecks).await;
+                for r in &results {
+                    output.push_str(&format!(
+                        "{} {}: {}\n",
+                        if r.ok { "ok" } else { "FAILED" },
+                        r.name,
+                        r.detail
+                    ));
+                }
+                let bad: Vec<String> =
+                    results.iter().filter(|r| !r.ok).map(|r| format!("{}: {}", r.name, r.detail)).collect();
+                if !bad.is_empty() {
+                    failure = Some(bad.join("; "));
+                }
+            }
             StepKind::Drain => {
                 if !self.cfg.drain_hooks.is_empty() {
                     let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
@@ -226,11 +243,11 @@ impl System {
         out
     }
 
-    async fn run_checks(&self) -> Vec<CheckResult> {
-        let mut results = Vec::with_capacity(self.cfg.checks.len());
+    async fn run_checks(&self, checks: &[config::Check]) -> Vec<CheckResult> {
+        let mut results = Vec::with_capacity(checks.len());
         let vars = self.vars();
         let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        for c in &self.cfg.checks {
+        for c in checks {
             let t = Duration::from_millis(c.timeout_ms);
             let (ok, detail) = match &c.kind {
                 CheckKind::Command(argv) => {
@@ -242,6 +259,21 @@ impl System {
                     Ok(Ok(r)) => (false, r.status().to_string()),
                     Ok(Err(e)) => (false, e.to_string()),
                     Err(_) => (false, "timed out".into()),
+                },
+                CheckKind::Disk { path, min_free } => match free_bytes(path) {
+                    Ok(free) if free >= *min_free => {
+                        (true, format!("{} free on {}", config::show_size(free), path.display()))
+                    }
+                    Ok(free) => (
+                        false,
+                        format!(
+                            "{} free on {}, {} needed",
+                            config::show_size(free),
+                            path.display(),
+                            config::show_size(*min_free)
+                        ),
+                    ),
+                    Err(e) => (false, format!("cannot read the free space of {}: {e}", path.display())),
                 },
                 CheckKind::Tcp(addr) => {
                     match tokio::time::timeout(t, tokio::net::TcpStream::connect(addr)).await {
@@ -289,9 +321,22 @@ impl Host for System {
         !self.cfg.checks.is_empty()
     }
     fn check(&self) -> BoxFuture<'_, Vec<CheckResult>> {
-        Box::pin(self.run_checks())
+        Box::pin(self.run_checks(&self.cfg.checks))
     }
     fn reboot(&self) -> BoxFuture<'_, Reboot> {
         Box::pin(self.do_reboot())
     }
+}
+
+/// Bytes free for an unprivileged user on the file system holding `path` (statvfs).
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs for the call's duration.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -131,3 +131,20 @@ fn the_sample_config_in_dist_loads() {
     assert_eq!(cfg.checks.len(), 3);
     assert_eq!(cfg.services, ["myapp"]);
 }
+
+/// Issue 12: a precheck of an unknown kind, or whose `min_free` is not a size, stops the agent
+/// at start with the place and the fix.
+#[test]
+fn bad_prechecks() {
+    let d = dir("precheck");
+    pki(&d);
+    let disk = |min_free: &str| {
+        format!("{GOOD}[[precheck]]\nname = \"var\"\nkind = \"disk\"\npath = \"/var\"\nmin_free = \"{min_free}\"\n")
+    };
+    expect(&d, &disk("ten gigs"), "agent.toml:17:12", &["precheck var: `ten gigs` is not a size", "10GB"]);
+    expect(&d, &disk("10GX"), "agent.toml:17:12", &["unknown unit `GX`"]);
+    let unknown = format!("{GOOD}[[precheck]]\nname = \"var\"\nkind = \"smart\"\n");
+    expect(&d, &unknown, "agent.toml:15:8", &["unknown variant `smart`"]);
+    let partial = format!("{GOOD}[[precheck]]\nname = \"var\"\nkind = \"disk\"\npath = \"/var\"\n");
+    expect(&d, &partial, "agent.toml:15:8", &["precheck var needs exactly path = \"/var\" and min_free"]);
+}

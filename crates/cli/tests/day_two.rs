@@ -60,8 +60,9 @@ async fn a_campaign_run_again_under_its_name_runs_every_step_again() {
     let end = serve.wait(again.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     assert_eq!(end.updated, 2);
     assert_eq!(versions(&f).await, vec![Some("1.1".into()), Some("1.1".into())]);
-    // Drain, update and restore: forward, back, and forward again, on each node, each once.
-    assert_eq!(steps_ran_once(&f).await, 18);
+    // Drain, update and restore: forward, back, and forward again, on each node, each once;
+    // and a precheck before each forward pass.
+    assert_eq!(steps_ran_once(&f).await, 22);
     budgets_kept(&f, &toml, &serve.events(again.id).await);
     // Only the latest campaign can go back: the first one's nodes were moved on since.
     let (code, text) =
@@ -166,9 +167,18 @@ async fn a_campaign_created_after_an_abort_starts_only_once_the_aborted_nodes_ar
         .expect("the aborted campaign restored its node");
     let created_at = serve.events(second.id).await[0].at_ms;
     assert!(created_at >= restored_at, "created at {created_at}, aborted node restored at {restored_at}");
-    // The aborted campaign's nodes ran their three steps once; the new campaign's, all three
-    // nodes (the fleet file still says 1.0), three new steps each.
-    assert_eq!(steps_ran_once(&f).await, 3 * first_end.updated + 3 * 3);
+    // The aborted campaign's nodes ran their three steps once (and their prechecks, also one
+    // that answered after the abort); the new campaign's, all three nodes (the fleet file still
+    // says 1.0), a precheck and three new steps each.
+    let prechecked = serve
+        .events(first.id)
+        .await
+        .iter()
+        .filter(|e| {
+            matches!(decoded(e), Event::StepOk { step, .. } | Event::StepFailed { step, .. } if step.ends_with("/precheck"))
+        })
+        .count();
+    assert_eq!(steps_ran_once(&f).await, 3 * first_end.updated + prechecked + 4 * 3);
     drop(serve);
     f.stop().await;
 }
@@ -295,7 +305,8 @@ async fn a_full_disk_under_the_journal_loses_no_report() {
     let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/resume", v.id), None).await.unwrap();
     let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     assert_eq!(end.updated, 2, "{end:#?}");
-    assert_eq!(steps_ran_once(&f).await, 6);
+    // A precheck, drain, update and restore on each node, each once.
+    assert_eq!(steps_ran_once(&f).await, 8);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
     drop(serve);
     drop(disk);
@@ -798,4 +809,85 @@ async fn nodes_start_only_inside_the_maintenance_window() {
     budgets_kept(&f, &toml, &events);
     drop(serve);
     f.stop().await;
+}
+
+/// Issue 12, prechecks: a node whose disk check fails (a real 4 MB tmpfs, 10 MB wanted) is never
+/// drained, and ends as `on_precheck_fail` says: Skipped, Failed, or Failed with the campaign
+/// halted. The other nodes' prechecks pass and they are updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_precheck_fails_is_never_drained() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let o = LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("precheck"), &o).unwrap();
+    let small = Tmpfs::mount(f.dir.join("small"), "4m");
+    for (i, n) in f.nodes.iter().enumerate() {
+        let (path, need) = if i == 1 { (small.0.clone(), "10MB") } else { (f.dir.clone(), "1KB") };
+        let cfg = n.dir.join("agent.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[[precheck]]\nname = \"var-space\"\nkind = \"disk\"\npath = \"{}\"\nmin_free = \"{need}\"\n",
+            path.display()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+    }
+    start_and_wait(&mut f, o.reboot_ms).await;
+    let serve = Serve::start(&f, port()).await;
+
+    let node2_drained = |events: &[JournalEntry]| {
+        events.iter().any(|e| {
+            matches!(decoded(e), Event::StepOk { ref node, ref step, .. } | Event::StepFailed { ref node, ref step, .. }
+                if node == "node2" && step.ends_with("/drain"))
+        })
+    };
+    // skip: the others are updated, node2 is skipped with the reason, untouched.
+    let toml = quick("on_precheck_fail = \"skip\"\n");
+    let v = serve.create_and_start(toml.clone()).await;
+    let v = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!((v.updated, v.skipped, v.failed), (2, 1, 0), "{v:#?}");
+    let n2 = &v.nodes[1];
+    assert_eq!(n2.state, "skipped");
+    let why = n2.reason.as_deref().unwrap_or_default();
+    assert!(why.contains("precheck failed") && why.contains("10.0 MB needed"), "{why}");
+    assert!(!n2.out_of_service);
+    let events = serve.events(v.id).await;
+    assert!(!node2_drained(&events));
+    budgets_kept(&f, &toml, &events);
+    assert_eq!(versions(&f).await, vec![Some("1.1".into()), Some("1.0".into()), Some("1.1".into())]);
+    // The report has what the check saw.
+    let report: serde_json::Value = serve
+        .http
+        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = report.to_string();
+    assert!(text.contains("FAILED var-space") && text.contains("10.0 MB needed"), "{text}");
+
+    // fail: node2 is Failed (counted), still in service.
+    let toml = quick("on_precheck_fail = \"fail\"\nmax_failed_nodes = 1\nnodes = [\"node2\"]\n")
+        .replace("max_failed_nodes = 0\n", "");
+    let v = serve.create_and_start(toml).await;
+    let v = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!((v.updated, v.failed), (0, 1), "{v:#?}");
+    assert!(!v.nodes[1].out_of_service);
+    assert!(!node2_drained(&serve.events(v.id).await));
+
+    // halt: the campaign halts at once, whatever max_failed_nodes allows.
+    let toml = quick("on_precheck_fail = \"halt\"\nmax_failed_nodes = 5\nnodes = [\"node2\"]\n")
+        .replace("max_failed_nodes = 0\n", "");
+    let v = serve.create_and_start(toml).await;
+    let v = serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Halted && v.active == 0).await;
+    assert_eq!(v.nodes[1].state, "failed", "{v:#?}");
+    assert!(!node2_drained(&serve.events(v.id).await));
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/abort", v.id), None).await.unwrap();
+    assert_eq!(versions(&f).await[1].as_deref(), Some("1.0"));
+    drop(serve);
+    f.stop().await;
+    drop(small);
 }

@@ -45,8 +45,8 @@ async fn a_campaign_across_five_agents_completes() {
         assert_eq!(s.version.as_deref(), Some("1.1"), "{} reports {:?}", n.name, s.version);
     }
     assert_eq!(f.reboots.load(Ordering::SeqCst), 5);
-    // Drain, update and restore on each node, each once.
-    assert_eq!(steps_ran_once(&f).await, 15);
+    // Precheck, drain, update and restore on each node, each once.
+    assert_eq!(steps_ran_once(&f).await, 20);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
     metrics_parse(&serve).await;
     // Commit raises the functional level: the orchestrator holds the fleet at 1.1 from now on,
@@ -612,6 +612,7 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/events",
             "/v1/campaigns/{id}/report",
             "/v1/campaigns/{id}/{action}",
+            "/v1/clock",
             "/v1/stream"
         ]
     );
@@ -666,7 +667,12 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
     assert_eq!(r.nodes.len(), 5);
     for n in &r.nodes {
         let steps: Vec<&str> = n.steps.iter().map(|s| s.step.as_str()).collect();
-        assert_eq!(steps, ["draining", "updating", "rebooting", "verifying", "restoring"], "{}", n.name);
+        assert_eq!(
+            steps,
+            ["prechecking", "draining", "updating", "rebooting", "verifying", "restoring"],
+            "{}",
+            n.name
+        );
         assert!(n.steps.iter().all(|s| s.outcome == "ok" && s.ended_ms.is_some()), "{n:?}");
         assert_eq!((n.version_before.as_deref(), n.version_after.as_deref()), (Some("1.0"), Some("1.1")));
         assert!(n.steps[1].output_tail.as_deref().unwrap_or("").contains("installed 1.1"), "{n:?}");

@@ -84,6 +84,13 @@ pub enum NodeState {
         #[serde(default)]
         out_of_service: bool,
     },
+    /// The node's prechecks run before anything is touched: it is still in service, and its
+    /// place (max_parallel, its services' allowances) is held for it.
+    /// `attempt` counts the node's prechecks in this campaign: one that waited again (the
+    /// campaign paused meanwhile) is prechecked afresh under a new step id.
+    Prechecking {
+        attempt: u32,
+    },
     /// Being taken out of service; the workload moves are kept so that a resent drain is the
     /// same drain.
     Draining {
@@ -118,6 +125,7 @@ impl NodeState {
         match self {
             NodeState::NotTargeted => "not-targeted",
             NodeState::Pending { .. } => "pending",
+            NodeState::Prechecking { .. } => "prechecking",
             NodeState::Draining { .. } => "draining",
             NodeState::Updating { .. } => "updating",
             NodeState::Rebooting { .. } => "rebooting",
@@ -132,7 +140,8 @@ impl NodeState {
     pub fn is_active(&self) -> bool {
         matches!(
             self,
-            NodeState::Draining { .. }
+            NodeState::Prechecking { .. }
+                | NodeState::Draining { .. }
                 | NodeState::Updating { .. }
                 | NodeState::Rebooting { .. }
                 | NodeState::Verifying { .. }
@@ -150,7 +159,7 @@ impl NodeState {
     }
     /// Out of service because of the campaign.
     pub fn is_out(&self) -> bool {
-        self.is_active()
+        (self.is_active() && !matches!(self, NodeState::Prechecking { .. }))
             || self.back().map(|b| *b != Back::In).unwrap_or(false)
             || matches!(self, NodeState::Pending { out_of_service: true })
     }
@@ -178,6 +187,9 @@ pub struct NodeRun {
     /// counts as down until this campaign restores it.
     #[serde(default)]
     pub left_out: bool,
+    /// Prechecks sent to the node in this campaign (each under its own step id).
+    #[serde(default)]
+    pub prechecks: u32,
 }
 
 /// The plan as journaled in the campaign's first event, by node name, so that a campaign
@@ -195,6 +207,10 @@ pub struct PlanRecord {
     /// `continuous`: the order nodes start in (absent: the waves' order, as before it existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub start: Vec<String>,
+    /// Whether each node's prechecks run before it is drained (absent: a campaign journaled
+    /// before prechecks existed, which must replay as it ran).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prechecks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +317,8 @@ pub struct WorkloadMove {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "command")]
 pub enum Command {
+    /// Run the node's prechecks; the node is not touched.
+    Precheck { node: String, step: String },
     /// Take the node out of service: out of the load balancer, workloads moved, local services
     /// stopped with `stop_grace` then forced.
     Drain { node: String, step: String, stop_grace: Millis, moves: Vec<WorkloadMove> },
@@ -345,6 +363,9 @@ pub struct Campaign {
     /// Replayed from a schema-1 journal: an update reported without a version meant "at the
     /// target" then, and must mean it again for the journal to replay as it ran.
     legacy: bool,
+    /// Nodes are prechecked before they are drained (on the forward pass): every campaign
+    /// created now; not one journaled before prechecks existed.
+    prechecks: bool,
     pub spec: CampaignSpec,
     pub fleet: Arc<Fleet>,
     pub plan: Plan,
@@ -405,7 +426,17 @@ impl Campaign {
         left_out: &[NodeId],
     ) -> Result<Campaign, Infeasible> {
         let plan = plan(&fleet, &spec)?;
-        Ok(Campaign::from_plan(id.into(), fleet, spec, plan, left_out))
+        let mut c = Campaign::from_plan(id.into(), fleet, spec, plan, left_out);
+        c.prechecks = true;
+        Ok(c)
+    }
+
+    /// Whether nodes are prechecked before they are drained (on by default). A campaign without
+    /// them drains a node as soon as it starts, as campaigns journaled before prechecks did;
+    /// the choice is journaled with the plan, so a replay makes the same one.
+    pub fn with_prechecks(mut self, on: bool) -> Campaign {
+        self.prechecks = on;
+        self
     }
 
     /// The event that opens the campaign's journal: its id and plan.
@@ -429,6 +460,7 @@ impl Campaign {
                     .map(|n| name(&n))
                     .collect(),
                 start: self.plan.start.iter().map(name).collect(),
+                prechecks: self.prechecks,
             },
         }
     }
@@ -480,7 +512,9 @@ impl Campaign {
             max_parallel: rec.max_parallel,
             start,
         };
-        Ok((Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out), 1))
+        let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
+        c.prechecks = rec.prechecks;
+        Ok((c, 1))
     }
 
     /// The campaign's unique id.
@@ -510,6 +544,7 @@ impl Campaign {
                 started_at: None,
                 finished_at: None,
                 left_out: false,
+                prechecks: 0,
             })
             .collect();
         for &n in left_out {
@@ -580,6 +615,7 @@ impl Campaign {
         Campaign {
             id,
             legacy: false,
+            prechecks: false,
             max_parallel: plan.max_parallel as u32,
             level: fleet.functional_level.clone(),
             placement: Placement::initial(&fleet),
@@ -694,6 +730,9 @@ impl Campaign {
             let n = i as NodeId;
             let node = self.fleet.node_name(n).to_string();
             match &r.state {
+                NodeState::Prechecking { attempt } => {
+                    out.push(Command::Precheck { node, step: self.step_id(n, *attempt, "precheck") })
+                }
                 NodeState::Draining { moves } => out.push(Command::Drain {
                     node,
                     step: self.step_id(n, 0, "drain"),
@@ -740,9 +779,10 @@ impl Campaign {
         format!("{}/{}/{pass}{attempt}/{step}", self.id, self.fleet.node_name(n))
     }
 
+    /// Counted against its services' allowances: down, or held a place while its prechecks run.
     fn is_down(&self, n: NodeId) -> bool {
         let r = &self.nodes[n as usize];
-        r.observed_down || r.left_out || r.state.is_out()
+        r.observed_down || r.left_out || r.state.is_out() || matches!(r.state, NodeState::Prechecking { .. })
     }
 
     /// The one place node state changes, so that the down counts stay right.
@@ -796,9 +836,10 @@ impl Campaign {
     fn deadline_of(&self, n: NodeId, st: &NodeState, unreachable_since: Option<Millis>) -> Option<Millis> {
         let stable = self.spec.health_stable;
         match st {
-            NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring => {
-                unreachable_since.map(|t| t + self.spec.reboot_timeout)
-            }
+            NodeState::Prechecking { .. }
+            | NodeState::Draining { .. }
+            | NodeState::Updating { .. }
+            | NodeState::Restoring => unreachable_since.map(|t| t + self.spec.reboot_timeout),
             NodeState::Rebooting { deadline, .. } => Some(*deadline),
             NodeState::Verifying { since, healthy_since } => {
                 let ready = since + self.spec.ready_timeout;
@@ -965,6 +1006,9 @@ impl Campaign {
                 let n = self.node(&node)?;
                 let state = self.nodes[n as usize].state.clone();
                 match state {
+                    NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
+                        self.prechecked(n, now, out);
+                    }
                     NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
                         self.send_update(n, 0, out);
                     }
@@ -1021,6 +1065,9 @@ impl Campaign {
                 let n = self.node(&node)?;
                 let state = self.nodes[n as usize].state.clone();
                 match state {
+                    NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
+                        self.precheck_failed(n, now, format!("precheck failed: {reason}"), out);
+                    }
                     NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
                         let back = Back::Checking { healthy_since: None };
                         self.fail(n, now, format!("drain failed: {reason}"), back, out);
@@ -1111,7 +1158,10 @@ impl Campaign {
                 // It matters only while the campaign waits on one of the node's steps.
                 let waiting = matches!(
                     self.nodes[n as usize].state,
-                    NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring
+                    NodeState::Prechecking { .. }
+                        | NodeState::Draining { .. }
+                        | NodeState::Updating { .. }
+                        | NodeState::Restoring
                 );
                 if waiting && self.nodes[n as usize].unreachable_since.is_none() {
                     self.set_unreachable(n, Some(now));
@@ -1353,6 +1403,14 @@ impl Campaign {
             let lost_for =
                 self.nodes[n as usize].unreachable_since.filter(|t| now >= t + self.spec.reboot_timeout);
             match state {
+                NodeState::Prechecking { .. } if lost_for.is_some() => {
+                    let why = format!(
+                        "precheck failed: agent unreachable for reboot_timeout {}",
+                        format_duration(self.spec.reboot_timeout)
+                    );
+                    self.set_unreachable(n, None);
+                    self.precheck_failed(n, now, why, out);
+                }
                 NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring
                     if lost_for.is_some() =>
                 {
@@ -1506,35 +1564,132 @@ impl Campaign {
             self.candidates.remove(&r);
             let moves = match self.may_start(n) {
                 Ok(moves) => moves,
-                Err(Blocked::Down) => continue, // back when it is seen up
-                Err(Blocked::Service(s)) => {
-                    self.waiters[s as usize].push(r);
-                    continue;
-                }
-                Err(Blocked::Capacity) => {
-                    self.cap_waiters.push(r);
+                Err(b) => {
+                    self.wait_on(r, b);
                     continue;
                 }
             };
             self.pending.remove(&r);
-            self.placement.apply(&self.fleet, &moves);
-            let moves: Vec<WorkloadMove> = moves
-                .into_iter()
-                .map(|(w, to)| WorkloadMove {
-                    workload: self.fleet.workloads[w as usize].name.clone(),
-                    to: self.fleet.node_name(to).to_string(),
-                    live: self.fleet.workloads[w as usize].movable == Movable::Live,
-                })
-                .collect();
-            self.set_state(n, NodeState::Draining { moves: moves.clone() });
-            self.nodes[n as usize].started_at = Some(now);
-            self.touch(n);
-            out.push(Command::Drain {
-                node: self.fleet.node_name(n).to_string(),
-                step: self.step_id(n, 0, "drain"),
-                stop_grace: self.spec.stop_grace,
-                moves,
-            });
+            if self.pass == Pass::Forward && self.prechecks {
+                // Its place is held (it counts as down and active) while its prechecks run;
+                // the workload moves are found again when it is drained.
+                let attempt = self.nodes[n as usize].prechecks;
+                self.nodes[n as usize].prechecks += 1;
+                self.set_state(n, NodeState::Prechecking { attempt });
+                out.push(Command::Precheck {
+                    node: self.fleet.node_name(n).to_string(),
+                    step: self.step_id(n, attempt, "precheck"),
+                });
+            } else {
+                self.drain(n, now, moves, out);
+            }
+        }
+    }
+
+    /// A pending node that cannot start waits on what blocks it.
+    fn wait_on(&mut self, r: u32, b: Blocked) {
+        match b {
+            Blocked::Down => {} // back when it is seen up
+            Blocked::Service(s) => self.waiters[s as usize].push(r),
+            Blocked::Capacity => self.cap_waiters.push(r),
+        }
+    }
+
+    /// Whether a node may start now, as far as the campaign goes (not the node's own rules).
+    fn starts_allowed(&self, now: Millis) -> bool {
+        matches!(self.phase, Phase::Running | Phase::RollingBack)
+            && self.window_open
+            && self.closed_gates.is_empty()
+            && !self.failure_threshold_passed()
+            && !(self.barriers() && now < self.group_open_at)
+            && self.spec.windows.as_ref().is_none_or(|w| w.contains(now))
+    }
+
+    /// Takes node `n` out of service, moving its workloads.
+    fn drain(&mut self, n: NodeId, now: Millis, moves: Vec<(u32, NodeId)>, out: &mut Vec<Command>) {
+        self.placement.apply(&self.fleet, &moves);
+        let moves: Vec<WorkloadMove> = moves
+            .into_iter()
+            .map(|(w, to)| WorkloadMove {
+                workload: self.fleet.workloads[w as usize].name.clone(),
+                to: self.fleet.node_name(to).to_string(),
+                live: self.fleet.workloads[w as usize].movable == Movable::Live,
+            })
+            .collect();
+        self.set_state(n, NodeState::Draining { moves: moves.clone() });
+        self.nodes[n as usize].started_at = Some(now);
+        self.touch(n);
+        out.push(Command::Drain {
+            node: self.fleet.node_name(n).to_string(),
+            step: self.step_id(n, 0, "drain"),
+            stop_grace: self.spec.stop_grace,
+            moves,
+        });
+    }
+
+    /// Back to waiting, untouched.
+    fn repend(&mut self, n: NodeId) {
+        let r = self.rank[n as usize];
+        self.set_state(n, NodeState::Pending { out_of_service: false });
+        self.pending.insert(r);
+        self.candidates.insert(r);
+    }
+
+    /// The node's prechecks passed: it is drained if the campaign still lets nodes start (else
+    /// it waits again, untouched, or is skipped after an abort or a rollback).
+    fn prechecked(&mut self, n: NodeId, now: Millis, out: &mut Vec<Command>) {
+        if let Some(why) = self.stopped_starting() {
+            self.skip_node(n, now, why);
+            return;
+        }
+        if !self.starts_allowed(now) {
+            self.repend(n);
+            return;
+        }
+        match self.may_start(n) {
+            Ok(moves) => self.drain(n, now, moves, out),
+            Err(b) => {
+                let r = self.rank[n as usize];
+                self.repend(n);
+                self.candidates.remove(&r);
+                self.wait_on(r, b);
+            }
+        }
+    }
+
+    /// Why a node whose prechecks were running will never start in this pass, if so.
+    fn stopped_starting(&self) -> Option<String> {
+        match self.phase {
+            Phase::Aborted => Some("campaign aborted before the node was drained".into()),
+            _ if self.pass == Pass::Back => Some("campaign rolled back before the node was drained".into()),
+            _ => None,
+        }
+    }
+
+    fn skip_node(&mut self, n: NodeId, now: Millis, reason: String) {
+        self.set_state(n, NodeState::Skipped { reason });
+        self.nodes[n as usize].finished_at = Some(now);
+        self.touch(n);
+        self.settle_group(n);
+    }
+
+    /// The node's prechecks failed: it was never touched and stays in service; the campaign's
+    /// `on_precheck_fail` decides.
+    fn precheck_failed(&mut self, n: NodeId, now: Millis, why: String, out: &mut Vec<Command>) {
+        if let Some(stopped) = self.stopped_starting() {
+            self.skip_node(n, now, format!("{why} ({stopped})"));
+            return;
+        }
+        match self.spec.on_precheck_fail {
+            OnPrecheckFail::Skip => self.skip_node(n, now, why),
+            OnPrecheckFail::Fail => self.fail(n, now, why, Back::In, out),
+            OnPrecheckFail::Halt => {
+                self.fail(n, now, why, Back::In, out);
+                if matches!(self.phase, Phase::Running) {
+                    // Halted whatever the failure threshold: resuming accepts this failure.
+                    self.set_phase(Phase::Halted, None, out);
+                }
+            }
         }
     }
 }

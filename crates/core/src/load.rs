@@ -126,6 +126,8 @@ struct RawCampaign {
     ready_timeout: Dur,
     #[serde(default = "halt")]
     on_ready_timeout: OnReadyTimeout,
+    #[serde(default = "skip")]
+    on_precheck_fail: OnPrecheckFail,
     #[serde(default = "d5m")]
     stop_grace: Dur,
     #[serde(default)]
@@ -174,6 +176,9 @@ fn d15m() -> Dur {
 }
 fn d5m() -> Dur {
     Dur(5 * MINUTE)
+}
+fn skip() -> OnPrecheckFail {
+    OnPrecheckFail::Skip
 }
 fn halt() -> OnReadyTimeout {
     OnReadyTimeout::Halt
@@ -664,6 +669,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         health_stable: raw.health_stable.ms(),
         ready_timeout: raw.ready_timeout.ms(),
         on_ready_timeout: raw.on_ready_timeout,
+        on_precheck_fail: raw.on_precheck_fail,
         stop_grace: raw.stop_grace.ms(),
         pause_between_waves: raw.pause_between_waves.ms(),
         nodes,

@@ -132,6 +132,18 @@ impl std::str::FromStr for Strategy {
     }
 }
 
+/// What a failed precheck does (`on_precheck_fail`): the node was not touched either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPrecheckFail {
+    /// The node is Skipped with the reason.
+    Skip,
+    /// The node is Failed (it counts toward `max_failed_nodes`).
+    Fail,
+    /// The node is Failed and the campaign halts.
+    Halt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnReadyTimeout {
@@ -154,6 +166,7 @@ pub struct CampaignSpec {
     pub health_stable: Millis,
     pub ready_timeout: Millis,
     pub on_ready_timeout: OnReadyTimeout,
+    pub on_precheck_fail: OnPrecheckFail,
     pub stop_grace: Millis,
     pub pause_between_waves: Millis,
     /// Only these nodes, when given.

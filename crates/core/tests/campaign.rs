@@ -36,7 +36,8 @@ fn campaign(extra: &str) -> Campaign {
          health_stable = \"1m\"\nready_timeout = \"5m\"\n{extra}"
     );
     let spec = load_campaign("c.toml", &text, &fleet).unwrap();
-    Campaign::new("c1", Arc::new(fleet), spec).unwrap()
+    // Nodes are drained as they start: prechecks have tests of their own.
+    Campaign::new("c1", Arc::new(fleet), spec).unwrap().with_prechecks(false)
 }
 
 fn by() -> String {
@@ -363,12 +364,12 @@ fn step_ids_come_from_the_campaign_id_not_its_name() {
     let first = Campaign::new("7f3a", fleet.clone(), spec.clone()).unwrap();
     let again = Campaign::new("91bc", fleet.clone(), spec).unwrap();
     let step = |c: &mut Campaign| match &c.handle(0, Event::Start { by: by() }).unwrap()[1] {
-        Command::Drain { step, .. } => step.clone(),
-        other => panic!("expected a drain, got {other:?}"),
+        Command::Precheck { step, .. } => step.clone(),
+        other => panic!("expected a precheck, got {other:?}"),
     };
     let (a, b) = (step(&mut first.clone()), step(&mut again.clone()));
-    assert_eq!(a, "7f3a/a/0/drain");
-    assert_eq!(b, "91bc/a/0/drain");
+    assert_eq!(a, "7f3a/a/0/precheck");
+    assert_eq!(b, "91bc/a/0/precheck");
 }
 
 #[test]
@@ -442,7 +443,7 @@ fn nodes_left_out_by_an_earlier_campaign_count_as_down() {
     let fleet = Arc::new(load_fleet("f.toml", fleet3()).unwrap());
     let spec = campaign("").spec;
     let c_node = fleet.node_id("c").unwrap();
-    let mut c = Campaign::create("c1", fleet.clone(), spec.clone(), &[c_node]).unwrap();
+    let mut c = Campaign::create("c1", fleet.clone(), spec.clone(), &[c_node]).unwrap().with_prechecks(false);
     assert_eq!(c.down(0), 1);
     // web allows one down and c already is: only c may start (it adds nothing).
     let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
@@ -593,4 +594,112 @@ fn a_journaled_start_order_that_is_not_the_plan_is_refused() {
     let bad = Event::Planned { id, plan };
     let err = Campaign::begin(c.fleet.clone(), c.spec.clone(), Some(&bad)).unwrap_err();
     assert!(matches!(err, baton_core::campaign::ReplayError::BadStart), "{err:?}");
+}
+
+fn prechecks(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Precheck { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn precheck_failed(node: &str) -> Event {
+    Event::StepFailed {
+        node: node.into(),
+        step: format!("c1/{node}/0/precheck"),
+        reason: "var-space: 1.2 GB free on /var, 10.0 GB needed".into(),
+    }
+}
+
+/// A campaign with prechecks, as the orchestrator creates them.
+fn prechecked(extra: &str) -> Campaign {
+    campaign(extra).with_prechecks(true)
+}
+
+#[test]
+fn a_node_is_drained_only_after_its_prechecks_pass_and_holds_its_place_meanwhile() {
+    let mut c = prechecked("");
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    // web allows one down: a's precheck holds that place, so b and c wait.
+    assert_eq!((prechecks(&cmds), drains(&cmds)), (vec!["a".to_string()], vec![]));
+    assert_eq!(c.nodes[0].state, NodeState::Prechecking { attempt: 0 });
+    assert_eq!(c.down(0), 1);
+    assert!(!c.out_of_service(0), "a prechecking node is still in service");
+    let cmds = c.handle(S, ok("a", "c1/a/0/precheck")).unwrap();
+    assert_eq!(drains(&cmds), vec!["a"]);
+    // Replaying gives the same, prechecks included.
+    let mut journal = vec![(0, c.planned_event())];
+    journal.push((0, Event::Start { by: by() }));
+    journal.push((S, ok("a", "c1/a/0/precheck")));
+    assert_eq!(Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal).unwrap(), c);
+}
+
+#[test]
+fn a_failed_precheck_skips_fails_or_halts_and_never_drains() {
+    // skip: a is skipped, in service; b is prechecked next.
+    let mut c = prechecked("on_precheck_fail = \"skip\"");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    let cmds = c.handle(S, precheck_failed("a")).unwrap();
+    assert!(matches!(&c.nodes[0].state, NodeState::Skipped { reason } if reason.contains("10.0 GB needed")));
+    // Its place went to b, whose prechecks now run.
+    assert_eq!((&c.nodes[1].state, c.down(0)), (&NodeState::Prechecking { attempt: 0 }, 1));
+    assert_eq!((prechecks(&cmds), drains(&cmds)), (vec!["b".to_string()], vec![]));
+    assert_eq!(c.failed, 0);
+
+    // fail: a is Failed but in service; with max_failed_nodes = 1 the campaign goes on.
+    let mut c = prechecked("on_precheck_fail = \"fail\"\nmax_failed_nodes = 1");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    let cmds = c.handle(S, precheck_failed("a")).unwrap();
+    assert_eq!(c.nodes[0].state.name(), "failed");
+    assert_eq!(c.nodes[0].state.back(), Some(&Back::In));
+    assert_eq!((c.failed, c.phase), (1, Phase::Running));
+    assert_eq!(prechecks(&cmds), vec!["b"]);
+
+    // halt: a is Failed and the campaign halts at once, although failures are allowed.
+    let mut c = prechecked("on_precheck_fail = \"halt\"\nmax_failed_nodes = 5");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    let cmds = c.handle(S, precheck_failed("a")).unwrap();
+    assert_eq!((c.failed, c.phase), (1, Phase::Halted));
+    assert!(prechecks(&cmds).is_empty() && drains(&cmds).is_empty());
+    assert_eq!(c.nodes[0].state.back(), Some(&Back::In));
+    // Resuming accepts it and goes on with b.
+    let cmds = c.handle(2 * S, Event::Resume { by: by() }).unwrap();
+    assert_eq!(prechecks(&cmds), vec!["b"]);
+}
+
+#[test]
+fn a_precheck_that_passes_after_a_pause_or_an_abort_drains_nothing() {
+    // Paused meanwhile: a waits again, untouched, and is prechecked again after the resume.
+    let mut c = prechecked("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, Event::Pause { by: by() }).unwrap();
+    let cmds = c.handle(2 * S, ok("a", "c1/a/0/precheck")).unwrap();
+    assert!(drains(&cmds).is_empty());
+    assert_eq!(c.nodes[0].state, NodeState::Pending { out_of_service: false });
+    assert_eq!((c.down(0), c.active()), (0, 0));
+    let cmds = c.handle(3 * S, Event::Resume { by: by() }).unwrap();
+    // Afresh, under a new step id (an agent answers a step id it has seen with its record).
+    assert!(
+        matches!(&cmds[..], [.., Command::Precheck { step, .. }] if step == "c1/a/1/precheck"),
+        "{cmds:?}"
+    );
+    // Aborted meanwhile: a is skipped, and the campaign lets go of the fleet.
+    let mut c = prechecked("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, Event::Abort { by: by() }).unwrap();
+    assert!(c.holds_fleet());
+    let cmds = c.handle(2 * S, ok("a", "c1/a/0/precheck")).unwrap();
+    assert!(drains(&cmds).is_empty());
+    assert!(matches!(&c.nodes[0].state, NodeState::Skipped { reason } if reason.contains("aborted")));
+    assert!(!c.holds_fleet());
+    // An agent that does not answer a precheck for reboot_timeout: the precheck failed.
+    let mut c = prechecked("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, Event::Unreachable { node: "a".into() }).unwrap();
+    let due = c.next_deadline().unwrap();
+    assert_eq!(due, S + 10 * M);
+    c.handle(due, Event::Tick).unwrap();
+    assert!(matches!(&c.nodes[0].state, NodeState::Skipped { reason } if reason.contains("unreachable")));
 }

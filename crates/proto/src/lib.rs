@@ -62,6 +62,8 @@ pub struct ApiError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
+    /// The node's prechecks (free disk, prerequisites), before anything is touched.
+    Precheck,
     /// Out of service: drain hooks, local services stopped with `stop_grace` then forced.
     Drain,
     /// Run an allow-listed action.

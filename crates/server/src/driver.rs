@@ -52,7 +52,7 @@ impl Clock {
     }
 
     pub fn now(&self) -> Millis {
-        now_ms() + self.offset.load(std::sync::atomic::Ordering::Relaxed)
+        now_ms().saturating_add(self.offset.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn is_settable(&self) -> bool {
@@ -65,7 +65,8 @@ impl Clock {
         if !self.settable {
             return Err(FixedClock);
         }
-        self.offset.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.offset.fetch_update(Relaxed, Relaxed, |o| Some(o.saturating_add(by)));
         self.moved.send_modify(|n| *n += 1);
         Ok(self.now())
     }
@@ -1008,6 +1009,7 @@ impl Driver {
 
     fn dispatch(&mut self, cmd: Command) {
         match &cmd {
+            Command::Precheck { node, .. } => self.enter(node, "prechecking"),
             Command::Drain { node, .. } => self.enter(node, "draining"),
             Command::Update { node, .. } => self.enter(node, "updating"),
             Command::WatchBoot { node, .. } => self.enter(node, "rebooting"),
@@ -1025,6 +1027,9 @@ impl Driver {
         let rep = Reporter(self.inbox.clone());
         let client = self.client.clone();
         match cmd {
+            Command::Precheck { node, step } => {
+                self.step(node, StepRequest::new(step, StepKind::Precheck), rep)
+            }
             Command::Drain { node, step, stop_grace, moves } => {
                 let moves = moves
                     .into_iter()
@@ -1158,6 +1163,16 @@ async fn step_job(
             Err(ClientError::Refused(e)) if e.code == "journal" => {
                 reach.lost(&rep, &node, &e.message).await;
                 backoff.wait().await;
+            }
+            // An agent older than prechecks does not know the step: it has none to run.
+            Err(ClientError::Refused(e))
+                if req.kind == StepKind::Precheck && e.message.contains("unknown variant") =>
+            {
+                reach.ok(&rep, &node).await;
+                tracing::warn!(%node, "the agent does not know prechecks (an older baton): none run: {}", e.message);
+                rep.send(Event::StepOk { node, step: req.id, reboot: false, boot_id: None, version: None })
+                    .await;
+                return;
             }
             Err(ClientError::Refused(e)) => {
                 reach.ok(&rep, &node).await;

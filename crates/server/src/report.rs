@@ -12,6 +12,7 @@ use std::collections::HashMap;
 fn key(st: &NodeState) -> String {
     match st {
         NodeState::Updating { attempt } => format!("updating#{attempt}"),
+        NodeState::Prechecking { attempt } => format!("prechecking#{attempt}"),
         s => s.name().to_string(),
     }
 }
@@ -74,11 +75,14 @@ impl Builder {
                 if let NodeState::Failed { reason, .. } = st {
                     open.outcome = "failed".into();
                     open.detail = Some(reason.clone());
+                } else if let (NodeState::Skipped { reason }, "prechecking") = (st, open.step.as_str()) {
+                    open.outcome = "failed".into();
+                    open.detail = Some(reason.clone());
                 } else {
                     open.outcome = "ok".into();
                 }
                 if open.output_tail.is_none()
-                    && matches!(open.step.as_str(), "draining" | "updating" | "restoring")
+                    && matches!(open.step.as_str(), "prechecking" | "draining" | "updating" | "restoring")
                 {
                     open.output_tail = tail.clone().filter(|t| !t.is_empty());
                 }
@@ -120,7 +124,10 @@ impl Builder {
                 NodeState::Skipped { reason } => {
                     skipped += 1;
                     r.failure = None;
-                    r.steps.clear();
+                    // A node skipped after its prechecks failed keeps them: they say why.
+                    if !r.steps.iter().any(|s| s.step == "prechecking") {
+                        r.steps.clear();
+                    }
                     r.state = format!("skipped: {reason}");
                 }
                 _ => {}

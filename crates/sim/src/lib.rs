@@ -26,6 +26,8 @@ pub struct SimOptions {
     pub stuck_reboot_rate: f64,
     /// Chance that a node never becomes healthy after its update.
     pub unhealthy_rate: f64,
+    /// Chance that a node's prechecks fail (it is never touched).
+    pub precheck_fail_rate: f64,
     /// Stop after this many events (a guard; a campaign never needs that many).
     pub max_events: usize,
     /// When the campaign starts, in ms since the Unix epoch: maintenance windows are wall-clock
@@ -41,6 +43,7 @@ impl Default for SimOptions {
             fail_rate: 0.0,
             stuck_reboot_rate: 0.0,
             unhealthy_rate: 0.0,
+            precheck_fail_rate: 0.0,
             max_events: 50_000_000,
             start: 0,
         }
@@ -101,6 +104,7 @@ const SALT_FAIL: u64 = 2;
 const SALT_STUCK: u64 = 3;
 const SALT_UNHEALTHY: u64 = 4;
 const SALT_LEARNED: u64 = 5;
+const SALT_PRECHECK: u64 = 6;
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -253,7 +257,9 @@ impl Observer {
                 self.drained_at.insert(n, now);
                 self.last_drain.insert(node.clone(), step.clone());
             }
-            Command::Update { step, .. } | Command::Restore { step, .. } => self.once(now, step),
+            Command::Precheck { step, .. } | Command::Update { step, .. } | Command::Restore { step, .. } => {
+                self.once(now, step)
+            }
             Command::Notify { notice } => match notice {
                 Notice::Phase { from, to, .. } => {
                     if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
@@ -273,7 +279,9 @@ impl Observer {
                     if matches!(notice, Notice::NodeFailed { .. }) {
                         self.failed += 1;
                     }
-                    let run = self.last_drain.get(node).cloned().unwrap_or_default();
+                    // A node that failed its prechecks was never drained in this pass.
+                    let run =
+                        self.last_drain.get(node).cloned().unwrap_or_else(|| format!("{node}/not-drained"));
                     let k = self.finished.entry(run).or_default();
                     *k += 1;
                     if *k > 1 {
@@ -556,8 +564,10 @@ impl Sim {
         let fleet = self.campaign.fleet.clone();
         let id = |name: &str| fleet.node_id(name).expect("core names fleet nodes");
         // An agent answers a step id it has seen with its recorded outcome.
-        if let Command::Drain { step, .. } | Command::Update { step, .. } | Command::Restore { step, .. } =
-            cmd
+        if let Command::Precheck { step, .. }
+        | Command::Drain { step, .. }
+        | Command::Update { step, .. }
+        | Command::Restore { step, .. } = cmd
         {
             if let Some((ready, ev)) = self.outcomes.get(step).cloned() {
                 self.answer(now.max(ready), ev);
@@ -568,6 +578,26 @@ impl Sim {
             }
         }
         match cmd {
+            // Prechecks take no simulated time.
+            Command::Precheck { node, step } => {
+                self.steps_sent += 1;
+                let e = if self.chance(id(node), 0, SALT_PRECHECK, self.opts.precheck_fail_rate) {
+                    Event::StepFailed {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reason: "disk /var: 1.2 GB free, 10 GB needed".into(),
+                    }
+                } else {
+                    Event::StepOk {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reboot: false,
+                        boot_id: None,
+                        version: None,
+                    }
+                };
+                self.record(step, now, e);
+            }
             // Draining and restoring take no simulated time and always work.
             Command::Drain { node, step, .. } | Command::Restore { node, step } => {
                 self.steps_sent += 1;

@@ -47,6 +47,8 @@ struct CampaignCase {
     pause_between: bool,
     only: Option<Vec<bool>>,
     order: Vec<usize>,
+    /// on_precheck_fail: skip, fail or halt.
+    on_precheck: usize,
     /// Maintenance windows in one of `ZONES`.
     windows: Option<(usize, Vec<WindowCase>)>,
 }
@@ -118,13 +120,26 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
         prop::bool::weighted(0.3),
         prop::option::weighted(0.2, prop::collection::vec(prop::bool::weighted(0.7), n)),
         prop::collection::vec(0..n, 0..3),
-        prop::option::weighted(
-            0.3,
-            (0..ZONES.len(), prop::collection::vec((1u8..128, 0u16..1440, 10u64..600), 1..3)),
+        (
+            prop::option::weighted(
+                0.3,
+                (0..ZONES.len(), prop::collection::vec((1u8..128, 0u16..1440, 10u64..600), 1..3)),
+            ),
+            0usize..3,
         ),
     )
         .prop_map(
-            |(strategy, max_parallel, max_failed, retries, proceed, pause_between, only, order, windows)| {
+            |(
+                strategy,
+                max_parallel,
+                max_failed,
+                retries,
+                proceed,
+                pause_between,
+                only,
+                order,
+                (windows, on_precheck),
+            )| {
                 CampaignCase {
                     strategy,
                     max_parallel,
@@ -135,6 +150,7 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
                     only,
                     order,
                     windows,
+                    on_precheck,
                 }
             },
         )
@@ -159,18 +175,38 @@ fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
 }
 
 fn sim_opts() -> impl Strategy<Value = SimOptions> {
-    (any::<u64>(), 1u64..15, 0u64..20, 0.0f64..0.4, 0.0f64..0.15, 0.0f64..0.15, 0u64..60 * 24 * 60).prop_map(
-        |(seed, lo, span, fail_rate, stuck_reboot_rate, unhealthy_rate, start_min)| SimOptions {
-            seed,
-            duration: (lo * MIN, (lo + span) * MIN),
-            fail_rate,
-            stuck_reboot_rate,
-            unhealthy_rate,
-            max_events: 200_000,
-            // Within 60 days of 2026-02-15T00:00Z: across both daylight-saving changes of March.
-            start: 1_771_113_600_000 + start_min * MIN,
-        },
+    (
+        any::<u64>(),
+        1u64..15,
+        0u64..20,
+        0.0f64..0.4,
+        0.0f64..0.15,
+        0.0f64..0.15,
+        0u64..60 * 24 * 60,
+        prop_oneof![Just(0.0), 0.0f64..0.3],
     )
+        .prop_map(
+            |(
+                seed,
+                lo,
+                span,
+                fail_rate,
+                stuck_reboot_rate,
+                unhealthy_rate,
+                start_min,
+                precheck_fail_rate,
+            )| SimOptions {
+                seed,
+                duration: (lo * MIN, (lo + span) * MIN),
+                fail_rate,
+                stuck_reboot_rate,
+                unhealthy_rate,
+                precheck_fail_rate,
+                max_events: 200_000,
+                // Within 60 days of 2026-02-15T00:00Z: across both daylight-saving changes of March.
+                start: 1_771_113_600_000 + start_min * MIN,
+            },
+        )
 }
 
 fn name(i: usize) -> String {
@@ -244,6 +280,7 @@ fn campaign_toml(c: &CampaignCase) -> String {
         .map(|&i| format!("\"{}\"", name(i)))
         .collect();
     let _ = writeln!(s, "order = [{}]", order.join(", "));
+    let _ = writeln!(s, "on_precheck_fail = \"{}\"", ["skip", "fail", "halt"][c.on_precheck]);
     if let Some((zone, windows)) = &c.windows {
         let _ = writeln!(s, "timezone = \"{}\"", ZONES[*zone]);
         let list: Vec<String> = windows
