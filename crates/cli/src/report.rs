@@ -44,6 +44,17 @@ pub fn markdown(r: &Report) -> String {
         "| nodes | updated | failed | skipped | retries | reboots |\n|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} |\n",
         r.nodes_targeted, r.updated, r.failed, r.skipped, r.retries, r.reboots
     );
+    for h in &r.hooks {
+        let out = h.output.trim().replace('\n', " ⏎ ").replace('|', "\\|");
+        let _ = writeln!(
+            s,
+            "Hook `{}` at {}: **{}**. Output: {}\n",
+            h.hook,
+            time(Some(h.at_ms)),
+            if h.ok { "ok" } else { "failed" },
+            if out.is_empty() { "none".into() } else { format!("`{out}`") }
+        );
+    }
     for n in &r.nodes {
         let ud = n.update_domain.map(|u| format!("UD {u}")).unwrap_or_else(|| "no UD".into());
         let _ = writeln!(
@@ -115,6 +126,17 @@ pub fn html(r: &Report) -> String {
         re = r.retries,
         rb = r.reboots
     );
+    for h in &r.hooks {
+        let _ = write!(
+            s,
+            "<p>Hook <code>{}</code> at {}: <b{}>{}</b></p><pre>{}</pre>",
+            esc(&h.hook),
+            time(Some(h.at_ms)),
+            if h.ok { "" } else { " class=\"failed\"" },
+            if h.ok { "ok" } else { "failed" },
+            esc(h.output.trim())
+        );
+    }
     for n in &r.nodes {
         let fail = n
             .failure

@@ -891,3 +891,87 @@ async fn a_node_whose_precheck_fails_is_never_drained() {
     f.stop().await;
     drop(small);
 }
+
+/// Issue 12: `require_all_up` refuses a start while an agent of the fleet does not answer
+/// (a real agent, stopped with SIGSTOP), naming it; `before_start` runs on the orchestrator's
+/// host with the campaign's name, and its failure refuses the start with what it printed, in
+/// the journal and the report. Once both pass, the campaign runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_every_node_up_and_for_before_start() {
+    let mut f = local(
+        "before-start",
+        LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    // The hook records its argument and fails until a file says otherwise.
+    let hook = f.dir.join("backup.sh");
+    let (ran, allow) = (f.dir.join("backup.ran"), f.dir.join("backup.ok"));
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {ran}\nif [ -e {allow} ]; then echo backed up; else echo 'backup store unreachable' >&2; exit 3; fi\n",
+            ran = ran.display(),
+            allow = allow.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let toml =
+        quick(&format!("require_all_up = true\nbefore_start = [\"{}\", \"{{campaign}}\"]\n", hook.display()));
+    let v: CampaignView =
+        serve.post("/v1/campaigns", Some(serde_json::json!({ "toml": toml }))).await.unwrap();
+    let start = format!("/v1/campaigns/{}/start", v.id);
+
+    // node3's agent hangs: refused, naming it; the hook did not even run.
+    let pid = f.nodes[2].pid.load(Ordering::SeqCst);
+    assert!(pid != 0 && unsafe { libc::kill(pid as i32, libc::SIGSTOP) } == 0);
+    let (code, text) = serve.post::<CampaignView>(&start, None).await.unwrap_err();
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("start-refused") && text.contains("node3") && !text.contains("node1"), "{text}");
+    assert!(!ran.exists());
+
+    // All up, the hook fails: refused with its output, journaled, nothing started.
+    let (code, text) = serve.post::<CampaignView>(&start, None).await.unwrap_err();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("before-start-failed") && text.contains("backup store unreachable"), "{text}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "demo-1.1\n");
+    let v = serve.view(v.id).await.unwrap();
+    assert_eq!((v.phase, started(&v)), (Phase::Planned, 0));
+    let hooks: Vec<(bool, String)> = serve
+        .events(v.id)
+        .await
+        .iter()
+        .filter_map(|e| match decoded(e) {
+            Event::Hook { ok, output, .. } => Some((ok, output)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hooks.len(), 1);
+    assert!(!hooks[0].0 && hooks[0].1.contains("backup store unreachable"), "{hooks:?}");
+
+    // The hook passes: started and completed; the report has both runs of the hook.
+    std::fs::write(&allow, "").unwrap();
+    let _: CampaignView = serve.post(&start, None).await.unwrap();
+    let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3);
+    let r: baton_proto::Report = serve
+        .http
+        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let runs: Vec<(bool, bool)> = r
+        .hooks
+        .iter()
+        .map(|h| (h.ok, h.output.contains("backed up") || h.output.contains("unreachable")))
+        .collect();
+    assert_eq!(runs, vec![(false, true), (true, true)], "{:?}", r.hooks);
+    drop(serve);
+    f.stop().await;
+}

@@ -379,3 +379,11 @@ fn bad_windows_and_time_zones_are_refused_where_they_are() {
         expect(&o, 2, at, &[msg]);
     }
 }
+
+/// Issue 12: `before_start` with a placeholder it does not have names the place.
+#[test]
+fn before_start_placeholders_are_checked() {
+    let c = format!("{CAMPAIGN}before_start = [\"/usr/local/bin/backup\", \"{{node}}\"]\n");
+    let o = plan("before-start", "fleet.toml", FLEET, &c);
+    expect(&o, 2, "campaign.toml:5:42", &["placeholder {node} is unknown in before_start"]);
+}

@@ -303,6 +303,14 @@ pub enum Event {
         name: String,
         open: bool,
     },
+    /// A campaign hook ran on the orchestrator's host (`before_start`): whether it worked, and
+    /// the tail of what it printed. Only before the start; a failed one refused the start.
+    Hook {
+        hook: String,
+        ok: bool,
+        #[serde(default)]
+        output: String,
+    },
 }
 
 /// A workload to move off a node being drained.
@@ -354,6 +362,8 @@ pub enum CampaignError {
     StaleStep { node: String, step: String, state: &'static str },
     #[error("commit refused: {0}")]
     CommitRefused(String),
+    #[error("start refused: {0}")]
+    StartRefused(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -950,7 +960,15 @@ impl Campaign {
                 if self.phase != Phase::Planned {
                     return Err(self.not_allowed("start"));
                 }
+                if self.spec.require_all_up {
+                    self.check_all_up()?;
+                }
                 self.set_phase(Phase::Running, Some(&by), out);
+            }
+            Event::Hook { .. } => {
+                if self.phase != Phase::Planned {
+                    return Err(self.not_allowed("run a start hook for"));
+                }
             }
             Event::Pause { by } => {
                 if !matches!(self.phase, Phase::Running | Phase::RollingBack) {
@@ -1181,6 +1199,24 @@ impl Campaign {
             }
         }
         Ok(())
+    }
+
+    /// `require_all_up`: every node of the fleet is up (none seen down, none left out of
+    /// service by an earlier campaign).
+    fn check_all_up(&self) -> Result<(), CampaignError> {
+        let down: Vec<&str> = (0..self.nodes.len() as NodeId)
+            .filter(|&n| self.nodes[n as usize].observed_down || self.nodes[n as usize].left_out)
+            .map(|n| self.fleet.node_name(n))
+            .collect();
+        if down.is_empty() {
+            return Ok(());
+        }
+        let more = if down.len() > 5 { format!(" and {} more", down.len() - 5) } else { String::new() };
+        Err(CampaignError::StartRefused(format!(
+            "require_all_up is set and {} of the fleet's nodes are down: {}{more}",
+            down.len(),
+            down[..down.len().min(5)].join(", ")
+        )))
     }
 
     fn too_old(&self, n: NodeId) -> Option<String> {

@@ -140,6 +140,10 @@ struct RawCampaign {
     timezone: Option<String>,
     #[serde(default)]
     windows: Vec<RawWindow>,
+    #[serde(default)]
+    require_all_up: bool,
+    #[serde(default)]
+    before_start: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -656,6 +660,24 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         }
     }
     let windows = campaign_windows(&raw, src)?;
+    if !raw.before_start.is_empty() {
+        if raw.before_start[0].trim().is_empty() {
+            return Err(src.err(
+                root().key("before_start").idx(0),
+                "before_start names no program",
+                "write the program's path first, e.g. before_start = [\"/usr/local/bin/backup-fleet\", \"{campaign}\"]",
+            ));
+        }
+        for (i, arg) in raw.before_start.iter().enumerate() {
+            if let Some(bad) = unknown_placeholder(arg, &["campaign", "fleet", "target"]) {
+                return Err(src.err(
+                    root().key("before_start").idx(i),
+                    format!("placeholder {{{bad}}} is unknown in before_start"),
+                    "use {campaign}, {fleet} or {target}",
+                ));
+            }
+        }
+    }
     Ok(CampaignSpec {
         name: raw.name,
         target_version: raw.target_version,
@@ -677,7 +699,33 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         webhooks: raw.webhooks,
         expected: Default::default(),
         windows,
+        require_all_up: raw.require_all_up,
+        before_start: raw.before_start,
     })
+}
+
+/// The first `{name}` in `arg` that is not one of `allowed`.
+fn unknown_placeholder<'a>(arg: &'a str, allowed: &[&str]) -> Option<&'a str> {
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        let name = &rest[open + 1..open + close];
+        if !allowed.contains(&name) {
+            return Some(name);
+        }
+        rest = &rest[open + close + 1..];
+    }
+    None
+}
+
+/// `before_start` with its placeholders filled.
+pub fn fill_before_start(spec: &CampaignSpec, fleet: &Fleet) -> Vec<String> {
+    let vars = [
+        ("{campaign}", spec.name.as_str()),
+        ("{fleet}", fleet.name.as_str()),
+        ("{target}", spec.target_version.as_str()),
+    ];
+    spec.before_start.iter().map(|a| vars.iter().fold(a.clone(), |acc, (k, v)| acc.replace(k, v))).collect()
 }
 
 /// The campaign's maintenance windows in its time zone (none: nodes may start at any time).

@@ -179,6 +179,11 @@ pub struct CampaignSpec {
     /// key: the orchestrator and the simulator fill it in). The planner starts the longest
     /// first; empty when nothing was learned.
     pub expected: HashMap<NodeId, Millis>,
+    /// Refuse to start while any node of the fleet is down (`require_all_up`).
+    pub require_all_up: bool,
+    /// Run on the orchestrator's host before the campaign starts; a non-zero exit refuses the
+    /// start (`before_start`, argv with `{campaign}`, `{fleet}`, `{target}`).
+    pub before_start: Vec<String>,
     /// When nodes may start (`windows` in `timezone`); none: at any time.
     pub windows: Option<crate::window::Windows>,
 }

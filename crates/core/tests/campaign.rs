@@ -703,3 +703,19 @@ fn a_precheck_that_passes_after_a_pause_or_an_abort_drains_nothing() {
     c.handle(due, Event::Tick).unwrap();
     assert!(matches!(&c.nodes[0].state, NodeState::Skipped { reason } if reason.contains("unreachable")));
 }
+
+#[test]
+fn require_all_up_refuses_a_start_while_a_node_is_down_and_names_it() {
+    let mut c = campaign("require_all_up = true");
+    c.handle(0, Event::Observed { node: "c".into(), up: false, version: None }).unwrap();
+    let before = c.clone();
+    let e = c.handle(S, Event::Start { by: by() }).unwrap_err();
+    assert!(matches!(&e, CampaignError::StartRefused(m) if m.contains(": c") && !m.contains("a,")), "{e}");
+    assert_eq!(c, before);
+    c.handle(2 * S, Event::Observed { node: "c".into(), up: true, version: None }).unwrap();
+    c.handle(3 * S, Event::Start { by: by() }).unwrap();
+    assert_eq!(c.phase, Phase::Running);
+    // A start hook is journaled only before the start.
+    let hook = Event::Hook { hook: "before_start".into(), ok: true, output: String::new() };
+    assert!(matches!(c.handle(4 * S, hook), Err(CampaignError::NotAllowed { .. })));
+}

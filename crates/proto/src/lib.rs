@@ -291,4 +291,17 @@ pub struct Report {
     pub retries: u32,
     pub reboots: u32,
     pub nodes: Vec<NodeReport>,
+    /// Campaign hooks that ran on the orchestrator's host (`before_start`), in order.
+    #[serde(default)]
+    pub hooks: Vec<HookReport>,
+}
+
+/// One run of a campaign hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HookReport {
+    pub hook: String,
+    pub at_ms: u64,
+    pub ok: bool,
+    /// The tail of what it printed (stdout and stderr).
+    pub output: String,
 }

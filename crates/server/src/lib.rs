@@ -87,7 +87,13 @@ struct Handle {
     inbox: mpsc::Sender<Msg>,
     shown: Arc<driver::Shown>,
     overhead_us: Arc<Mutex<Vec<u64>>>,
+    /// What a start asks first: every node up (`require_all_up`), and `before_start` (filled).
+    require_all_up: bool,
+    before_start: Vec<String>,
 }
+
+/// How long `before_start` may run before the start is refused.
+const BEFORE_START_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
 /// Why a stored campaign cannot be rebuilt from its files and journal.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +127,8 @@ pub struct Hub {
     /// across the check that no other campaign holds it and the change itself, so that two
     /// operators at the same instant cannot both get it (safety rule 7).
     fleet_gate: tokio::sync::Mutex<()>,
+    /// Taken across a start's checks and hook, so that two starts at once run it once.
+    starting: tokio::sync::Mutex<()>,
     telemetry: Arc<metrics::Telemetry>,
     stream: tokio::sync::broadcast::Sender<StreamItem>,
 }
@@ -246,6 +254,7 @@ impl Hub {
             client,
             campaigns: Mutex::new(BTreeMap::new()),
             fleet_gate: tokio::sync::Mutex::new(()),
+            starting: tokio::sync::Mutex::new(()),
             telemetry: Arc::new(metrics::Telemetry::default()),
             stream: tokio::sync::broadcast::channel(16_384).0,
             settings,
@@ -326,7 +335,13 @@ impl Hub {
         let (d, rx, shown) = Driver::new(id, c, events, with);
         // The stream then sends what changes in it: its subscribers see the whole of it first.
         let _ = self.stream.send(StreamItem::View(Box::new(shown.get())));
-        let h = Handle { inbox: d.inbox(), shown, overhead_us: d.overhead_us.clone() };
+        let h = Handle {
+            inbox: d.inbox(),
+            shown,
+            overhead_us: d.overhead_us.clone(),
+            require_all_up: d.campaign.spec.require_all_up,
+            before_start: baton_core::load::fill_before_start(&d.campaign.spec, &d.campaign.fleet),
+        };
         self.drivers.spawn(d.run(rx));
         map.insert(id, h);
     }
@@ -455,9 +470,13 @@ impl Hub {
                 ))
             }
         };
-        let inbox = self.campaigns().get(&id).map(|h| h.inbox.clone()).ok_or_else(|| {
-            Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
-        })?;
+        let (inbox, require_all_up, before_start) = self
+            .campaigns()
+            .get(&id)
+            .map(|h| (h.inbox.clone(), h.require_all_up, h.before_start.clone()))
+            .ok_or_else(|| {
+                Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
+            })?;
         // A rollback takes nodes out again: like a creation, only while no other campaign
         // holds the fleet, checked and done under the fleet gate.
         let _gate = match event {
@@ -491,7 +510,19 @@ impl Hub {
             _ => None,
         };
         if let Event::Commit { .. } = event {
-            self.observe_all(id, &inbox).await?;
+            self.observe_all(id, &inbox, Phase::Completed, "commit").await?;
+        }
+        let _starting = match event {
+            Event::Start { .. } => Some(self.starting.lock().await),
+            _ => None,
+        };
+        if matches!(event, Event::Start { .. }) && self.view(id).is_some_and(|v| v.phase == Phase::Planned) {
+            if require_all_up {
+                self.observe_all(id, &inbox, Phase::Planned, "start").await?;
+            }
+            if !before_start.is_empty() {
+                self.before_start(id, &inbox, &before_start).await?;
+            }
         }
         let (tx, rx) = oneshot::channel();
         inbox
@@ -503,6 +534,9 @@ impl Hub {
             Ok(Err(Refused::Campaign(CampaignError::CommitRefused(m)))) => {
                 Err(Fail::new(StatusCode::CONFLICT, "commit-refused", m))
             }
+            Ok(Err(Refused::Campaign(CampaignError::StartRefused(m)))) => {
+                Err(Fail::new(StatusCode::CONFLICT, "start-refused", m))
+            }
             Ok(Err(Refused::Campaign(e))) => {
                 Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()))
             }
@@ -513,13 +547,64 @@ impl Hub {
         }
     }
 
-    /// Before a commit: asks every agent of the fleet, now, for its health and version, and
-    /// journals what each says, so the commit is judged on the nodes' live word and not on old
-    /// records. An agent that does not answer is down, and the commit is refused.
-    async fn observe_all(&self, id: i64, inbox: &mpsc::Sender<Msg>) -> Result<(), Fail> {
+    /// Runs `before_start` on this host and journals how it went; a failure refuses the start
+    /// with what it printed.
+    async fn before_start(&self, id: i64, inbox: &mpsc::Sender<Msg>, argv: &[String]) -> Result<(), Fail> {
+        tracing::info!(campaign = id, ?argv, "running before_start");
+        let o = baton_agent::run::run(argv, BEFORE_START_TIMEOUT_MS, 8 * 1024).await;
+        let output = match &o.error {
+            Some(e) => format!("{}{e}\n", o.tail),
+            None => o.tail.clone(),
+        };
+        let event = Event::Hook { hook: "before_start".into(), ok: o.ok, output };
+        let (tx, rx) = oneshot::channel();
+        inbox
+            .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
+            .await
+            .map_err(|_| stopped())?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ Refused::Journal(_))) => {
+                return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))
+            }
+            Ok(Err(Refused::Campaign(e))) => {
+                return Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()))
+            }
+            Err(_) => return Err(stopped()),
+        }
+        if o.ok {
+            return Ok(());
+        }
+        let tail: String = {
+            let t = o.tail.trim_end();
+            let start = t.char_indices().rev().nth(999).map_or(0, |(i, _)| i);
+            t[start..].to_string()
+        };
+        Err(Fail::new(
+            StatusCode::CONFLICT,
+            "before-start-failed",
+            format!(
+                "before_start failed ({}), so the campaign was not started; it printed: {}",
+                o.error.unwrap_or_default(),
+                if tail.is_empty() { "nothing".to_string() } else { tail }
+            ),
+        ))
+    }
+
+    /// Before a commit (or a start with `require_all_up`): asks every agent of the fleet, now,
+    /// for its health and version, and journals what each says, so the action is judged on the
+    /// nodes' live word and not on old records. An agent that does not answer is down, and the
+    /// action is refused. Only in phase `phase`: in another the core refuses with the reason.
+    async fn observe_all(
+        &self,
+        id: i64,
+        inbox: &mpsc::Sender<Msg>,
+        phase: Phase,
+        what: &str,
+    ) -> Result<(), Fail> {
         let Some(v) = self.view(id) else { return Err(stopped()) };
-        if v.phase != Phase::Completed {
-            return Ok(()); // the core refuses the commit with the reason
+        if v.phase != phase {
+            return Ok(()); // the core refuses the action with the reason
         }
         // Nodes without an address have no agent to ask (a fleet file for planning only); the
         // core judges them on what it knows.
@@ -531,11 +616,16 @@ impl Hub {
         let down: Vec<&str> = seen.iter().filter(|s| !s.up).map(|s| s.node.as_str()).collect();
         if !down.is_empty() {
             let more = if down.len() > 5 { format!(" and {} more", down.len() - 5) } else { String::new() };
+            let (code, need) = if what == "commit" {
+                ("commit-refused", "every node must be up, healthy and at the target")
+            } else {
+                ("start-refused", "require_all_up is set: every node must be up and healthy")
+            };
             return Err(Fail::new(
                 StatusCode::CONFLICT,
-                "commit-refused",
+                code,
                 format!(
-                    "every node must be up, healthy and at the target: {} did not answer healthy when asked just now{more}",
+                    "{need}: {} did not answer healthy when asked just now{more}",
                     down[..down.len().min(5)].join(", ")
                 ),
             ));
@@ -777,7 +867,7 @@ async fn get_one(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Result<J
            ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
     responses((status = 200, body = CampaignView), (status = 400, description = "the id is not a number", body = ApiError),
               (status = 401, body = ApiError), (status = 404, body = ApiError),
-              (status = 409, description = "not allowed in this phase, commit refused, or another campaign holds the fleet", body = ApiError),
+              (status = 409, description = "not allowed in this phase, commit or start refused (nodes down, before_start failed), or another campaign holds the fleet", body = ApiError),
               (status = 503, description = "the journal could not record the action, so it was not done", body = ApiError)))]
 async fn act(
     State(h): State<Shared>,

@@ -5,7 +5,7 @@
 use crate::store::Entry;
 use baton_core::campaign::Event;
 use baton_core::{Campaign, NodeState};
-use baton_proto::{NodeReport, Report, StepReport};
+use baton_proto::{HookReport, NodeReport, Report, StepReport};
 use std::collections::HashMap;
 
 /// The key that changes when a node moves to another step (an update retry is a new step).
@@ -27,6 +27,7 @@ pub struct Builder {
     keys: Vec<String>,
     started: Option<u64>,
     ended: Option<u64>,
+    hooks: Vec<HookReport>,
 }
 
 impl Builder {
@@ -48,7 +49,7 @@ impl Builder {
             })
             .collect();
         let keys = c.nodes.iter().map(|r| key(&r.state)).collect();
-        Builder { id, c, nodes, keys, started: None, ended: None }
+        Builder { id, c, nodes, keys, started: None, ended: None, hooks: Vec::new() }
     }
 
     /// Replays one journal entry; only the nodes it changed are looked at.
@@ -57,6 +58,14 @@ impl Builder {
             self.started = Some(e.at_ms);
         }
         let Ok((_, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
+        if let Event::Hook { hook, ok, output } = &e.event {
+            self.hooks.push(HookReport {
+                hook: hook.clone(),
+                at_ms: e.at_ms,
+                ok: *ok,
+                output: output.clone(),
+            });
+        }
         // The output of the step this event ends, if it is a step's outcome.
         let tail = match &e.event {
             Event::StepOk { step, .. } | Event::StepFailed { step, .. } => outputs.get(step).cloned(),
@@ -107,7 +116,7 @@ impl Builder {
     }
 
     pub fn finish(self) -> Report {
-        let Builder { id, c, mut nodes, started, ended, .. } = self;
+        let Builder { id, c, mut nodes, started, ended, hooks, .. } = self;
         let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
         for (i, r) in nodes.iter_mut().enumerate() {
             let st = &c.nodes[i].state;
@@ -151,6 +160,7 @@ impl Builder {
             retries,
             reboots,
             nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
+            hooks,
         }
     }
 }
