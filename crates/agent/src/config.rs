@@ -100,6 +100,11 @@ struct RawCheck {
     /// `disk`: the file system holding this path, and the space it must have free.
     path: Option<PathBuf>,
     min_free: Option<String>,
+    /// `journal`: error entries allowed, messages to ignore (substrings), and the command that
+    /// prints this boot's error entries as JSON lines (default: journalctl).
+    max_entries: Option<u32>,
+    ignore: Option<Vec<String>>,
+    command: Option<Vec<String>>,
     #[serde(default = "default_check_timeout")]
     timeout: Dur,
 }
@@ -111,6 +116,7 @@ enum CheckKindName {
     Http,
     Tcp,
     Disk,
+    Journal,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +214,19 @@ pub enum CheckKind {
         path: PathBuf,
         min_free: u64,
     },
+    /// At most `max_entries` error entries in this boot's system journal, besides those whose
+    /// message holds one of `ignore`; `command` prints them as JSON lines.
+    Journal {
+        command: Argv,
+        max_entries: u32,
+        ignore: Vec<String>,
+    },
+}
+
+/// What the journal check runs unless told otherwise: this boot's entries of priority err and
+/// worse, one JSON object per line.
+pub fn default_journal_command() -> Vec<String> {
+    ["journalctl", "-b", "-p", "err", "-o", "json", "--no-pager"].map(String::from).to_vec()
 }
 
 #[derive(Debug, Clone)]
@@ -483,7 +502,34 @@ fn build_checks(
     let mut checks = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
         let p = || DocPath::root().key(key).idx(i);
+        let journal_keys = [
+            ("max_entries", c.max_entries.is_some()),
+            ("ignore", c.ignore.is_some()),
+            ("command", c.command.is_some()),
+        ];
+        if c.kind != CheckKindName::Journal {
+            if let Some((k, _)) = journal_keys.iter().find(|k| k.1) {
+                return Err(err(
+                    p().key(k),
+                    format!("{key} {}: `{k}` is a key of kind \"journal\" only", c.name),
+                    "remove it, or use kind = \"journal\"",
+                ));
+            }
+        }
         let kind = match (c.kind, c.argv, c.url, c.address, c.path, c.min_free) {
+            (CheckKindName::Journal, None, None, None, None, None) => {
+                let command = c.command.unwrap_or_else(default_journal_command);
+                check_argv(p().key("command"), &command, &["node", "state_dir"])?;
+                let ignore = c.ignore.unwrap_or_default();
+                if let Some(j) = ignore.iter().position(|g| g.is_empty()) {
+                    return Err(err(
+                        p().key("ignore").idx(j),
+                        format!("{key} {}: an empty ignore pattern would ignore every entry", c.name),
+                        "remove it, or give part of the message to ignore",
+                    ));
+                }
+                CheckKind::Journal { command, max_entries: c.max_entries.unwrap_or(0), ignore }
+            }
             (CheckKindName::Command, Some(argv), None, None, None, None) => {
                 check_argv(p().key("argv"), &argv, &["node", "state_dir"])?;
                 CheckKind::Command(argv)
@@ -508,6 +554,9 @@ fn build_checks(
                     CheckKindName::Http => "url = \"http://127.0.0.1:8080/health\"",
                     CheckKindName::Tcp => "address = \"127.0.0.1:5432\"",
                     CheckKindName::Disk => "path = \"/var\" and min_free = \"10GB\"",
+                    CheckKindName::Journal => {
+                        "no argv, url, address, path or min_free (its keys: max_entries, ignore, command)"
+                    }
                 };
                 return Err(err(
                     p().key("kind"),

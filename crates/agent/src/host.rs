@@ -260,6 +260,13 @@ impl System {
                     Ok(Err(e)) => (false, e.to_string()),
                     Err(_) => (false, "timed out".into()),
                 },
+                CheckKind::Journal { command, max_entries, ignore } => {
+                    let o = run::run(&config::fill(command, &base), c.timeout_ms, JOURNAL_READ_BYTES).await;
+                    match o.error {
+                        Some(e) if !o.ok => (false, format!("cannot read the journal: {e}")),
+                        _ => journal_verdict(&o.tail, *max_entries, ignore),
+                    }
+                }
                 CheckKind::Disk { path, min_free } => match free_bytes(path) {
                     Ok(free) if free >= *min_free => {
                         (true, format!("{} free on {}", config::show_size(free), path.display()))
@@ -339,4 +346,82 @@ fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// How much of the journal command's output is read: its last MiB.
+const JOURNAL_READ_BYTES: usize = 1 << 20;
+
+/// Judges this boot's error entries (JSON lines, as `journalctl -o json` prints them): at most
+/// `max` of those whose message holds none of `ignore`. Lines that are not JSON objects are
+/// not entries. The detail names the first entries found, unit and message.
+pub fn journal_verdict(out: &str, max: u32, ignore: &[String]) -> (bool, String) {
+    let mut found: Vec<String> = Vec::new();
+    let mut count = 0u32;
+    for line in out.lines() {
+        let Ok(serde_json::Value::Object(e)) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        // journald gives a message that is not UTF-8 as an array of bytes.
+        let msg = match e.get("MESSAGE") {
+            Some(serde_json::Value::String(m)) => m.clone(),
+            Some(serde_json::Value::Array(b)) => {
+                let bytes: Vec<u8> = b.iter().filter_map(|x| x.as_u64()).map(|x| x as u8).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            _ => continue,
+        };
+        if ignore.iter().any(|g| msg.contains(g.as_str())) {
+            continue;
+        }
+        count += 1;
+        if found.len() < 5 {
+            let unit = ["_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER", "_COMM"]
+                .iter()
+                .find_map(|k| e.get(*k).and_then(|v| v.as_str()))
+                .unwrap_or("?");
+            let msg: String = msg.chars().take(300).collect();
+            found.push(format!("{unit}: {msg}"));
+        }
+    }
+    if count > max {
+        let more = if count as usize > found.len() {
+            format!(" (and {} more)", count as usize - found.len())
+        } else {
+            String::new()
+        };
+        (
+            false,
+            format!(
+                "{count} error entries in this boot's journal, at most {max} allowed: {}{more}",
+                found.join(" | ")
+            ),
+        )
+    } else {
+        (true, format!("{count} error entries in this boot's journal (at most {max})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal_verdict;
+
+    /// What `journalctl -b -p err -o json` printed on a Debian host (trimmed to the fields read).
+    const RECORDED: &str = r#"{"__REALTIME_TIMESTAMP":"1764500000000000","PRIORITY":"3","SYSLOG_IDENTIFIER":"kernel","MESSAGE":"ACPI Error: AE_NOT_FOUND, While resolving a named reference package element"}
+{"__REALTIME_TIMESTAMP":"1764500001000000","PRIORITY":"3","_SYSTEMD_UNIT":"myapp.service","SYSLOG_IDENTIFIER":"myapp","MESSAGE":"cannot open /var/lib/myapp/db: Permission denied"}
+{"__REALTIME_TIMESTAMP":"1764500002000000","PRIORITY":"2","_SYSTEMD_UNIT":"myapp.service","MESSAGE":[102,97,116,97,108,255]}
+"#;
+
+    #[test]
+    fn error_entries_are_counted_except_the_ignored_and_named_in_the_detail() {
+        let (ok, detail) = journal_verdict(RECORDED, 0, &["ACPI Error".into()]);
+        assert!(!ok);
+        assert!(detail.starts_with("2 error entries"), "{detail}");
+        assert!(detail.contains("myapp.service: cannot open /var/lib/myapp/db"), "{detail}");
+        assert!(detail.contains("fatal\u{fffd}"), "{detail}");
+        assert!(!detail.contains("ACPI"), "{detail}");
+        assert!(journal_verdict(RECORDED, 2, &["ACPI Error".into()]).0);
+        assert!(!journal_verdict(RECORDED, 2, &[]).0);
+        let (ok, detail) = journal_verdict("-- No entries --\n", 0, &[]);
+        assert!(ok, "{detail}");
+    }
 }

@@ -122,7 +122,11 @@ async fn main() {
         for i in 0..50 {
             let t = Instant::now();
             store
-                .append(c, i, &Event::Health { node: "node1".into(), healthy: true, version: None })
+                .append(
+                    c,
+                    i,
+                    &Event::Health { node: "node1".into(), healthy: true, version: None, detail: None },
+                )
                 .unwrap();
             baseline.push(t.elapsed().as_micros() as u64);
         }

@@ -128,7 +128,8 @@ fn the_sample_config_in_dist_loads() {
         .expect("dist/agent.toml is valid");
     assert_eq!(cfg.actions.len(), 3);
     assert_eq!(cfg.action("upgrade").unwrap().argv.last().unwrap(), "myapp={version}");
-    assert_eq!(cfg.checks.len(), 3);
+    assert_eq!(cfg.checks.len(), 4);
+    assert_eq!(cfg.prechecks.len(), 1);
     assert_eq!(cfg.services, ["myapp"]);
 }
 
@@ -147,4 +148,17 @@ fn bad_prechecks() {
     expect(&d, &unknown, "agent.toml:15:8", &["unknown variant `smart`"]);
     let partial = format!("{GOOD}[[precheck]]\nname = \"var\"\nkind = \"disk\"\npath = \"/var\"\n");
     expect(&d, &partial, "agent.toml:15:8", &["precheck var needs exactly path = \"/var\" and min_free"]);
+}
+
+/// Issue 12: the journal check's keys belong to it alone; its ignore patterns are not empty.
+#[test]
+fn bad_journal_checks() {
+    let d = dir("journal");
+    pki(&d);
+    let misplaced = format!(
+        "{GOOD}[[check]]\nname = \"h\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nmax_entries = 3\n"
+    );
+    expect(&d, &misplaced, "agent.toml:17:1", &["`max_entries` is a key of kind \"journal\" only"]);
+    let empty = format!("{GOOD}[[check]]\nname = \"j\"\nkind = \"journal\"\nignore = [\"ok\", \"\"]\n");
+    expect(&d, &empty, "agent.toml:16:17", &["an empty ignore pattern would ignore every entry"]);
 }

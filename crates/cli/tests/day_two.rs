@@ -975,3 +975,59 @@ async fn a_start_waits_for_every_node_up_and_for_before_start() {
     drop(serve);
     f.stop().await;
 }
+
+/// Issue 12, the journal check: after its reboot, node2's system journal has an error line
+/// (journalctl's recorded JSON output, printed only once the node has a new boot id, as
+/// `journalctl -b` would: this machine runs no systemd journal), and it fails verification
+/// with that line in its reason; an error the check ignores does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_errors_in_its_journal_after_the_reboot_fails_verification() {
+    let o = LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("journal-check"), &o).unwrap();
+    let n2 = f.nodes[1].dir.clone();
+    std::fs::write(
+        n2.join("journal.json"),
+        concat!(
+            r#"{"PRIORITY":"3","SYSLOG_IDENTIFIER":"kernel","MESSAGE":"ACPI Error: AE_NOT_FOUND, While resolving a named reference"}"#,
+            "\n",
+            r#"{"PRIORITY":"3","_SYSTEMD_UNIT":"myapp.service","MESSAGE":"cannot open /var/lib/myapp/db: Permission denied"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let script = format!("cmp -s {d}/boot_id {d}/boot_id.first || cat {d}/journal.json", d = n2.display());
+    let cfg = n2.join("agent.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[[check]]\nname = \"journal\"\nkind = \"journal\"\nignore = [\"ACPI Error\"]\ncommand = [\"/bin/sh\", \"-c\", \"{script}\"]\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    start_and_wait(&mut f, o.reboot_ms).await;
+    std::fs::copy(n2.join("boot_id"), n2.join("boot_id.first")).unwrap();
+    let serve = Serve::start(&f, port()).await;
+    let toml =
+        quick("nodes = [\"node1\", \"node2\"]\n").replace("ready_timeout = \"1m\"", "ready_timeout = \"4s\"");
+    let v = serve.create_and_start(toml).await;
+    let end = serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Halted && v.active == 0).await;
+    let (n1, n2v) = (&end.nodes[0], &end.nodes[1]);
+    assert_eq!((n1.state.as_str(), n2v.state.as_str()), ("done", "failed"), "{end:#?}");
+    let why = n2v.reason.as_deref().unwrap_or_default();
+    assert!(why.contains("not healthy within ready_timeout"), "{why}");
+    assert!(why.contains("myapp.service: cannot open /var/lib/myapp/db: Permission denied"), "{why}");
+    assert!(!why.contains("ACPI"), "{why}");
+    // The report says so too.
+    let r: baton_proto::Report = serve
+        .http
+        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failure =
+        r.nodes.iter().find(|n| n.name == "node2").and_then(|n| n.failure.clone()).unwrap_or_default();
+    assert!(failure.contains("cannot open /var/lib/myapp/db"), "{failure}");
+    drop(serve);
+    f.stop().await;
+}

@@ -190,6 +190,9 @@ pub struct NodeRun {
     /// Prechecks sent to the node in this campaign (each under its own step id).
     #[serde(default)]
     pub prechecks: u32,
+    /// What the node's failing health checks said when it was last reported unhealthy.
+    #[serde(default)]
+    pub unhealthy: Option<String>,
 }
 
 /// The plan as journaled in the campaign's first event, by node name, so that a campaign
@@ -273,12 +276,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
     },
-    /// The node's health checks, as of now, and the version its agent reports.
+    /// The node's health checks, as of now, and the version its agent reports; when unhealthy,
+    /// what its failing checks said.
     Health {
         node: String,
         healthy: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// The node was seen up or down, outside of what the campaign did to it.
     Observed {
@@ -555,6 +561,7 @@ impl Campaign {
                 finished_at: None,
                 left_out: false,
                 prechecks: 0,
+                unhealthy: None,
             })
             .collect();
         for &n in left_out {
@@ -1122,10 +1129,15 @@ impl Campaign {
                 self.nodes[n as usize].boot_id = Some(boot_id);
                 self.touch(n);
             }
-            Event::Health { node, healthy, version } => {
+            Event::Health { node, healthy, version, detail } => {
                 let n = self.node(&node)?;
                 if let Some(v) = version {
                     self.nodes[n as usize].version = Some(v);
+                    self.touch(n);
+                }
+                let why = if healthy { None } else { detail };
+                if self.nodes[n as usize].unhealthy != why {
+                    self.nodes[n as usize].unhealthy = why;
                     self.touch(n);
                 }
                 // A node being verified counts as healthy only at its target version: it is
@@ -1478,6 +1490,9 @@ impl Campaign {
                             format_duration(self.spec.ready_timeout)
                         );
                         let wrong_version = !self.reports_target(n);
+                        if let Some(why) = &self.nodes[n as usize].unhealthy {
+                            late = format!("{late}: {why}");
+                        }
                         if wrong_version {
                             let at = self.nodes[n as usize].version.as_deref().unwrap_or("no version");
                             late = format!(

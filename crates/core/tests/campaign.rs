@@ -83,7 +83,8 @@ fn walk(c: &mut Campaign, n: &str, t: u64) -> Vec<Command> {
     )
     .unwrap();
     c.handle(t + 2 * S, Event::Booted { node: n.into(), boot_id: "b1".into(), version: None }).unwrap();
-    c.handle(t + 3 * S, Event::Health { node: n.into(), healthy: true, version: None }).unwrap();
+    c.handle(t + 3 * S, Event::Health { node: n.into(), healthy: true, version: None, detail: None })
+        .unwrap();
     // Healthy from health_wait (10s after verification began) for health_stable (1m).
     let due = c.next_deadline().unwrap();
     assert_eq!(due, t + 2 * S + 10 * S + M);
@@ -152,7 +153,7 @@ fn failed_update_is_retried_then_fails_and_the_node_returns_if_healthy() {
     assert_eq!(c.phase, Phase::Halted);
     assert!(drains(&cmds).is_empty());
     // Still healthy on its old version: after health_stable it is restored.
-    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
+    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None }).unwrap();
     let cmds = c.handle(4 * S + M, Event::Tick).unwrap();
     assert!(matches!(&cmds[0], Command::Restore { step, .. } if step == "c1/a/0/restore"));
     c.handle(5 * S + M, ok("a", "c1/a/0/restore")).unwrap();
@@ -200,7 +201,8 @@ fn ready_timeout_halts_or_proceeds() {
         c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
         c.handle(2 * S, upd("a", "c1/a/0/update")).unwrap();
         // Unhealthy: verification times out after ready_timeout (5m).
-        c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
+        c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None, detail: None })
+            .unwrap();
         assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
         c.handle(2 * S + 5 * M, Event::Tick).unwrap();
         let st = &c.nodes[0].state;
@@ -211,7 +213,8 @@ fn ready_timeout_halts_or_proceeds() {
         if !expect_failed {
             // proceed: counted unavailable; once healthy and stable it is restored.
             assert!(matches!(st, NodeState::Done { back: Back::Checking { .. } }));
-            c.handle(6 * M, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
+            c.handle(6 * M, Event::Health { node: "a".into(), healthy: true, version: None, detail: None })
+                .unwrap();
             let cmds = c.handle(7 * M, Event::Tick).unwrap();
             assert!(matches!(&cmds[0], Command::Restore { .. }));
             let cmds = c.handle(7 * M + S, ok("a", "c1/a/0/restore")).unwrap();
@@ -226,11 +229,12 @@ fn health_must_hold_for_health_stable() {
     c.handle(0, Event::Start { by: by() }).unwrap();
     c.handle(S, ok("a", "c1/a/0/drain")).unwrap();
     c.handle(2 * S, upd("a", "c1/a/0/update")).unwrap();
-    c.handle(20 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
+    c.handle(20 * S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None }).unwrap();
     assert_eq!(c.next_deadline(), Some(20 * S + M));
     // A flap resets the clock.
-    c.handle(30 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
-    c.handle(40 * S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
+    c.handle(30 * S, Event::Health { node: "a".into(), healthy: false, version: None, detail: None })
+        .unwrap();
+    c.handle(40 * S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None }).unwrap();
     let cmds = c.handle(20 * S + M, Event::Tick).unwrap();
     assert!(cmds.is_empty());
     assert_eq!(c.next_deadline(), Some(40 * S + M));
@@ -316,7 +320,7 @@ fn replay_gives_the_same_state() {
     feed(&mut c, S, ok("a", "c1/a/0/drain"));
     feed(&mut c, 2 * S, Event::Pause { by: by() });
     feed(&mut c, 3 * S, upd("a", "c1/a/0/update"));
-    feed(&mut c, 4 * S, Event::Health { node: "a".into(), healthy: true, version: None });
+    feed(&mut c, 4 * S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None });
     let fleet = c.fleet.clone();
     let r = Campaign::replay(fleet, c.spec.clone(), &journal).unwrap();
     assert_eq!(r, c);
@@ -344,7 +348,8 @@ fn an_unreachable_agent_is_given_reboot_timeout_and_nothing_is_assumed_meanwhile
     c.handle(4 * M, Event::Unreachable { node: "a".into() }).unwrap();
     assert_eq!(c.nodes[0].unreachable_since, None);
     // Cut off for good during its restore: Failed after reboot_timeout, and it stays out.
-    c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true, version: None }).unwrap();
+    c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None })
+        .unwrap();
     c.handle(c.next_deadline().unwrap(), Event::Tick).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Restoring));
     c.handle(6 * M, Event::Unreachable { node: "a".into() }).unwrap();
@@ -392,7 +397,11 @@ fn a_node_is_counted_updated_only_at_the_version_it_reports() {
     c.handle(3 * S, ok("a", "c1/a/1/update")).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { .. }));
     assert_eq!(c.nodes[0].version.as_deref(), Some("1"));
-    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("1".into()) }).unwrap();
+    c.handle(
+        4 * S,
+        Event::Health { node: "a".into(), healthy: true, version: Some("1".into()), detail: None },
+    )
+    .unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: None, .. }));
     c.handle(3 * S + 5 * M, Event::Tick).unwrap();
     assert!(
@@ -417,7 +426,11 @@ fn a_node_is_counted_updated_only_at_the_version_it_reports() {
     .unwrap();
     c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("2".into()) })
         .unwrap();
-    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
+    c.handle(
+        4 * S,
+        Event::Health { node: "a".into(), healthy: true, version: Some("2".into()), detail: None },
+    )
+    .unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
 }
 
@@ -515,7 +528,7 @@ fn a_failed_node_that_never_heals_is_given_up_and_releases_the_fleet() {
     ));
     assert_eq!(c.phase, Phase::Completed);
     assert!(c.holds_fleet(), "a is still out and watched");
-    c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None }).unwrap();
+    c.handle(3 * S, Event::Health { node: "a".into(), healthy: false, version: None, detail: None }).unwrap();
     assert_eq!(c.next_deadline(), Some(2 * S + 5 * M));
     c.handle(2 * S + 5 * M, Event::Tick).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Failed { back: Back::Out, .. }));
@@ -546,9 +559,17 @@ fn an_update_that_reboots_is_judged_on_the_version_after_the_reboot() {
     assert!(matches!(&cmds[0], Command::WatchBoot { .. }), "{cmds:?}");
     c.handle(3 * S, Event::Booted { node: "a".into(), boot_id: "b1".into(), version: Some("1".into()) })
         .unwrap();
-    c.handle(4 * S, Event::Health { node: "a".into(), healthy: true, version: Some("1".into()) }).unwrap();
+    c.handle(
+        4 * S,
+        Event::Health { node: "a".into(), healthy: true, version: Some("1".into()), detail: None },
+    )
+    .unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: None, .. }));
-    c.handle(5 * S, Event::Health { node: "a".into(), healthy: true, version: Some("2".into()) }).unwrap();
+    c.handle(
+        5 * S,
+        Event::Health { node: "a".into(), healthy: true, version: Some("2".into()), detail: None },
+    )
+    .unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Verifying { healthy_since: Some(_), .. }));
 }
 

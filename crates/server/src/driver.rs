@@ -1241,7 +1241,7 @@ async fn boot_job(client: AgentClient, addr: String, node: String, old: Option<S
 
 /// Reports the node's health whenever it changes (long polls on the agent's status).
 async fn health_job(client: AgentClient, addr: String, node: String, rep: Reporter) {
-    let mut last: Option<(bool, Option<String>)> = None;
+    let mut last: Option<(bool, Option<String>, Option<String>)> = None;
     let mut after = None;
     let mut backoff = Backoff::new();
     let mut watch = client.conn(&node, &addr);
@@ -1249,24 +1249,42 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
         match watch.status(after, 20_000).await {
             Ok(s) => {
                 backoff = Backoff::new();
-                let now = (s.healthy, s.version);
+                let detail = (!s.healthy).then(|| failing_checks(&s.checks));
+                let now = (s.healthy, s.version, detail);
                 if last.as_ref() != Some(&now) {
-                    let (healthy, version) = now.clone();
+                    let (healthy, version, detail) = now.clone();
                     last = Some(now);
-                    rep.send(Event::Health { node: node.clone(), healthy, version }).await;
+                    rep.send(Event::Health { node: node.clone(), healthy, version, detail }).await;
                 }
                 after = Some(s.generation);
             }
-            Err(_) => {
+            Err(e) => {
                 if last.as_ref().map(|l| l.0) != Some(false) {
-                    last = Some((false, None));
-                    rep.send(Event::Health { node: node.clone(), healthy: false, version: None }).await;
+                    let detail = Some(format!("its agent does not answer: {e}"));
+                    last = Some((false, None, detail.clone()));
+                    rep.send(Event::Health { node: node.clone(), healthy: false, version: None, detail })
+                        .await;
                 }
                 after = None;
                 backoff.wait().await;
             }
         }
     }
+}
+
+/// What a node's failing health checks said, for the reason a node fails verification. Each
+/// detail is cut to 2,000 characters, the whole to 4,000: the reason is journaled.
+fn failing_checks(checks: &[baton_proto::CheckResult]) -> String {
+    let cut = |t: &str, n: usize| match t.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t.to_string(),
+    };
+    let all: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("check {} failed: {}", c.name, cut(&c.detail, 2000)))
+        .collect();
+    cut(&all.join("; "), 4000)
 }
 
 /// Reports a node seen down (agent unreachable or unhealthy) or up again, outside of what the

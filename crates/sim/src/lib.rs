@@ -661,7 +661,10 @@ impl Sim {
                 if !sick {
                     let version =
                         self.versions.get(&n).cloned().or_else(|| fleet.nodes[n as usize].version.clone());
-                    self.answer(now, Event::Health { node: node.clone(), healthy: true, version });
+                    self.answer(
+                        now,
+                        Event::Health { node: node.clone(), healthy: true, version, detail: None },
+                    );
                 }
             }
             Command::Notify { notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. } } => {
