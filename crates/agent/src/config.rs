@@ -62,6 +62,69 @@ struct RawConfig {
     prechecks: Vec<RawCheck>,
     #[serde(default)]
     drain: RawDrain,
+    #[serde(default)]
+    hold: RawHold,
+}
+
+/// `[hold]`: the node's own auto-updaters, kept from running while a campaign runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHold {
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default = "default_is_active")]
+    is_active_command: Vec<String>,
+    #[serde(default = "default_unit_stop")]
+    stop_command: Vec<String>,
+    #[serde(default = "default_mask")]
+    mask_command: Vec<String>,
+    #[serde(default = "default_unmask")]
+    unmask_command: Vec<String>,
+    #[serde(default = "default_unit_start")]
+    start_command: Vec<String>,
+}
+
+impl Default for RawHold {
+    fn default() -> Self {
+        RawHold {
+            units: Vec::new(),
+            is_active_command: default_is_active(),
+            stop_command: default_unit_stop(),
+            mask_command: default_mask(),
+            unmask_command: default_unmask(),
+            start_command: default_unit_start(),
+        }
+    }
+}
+
+fn unit_cmd(args: &[&str]) -> Vec<String> {
+    std::iter::once("systemctl").chain(args.iter().copied()).map(String::from).collect()
+}
+fn default_is_active() -> Vec<String> {
+    unit_cmd(&["is-active", "--quiet", "{unit}"])
+}
+fn default_unit_stop() -> Vec<String> {
+    unit_cmd(&["stop", "{unit}"])
+}
+fn default_mask() -> Vec<String> {
+    unit_cmd(&["mask", "--runtime", "{unit}"])
+}
+fn default_unmask() -> Vec<String> {
+    unit_cmd(&["unmask", "--runtime", "{unit}"])
+}
+fn default_unit_start() -> Vec<String> {
+    unit_cmd(&["start", "{unit}"])
+}
+
+/// The commands a hold uses on each unit (`{unit}` filled in).
+#[derive(Debug, Clone, Default)]
+pub struct HoldConfig {
+    pub units: Vec<String>,
+    pub is_active_command: Argv,
+    pub stop_command: Argv,
+    pub mask_command: Argv,
+    pub unmask_command: Argv,
+    pub start_command: Argv,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +322,7 @@ pub struct Config {
     pub start_command: Argv,
     pub drain_hooks: Vec<Argv>,
     pub restore_hooks: Vec<Argv>,
+    pub hold: HoldConfig,
 }
 
 impl Config {
@@ -287,7 +351,7 @@ pub fn valid_version(v: &str) -> bool {
         && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+:~-".contains(c))
 }
 
-const PLACEHOLDERS: [&str; 4] = ["version", "node", "state_dir", "service"];
+const PLACEHOLDERS: [&str; 5] = ["version", "node", "state_dir", "service", "unit"];
 
 /// Parses and validates `agent.toml`. Relative paths are relative to the file's directory.
 pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
@@ -422,6 +486,36 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             *path = abs(path);
         }
     }
+    let h = raw.hold;
+    for (key, argv) in [
+        ("is_active_command", &h.is_active_command),
+        ("stop_command", &h.stop_command),
+        ("mask_command", &h.mask_command),
+        ("unmask_command", &h.unmask_command),
+        ("start_command", &h.start_command),
+    ] {
+        check_argv(root().key("hold").key(key), argv, &["unit", "node", "state_dir"])?;
+    }
+    for (i, u) in h.units.iter().enumerate() {
+        let ok = !u.is_empty()
+            && u.len() <= 256
+            && u.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c));
+        if !ok {
+            return Err(err(
+                root().key("hold").key("units").idx(i),
+                format!("`{u}` is not a systemd unit name"),
+                "write unit names such as \"apt-daily-upgrade.timer\"",
+            ));
+        }
+    }
+    let hold = HoldConfig {
+        units: h.units,
+        is_active_command: h.is_active_command,
+        stop_command: h.stop_command,
+        mask_command: h.mask_command,
+        unmask_command: h.unmask_command,
+        start_command: h.start_command,
+    };
     let d = raw.drain;
     for (key, argv) in [
         ("stop_command", &d.stop_command),
@@ -486,6 +580,7 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
         start_command: d.start_command,
         drain_hooks: d.drain_hooks,
         restore_hooks: d.restore_hooks,
+        hold,
     })
 }
 

@@ -62,7 +62,7 @@ pub struct Hollow {
 impl Hollow {
     async fn run_step(&self, req: &StepRequest) -> Effects {
         match req.kind {
-            StepKind::Precheck => Effects::default(),
+            StepKind::Precheck | StepKind::Hold | StepKind::Release => Effects::default(),
             StepKind::Drain | StepKind::Restore => {
                 tokio::time::sleep(self.disk.draw(self.timings.drain_ms)).await;
                 Effects::default()

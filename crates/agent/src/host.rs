@@ -111,6 +111,8 @@ impl System {
             o.ok
         };
         match req.kind {
+            StepKind::Hold => self.hold(&base, &mut output, &mut failure).await,
+            StepKind::Release => self.release(&base, &mut output, &mut failure).await,
             StepKind::Precheck => {
                 // Nothing is touched: the checks only look.
                 let results = self.run_checks(&self.cfg.prechecks).await;
@@ -210,6 +212,89 @@ impl System {
             }
         }
         Effects { failure, output, reboot, version }
+    }
+
+    /// Where a hold records which units were running, for the release to start them again.
+    fn held_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join("held.json")
+    }
+
+    async fn unit_cmd(&self, argv: &[String], base: &[(&str, &str)], unit: &str) -> run::Outcome {
+        let mut v = base.to_vec();
+        v.push(("unit", unit));
+        run::run(&config::fill(argv, &v), 120_000, self.cfg.output_tail_bytes).await
+    }
+
+    /// Records which held units are running (unless a hold not yet released already did: its
+    /// record is what was running before any campaign), then stops and masks each.
+    async fn hold(&self, base: &[(&str, &str)], output: &mut String, failure: &mut Option<String>) {
+        let h = &self.cfg.hold;
+        let file = self.held_file();
+        if !file.exists() {
+            let mut active = Vec::new();
+            for u in &h.units {
+                if self.unit_cmd(&h.is_active_command, base, u).await.ok {
+                    active.push(u.clone());
+                }
+            }
+            let record = serde_json::json!({ "active": active }).to_string();
+            if let Err(e) = write_synced(&file, record.as_bytes()) {
+                *failure = Some(format!("cannot record which units run in {}: {e}", file.display()));
+                return;
+            }
+            output.push_str(&format!(
+                "running before the hold: {}\n",
+                if active.is_empty() { "none".into() } else { active.join(", ") }
+            ));
+        } else {
+            output.push_str("held already (not released since): keeping that record\n");
+        }
+        for u in &h.units {
+            for (argv, what) in [(&h.stop_command, "stop"), (&h.mask_command, "mask")] {
+                let o = self.unit_cmd(argv, base, u).await;
+                output.push_str(&o.tail);
+                if !o.ok && failure.is_none() {
+                    *failure = Some(format!("{what} {u}: {}", o.error.unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    /// Unmasks every held unit and starts those that were running before the hold; the record
+    /// is removed once all of it worked.
+    async fn release(&self, base: &[(&str, &str)], output: &mut String, failure: &mut Option<String>) {
+        let h = &self.cfg.hold;
+        let file = self.held_file();
+        let active: Vec<String> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| serde_json::from_value(v["active"].clone()).ok())
+            .unwrap_or_default();
+        for u in &h.units {
+            let o = self.unit_cmd(&h.unmask_command, base, u).await;
+            output.push_str(&o.tail);
+            if !o.ok && failure.is_none() {
+                *failure = Some(format!("unmask {u}: {}", o.error.unwrap_or_default()));
+            }
+        }
+        for u in active.iter().filter(|u| h.units.contains(u)) {
+            let o = self.unit_cmd(&h.start_command, base, u).await;
+            output.push_str(&o.tail);
+            if !o.ok && failure.is_none() {
+                *failure = Some(format!("start {u}: {}", o.error.unwrap_or_default()));
+            }
+        }
+        if failure.is_none() {
+            if let Err(e) = std::fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    *failure = Some(format!("cannot remove {}: {e}", file.display()));
+                }
+            }
+        }
+        output.push_str(&format!(
+            "started again: {}\n",
+            if active.is_empty() { "none".into() } else { active.join(", ") }
+        ));
     }
 
     /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
@@ -399,6 +484,21 @@ pub fn journal_verdict(out: &str, max: u32, ignore: &[String]) -> (bool, String)
     } else {
         (true, format!("{count} error entries in this boot's journal (at most {max})"))
     }
+}
+
+/// Writes a file whole or not at all: a temporary file, synced, renamed over it, the directory
+/// synced.
+fn write_synced(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -61,8 +61,9 @@ async fn a_campaign_run_again_under_its_name_runs_every_step_again() {
     assert_eq!(end.updated, 2);
     assert_eq!(versions(&f).await, vec![Some("1.1".into()), Some("1.1".into())]);
     // Drain, update and restore: forward, back, and forward again, on each node, each once;
-    // and a precheck before each forward pass.
-    assert_eq!(steps_ran_once(&f).await, 22);
+    // a precheck before each forward pass; a hold and a release of its auto-updaters around
+    // each pass (the rollback came after the first campaign had completed and released them).
+    assert_eq!(steps_ran_once(&f).await, 34);
     budgets_kept(&f, &toml, &serve.events(again.id).await);
     // Only the latest campaign can go back: the first one's nodes were moved on since.
     let (code, text) =
@@ -178,7 +179,8 @@ async fn a_campaign_created_after_an_abort_starts_only_once_the_aborted_nodes_ar
             matches!(decoded(e), Event::StepOk { step, .. } | Event::StepFailed { step, .. } if step.ends_with("/precheck"))
         })
         .count();
-    assert_eq!(steps_ran_once(&f).await, 3 * first_end.updated + prechecked + 4 * 3);
+    // Each campaign also held and released every node's auto-updaters.
+    assert_eq!(steps_ran_once(&f).await, 3 * first_end.updated + prechecked + 2 * 3 + 6 * 3);
     drop(serve);
     f.stop().await;
 }
@@ -305,8 +307,8 @@ async fn a_full_disk_under_the_journal_loses_no_report() {
     let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/resume", v.id), None).await.unwrap();
     let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     assert_eq!(end.updated, 2, "{end:#?}");
-    // A precheck, drain, update and restore on each node, each once.
-    assert_eq!(steps_ran_once(&f).await, 8);
+    // A hold, precheck, drain, update, restore and release on each node, each once.
+    assert_eq!(steps_ran_once(&f).await, 12);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
     drop(serve);
     drop(disk);
@@ -759,6 +761,22 @@ async fn nodes_start_only_inside_the_maintenance_window() {
     );
     let toml = quick(&extra).replace("max_parallel = 2", "max_parallel = 1");
     let v = serve.create_and_start(toml.clone()).await;
+    // The nodes' auto-updaters are held at the start, window or not; the clock moves on only
+    // once their agents have answered (a hold not answered within reboot_timeout fails).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = serve
+            .events(v.id)
+            .await
+            .iter()
+            .filter(|e| matches!(decoded(e), Event::StepOk { ref step, .. } if step.ends_with("/hold")))
+            .count();
+        if held == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} of 3 holds answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Started, and waiting: nothing in flight, and the view says when the window opens.
     let v = serve.view(v.id).await.unwrap();
     assert_eq!(v.phase, Phase::Running);
@@ -1028,6 +1046,102 @@ async fn a_node_with_errors_in_its_journal_after_the_reboot_fails_verification()
     let failure =
         r.nodes.iter().find(|n| n.name == "node2").and_then(|n| n.failure.clone()).unwrap_or_default();
     assert!(failure.contains("cannot open /var/lib/myapp/db"), "{failure}");
+    drop(serve);
+    f.stop().await;
+}
+
+/// A stand-in for systemctl (this machine runs no systemd): each unit is a pair of files,
+/// `units/UNIT.running` and `units/UNIT.masked`, beside the script; every call is logged.
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+d="$(dirname "$0")/units"; mkdir -p "$d"
+echo "$1 $2" >> "$(dirname "$0")/systemctl.log"
+case "$1" in
+  is-active) test -e "$d/$2.running" ;;
+  stop) rm -f "$d/$2.running" ;;
+  start) if [ -e "$d/$2.masked" ]; then echo "$2 is masked" >&2; exit 1; fi; touch "$d/$2.running" ;;
+  mask) touch "$d/$2.masked" ;;
+  unmask) rm -f "$d/$2.masked" ;;
+  *) exit 2 ;;
+esac
+"#;
+
+/// What a node's two held units are: (timer running, timer masked, service running, service
+/// masked).
+fn units_of(node_dir: &Path) -> (bool, bool, bool, bool) {
+    let u = node_dir.join("units");
+    (
+        u.join("apt-daily-upgrade.timer.running").exists(),
+        u.join("apt-daily-upgrade.timer.masked").exists(),
+        u.join("unattended-upgrades.service.running").exists(),
+        u.join("unattended-upgrades.service.masked").exists(),
+    )
+}
+
+/// Issue 12, auto-updaters held: while the campaign runs, every targeted node's held units are
+/// stopped and masked; afterwards each is back as it was (the running timer runs again, the
+/// stopped service stays stopped), also with the orchestrator SIGKILLed mid-campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_updaters_are_held_during_a_campaign_and_given_back_after_a_crash() {
+    let o = LocalOptions { nodes: 3, action_seconds: "1.5".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("hold"), &o).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for n in &f.nodes {
+        let ctl = n.dir.join("fakectl");
+        std::fs::write(&ctl, FAKE_SYSTEMCTL).unwrap();
+        std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(n.dir.join("units")).unwrap();
+        std::fs::write(n.dir.join("units/apt-daily-upgrade.timer.running"), "").unwrap();
+        let c = ctl.display();
+        let cfg = n.dir.join("agent.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[hold]\nunits = [\"apt-daily-upgrade.timer\", \"unattended-upgrades.service\"]\n\
+             is_active_command = [\"{c}\", \"is-active\", \"{{unit}}\"]\nstop_command = [\"{c}\", \"stop\", \"{{unit}}\"]\n\
+             mask_command = [\"{c}\", \"mask\", \"{{unit}}\"]\nunmask_command = [\"{c}\", \"unmask\", \"{{unit}}\"]\n\
+             start_command = [\"{c}\", \"start\", \"{{unit}}\"]\n"
+        ));
+        std::fs::write(&cfg, text).unwrap();
+    }
+    start_and_wait(&mut f, o.reboot_ms).await;
+    let db = f.dir.join("baton.db");
+    let api = port();
+    let mut serve = Serve::start_on(&f, api, &db).await;
+    let toml = quick("max_parallel = 1\n").replace("max_parallel = 2\n", "");
+    let v = serve.create_and_start(toml.clone()).await;
+    serve.wait(v.id, Duration::from_secs(30), |v| v.nodes.iter().any(|n| n.state == "updating")).await;
+    // Mid-campaign: held on every targeted node, the one in flight and those still waiting (their
+    // holds were sent at the start, each answered in its own time).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.nodes.iter().all(|n| units_of(&n.dir) == (false, true, false, true)) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            f.nodes.iter().map(|n| units_of(&n.dir)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mid = serve.view(v.id).await.unwrap();
+    assert!(mid.phase == Phase::Running && mid.updated < 3, "{mid:#?}");
+    serve.sigkill();
+    drop(serve);
+    let serve = Serve::start_on(&f, api, &db).await;
+    let end = serve.wait(v.id, Duration::from_secs(90), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3);
+    // Given back as they were: the timer runs again, the service stays stopped, nothing masked.
+    for n in &f.nodes {
+        assert_eq!(units_of(&n.dir), (true, false, false, false), "{}", n.name);
+        assert!(!n.dir.join("state/held.json").exists(), "{}", n.name);
+        let log = std::fs::read_to_string(n.dir.join("systemctl.log")).unwrap();
+        assert!(
+            log.contains("mask apt-daily-upgrade.timer") && log.contains("start apt-daily-upgrade.timer"),
+            "{log}"
+        );
+        assert!(!log.contains("start unattended-upgrades.service"), "{log}");
+    }
+    budgets_kept(&f, &toml, &serve.events(v.id).await);
+    // Each hold and release step ran once on each agent, the restart's resends answered from
+    // their journals.
+    steps_ran_once(&f).await;
     drop(serve);
     f.stop().await;
 }

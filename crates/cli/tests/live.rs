@@ -45,8 +45,8 @@ async fn a_campaign_across_five_agents_completes() {
         assert_eq!(s.version.as_deref(), Some("1.1"), "{} reports {:?}", n.name, s.version);
     }
     assert_eq!(f.reboots.load(Ordering::SeqCst), 5);
-    // Precheck, drain, update and restore on each node, each once.
-    assert_eq!(steps_ran_once(&f).await, 20);
+    // Hold, precheck, drain, update, restore and release on each node, each once.
+    assert_eq!(steps_ran_once(&f).await, 30);
     budgets_kept(&f, &toml, &serve.events(v.id).await);
     metrics_parse(&serve).await;
     // Commit raises the functional level: the orchestrator holds the fleet at 1.1 from now on,
@@ -151,11 +151,13 @@ async fn a_node_whose_address_leads_to_another_agent_is_never_counted_updated() 
     assert_ne!(end.phase, Phase::Completed, "{end:#?}");
     assert_eq!(end.updated, 2, "{end:#?}");
     assert_ne!(end.nodes[2].version.as_deref(), Some("1.1"), "{end:#?}");
-    // node1's agent ran node1's three steps and nothing of node3's; node3's agent was never asked.
+    // node1's agent ran node1's five steps (the hold of its auto-updaters, precheck, drain,
+    // update, restore; the campaign has not ended, so nothing is released yet) and nothing of
+    // node3's; node3's agent was never asked.
     let c = client(&f);
     let steps = c.steps("node1", &wrong).await.unwrap();
     let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(ids.len(), 5, "{ids:?}");
     assert!(ids.iter().all(|id| id.contains("/node1/")), "{ids:?}");
     assert!(c.steps("node3", &right).await.unwrap().is_empty());
     if end.nodes[2].state == "pending" {
@@ -237,9 +239,11 @@ async fn the_orchestrator_survives_sigkill_at_random_points() {
                 }
             }
         }
-        if steps != 9 {
-            problems
-                .push(format!("run {run}: {steps} steps where each node drains, updates and restores once"));
+        // Hold, precheck, drain, update, restore and release, on each of the three nodes.
+        if steps != 18 {
+            problems.push(format!(
+                "run {run}: {steps} steps where each node is held, prechecked, drained, updated, restored and released once"
+            ));
         }
         if let Err(e) = budget_violation(&f, &toml, &serve.events(v.id).await) {
             violations += 1;
@@ -675,7 +679,7 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
         );
         assert!(n.steps.iter().all(|s| s.outcome == "ok" && s.ended_ms.is_some()), "{n:?}");
         assert_eq!((n.version_before.as_deref(), n.version_after.as_deref()), (Some("1.0"), Some("1.1")));
-        assert!(n.steps[1].output_tail.as_deref().unwrap_or("").contains("installed 1.1"), "{n:?}");
+        assert!(n.steps[2].output_tail.as_deref().unwrap_or("").contains("installed 1.1"), "{n:?}");
         assert!(n.started_ms <= n.ended_ms);
     }
     for (format, must) in [("md", "## node5"), ("html", "<h2>node5"), ("json", "\"name\": \"node5\"")] {

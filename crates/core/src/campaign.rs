@@ -72,6 +72,30 @@ pub enum Back {
     Restoring,
 }
 
+/// Where a node's own auto-updaters stand (agent.toml `[hold]`): held (stopped and masked)
+/// from the campaign's start until it ends, so that nothing on the node patches or reboots it
+/// meanwhile; then released (unmasked, and started again if they were running).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "hold")]
+pub enum Hold {
+    /// Never held in this campaign.
+    #[default]
+    None,
+    /// The hold step was sent; given up on at `deadline`.
+    Holding {
+        attempt: u32,
+        deadline: Millis,
+    },
+    /// Held (or the hold failed part way): to be released.
+    Held,
+    /// The release step was sent; given up on at `deadline`.
+    Releasing {
+        attempt: u32,
+        deadline: Millis,
+    },
+    Released,
+}
+
 /// A node's lifecycle in a campaign (DESIGN.md §Node lifecycle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state")]
@@ -193,6 +217,14 @@ pub struct NodeRun {
     /// What the node's failing health checks said when it was last reported unhealthy.
     #[serde(default)]
     pub unhealthy: Option<String>,
+    /// Its auto-updaters, and how many hold or release steps it was sent (each has its own id).
+    #[serde(default)]
+    pub hold: Hold,
+    #[serde(default)]
+    pub hold_steps: u32,
+    /// Why its auto-updaters could not be released, when they could not.
+    #[serde(default)]
+    pub hold_error: Option<String>,
 }
 
 /// The plan as journaled in the campaign's first event, by node name, so that a campaign
@@ -214,6 +246,9 @@ pub struct PlanRecord {
     /// before prechecks existed, which must replay as it ran).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prechecks: bool,
+    /// Whether nodes' auto-updaters are held for the campaign (absent: journaled before holds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +366,10 @@ pub struct WorkloadMove {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "command")]
 pub enum Command {
+    /// Stop and mask the node's auto-updaters, recording which were running.
+    Hold { node: String, step: String },
+    /// Unmask the node's auto-updaters and start those that were running before the hold.
+    Release { node: String, step: String },
     /// Run the node's prechecks; the node is not touched.
     Precheck { node: String, step: String },
     /// Take the node out of service: out of the load balancer, workloads moved, local services
@@ -353,9 +392,23 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "notice")]
 pub enum Notice {
-    Phase { from: Phase, to: Phase, by: Option<String> },
-    NodeDone { node: String },
-    NodeFailed { node: String, reason: String },
+    Phase {
+        from: Phase,
+        to: Phase,
+        by: Option<String>,
+    },
+    NodeDone {
+        node: String,
+    },
+    NodeFailed {
+        node: String,
+        reason: String,
+    },
+    /// A node's auto-updaters could not be released: they may still be stopped and masked.
+    HoldNotReleased {
+        node: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +435,12 @@ pub struct Campaign {
     /// Nodes are prechecked before they are drained (on the forward pass): every campaign
     /// created now; not one journaled before prechecks existed.
     prechecks: bool,
+    /// Nodes' auto-updaters are held for the campaign (every campaign created now).
+    holds: bool,
+    /// Hold and release steps in flight, by when they are given up on.
+    hold_timers: BTreeSet<(Millis, NodeId)>,
+    /// Nodes whose auto-updaters are held and are to be released when the campaign ends.
+    to_release: BTreeSet<NodeId>,
     pub spec: CampaignSpec,
     pub fleet: Arc<Fleet>,
     pub plan: Plan,
@@ -444,7 +503,15 @@ impl Campaign {
         let plan = plan(&fleet, &spec)?;
         let mut c = Campaign::from_plan(id.into(), fleet, spec, plan, left_out);
         c.prechecks = true;
+        c.holds = true;
         Ok(c)
+    }
+
+    /// Whether nodes' auto-updaters are held for the campaign (on by default). The choice is
+    /// journaled with the plan.
+    pub fn with_holds(mut self, on: bool) -> Campaign {
+        self.holds = on;
+        self
     }
 
     /// Whether nodes are prechecked before they are drained (on by default). A campaign without
@@ -477,6 +544,7 @@ impl Campaign {
                     .collect(),
                 start: self.plan.start.iter().map(name).collect(),
                 prechecks: self.prechecks,
+                holds: self.holds,
             },
         }
     }
@@ -530,7 +598,13 @@ impl Campaign {
         };
         let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
         c.prechecks = rec.prechecks;
+        c.holds = rec.holds;
         Ok((c, 1))
+    }
+
+    /// Whether nodes' auto-updaters are held for this campaign.
+    pub fn holds_auto_updaters(&self) -> bool {
+        self.holds
     }
 
     /// The campaign's unique id.
@@ -562,6 +636,9 @@ impl Campaign {
                 left_out: false,
                 prechecks: 0,
                 unhealthy: None,
+                hold: Hold::None,
+                hold_steps: 0,
+                hold_error: None,
             })
             .collect();
         for &n in left_out {
@@ -633,6 +710,9 @@ impl Campaign {
             id,
             legacy: false,
             prechecks: false,
+            holds: false,
+            hold_timers: BTreeSet::new(),
+            to_release: BTreeSet::new(),
             max_parallel: plan.max_parallel as u32,
             level: fleet.functional_level.clone(),
             placement: Placement::initial(&fleet),
@@ -691,6 +771,7 @@ impl Campaign {
             r.state.is_active()
                 || matches!(r.state, NodeState::Pending { out_of_service: true })
                 || matches!(r.state.back(), Some(Back::Checking { .. } | Back::Restoring))
+                || matches!(r.hold, Hold::Holding { .. } | Hold::Held | Hold::Releasing { .. })
         })
     }
 
@@ -731,6 +812,9 @@ impl Campaign {
         if let Some(w) = self.window_wait {
             best = Some(best.map_or(w, |b| b.min(w)));
         }
+        if let Some(&(h, _)) = self.hold_timers.first() {
+            best = Some(best.map_or(h, |b| b.min(h)));
+        }
         // A barrier pause that has not passed yet (it is cleared once it has).
         if self.phase == Phase::Running && self.group_open_at > 0 && !self.pending.is_empty() {
             best = Some(best.map_or(self.group_open_at, |b| b.min(self.group_open_at)));
@@ -746,6 +830,16 @@ impl Campaign {
         for (i, r) in self.nodes.iter().enumerate() {
             let n = i as NodeId;
             let node = self.fleet.node_name(n).to_string();
+            match &r.hold {
+                Hold::Holding { attempt, .. } => {
+                    out.push(Command::Hold { node: node.clone(), step: self.hold_step(n, *attempt, "hold") })
+                }
+                Hold::Releasing { attempt, .. } => out.push(Command::Release {
+                    node: node.clone(),
+                    step: self.hold_step(n, *attempt, "release"),
+                }),
+                _ => {}
+            }
             match &r.state {
                 NodeState::Prechecking { attempt } => {
                     out.push(Command::Precheck { node, step: self.step_id(n, *attempt, "precheck") })
@@ -971,6 +1065,14 @@ impl Campaign {
                     self.check_all_up()?;
                 }
                 self.set_phase(Phase::Running, Some(&by), out);
+                if self.holds {
+                    // Every node the campaign will update: nothing of theirs patches or reboots
+                    // them while the campaign runs.
+                    for r in 0..self.by_rank.len() {
+                        let n = self.by_rank[r];
+                        self.send_hold(n, now, out);
+                    }
+                }
             }
             Event::Hook { .. } => {
                 if self.phase != Phase::Planned {
@@ -1029,6 +1131,9 @@ impl Campaign {
             Event::Tick => {}
             Event::StepOk { node, step, reboot, boot_id, version } => {
                 let n = self.node(&node)?;
+                if self.hold_answer(n, now, &step, None, out) {
+                    return Ok(());
+                }
                 let state = self.nodes[n as usize].state.clone();
                 match state {
                     NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
@@ -1088,6 +1193,9 @@ impl Campaign {
             }
             Event::StepFailed { node, step, reason } => {
                 let n = self.node(&node)?;
+                if self.hold_answer(n, now, &step, Some(reason.clone()), out) {
+                    return Ok(());
+                }
                 let state = self.nodes[n as usize].state.clone();
                 match state {
                     NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
@@ -1426,6 +1534,7 @@ impl Campaign {
     /// Timers, the failure threshold, barriers, new starts and completion.
     fn advance(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.fire_timers(now, out);
+        self.fire_hold_timers(now, out);
         if self.failure_threshold_passed() && matches!(self.phase, Phase::Running | Phase::RollingBack) {
             self.set_phase(Phase::Halted, None, out);
         }
@@ -1441,6 +1550,7 @@ impl Campaign {
                 _ => {}
             }
         }
+        self.release_holds(now, out);
     }
 
     fn fire_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
@@ -1613,6 +1723,14 @@ impl Campaign {
                 break;
             }
             self.candidates.remove(&r);
+            if self.holds && self.nodes[n as usize].hold != Hold::Held {
+                // It waits for its hold (a candidate again once held); one released at the end
+                // of the forward pass is held again for the rollback.
+                if matches!(self.nodes[n as usize].hold, Hold::None | Hold::Released) {
+                    self.send_hold(n, now, out);
+                }
+                continue;
+            }
             let moves = match self.may_start(n) {
                 Ok(moves) => moves,
                 Err(b) => {
@@ -1634,6 +1752,149 @@ impl Campaign {
             } else {
                 self.drain(n, now, moves, out);
             }
+        }
+    }
+
+    fn hold_step(&self, n: NodeId, attempt: u32, what: &str) -> String {
+        format!("{}/{}/h{attempt}/{what}", self.id, self.fleet.node_name(n))
+    }
+
+    /// The one place a node's hold changes, so that its timer and the release list stay right.
+    fn set_hold(&mut self, n: NodeId, hold: Hold) {
+        let deadline = |h: &Hold| match h {
+            Hold::Holding { deadline, .. } | Hold::Releasing { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        if let Some(d) = deadline(&self.nodes[n as usize].hold) {
+            self.hold_timers.remove(&(d, n));
+        }
+        if let Some(d) = deadline(&hold) {
+            self.hold_timers.insert((d, n));
+        }
+        if hold == Hold::Held {
+            self.to_release.insert(n);
+        } else {
+            self.to_release.remove(&n);
+        }
+        self.nodes[n as usize].hold = hold;
+        self.touch(n);
+    }
+
+    fn send_hold(&mut self, n: NodeId, now: Millis, out: &mut Vec<Command>) {
+        let attempt = self.nodes[n as usize].hold_steps;
+        self.nodes[n as usize].hold_steps += 1;
+        self.set_hold(n, Hold::Holding { attempt, deadline: now + self.spec.reboot_timeout });
+        out.push(Command::Hold {
+            node: self.fleet.node_name(n).to_string(),
+            step: self.hold_step(n, attempt, "hold"),
+        });
+    }
+
+    /// A hold or release step's answer (`failed` with the reason when it failed); false when
+    /// `step` is neither.
+    fn hold_answer(
+        &mut self,
+        n: NodeId,
+        now: Millis,
+        step: &str,
+        failed: Option<String>,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        match self.nodes[n as usize].hold.clone() {
+            Hold::Holding { attempt, .. } if step == self.hold_step(n, attempt, "hold") => {
+                self.held(n, now, failed, out);
+                true
+            }
+            Hold::Releasing { attempt, .. } if step == self.hold_step(n, attempt, "release") => {
+                self.released(n, failed, out);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The hold step ended. Held, the node may start; if the hold failed (part of it may have
+    /// worked: it is released all the same), a node still waiting to start fails instead.
+    fn held(&mut self, n: NodeId, now: Millis, failed: Option<String>, out: &mut Vec<Command>) {
+        self.set_hold(n, Hold::Held);
+        let r = self.rank[n as usize];
+        let waiting = r != u32::MAX && self.pending.contains(&r);
+        match failed {
+            None if waiting => {
+                self.candidates.insert(r);
+            }
+            // It never starts: still in service, or (queued for a rollback out of service) left
+            // out for an operator, as a node that cannot be drained would be.
+            Some(why) if waiting => {
+                let back = match self.nodes[n as usize].state {
+                    NodeState::Pending { out_of_service: true } => Back::Out,
+                    _ => Back::In,
+                };
+                self.pending.remove(&r);
+                self.candidates.remove(&r);
+                self.fail(n, now, format!("cannot hold its auto-updaters: {why}"), back, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn released(&mut self, n: NodeId, failed: Option<String>, out: &mut Vec<Command>) {
+        self.set_hold(n, Hold::Released);
+        if let Some(why) = failed {
+            self.nodes[n as usize].hold_error = Some(why.clone());
+            out.push(Command::Notify {
+                notice: Notice::HoldNotReleased { node: self.fleet.node_name(n).to_string(), reason: why },
+            });
+        }
+        // Queued again meanwhile (a rollback after the campaign completed): held again first.
+        let r = self.rank[n as usize];
+        if r != u32::MAX && self.pending.contains(&r) {
+            self.candidates.insert(r);
+        }
+    }
+
+    fn fire_hold_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let due: Vec<NodeId> = self.hold_timers.range(..=(now, NodeId::MAX)).map(|t| t.1).collect();
+        let why = format!(
+            "its agent did not answer within reboot_timeout {}",
+            format_duration(self.spec.reboot_timeout)
+        );
+        for n in due {
+            match self.nodes[n as usize].hold {
+                Hold::Holding { .. } => self.held(n, now, Some(why.clone()), out),
+                Hold::Releasing { .. } => self.released(n, Some(why.clone()), out),
+                _ => {}
+            }
+        }
+    }
+
+    /// Once the campaign has ended, each node's auto-updaters are released as soon as nothing
+    /// of the campaign is left to do on the node.
+    fn release_holds(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if self.to_release.is_empty()
+            || !matches!(self.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack)
+        {
+            return;
+        }
+        let ready: Vec<NodeId> = self
+            .to_release
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let st = &self.nodes[n as usize].state;
+                !st.is_active()
+                    && !matches!(st, NodeState::Pending { .. })
+                    && !matches!(st.back(), Some(Back::Checking { .. } | Back::Restoring))
+            })
+            .collect();
+        for n in ready {
+            let attempt = self.nodes[n as usize].hold_steps;
+            self.nodes[n as usize].hold_steps += 1;
+            self.set_hold(n, Hold::Releasing { attempt, deadline: now + self.spec.reboot_timeout });
+            out.push(Command::Release {
+                node: self.fleet.node_name(n).to_string(),
+                step: self.hold_step(n, attempt, "release"),
+            });
         }
     }
 

@@ -37,7 +37,7 @@ fn campaign(extra: &str) -> Campaign {
     );
     let spec = load_campaign("c.toml", &text, &fleet).unwrap();
     // Nodes are drained as they start: prechecks have tests of their own.
-    Campaign::new("c1", Arc::new(fleet), spec).unwrap().with_prechecks(false)
+    Campaign::new("c1", Arc::new(fleet), spec).unwrap().with_prechecks(false).with_holds(false)
 }
 
 fn by() -> String {
@@ -369,12 +369,12 @@ fn step_ids_come_from_the_campaign_id_not_its_name() {
     let first = Campaign::new("7f3a", fleet.clone(), spec.clone()).unwrap();
     let again = Campaign::new("91bc", fleet.clone(), spec).unwrap();
     let step = |c: &mut Campaign| match &c.handle(0, Event::Start { by: by() }).unwrap()[1] {
-        Command::Precheck { step, .. } => step.clone(),
-        other => panic!("expected a precheck, got {other:?}"),
+        Command::Hold { step, .. } => step.clone(),
+        other => panic!("expected a hold, got {other:?}"),
     };
     let (a, b) = (step(&mut first.clone()), step(&mut again.clone()));
-    assert_eq!(a, "7f3a/a/0/precheck");
-    assert_eq!(b, "91bc/a/0/precheck");
+    assert_eq!(a, "7f3a/a/h0/hold");
+    assert_eq!(b, "91bc/a/h0/hold");
 }
 
 #[test]
@@ -456,7 +456,10 @@ fn nodes_left_out_by_an_earlier_campaign_count_as_down() {
     let fleet = Arc::new(load_fleet("f.toml", fleet3()).unwrap());
     let spec = campaign("").spec;
     let c_node = fleet.node_id("c").unwrap();
-    let mut c = Campaign::create("c1", fleet.clone(), spec.clone(), &[c_node]).unwrap().with_prechecks(false);
+    let mut c = Campaign::create("c1", fleet.clone(), spec.clone(), &[c_node])
+        .unwrap()
+        .with_prechecks(false)
+        .with_holds(false);
     assert_eq!(c.down(0), 1);
     // web allows one down and c already is: only c may start (it adds nothing).
     let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
@@ -739,4 +742,67 @@ fn require_all_up_refuses_a_start_while_a_node_is_down_and_names_it() {
     // A start hook is journaled only before the start.
     let hook = Event::Hook { hook: "before_start".into(), ok: true, output: String::new() };
     assert!(matches!(c.handle(4 * S, hook), Err(CampaignError::NotAllowed { .. })));
+}
+
+fn holds_of(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Hold { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn releases_of(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Release { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn auto_updaters_are_held_before_any_start_and_released_at_the_end() {
+    let mut c = campaign("max_failed_nodes = 1").with_holds(true);
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    assert_eq!(holds_of(&cmds), vec!["a", "b", "c"]);
+    assert!(drains(&cmds).is_empty(), "nothing starts before it is held");
+    // b's hold fails: b fails, still in service; a is held and starts.
+    let cmds = c
+        .handle(
+            S,
+            Event::StepFailed {
+                node: "b".into(),
+                step: "c1/b/h0/hold".into(),
+                reason: "systemctl: no bus".into(),
+            },
+        )
+        .unwrap();
+    assert!(drains(&cmds).is_empty());
+    assert!(
+        matches!(&c.nodes[1].state, NodeState::Failed { reason, back: Back::In } if reason.contains("cannot hold its auto-updaters"))
+    );
+    let cmds = c.handle(S, ok("a", "c1/a/h0/hold")).unwrap();
+    assert_eq!(drains(&cmds), vec!["a"]);
+    assert!(c.holds_fleet());
+    // Aborted with a in flight: c (held meanwhile) is released at once, a once it is back.
+    c.handle(2 * S, ok("c", "c1/c/h0/hold")).unwrap();
+    let cmds = c.handle(3 * S, Event::Abort { by: by() }).unwrap();
+    let mut rel = releases_of(&cmds);
+    rel.sort();
+    assert_eq!(rel, vec!["b", "c"], "a is in flight; b's partial hold is released too");
+    let cmds = walk(&mut c, "a", 4 * S);
+    assert_eq!(releases_of(&cmds), vec!["a"], "{cmds:?} {:?}", c.nodes[0]);
+    assert!(c.holds_fleet(), "until every release is answered");
+    for n in ["a", "b"] {
+        c.handle(500 * S, ok(n, &format!("c1/{n}/h1/release"))).unwrap();
+    }
+    // c's agent never answers: given up on after reboot_timeout, with a notice.
+    let due = c.next_deadline().unwrap();
+    let cmds = c.handle(due, Event::Tick).unwrap();
+    assert!(cmds.iter().any(
+        |x| matches!(x, Command::Notify { notice: Notice::HoldNotReleased { node, .. } } if node == "c")
+    ));
+    assert!(!c.holds_fleet());
 }

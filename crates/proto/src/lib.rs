@@ -62,6 +62,11 @@ pub struct ApiError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
+    /// Stop and runtime-mask the node's auto-updaters (agent.toml `[hold]`), recording which
+    /// were running.
+    Hold,
+    /// Unmask them and start again those that were running before the hold.
+    Release,
     /// The node's prechecks (free disk, prerequisites), before anything is touched.
     Precheck,
     /// Out of service: drain hooks, local services stopped with `stop_grace` then forced.

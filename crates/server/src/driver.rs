@@ -7,7 +7,7 @@ use crate::client::{AgentClient, ClientError};
 use crate::haproxy;
 use crate::metrics::{KindLabel, StepLabel, Telemetry};
 use crate::store::Store;
-use baton_core::campaign::{Back, Command, Event, Notice};
+use baton_core::campaign::{Back, Command, Event, Hold, Notice};
 use baton_core::model::Haproxy;
 use baton_core::{Campaign, CampaignError, Millis, NodeState};
 use baton_proto::{CampaignView, NodeView, ServiceView, StepKind, StepRequest, StepState};
@@ -448,13 +448,15 @@ fn watch_ended(c: &Campaign) -> bool {
 }
 
 /// Whether the campaign still waits on something from this node's agent.
-fn needs_job(st: &NodeState) -> bool {
+fn needs_job(r: &baton_core::campaign::NodeRun) -> bool {
+    let st = &r.state;
     st.is_active()
         || matches!(
             st,
             NodeState::Done { back: Back::Checking { .. } | Back::Restoring }
                 | NodeState::Failed { back: Back::Checking { .. } | Back::Restoring, .. }
         )
+        || matches!(r.hold, Hold::Holding { .. } | Hold::Releasing { .. })
 }
 
 /// What every campaign's driver shares with the others.
@@ -858,7 +860,7 @@ impl Driver {
         let c = &self.campaign;
         let ended = watch_ended(c);
         let keep = |kind: JobKind, n: baton_core::NodeId| {
-            let needed = needs_job(&c.nodes[n as usize].state);
+            let needed = needs_job(&c.nodes[n as usize]);
             if kind == JobKind::Watch {
                 !needed && !ended
             } else {
@@ -1027,6 +1029,10 @@ impl Driver {
         let rep = Reporter(self.inbox.clone());
         let client = self.client.clone();
         match cmd {
+            Command::Hold { node, step } => self.step(node, StepRequest::new(step, StepKind::Hold), rep),
+            Command::Release { node, step } => {
+                self.step(node, StepRequest::new(step, StepKind::Release), rep)
+            }
             Command::Precheck { node, step } => {
                 self.step(node, StepRequest::new(step, StepKind::Precheck), rep)
             }
@@ -1071,6 +1077,9 @@ impl Driver {
                 Notice::NodeDone { node } => tracing::info!(campaign = self.id, %node, "node done"),
                 Notice::NodeFailed { node, reason } => {
                     tracing::warn!(campaign = self.id, %node, "node failed: {reason}")
+                }
+                Notice::HoldNotReleased { node, reason } => {
+                    tracing::error!(campaign = self.id, %node, "auto-updaters not released (they may still be stopped and masked): {reason}")
                 }
             },
         }

@@ -86,6 +86,12 @@ pub fn event_of(n: &Notice) -> Option<What> {
             Some(What { event: e, node: None, reason: None, by: by.clone() })
         }
         Notice::NodeDone { .. } => None,
+        Notice::HoldNotReleased { node, reason } => Some(What {
+            event: "hold-not-released",
+            node: Some(node.clone()),
+            reason: Some(reason.clone()),
+            by: None,
+        }),
     }
 }
 

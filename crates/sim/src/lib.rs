@@ -127,6 +127,12 @@ pub struct Observer {
     accepted: u32,
     window_open: bool,
     windows: Option<baton_core::window::Windows>,
+    /// Hold steps sent and not yet answered, nodes whose auto-updaters are held, and whether
+    /// the campaign holds them at all (journaled before holds existed: not).
+    hold_steps: HashMap<String, String>,
+    release_steps: HashMap<String, String>,
+    pub held: HashSet<String>,
+    holds: bool,
     closed_gates: HashSet<String>,
     /// Finishes per drain step (one per node and pass).
     finished: HashMap<String, u32>,
@@ -151,6 +157,7 @@ impl Observer {
             phase: Some(Phase::Planned),
             window_open: true,
             windows: c.spec.windows.clone(),
+            holds: c.holds_auto_updaters(),
             ..Default::default()
         }
     }
@@ -182,6 +189,20 @@ impl Observer {
     /// An event the core accepted.
     pub fn on_event(&mut self, fleet: &Fleet, ev: &Event) {
         match ev {
+            Event::StepOk { step, .. } | Event::StepFailed { step, .. }
+                if self.hold_steps.contains_key(step) =>
+            {
+                if let Some(node) = self.hold_steps.remove(step) {
+                    self.held.insert(node);
+                }
+            }
+            Event::StepOk { step, .. } | Event::StepFailed { step, .. }
+                if self.release_steps.contains_key(step) =>
+            {
+                if let Some(node) = self.release_steps.remove(step) {
+                    self.held.remove(&node);
+                }
+            }
             Event::Observed { node, up, .. } => {
                 if let Some(n) = fleet.node_id(node) {
                     self.set(n, None, Some(!up));
@@ -212,7 +233,25 @@ impl Observer {
     }
 
     pub fn on_command(&mut self, fleet: &Fleet, now: Millis, cmd: &Command) {
+        if let Command::Precheck { node, .. } | Command::Drain { node, .. } = cmd {
+            if self.holds && !self.held.contains(node) {
+                self.violations
+                    .push(format!("at {now}ms: {node} started while its auto-updaters are not held"));
+            }
+        }
         match cmd {
+            Command::Hold { node, step } => {
+                self.once(now, step);
+                self.hold_steps.insert(step.clone(), node.clone());
+            }
+            Command::Release { node, step } => {
+                self.once(now, step);
+                if self.active.contains(node) {
+                    self.violations
+                        .push(format!("at {now}ms: {node}'s auto-updaters released while it is in flight"));
+                }
+                self.release_steps.insert(step.clone(), node.clone());
+            }
             Command::Drain { node, step, .. } => {
                 self.once(now, step);
                 let n = fleet.node_id(node).expect("core names fleet nodes");
@@ -261,6 +300,7 @@ impl Observer {
                 self.once(now, step)
             }
             Command::Notify { notice } => match notice {
+                Notice::HoldNotReleased { .. } => {}
                 Notice::Phase { from, to, .. } => {
                     if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
@@ -564,7 +604,9 @@ impl Sim {
         let fleet = self.campaign.fleet.clone();
         let id = |name: &str| fleet.node_id(name).expect("core names fleet nodes");
         // An agent answers a step id it has seen with its recorded outcome.
-        if let Command::Precheck { step, .. }
+        if let Command::Hold { step, .. }
+        | Command::Release { step, .. }
+        | Command::Precheck { step, .. }
         | Command::Drain { step, .. }
         | Command::Update { step, .. }
         | Command::Restore { step, .. } = cmd
@@ -578,6 +620,18 @@ impl Sim {
             }
         }
         match cmd {
+            // Holding and releasing auto-updaters take no simulated time and always work.
+            Command::Hold { node, step } | Command::Release { node, step } => {
+                self.steps_sent += 1;
+                let e = Event::StepOk {
+                    node: node.clone(),
+                    step: step.clone(),
+                    reboot: false,
+                    boot_id: None,
+                    version: None,
+                };
+                self.record(step, now, e);
+            }
             // Prechecks take no simulated time.
             Command::Precheck { node, step } => {
                 self.steps_sent += 1;

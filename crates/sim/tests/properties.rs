@@ -375,6 +375,10 @@ proptest! {
             prop_assert!(*k == 1, "step {step} executed {k} times");
         }
         prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
+        // Every node's auto-updaters are given back once the campaign has ended.
+        if sim.campaign.phase != Phase::Halted {
+            prop_assert!(sim.observer.held.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.held, sim.campaign.phase);
+        }
         let report = sim.report();
 
         prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
