@@ -323,6 +323,53 @@ pub struct Config {
     pub drain_hooks: Vec<Argv>,
     pub restore_hooks: Vec<Argv>,
     pub hold: HoldConfig,
+    /// The `scan` action: what the node lacks (read-only, not a step).
+    pub scan: Option<Scan>,
+}
+
+/// How a node is scanned: apt (`apt list --upgradable`), dnf (`dnf check-update`) or a
+/// script whose stdout lines are the updates; `package` keeps only that package's line.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub kind: ActionKind,
+    pub argv: Argv,
+    pub package: Option<String>,
+    pub timeout_ms: u64,
+}
+
+impl Scan {
+    /// The updates in the command's output, one "package version" (or script line) each.
+    pub fn updates(&self, out: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if matches!(self.kind, ActionKind::Dnf) && line.starts_with("Obsoleting") {
+                break;
+            }
+            let item = match self.kind {
+                ActionKind::Script => Some((line.split_whitespace().next().unwrap_or(""), line.to_string())),
+                // "myapp/stable 1.1 all [upgradable from: 1.0]"
+                ActionKind::Apt => line.contains("[upgradable from").then(|| {
+                    let mut w = line.split_whitespace();
+                    let pkg = w.next().unwrap_or("").split('/').next().unwrap_or("");
+                    (pkg, format!("{pkg} {}", w.next().unwrap_or("?")))
+                }),
+                // "myapp.noarch   1.1-1   local" (after an empty line; "Obsoleting" ends it)
+                ActionKind::Dnf => {
+                    let w: Vec<&str> = line.split_whitespace().collect();
+                    (w.len() == 3 && w[0].contains('.')).then(|| {
+                        let pkg = w[0].rsplit_once('.').map_or(w[0], |(p, _)| p);
+                        (pkg, format!("{pkg} {}", w[1]))
+                    })
+                }
+            };
+            if let Some((pkg, line)) = item {
+                if self.package.as_deref().is_none_or(|p| p == pkg) {
+                    v.push(line);
+                }
+            }
+        }
+        v
+    }
 }
 
 impl Config {
@@ -411,6 +458,7 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
     }
     let mut names = HashSet::new();
     let mut actions = Vec::new();
+    let mut scan = None;
     for (i, a) in raw.actions.into_iter().enumerate() {
         let p = || root().key("action").idx(i);
         if !names.insert(a.name.clone()) {
@@ -419,6 +467,38 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
                 format!("action {} is defined twice", a.name),
                 "action names must be unique",
             ));
+        }
+        if a.name == "scan" {
+            // Read-only: what the node lacks. apt and dnf build their own (listing) command.
+            let argv = match (a.kind, a.argv) {
+                (ActionKind::Script, Some(argv)) => argv,
+                (ActionKind::Script, None) => {
+                    return Err(err(
+                        p().key("name"),
+                        "a script scan has no argv".into(),
+                        "add argv = [\"/path/to/program\"]: it prints one update per line",
+                    ))
+                }
+                (ActionKind::Apt, None) => ["apt", "list", "--upgradable"].map(String::from).to_vec(),
+                (ActionKind::Dnf, None) => ["dnf", "-q", "check-update"].map(String::from).to_vec(),
+                (_, Some(_)) => {
+                    return Err(err(
+                        p().key("argv"),
+                        "apt and dnf scans build their own command".into(),
+                        "remove argv (package = \"name\" limits the scan to that package)",
+                    ))
+                }
+            };
+            if let Some(pkg) = a.package.as_deref().filter(|p| !valid_version(p)) {
+                return Err(err(
+                    p().key("package"),
+                    format!("`{pkg}` is not a package name"),
+                    "use the package's plain name",
+                ));
+            }
+            check_argv(p().key("argv"), &argv, &["node", "state_dir"])?;
+            scan = Some(Scan { kind: a.kind, argv, package: a.package, timeout_ms: a.timeout.ms() });
+            continue;
         }
         let argv = match (a.kind, a.argv, a.package) {
             (ActionKind::Script, Some(argv), None) => argv,
@@ -498,6 +578,7 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
     }
     for (i, u) in h.units.iter().enumerate() {
         let ok = !u.is_empty()
+            && !u.starts_with('-')
             && u.len() <= 256
             && u.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c));
         if !ok {
@@ -581,6 +662,7 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
         drain_hooks: d.drain_hooks,
         restore_hooks: d.restore_hooks,
         hold,
+        scan,
     })
 }
 

@@ -99,6 +99,9 @@ impl Host for Hollow {
     fn check(&self) -> BoxFuture<'_, Vec<CheckResult>> {
         Box::pin(async { Vec::new() })
     }
+    fn scan(&self) -> BoxFuture<'_, Option<Result<Vec<String>, String>>> {
+        Box::pin(async { None })
+    }
     fn reboot(&self) -> BoxFuture<'_, Reboot> {
         Box::pin(async { Reboot::Exit })
     }

@@ -52,6 +52,9 @@ pub trait Host: Send + Sync + 'static {
     fn check(&self) -> BoxFuture<'_, Vec<CheckResult>>;
     /// Reboots the node.
     fn reboot(&self) -> BoxFuture<'_, Reboot>;
+    /// What the node lacks, by its `scan` action: `None` without one, else the updates or why
+    /// the scan failed.
+    fn scan(&self) -> BoxFuture<'_, Option<Result<Vec<String>, String>>>;
 }
 
 /// The real node: every effect is a command from the agent's config, run as argv.
@@ -260,16 +263,50 @@ impl System {
         }
     }
 
+    /// At the agent's start (after a reboot, a crash): a hold not yet released is applied
+    /// again, since a runtime mask and a stop last only until the machine reboots, and the
+    /// units would otherwise run (and patch, and reboot the node) while the campaign goes on.
+    pub async fn reassert_hold(&self) {
+        let h = &self.cfg.hold;
+        if h.units.is_empty() || !self.held_file().exists() {
+            return;
+        }
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for u in &h.units {
+            for (argv, what) in [(&h.stop_command, "stop"), (&h.mask_command, "mask")] {
+                let o = self.unit_cmd(argv, &base, u).await;
+                if !o.ok {
+                    tracing::error!(unit = %u, "holding again after a restart: {what} failed: {}", o.error.unwrap_or_default());
+                }
+            }
+        }
+        tracing::info!(units = ?h.units, "auto-updaters held again after a restart (a campaign holds them)");
+    }
+
     /// Unmasks every held unit and starts those that were running before the hold; the record
     /// is removed once all of it worked.
     async fn release(&self, base: &[(&str, &str)], output: &mut String, failure: &mut Option<String>) {
         let h = &self.cfg.hold;
         let file = self.held_file();
-        let active: Vec<String> = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| serde_json::from_value(v["active"].clone()).ok())
-            .unwrap_or_default();
+        let active: Vec<String> = match std::fs::read(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                *failure = Some(format!("cannot read {}: {e}", file.display()));
+                return;
+            }
+            Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["active"].clone()).ok())
+            {
+                Some(a) => a,
+                None => {
+                    // Kept for a person to read: what ran before the hold is in it.
+                    *failure = Some(format!("{} is not a hold record; it is kept", file.display()));
+                    return;
+                }
+            },
+        };
         for u in &h.units {
             let o = self.unit_cmd(&h.unmask_command, base, u).await;
             output.push_str(&o.tail);
@@ -346,26 +383,31 @@ impl System {
                     Err(_) => (false, "timed out".into()),
                 },
                 CheckKind::Journal { command, max_entries, ignore } => {
-                    let o = run::run(&config::fill(command, &base), c.timeout_ms, JOURNAL_READ_BYTES).await;
+                    let o = run::run_stdout(&config::fill(command, &base), c.timeout_ms, JOURNAL_READ_BYTES)
+                        .await;
                     match o.error {
                         Some(e) if !o.ok => (false, format!("cannot read the journal: {e}")),
                         _ => journal_verdict(&o.tail, *max_entries, ignore),
                     }
                 }
-                CheckKind::Disk { path, min_free } => match free_bytes(path) {
-                    Ok(free) if free >= *min_free => {
-                        (true, format!("{} free on {}", config::show_size(free), path.display()))
-                    }
-                    Ok(free) => (
-                        false,
-                        format!(
-                            "{} free on {}, {} needed",
-                            config::show_size(free),
-                            path.display(),
-                            config::show_size(*min_free)
+                CheckKind::Disk { path, min_free } => match disk_free(path, t).await {
+                    Err(_) => (false, format!("reading the free space of {} timed out", path.display())),
+                    Ok(Err(e)) => (false, format!("cannot read the free space of {}: {e}", path.display())),
+                    Ok(Ok(r)) => match r {
+                        Ok(free) if free >= *min_free => {
+                            (true, format!("{} free on {}", config::show_size(free), path.display()))
+                        }
+                        Ok(free) => (
+                            false,
+                            format!(
+                                "{} free on {}, {} needed",
+                                config::show_size(free),
+                                path.display(),
+                                config::show_size(*min_free)
+                            ),
                         ),
-                    ),
-                    Err(e) => (false, format!("cannot read the free space of {}: {e}", path.display())),
+                        Err(e) => (false, format!("cannot read the free space of {}: {e}", path.display())),
+                    },
                 },
                 CheckKind::Tcp(addr) => {
                     match tokio::time::timeout(t, tokio::net::TcpStream::connect(addr)).await {
@@ -375,7 +417,8 @@ impl System {
                     }
                 }
             };
-            results.push(CheckResult { name: c.name.clone(), ok, detail });
+            let verify_only = matches!(c.kind, CheckKind::Journal { .. });
+            results.push(CheckResult { name: c.name.clone(), ok, detail, verify_only });
         }
         results
     }
@@ -418,6 +461,27 @@ impl Host for System {
     fn reboot(&self) -> BoxFuture<'_, Reboot> {
         Box::pin(self.do_reboot())
     }
+    fn scan(&self) -> BoxFuture<'_, Option<Result<Vec<String>, String>>> {
+        Box::pin(async move {
+            let scan = self.cfg.scan.as_ref()?;
+            let vars = self.vars();
+            let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let o = run::run(&config::fill(&scan.argv, &base), scan.timeout_ms, 1 << 20).await;
+            // `dnf check-update` exits 100 when there are updates.
+            let dnf_found = matches!(scan.kind, config::ActionKind::Dnf)
+                && o.error.as_deref().is_some_and(|e| e.ends_with("exit status: 100"));
+            Some(if o.ok || dnf_found { Ok(scan.updates(&o.tail)) } else { Err(o.error.unwrap_or_default()) })
+        })
+    }
+}
+
+/// [`free_bytes`] off the runtime (statvfs blocks on a hung network mount), within `t`.
+async fn disk_free(
+    path: &std::path::Path,
+    t: Duration,
+) -> Result<Result<std::io::Result<u64>, tokio::task::JoinError>, tokio::time::error::Elapsed> {
+    let p = path.to_path_buf();
+    tokio::time::timeout(t, tokio::task::spawn_blocking(move || free_bytes(&p))).await
 }
 
 /// Bytes free for an unprivileged user on the file system holding `path` (statvfs).

@@ -293,7 +293,8 @@ impl Agent {
 
     async fn check_health(&self) {
         let results = self.host.check().await;
-        let healthy = results.iter().all(|r| r.ok);
+        // A check judged only at verification (the journal's) does not make the node unhealthy.
+        let healthy = results.iter().all(|r| r.ok || r.verify_only);
         let mut i = self.inner.lock().expect("agent lock");
         let changed = i.healthy != healthy || i.checks.iter().map(|c| c.ok).ne(results.iter().map(|c| c.ok));
         i.healthy = healthy;
@@ -347,6 +348,25 @@ async fn get_status(State(a): State<Shared>, Query(q): Query<WaitQuery>) -> Json
     Json(a.status())
 }
 
+/// What the node lacks: its version read now, and its `scan` action's updates.
+async fn get_scan(State(a): State<Shared>) -> Json<baton_proto::AgentScan> {
+    a.refresh_version().await;
+    let scanned = a.host.scan().await;
+    let version = a.inner.lock().expect("agent lock").version.clone();
+    let (updates, error) = match &scanned {
+        Some(Ok(u)) => (u.clone(), None),
+        Some(Err(e)) => (Vec::new(), Some(e.clone())),
+        None => (Vec::new(), None),
+    };
+    Json(baton_proto::AgentScan {
+        node: a.cfg.node.clone(),
+        version,
+        updates,
+        scanned: scanned.is_some(),
+        error,
+    })
+}
+
 async fn post_step(State(a): State<Shared>, Json(req): Json<StepRequest>) -> Response {
     match a.start_step(req) {
         Ok(s) => {
@@ -387,6 +407,7 @@ pub fn router(a: Shared) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/steps", post(post_step).get(list_steps))
         .route("/v1/step", get(get_step))
+        .route("/v1/scan", get(get_scan))
         .with_state(a)
 }
 
@@ -397,6 +418,7 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     baton_pki::install_default_provider();
     let host = Arc::new(host::System::new(&cfg));
+    host.reassert_hold().await;
     let run = Run { hup: Some(hup), limits: baton_net::Limits::for_this_process() };
     run_on(cfg, host, run, shutdown_signal()).await
 }

@@ -36,6 +36,12 @@ pub async fn run(argv: &[String], timeout_ms: u64, tail_bytes: usize) -> Outcome
     run_with_env(argv, &[], timeout_ms, tail_bytes).await
 }
 
+/// [`run`] keeping only standard output in the tail (for output that is parsed: a line written
+/// to stderr meanwhile would split one of its lines); stderr is dropped.
+pub async fn run_stdout(argv: &[String], timeout_ms: u64, tail_bytes: usize) -> Outcome {
+    run_inner(argv, &[], timeout_ms, tail_bytes, false).await
+}
+
 /// [`run`] with extra environment variables.
 pub async fn run_with_env(
     argv: &[String],
@@ -43,12 +49,22 @@ pub async fn run_with_env(
     timeout_ms: u64,
     tail_bytes: usize,
 ) -> Outcome {
+    run_inner(argv, env, timeout_ms, tail_bytes, true).await
+}
+
+async fn run_inner(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout_ms: u64,
+    tail_bytes: usize,
+    stderr_too: bool,
+) -> Outcome {
     let mut cmd = Command::new(&argv[0]);
     cmd.envs(env.iter().copied());
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(if stderr_too { Stdio::piped() } else { Stdio::null() })
         .env("DEBIAN_FRONTEND", "noninteractive")
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {

@@ -63,6 +63,7 @@ async fn main() {
             public_host: None,
             webhook_ca: None,
             test_clock: false,
+            allowed_hooks: Vec::new(),
         })
         .await
         .unwrap();

@@ -64,6 +64,7 @@ async fn demo(tmp: &Path, fleet: &LocalFleet, count: usize, hold: bool) -> Resul
         public_host: None,
         webhook_ca: None,
         test_clock: false,
+        allowed_hooks: Vec::new(),
     };
     let hub = baton_server::Hub::start(settings).await.map_err(|e| internal(&e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| internal(&e))?;

@@ -110,6 +110,23 @@ enum Cmd {
         #[arg(long)]
         config: String,
     },
+    /// Ask every agent of the fleet what it runs and what it lacks against a target version:
+    /// a compliance report (DESIGN.md §Formats, Scan JSON). Read-only.
+    Scan {
+        #[arg(long)]
+        fleet: String,
+        /// The version every node should be at.
+        #[arg(long)]
+        target: String,
+        /// Directory made by `baton ca`, holding ca.pem and the orchestrator's certificate.
+        #[arg(long, default_value = "pki")]
+        pki: String,
+        /// Name of the certificate to reach the agents with.
+        #[arg(long, default_value = "orchestrator")]
+        cert: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ScanFormat,
+    },
     /// The fleet's certificate authority.
     Ca {
         #[command(subcommand)]
@@ -147,6 +164,10 @@ enum Cmd {
         /// For tests only: let `POST /v1/clock` move this orchestrator's clock forward.
         #[arg(long, hide = true)]
         test_clock: bool,
+        /// A program campaigns' `before_start` may run on this host (repeat for more): none
+        /// unless listed, since the operator's token alone must not run anything here.
+        #[arg(long = "allow-hook", value_name = "PATH")]
+        allow_hook: Vec<String>,
     },
     /// Create a campaign from a file, start it and follow it to its end.
     Run {
@@ -258,6 +279,13 @@ enum ReportFormat {
     Md,
     Html,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScanFormat {
+    Text,
+    Json,
+    Html,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -455,6 +483,29 @@ pub(crate) fn flag_error(flag: &str, message: String, help: &str) -> Failure {
 
 fn run(cmd: Cmd) -> Result<(), Failure> {
     match cmd {
+        Cmd::Scan { fleet, target, pki, cert, format } => {
+            let text = read(&fleet)?;
+            let f = load_fleet(&fleet, &text).map_err(|d| Failure::Input(Box::new(d), Some(text.clone())))?;
+            let tls = baton_pki::TlsFiles::in_dir(std::path::Path::new(&pki), &cert);
+            baton_pki::install_default_provider();
+            let client = baton_server::client::AgentClient::new(&tls).map_err(|e| {
+                flag_error(
+                    "--pki",
+                    e.to_string(),
+                    "give the directory made by `baton ca`, with --cert naming a certificate in it",
+                )
+            })?;
+            let r = runtime()?.block_on(baton_server::scan::scan(&client, &f, &target));
+            match format {
+                ScanFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| Failure::Internal(e.to_string()))?
+                ),
+                ScanFormat::Text => print!("{}", output::scan_text(&r)),
+                ScanFormat::Html => print!("{}", output::scan_html(&r)),
+            }
+            Ok(())
+        }
         Cmd::Plan { fleet, campaign, format } => {
             let (fleet, spec) = load(&fleet, &campaign)?;
             let plan = baton_core::plan(&fleet, &spec).map_err(Failure::Infeasible)?;
@@ -662,6 +713,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             public_url,
             webhook_ca,
             test_clock,
+            allow_hook,
         } => {
             few_malloc_arenas();
             let public_host = match public_url.as_deref().map(|u| (u, baton_server::url_host(u))) {
@@ -699,6 +751,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 public_host,
                 webhook_ca: webhook_ca.map(Into::into),
                 test_clock,
+                allowed_hooks: allow_hook,
             };
             logging("info");
             raise_open_files();

@@ -80,7 +80,10 @@ impl Api {
     }
 
     pub async fn act(&self, id: i64, action: &str) -> Result<CampaignView, ApiFailure> {
-        self.read(self.http.post(format!("{}/v1/campaigns/{id}/{action}", self.base))).await
+        let r = self.http.post(format!("{}/v1/campaigns/{id}/{action}", self.base));
+        // A start runs the campaign's before_start first, for up to 30 minutes.
+        let r = if action == "start" { r.timeout(Duration::from_secs(31 * 60)) } else { r };
+        self.read(r).await
     }
 
     pub async fn view(&self, id: i64) -> Result<CampaignView, ApiFailure> {

@@ -296,3 +296,69 @@ pub fn simulate_text(
     );
     s
 }
+
+/// `baton scan`: one line per node, then the totals.
+pub fn scan_text(r: &baton_proto::ScanReport) -> String {
+    let mut s = format!("compliance against {}:\n", r.target);
+    for n in &r.nodes {
+        let _ = write!(s, "  {:<20} {:<13} {:<10}", n.node, n.state, n.version.as_deref().unwrap_or("-"));
+        if !n.updates.is_empty() {
+            let _ = write!(s, " lacks: {}", n.updates.join(", "));
+        }
+        if let Some(why) = &n.reason {
+            let _ = write!(s, " ({why})");
+        }
+        s.push('\n');
+    }
+    let t = &r.totals;
+    let _ = writeln!(
+        s,
+        "{} compliant, {} need the update, {} unreachable, of {} nodes (scanned in {:.1} s)",
+        t.compliant,
+        t.needs_update,
+        t.unreachable,
+        r.nodes.len(),
+        r.took_ms as f64 / 1000.0
+    );
+    s
+}
+
+/// `baton scan --format html`: a heatmap of the nodes colored by state, and the table.
+pub fn scan_html(r: &baton_proto::ScanReport) -> String {
+    let esc =
+        |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let mut s = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>baton scan: {t}</title><style>\
+         body{{font:15px/1.45 system-ui,sans-serif;margin:2rem}}.grid{{display:flex;flex-wrap:wrap;gap:3px;max-width:60rem}}\
+         .c{{width:1.1rem;height:1.1rem;border-radius:2px}}.compliant{{background:#22c55e}}.needs-update{{background:#f59e0b}}\
+         .unreachable{{background:#ef4444}}table{{border-collapse:collapse;margin-top:1rem}}td,th{{border:1px solid #bbb;padding:.2rem .5rem;text-align:left}}\
+         </style></head><body><h1>Compliance against {t}</h1><p>{c} compliant, {n} need the update, {u} unreachable</p><div class=\"grid\">",
+        t = esc(&r.target),
+        c = r.totals.compliant,
+        n = r.totals.needs_update,
+        u = r.totals.unreachable
+    );
+    for n in &r.nodes {
+        let _ = write!(
+            s,
+            "<div class=\"c {}\" title=\"{}: {}\"></div>",
+            esc(&n.state),
+            esc(&n.node),
+            esc(&n.state)
+        );
+    }
+    s.push_str("</div><table><tr><th>node</th><th>state</th><th>version</th><th>lacks</th><th>why</th></tr>");
+    for n in &r.nodes {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&n.node),
+            esc(&n.state),
+            esc(n.version.as_deref().unwrap_or("-")),
+            esc(&n.updates.join(", ")),
+            esc(n.reason.as_deref().unwrap_or(""))
+        );
+    }
+    s.push_str("</table></body></html>\n");
+    s
+}

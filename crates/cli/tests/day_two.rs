@@ -169,8 +169,7 @@ async fn a_campaign_created_after_an_abort_starts_only_once_the_aborted_nodes_ar
     let created_at = serve.events(second.id).await[0].at_ms;
     assert!(created_at >= restored_at, "created at {created_at}, aborted node restored at {restored_at}");
     // The aborted campaign's nodes ran their three steps once (and their prechecks, also one
-    // that answered after the abort); the new campaign's, all three nodes (the fleet file still
-    // says 1.0), a precheck and three new steps each.
+    // that answered after the abort).
     let prechecked = serve
         .events(first.id)
         .await
@@ -179,8 +178,12 @@ async fn a_campaign_created_after_an_abort_starts_only_once_the_aborted_nodes_ar
             matches!(decoded(e), Event::StepOk { step, .. } | Event::StepFailed { step, .. } if step.ends_with("/precheck"))
         })
         .count();
-    // Each campaign also held and released every node's auto-updaters.
-    assert_eq!(steps_ran_once(&f).await, 3 * first_end.updated + prechecked + 2 * 3 + 6 * 3);
+    // Each campaign also held and released its nodes' auto-updaters; the new one targets only
+    // the nodes whose agents still report 1.0 (those the abort left at 1.1 are skipped).
+    assert_eq!(
+        steps_ran_once(&f).await,
+        3 * first_end.updated + prechecked + 2 * 3 + 6 * (3 - first_end.updated)
+    );
     drop(serve);
     f.stop().await;
 }
@@ -921,7 +924,6 @@ async fn a_start_waits_for_every_node_up_and_for_before_start() {
         LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
     )
     .await;
-    let serve = Serve::start(&f, port()).await;
     // The hook records its argument and fails until a file says otherwise.
     let hook = f.dir.join("backup.sh");
     let (ran, allow) = (f.dir.join("backup.ran"), f.dir.join("backup.ok"));
@@ -936,6 +938,21 @@ async fn a_start_waits_for_every_node_up_and_for_before_start() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let serve = Serve::start_with(
+        &f,
+        port(),
+        &f.dir.join("baton.db"),
+        &["--allow-hook", &hook.display().to_string()],
+    )
+    .await;
+    // A program the orchestrator was not told to allow is refused at creation.
+    let other = quick("before_start = [\"/bin/sh\", \"-c\", \"id\"]\n");
+    let (code, text) = serve
+        .post::<CampaignView>("/v1/campaigns", Some(serde_json::json!({ "toml": other })))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("hook-not-allowed") && text.contains("--allow-hook /bin/sh"), "{text}");
     let toml =
         quick(&format!("require_all_up = true\nbefore_start = [\"{}\", \"{{campaign}}\"]\n", hook.display()));
     let v: CampaignView =
@@ -1050,30 +1067,35 @@ async fn a_node_with_errors_in_its_journal_after_the_reboot_fails_verification()
     f.stop().await;
 }
 
-/// A stand-in for systemctl (this machine runs no systemd): each unit is a pair of files,
-/// `units/UNIT.running` and `units/UNIT.masked`, beside the script; every call is logged.
+/// A stand-in for systemctl (this machine runs no systemd). As with systemd, a stop and a
+/// runtime mask last until the next boot (their files are named by the boot id), and an enabled
+/// unit runs at boot unless masked; every call is logged.
 const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
-d="$(dirname "$0")/units"; mkdir -p "$d"
-echo "$1 $2" >> "$(dirname "$0")/systemctl.log"
+here="$(dirname "$0")"; d="$here/units"; b="$(cat "$here/boot_id")"; mkdir -p "$d"
+echo "$1 $2" >> "$here/systemctl.log"
 case "$1" in
-  is-active) test -e "$d/$2.running" ;;
-  stop) rm -f "$d/$2.running" ;;
-  start) if [ -e "$d/$2.masked" ]; then echo "$2 is masked" >&2; exit 1; fi; touch "$d/$2.running" ;;
-  mask) touch "$d/$2.masked" ;;
-  unmask) rm -f "$d/$2.masked" ;;
+  is-active) if [ -e "$d/$2.enabled" ]; then ! test -e "$d/$2.stopped.$b"; else test -e "$d/$2.started.$b"; fi ;;
+  stop) touch "$d/$2.stopped.$b"; rm -f "$d/$2.started.$b" ;;
+  start) if [ -e "$d/$2.masked.$b" ]; then echo "$2 is masked" >&2; exit 1; fi; rm -f "$d/$2.stopped.$b"; touch "$d/$2.started.$b" ;;
+  mask) touch "$d/$2.masked.$b" ;;
+  unmask) rm -f "$d/$2.masked.$b" ;;
   *) exit 2 ;;
 esac
 "#;
 
-/// What a node's two held units are: (timer running, timer masked, service running, service
-/// masked).
+/// What a node's two held units are in its current boot: (timer running, timer masked, service
+/// running, service masked). The timer is enabled; the service is not.
 fn units_of(node_dir: &Path) -> (bool, bool, bool, bool) {
     let u = node_dir.join("units");
+    let b = std::fs::read_to_string(node_dir.join("boot_id")).unwrap_or_default().trim().to_string();
+    let has = |f: String| u.join(f).exists();
+    let t = "apt-daily-upgrade.timer";
+    let s = "unattended-upgrades.service";
     (
-        u.join("apt-daily-upgrade.timer.running").exists(),
-        u.join("apt-daily-upgrade.timer.masked").exists(),
-        u.join("unattended-upgrades.service.running").exists(),
-        u.join("unattended-upgrades.service.masked").exists(),
+        (has(format!("{t}.enabled")) && !has(format!("{t}.stopped.{b}"))) || has(format!("{t}.started.{b}")),
+        has(format!("{t}.masked.{b}")),
+        has(format!("{s}.started.{b}")),
+        has(format!("{s}.masked.{b}")),
     )
 }
 
@@ -1090,7 +1112,7 @@ async fn auto_updaters_are_held_during_a_campaign_and_given_back_after_a_crash()
         std::fs::write(&ctl, FAKE_SYSTEMCTL).unwrap();
         std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(n.dir.join("units")).unwrap();
-        std::fs::write(n.dir.join("units/apt-daily-upgrade.timer.running"), "").unwrap();
+        std::fs::write(n.dir.join("units/apt-daily-upgrade.timer.enabled"), "").unwrap();
         let c = ctl.display();
         let cfg = n.dir.join("agent.toml");
         let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -1108,9 +1130,18 @@ async fn auto_updaters_are_held_during_a_campaign_and_given_back_after_a_crash()
     let mut serve = Serve::start_on(&f, api, &db).await;
     let toml = quick("max_parallel = 1\n").replace("max_parallel = 2\n", "");
     let v = serve.create_and_start(toml.clone()).await;
-    serve.wait(v.id, Duration::from_secs(30), |v| v.nodes.iter().any(|n| n.state == "updating")).await;
-    // Mid-campaign: held on every targeted node, the one in flight and those still waiting (their
-    // holds were sent at the start, each answered in its own time).
+    // Mid-campaign, one node rebooted and done, another in flight: held on every targeted node,
+    // on the done one again after its reboot (its agent applies a hold not yet released when it
+    // starts).
+    let active = |st: &str| {
+        ["prechecking", "draining", "updating", "rebooting", "verifying", "restoring"].contains(&st)
+    };
+    serve
+        .wait(v.id, Duration::from_secs(30), |v| {
+            v.nodes.iter().any(|n| n.state == "done") && v.nodes.iter().any(|n| active(&n.state))
+        })
+        .await;
+    assert!(f.reboots.load(Ordering::SeqCst) >= 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f.nodes.iter().all(|n| units_of(&n.dir) == (false, true, false, true)) {
         assert!(
@@ -1142,6 +1173,79 @@ async fn auto_updaters_are_held_during_a_campaign_and_given_back_after_a_crash()
     // Each hold and release step ran once on each agent, the restart's resends answered from
     // their journals.
     steps_ran_once(&f).await;
+    drop(serve);
+    f.stop().await;
+}
+
+/// Issue 12, scan: `baton scan` against real agents at mixed versions reports each node (at the
+/// target, behind with what its scan action lists, not answering), as JSON and text; the
+/// orchestrator's `GET /v1/scan` agrees; and a campaign created afterwards skips the node
+/// whose agent says it is at the target, although the fleet file says 1.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_reports_each_node_and_a_campaign_skips_the_compliant_ones() {
+    let o = LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("scan"), &o).unwrap();
+    let cfg = f.nodes[1].dir.join("agent.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[[action]]\nname = \"scan\"\nkind = \"script\"\nargv = [\"/bin/echo\", \"myapp 1.1\"]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    set_version(&f, 0, "1.1");
+    start_and_wait(&mut f, o.reboot_ms).await;
+    assert!(f.kill_agent(2, false));
+    let scan = |format: &str| {
+        let o = Command::new(exe())
+            .args(["scan", "--fleet", &f.fleet_file.display().to_string(), "--target", "1.1"])
+            .args(["--pki", &f.pki.display().to_string(), "--format", format])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let r: baton_proto::ScanReport = serde_json::from_str(&scan("json")).unwrap();
+    let rows: Vec<(&str, &str, Option<&str>, Vec<String>)> = r
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.state.as_str(), n.version.as_deref(), n.updates.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("node1", "compliant", Some("1.1"), vec![]),
+            ("node2", "needs-update", Some("1.0"), vec!["myapp 1.1".to_string()]),
+            ("node3", "unreachable", None, vec![]),
+        ]
+    );
+    assert_eq!((r.totals.compliant, r.totals.needs_update, r.totals.unreachable), (1, 1, 1));
+    assert!(r.nodes[2].reason.as_deref().unwrap_or("").contains("does not answer"), "{:?}", r.nodes[2]);
+    let text = scan("text");
+    assert!(
+        text.contains("node2") && text.contains("lacks: myapp 1.1") && text.contains("1 compliant, 1 need"),
+        "{text}"
+    );
+    assert!(scan("html").contains("class=\"c unreachable\""));
+
+    let serve = Serve::start(&f, port()).await;
+    let api: baton_proto::ScanReport = serve
+        .http
+        .get(format!("{}/v1/scan?target=1.1", serve.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.nodes.iter().map(|n| n.state.as_str()).collect::<Vec<_>>(),
+        ["compliant", "needs-update", "unreachable"]
+    );
+    // A campaign for node1 and node2: node1 is skipped on its agent's word.
+    let toml = quick("nodes = [\"node1\", \"node2\"]\n");
+    let v = serve.create_and_start(toml).await;
+    let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!((end.updated, end.skipped), (1, 1), "{end:#?}");
+    assert_eq!(end.nodes[0].reason.as_deref(), Some("already at 1.1"));
     drop(serve);
     f.stop().await;
 }

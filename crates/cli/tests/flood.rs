@@ -75,8 +75,11 @@ async fn a_thousand_idle_connections_per_port_do_not_stop_a_campaign() {
         .replace("health_wait = \"1s\"", "health_wait = \"0s\"");
     let created = tokio::time::timeout(Duration::from_secs(30), serve.create_and_start(toml.clone())).await;
     let v = created.expect("the API answered while flooded");
-    let end =
-        serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let end = serve
+        .wait(v.id, Duration::from_secs(60), |v| {
+            v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet
+        })
+        .await;
     assert_eq!(end.updated, 2);
     assert_eq!(held.len(), 3 * FLOOD);
     budgets_kept(&f, &toml, &serve.events(v.id).await);

@@ -27,8 +27,11 @@ async fn a_campaign_across_five_agents_completes() {
         let eta = mid.eta_ms.expect("an ETA once a node has finished");
         assert!(eta + 1000 >= now && eta < now + 600_000, "ETA {eta} vs now {now}");
     }
-    let end =
-        serve.wait(v.id, Duration::from_secs(120), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let end = serve
+        .wait(v.id, Duration::from_secs(120), |v| {
+            v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet
+        })
+        .await;
     let done = baton_server::driver::now_ms();
     if let Some(eta) = mid.eta_ms {
         eprintln!(
@@ -208,14 +211,19 @@ async fn the_orchestrator_survives_sigkill_at_random_points() {
             kills += 1;
             mid_flight += usize::from(before.is_some_and(|v| v.active > 0));
             serve = Serve::start(&f, p).await;
-            let done = serve.view(v.id).await.is_some_and(|v| v.phase == Phase::Completed && v.active == 0);
+            let done = serve
+                .view(v.id)
+                .await
+                .is_some_and(|v| v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet);
             if done {
                 break;
             }
             if rand(0, 3) == 0 {
                 // Sometimes let it finish undisturbed.
                 serve
-                    .wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0)
+                    .wait(v.id, Duration::from_secs(60), |v| {
+                        v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet
+                    })
                     .await;
                 break;
             }
@@ -617,6 +625,7 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/report",
             "/v1/campaigns/{id}/{action}",
             "/v1/clock",
+            "/v1/scan",
             "/v1/stream"
         ]
     );
@@ -771,7 +780,11 @@ async fn webhooks_arrive_once_even_when_the_first_attempt_fails() {
     let serve = Serve::start(&f, port()).await;
     let toml = LocalFleet::campaign_toml(&format!("webhooks = [\"{}\"]\n", hooks.url));
     let v = serve.create_and_start(toml).await;
-    serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0).await;
+    serve
+        .wait(v.id, Duration::from_secs(60), |v| {
+            v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet
+        })
+        .await;
     let got = hooks.wait_for("completed").await;
     assert_eq!(events_of(&got), ["started", "completed"]);
     assert_eq!(got[1]["campaign"], "demo-1.1");
@@ -813,7 +826,11 @@ async fn an_https_webhook_with_its_own_ca_arrives() {
     let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--webhook-ca", &ca_pem]).await;
     let toml = LocalFleet::campaign_toml(&format!("webhooks = [\"{}\"]\n", hooks.url));
     let v = serve.create_and_start(toml).await;
-    serve.wait(v.id, Duration::from_secs(60), |v| v.phase == Phase::Completed && v.active == 0).await;
+    serve
+        .wait(v.id, Duration::from_secs(60), |v| {
+            v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet
+        })
+        .await;
     let got = hooks.wait_for("completed").await;
     assert_eq!(events_of(&got), ["started", "completed"]);
     drop(serve);

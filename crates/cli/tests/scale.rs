@@ -147,7 +147,8 @@ async fn hundreds_of_hollow_agents_with_the_stream_open() {
                 reboot_timeout = \"1m\"\nready_timeout = \"1m\"\nstop_grace = \"10s\"\n";
     let v = serve.create_and_start(toml.into()).await;
     let end =
-        serve.wait(v.id, Duration::from_secs(600), |v| v.phase == Phase::Completed && v.active == 0).await;
+        // Settled: completed, and every node's auto-updaters given back (the fleet let go).
+        serve.wait(v.id, Duration::from_secs(600), |v| v.phase == Phase::Completed && v.active == 0 && !v.holds_fleet).await;
     assert_eq!((end.updated, end.failed, end.skipped), (nodes, 0, 0), "{end:#?}");
     assert!(end.nodes.iter().all(|n| n.version.as_deref() == Some("1.1") && n.state == "done"));
 

@@ -72,6 +72,9 @@ pub enum Back {
     Restoring,
 }
 
+/// Hold or release steps a node's agent may fail before the campaign stops trying.
+pub const HOLD_TRIES: u32 = 3;
+
 /// Where a node's own auto-updaters stand (agent.toml `[hold]`): held (stopped and masked)
 /// from the campaign's start until it ends, so that nothing on the node patches or reboots it
 /// meanwhile; then released (unmasked, and started again if they were running).
@@ -222,6 +225,9 @@ pub struct NodeRun {
     pub hold: Hold,
     #[serde(default)]
     pub hold_steps: u32,
+    /// Hold or release steps that failed or went unanswered.
+    #[serde(default)]
+    pub hold_failures: u32,
     /// Why its auto-updaters could not be released, when they could not.
     #[serde(default)]
     pub hold_error: Option<String>,
@@ -638,6 +644,7 @@ impl Campaign {
                 unhealthy: None,
                 hold: Hold::None,
                 hold_steps: 0,
+                hold_failures: 0,
                 hold_error: None,
             })
             .collect();
@@ -1771,7 +1778,8 @@ impl Campaign {
         if let Some(d) = deadline(&hold) {
             self.hold_timers.insert((d, n));
         }
-        if hold == Hold::Held {
+        // Held, or a hold was sent that may have done part of its work.
+        if hold == Hold::Held || (hold == Hold::None && self.nodes[n as usize].hold_steps > 0) {
             self.to_release.insert(n);
         } else {
             self.to_release.remove(&n);
@@ -1802,50 +1810,69 @@ impl Campaign {
     ) -> bool {
         match self.nodes[n as usize].hold.clone() {
             Hold::Holding { attempt, .. } if step == self.hold_step(n, attempt, "hold") => {
-                self.held(n, now, failed, out);
+                self.held(n, now, failed.map(|f| (f, false)), out);
                 true
             }
             Hold::Releasing { attempt, .. } if step == self.hold_step(n, attempt, "release") => {
-                self.released(n, failed, out);
+                self.released(n, failed.map(|f| (f, false)), out);
                 true
             }
             _ => false,
         }
     }
 
-    /// The hold step ended. Held, the node may start; if the hold failed (part of it may have
-    /// worked: it is released all the same), a node still waiting to start fails instead.
-    fn held(&mut self, n: NodeId, now: Millis, failed: Option<String>, out: &mut Vec<Command>) {
-        self.set_hold(n, Hold::Held);
+    /// The hold step ended. Held, the node may start. A hold the agent did not answer (its node
+    /// may be down) is sent again when the node may start, as a down node waits; one the agent
+    /// failed is tried again (an agent that crashed mid-step answers "not run again"), and after
+    /// [`HOLD_TRIES`] a node still waiting to start fails instead. Either way the node's
+    /// auto-updaters are released at the end (part of a hold may have worked).
+    fn held(&mut self, n: NodeId, now: Millis, failed: Option<(String, bool)>, out: &mut Vec<Command>) {
         let r = self.rank[n as usize];
         let waiting = r != u32::MAX && self.pending.contains(&r);
-        match failed {
-            None if waiting => {
+        let Some((why, timed_out)) = failed else {
+            self.set_hold(n, Hold::Held);
+            if waiting {
                 self.candidates.insert(r);
             }
-            // It never starts: still in service, or (queued for a rollback out of service) left
-            // out for an operator, as a node that cannot be drained would be.
-            Some(why) if waiting => {
-                let back = match self.nodes[n as usize].state {
-                    NodeState::Pending { out_of_service: true } => Back::Out,
-                    _ => Back::In,
-                };
-                self.pending.remove(&r);
-                self.candidates.remove(&r);
-                self.fail(n, now, format!("cannot hold its auto-updaters: {why}"), back, out);
+            return;
+        };
+        self.nodes[n as usize].hold_failures += 1;
+        let again = timed_out || self.nodes[n as usize].hold_failures < HOLD_TRIES;
+        if again || !waiting {
+            self.set_hold(n, Hold::None);
+            if waiting {
+                self.candidates.insert(r);
             }
-            _ => {}
+            return;
         }
+        self.set_hold(n, Hold::None);
+        // It never starts: still in service, or (queued for a rollback out of service) left out
+        // for an operator, as a node that cannot be drained would be.
+        let back = match self.nodes[n as usize].state {
+            NodeState::Pending { out_of_service: true } => Back::Out,
+            _ => Back::In,
+        };
+        self.pending.remove(&r);
+        self.candidates.remove(&r);
+        self.fail(n, now, format!("cannot hold its auto-updaters: {why}"), back, out);
     }
 
-    fn released(&mut self, n: NodeId, failed: Option<String>, out: &mut Vec<Command>) {
-        self.set_hold(n, Hold::Released);
-        if let Some(why) = failed {
+    /// The release step ended. One the agent failed is tried again, up to [`HOLD_TRIES`] (the
+    /// agent keeps its record until a release works); one it did not answer within
+    /// `reboot_timeout` is given up on, with a notice.
+    fn released(&mut self, n: NodeId, failed: Option<(String, bool)>, out: &mut Vec<Command>) {
+        if let Some((why, timed_out)) = failed {
+            self.nodes[n as usize].hold_failures += 1;
+            if !timed_out && self.nodes[n as usize].hold_failures < HOLD_TRIES {
+                self.set_hold(n, Hold::Held);
+                return;
+            }
             self.nodes[n as usize].hold_error = Some(why.clone());
             out.push(Command::Notify {
                 notice: Notice::HoldNotReleased { node: self.fleet.node_name(n).to_string(), reason: why },
             });
         }
+        self.set_hold(n, Hold::Released);
         // Queued again meanwhile (a rollback after the campaign completed): held again first.
         let r = self.rank[n as usize];
         if r != u32::MAX && self.pending.contains(&r) {
@@ -1861,8 +1888,8 @@ impl Campaign {
         );
         for n in due {
             match self.nodes[n as usize].hold {
-                Hold::Holding { .. } => self.held(n, now, Some(why.clone()), out),
-                Hold::Releasing { .. } => self.released(n, Some(why.clone()), out),
+                Hold::Holding { .. } => self.held(n, now, Some((why.clone(), true)), out),
+                Hold::Releasing { .. } => self.released(n, Some((why.clone(), true)), out),
                 _ => {}
             }
         }

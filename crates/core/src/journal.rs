@@ -9,12 +9,15 @@
 //! - 2: `"v": 2`; the first event is `planned`, with the campaign's unique id and its plan.
 //! - 3: `"v": 3`; `planned` may carry `start`, the order `continuous` starts nodes in (an
 //!   older baton would ignore it and start them in the waves' order, so it must refuse).
+//! - 4: `"v": 4`; `planned` may carry `prechecks` and `holds` (an older baton would drain nodes
+//!   without prechecking them or holding their auto-updaters), and there are `hook` events and
+//!   hold and release steps.
 
 use crate::campaign::Event;
 use serde_json::Value;
 
 /// The schema version this baton writes.
-pub const SCHEMA: u32 = 3;
+pub const SCHEMA: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -81,7 +84,7 @@ mod tests {
     fn the_current_schema_round_trips_and_names_its_version() {
         let e = Event::Pause { by: "ana".into() };
         let text = encode(&e);
-        assert!(text.starts_with(r#"{"v":3,"event":"pause""#), "{text}");
+        assert!(text.starts_with(r#"{"v":4,"event":"pause""#), "{text}");
         assert_eq!(decode(&text), Ok(e));
     }
 
@@ -95,8 +98,10 @@ mod tests {
     }
 
     #[test]
-    fn version_two_entries_still_read() {
+    fn version_two_and_three_entries_still_read() {
         let e = decode(r#"{"v":2,"event":"pause","by":"ana"}"#).unwrap();
+        assert_eq!(e, Event::Pause { by: "ana".into() });
+        let e = decode(r#"{"v":3,"event":"pause","by":"ana"}"#).unwrap();
         assert_eq!(e, Event::Pause { by: "ana".into() });
     }
 

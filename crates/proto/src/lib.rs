@@ -137,6 +137,10 @@ pub struct CheckResult {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+    /// Judged only when a campaign verifies the node after its update (the journal check): it
+    /// does not make the node unhealthy, or seen down, at other times.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +225,50 @@ pub struct CampaignView {
     /// epoch). None when nothing waits for a window.
     #[serde(default)]
     pub window_opens_at_ms: Option<u64>,
+}
+
+/// What an agent says its node lacks (`GET /v1/scan` on the agent): its installed version,
+/// read now, and the updates its `scan` action lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentScan {
+    pub node: String,
+    pub version: Option<String>,
+    /// One line per update, e.g. "myapp 1.1".
+    pub updates: Vec<String>,
+    /// Whether the agent has a `scan` action (without one, only the version is known).
+    pub scanned: bool,
+    /// Why the scan action failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One node of a compliance report (DESIGN.md §Formats, Scan JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScanRow {
+    pub node: String,
+    /// compliant | needs-update | unreachable
+    pub state: String,
+    pub version: Option<String>,
+    pub updates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScanTotals {
+    pub compliant: usize,
+    pub needs_update: usize,
+    pub unreachable: usize,
+}
+
+/// A compliance report against a target version (`baton scan`, `GET /v1/scan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScanReport {
+    pub target: String,
+    pub nodes: Vec<ScanRow>,
+    pub totals: ScanTotals,
+    /// How long the scan took, ms.
+    pub took_ms: u64,
 }
 
 /// The orchestrator's clock (`GET /v1/clock`).

@@ -265,6 +265,17 @@ impl AgentConn {
         self.get(None, 0, fresh).await
     }
 
+    /// What the node lacks (its `scan` action) and its version read now; the connection is
+    /// closed afterwards. A scan may take a while (apt or dnf read their package lists).
+    pub async fn scan(mut self) -> Result<baton_proto::AgentScan, ClientError> {
+        let s: baton_proto::AgentScan =
+            self.request("GET", "/v1/scan".into(), None, Duration::from_secs(120)).await?;
+        if s.node != self.node {
+            return Err(ClientError::Unreachable(other_config(&self.addr, &self.node, &s.node)));
+        }
+        Ok(s)
+    }
+
     /// Starts a step (the agent answers a step id it has seen with that step's record, so
     /// asking again is safe).
     pub async fn start_step(&mut self, req: &StepRequest) -> Result<StepStatus, ClientError> {

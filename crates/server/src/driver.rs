@@ -141,6 +141,9 @@ pub struct Driver {
     client: AgentClient,
     inbox: mpsc::Sender<Msg>,
     jobs: HashMap<String, (JobKind, AbortHandle)>,
+    /// Hold and release steps of nodes' auto-updaters: beside a node's other job (its watch
+    /// goes on meanwhile, so a node that dies while it is being held is seen down).
+    hold_jobs: HashMap<String, AbortHandle>,
     /// The view the API reads, kept up to date in place.
     shown: Arc<Shown>,
     _closer: Closer,
@@ -491,6 +494,7 @@ impl Driver {
             client,
             inbox: tx,
             jobs: HashMap::new(),
+            hold_jobs: HashMap::new(),
             shown: shown.clone(),
             _closer: Closer(shown.clone()),
             events,
@@ -594,6 +598,9 @@ impl Driver {
         tracing::error!(campaign = self.id, "cannot journal {event:?}: {e}");
         self.rebuild();
         for (_, (_, h)) in self.jobs.drain() {
+            h.abort();
+        }
+        for (_, h) in self.hold_jobs.drain() {
             h.abort();
         }
         let wait =
@@ -896,6 +903,17 @@ impl Driver {
         for node in freed {
             self.watch(&node);
         }
+        // A hold job ends with its step; one the campaign no longer waits on is stopped.
+        let c = &self.campaign;
+        self.hold_jobs.retain(|node, h| {
+            let waiting = c.fleet.node_id(node).is_some_and(|n| {
+                matches!(c.nodes[n as usize].hold, Hold::Holding { .. } | Hold::Releasing { .. })
+            });
+            if !waiting {
+                h.abort();
+            }
+            waiting
+        });
     }
 
     fn addr(&self, node: &str) -> String {
@@ -939,6 +957,16 @@ impl Driver {
         let lbs = self.balancers(&node);
         let job = step_job(self.client.clone(), addr, node.clone(), req, rep, out, lbs);
         self.job(&node, JobKind::Step, job);
+    }
+
+    fn hold_step(&mut self, node: String, req: StepRequest, rep: Reporter) {
+        let addr = self.addr(&node);
+        let out = (self.writer.clone(), self.id);
+        let job = step_job(self.client.clone(), addr, node.clone(), req, rep, out, Vec::new());
+        let h = self.main.spawn(job).abort_handle();
+        if let Some(old) = self.hold_jobs.insert(node, h) {
+            old.abort();
+        }
     }
 
     /// The load balancers in front of the node's services.
@@ -1029,9 +1057,9 @@ impl Driver {
         let rep = Reporter(self.inbox.clone());
         let client = self.client.clone();
         match cmd {
-            Command::Hold { node, step } => self.step(node, StepRequest::new(step, StepKind::Hold), rep),
+            Command::Hold { node, step } => self.hold_step(node, StepRequest::new(step, StepKind::Hold), rep),
             Command::Release { node, step } => {
-                self.step(node, StepRequest::new(step, StepKind::Release), rep)
+                self.hold_step(node, StepRequest::new(step, StepKind::Release), rep)
             }
             Command::Precheck { node, step } => {
                 self.step(node, StepRequest::new(step, StepKind::Precheck), rep)
@@ -1258,8 +1286,10 @@ async fn health_job(client: AgentClient, addr: String, node: String, rep: Report
         match watch.status(after, 20_000).await {
             Ok(s) => {
                 backoff = Backoff::new();
-                let detail = (!s.healthy).then(|| failing_checks(&s.checks));
-                let now = (s.healthy, s.version, detail);
+                // Verification also judges the checks kept for it (the journal's).
+                let healthy = s.healthy && s.checks.iter().all(|c| c.ok);
+                let detail = (!healthy).then(|| failing_checks(&s.checks));
+                let now = (healthy, s.version, detail);
                 if last.as_ref() != Some(&now) {
                     let (healthy, version, detail) = now.clone();
                     last = Some(now);

@@ -5,6 +5,7 @@ pub mod driver;
 pub mod haproxy;
 pub mod metrics;
 pub mod report;
+pub mod scan;
 pub mod store;
 pub mod webhook;
 
@@ -65,6 +66,9 @@ pub struct Settings {
     /// Let `POST /v1/clock` move the orchestrator's clock forward (`--test-clock`): for tests
     /// of maintenance windows and schedules, never for a real fleet.
     pub test_clock: bool,
+    /// The programs a campaign's `before_start` may run on this host (`--allow-hook PATH`):
+    /// the operator's token alone must not be enough to run anything here.
+    pub allowed_hooks: Vec<String>,
 }
 
 /// The host part of a URL (`https://baton.example.com:8443/x` → `baton.example.com`), lowercase.
@@ -169,8 +173,9 @@ pub enum StreamItem {
     Entry { campaign: i64, entry: JournalEntry },
 }
 
-/// What a committed campaign raised: the functional level, and the versions its nodes report.
-/// Later campaigns see the fleet file with these applied.
+/// What a committed campaign raised: the functional level, and the versions its nodes report;
+/// with the versions the agents reported when a campaign was created. Later campaigns see the
+/// fleet file with these applied.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Raised {
     functional_level: Option<String>,
@@ -377,11 +382,31 @@ impl Hub {
         }
         // The fleet as the last commit left it: its level raised, its nodes at their versions.
         let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
-        let raised = committed.map(Raised::of).unwrap_or_default();
+        let mut raised = committed.map(Raised::of).unwrap_or_default();
+        // And at the versions their agents report now: a node already at the target is skipped
+        // whatever the fleet file says (kept with the campaign, so that it replays the same).
+        let targets: Vec<(String, String)> =
+            self.fleet.nodes.iter().filter_map(|n| Some((n.name.clone(), n.address.clone()?))).collect();
+        for seen in driver::probe(&self.client, targets, true).await {
+            if let Some(v) = seen.version {
+                raised.versions.insert(seen.node, v);
+            }
+        }
         let mut fleet = (*self.fleet).clone();
         raised.apply(&mut fleet);
         let mut spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        if let Some(program) = spec.before_start.first() {
+            if !self.settings.allowed_hooks.iter().any(|h| h == program) {
+                return Err(Fail::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "hook-not-allowed",
+                    format!(
+                        "before_start runs {program}, which this orchestrator does not allow; start `baton serve` with --allow-hook {program} to allow it"
+                    ),
+                ));
+            }
+        }
         let (store, ids) = (self.store.clone(), fleet.by_name.clone());
         spec.expected =
             tokio::task::spawn_blocking(move || Hub::learned_times(&store, &ids)).await.unwrap_or_default();
@@ -404,7 +429,7 @@ impl Hub {
             fleet_text: self.settings.fleet_text.clone(),
             campaign_file: file,
             campaign_text: req.toml,
-            raised: if committed.is_some() {
+            raised: if committed.is_some() || !raised.versions.is_empty() {
                 serde_json::to_string(&raised).unwrap_or_default()
             } else {
                 String::new()
@@ -792,6 +817,34 @@ async fn openapi_json(State(h): State<Shared>) -> Response {
     Json(h.openapi.get().cloned().unwrap_or_default()).into_response()
 }
 
+#[derive(Deserialize)]
+struct ScanQuery {
+    target: Option<String>,
+}
+
+/// The fleet's compliance against a target version: every agent asked, now, what it runs and
+/// what it lacks.
+#[utoipa::path(get, path = "/v1/scan", tag = "fleet", security(("token" = [])),
+    params(("target" = Option<String>, Query, description = "the version to be at (default: the newest of the fleet's version chain)")),
+    responses((status = 200, body = baton_proto::ScanReport),
+              (status = 400, description = "no target given and the fleet file has no version chain", body = ApiError),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
+async fn scan_get(
+    State(h): State<Shared>,
+    Query(q): Query<ScanQuery>,
+) -> Result<Json<baton_proto::ScanReport>, Fail> {
+    let target =
+        match q.target.filter(|t| !t.is_empty()).or_else(|| h.fleet.versions.last().cloned()) {
+            Some(t) => t,
+            None => return Err(Fail::new(
+                StatusCode::BAD_REQUEST,
+                "no-target",
+                "name the version to scan against: /v1/scan?target=1.1 (the fleet file has no version chain)",
+            )),
+        };
+    Ok(Json(scan::scan(&h.client, &h.fleet, &target).await))
+}
+
 /// The orchestrator's clock.
 #[utoipa::path(get, path = "/v1/clock", tag = "meta", security(("token" = [])),
     responses((status = 200, body = baton_proto::ClockView),
@@ -812,6 +865,14 @@ async fn clock_post(
     Json(m): Json<baton_proto::ClockMove>,
 ) -> Result<Json<baton_proto::ClockView>, Fail> {
     let by = h.authorize(&headers)?;
+    const YEAR_MS: u64 = 366 * 24 * 3600 * 1000;
+    if m.advance_ms > YEAR_MS {
+        return Err(Fail::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-body",
+            format!("advance_ms {} is more than a year; move the clock in smaller steps", m.advance_ms),
+        ));
+    }
     let now = h
         .clock
         .advance(m.advance_ms)
@@ -875,7 +936,10 @@ async fn act(
     UrlPath((id, action)): UrlPath<(i64, String)>,
 ) -> Result<Json<CampaignView>, Fail> {
     let by = h.authorize(&headers)?;
-    h.act(id, &action, by).await.map(Json)
+    // Carried out whole once received, also if the client goes away meanwhile: a start's
+    // before_start is not killed half way, nor its outcome left unjournaled.
+    let hub = h.clone();
+    tokio::spawn(async move { hub.act(id, &action, by).await }).await.map_err(|_| stopped())?.map(Json)
 }
 
 /// The longest long poll (`wait_ms`).
@@ -1014,6 +1078,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(report_json))
         .routes(routes!(act))
         .routes(routes!(clock_get, clock_post))
+        .routes(routes!(scan_get))
         .split_for_parts();
     let _ = h.openapi.set(as_served(doc, h.settings.open_reads));
     router

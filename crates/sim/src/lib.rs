@@ -105,6 +105,7 @@ const SALT_STUCK: u64 = 3;
 const SALT_UNHEALTHY: u64 = 4;
 const SALT_LEARNED: u64 = 5;
 const SALT_PRECHECK: u64 = 6;
+const SALT_HOLD: u64 = 7;
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -132,6 +133,9 @@ pub struct Observer {
     hold_steps: HashMap<String, String>,
     release_steps: HashMap<String, String>,
     pub held: HashSet<String>,
+    /// Nodes whose auto-updaters may be held (a hold was answered) and were not released, nor
+    /// given up on with a notice.
+    pub to_release: HashSet<String>,
     holds: bool,
     closed_gates: HashSet<String>,
     /// Finishes per drain step (one per node and pass).
@@ -189,11 +193,16 @@ impl Observer {
     /// An event the core accepted.
     pub fn on_event(&mut self, fleet: &Fleet, ev: &Event) {
         match ev {
+            // A hold that worked lets the node start; any hold may have done part of its work,
+            // so the node's auto-updaters must be released at the end.
             Event::StepOk { step, .. } | Event::StepFailed { step, .. }
                 if self.hold_steps.contains_key(step) =>
             {
                 if let Some(node) = self.hold_steps.remove(step) {
-                    self.held.insert(node);
+                    if matches!(ev, Event::StepOk { .. }) {
+                        self.held.insert(node.clone());
+                    }
+                    self.to_release.insert(node);
                 }
             }
             Event::StepOk { step, .. } | Event::StepFailed { step, .. }
@@ -201,6 +210,9 @@ impl Observer {
             {
                 if let Some(node) = self.release_steps.remove(step) {
                     self.held.remove(&node);
+                    if matches!(ev, Event::StepOk { .. }) {
+                        self.to_release.remove(&node);
+                    }
                 }
             }
             Event::Observed { node, up, .. } => {
@@ -300,13 +312,17 @@ impl Observer {
                 self.once(now, step)
             }
             Command::Notify { notice } => match notice {
-                Notice::HoldNotReleased { .. } => {}
+                Notice::HoldNotReleased { node, .. } => {
+                    self.to_release.remove(node);
+                }
                 Notice::Phase { from, to, .. } => {
                     if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
                     }
                     if *to == Phase::RollingBack {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
+                        // A new pass: a node finishes once more in it, drained again or not.
+                        self.last_drain.clear();
                     }
                     self.phase = Some(*to);
                 }
@@ -320,8 +336,11 @@ impl Observer {
                         self.failed += 1;
                     }
                     // A node that failed its prechecks was never drained in this pass.
-                    let run =
-                        self.last_drain.get(node).cloned().unwrap_or_else(|| format!("{node}/not-drained"));
+                    let run = self
+                        .last_drain
+                        .get(node)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{node}/not-drained/{:?}", self.phase));
                     let k = self.finished.entry(run).or_default();
                     *k += 1;
                     if *k > 1 {
@@ -620,15 +639,26 @@ impl Sim {
             }
         }
         match cmd {
-            // Holding and releasing auto-updaters take no simulated time and always work.
+            // Holding and releasing auto-updaters take no simulated time; an agent fails a hold
+            // or release as often as a precheck.
             Command::Hold { node, step } | Command::Release { node, step } => {
                 self.steps_sent += 1;
-                let e = Event::StepOk {
-                    node: node.clone(),
-                    step: step.clone(),
-                    reboot: false,
-                    boot_id: None,
-                    version: None,
+                let attempt =
+                    step.rsplit('/').nth(1).and_then(|h| h.strip_prefix('h')?.parse().ok()).unwrap_or(0);
+                let e = if self.chance(id(node), attempt, SALT_HOLD, self.opts.precheck_fail_rate) {
+                    Event::StepFailed {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reason: "systemctl: failed".into(),
+                    }
+                } else {
+                    Event::StepOk {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reboot: false,
+                        boot_id: None,
+                        version: None,
+                    }
                 };
                 self.record(step, now, e);
             }

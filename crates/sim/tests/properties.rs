@@ -377,7 +377,7 @@ proptest! {
         prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
         // Every node's auto-updaters are given back once the campaign has ended.
         if sim.campaign.phase != Phase::Halted {
-            prop_assert!(sim.observer.held.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.held, sim.campaign.phase);
+            prop_assert!(sim.observer.to_release.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.to_release, sim.campaign.phase);
         }
         let report = sim.report();
 
