@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # baton's tests, as the README says. Installs what they need from Debian's packages when it is
 # missing (the dashboard test drives real headless Chromium through chromedriver; the drain
-# driver's test runs real HAProxy).
+# driver's test runs real HAProxy; the apt test serves real packages from a local repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+# The apt test builds packages with dpkg-deb and indexes a local repository with this.
+command -v dpkg-scanpackages >/dev/null 2>&1 || need+=(dpkg-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} for the tests"
   sudo=""

@@ -432,6 +432,11 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             while let Some(open) = rest.find('{') {
                 let Some(close) = rest[open..].find('}') else { break };
                 let name = &rest[open + 1..open + close];
+                // `${...}` is the program's own (dpkg-query's `${Version}`, a shell's), kept as is.
+                if rest[..open].ends_with('$') {
+                    rest = &rest[open + close + 1..];
+                    continue;
+                }
                 if !allowed.contains(&name) {
                     let known = if PLACEHOLDERS.contains(&name) { "not available here" } else { "unknown" };
                     return Err(err(
@@ -797,14 +802,38 @@ pub fn show_size(b: u64) -> String {
 }
 
 /// Fills placeholders in an argv. Values were checked (versions by [`valid_version`]).
+/// `${...}` is left as is (the program's own syntax); a value is never read again for
+/// placeholders.
 pub fn fill(argv: &[String], vars: &[(&str, &str)]) -> Vec<String> {
     argv.iter()
         .map(|a| {
-            let mut s = a.clone();
-            for (k, v) in vars {
-                s = s.replace(&format!("{{{k}}}"), v);
+            let mut out = String::with_capacity(a.len());
+            let mut rest = a.as_str();
+            while let Some(open) = rest.find('{') {
+                let Some(close) = rest[open..].find('}') else { break };
+                let name = &rest[open + 1..open + close];
+                out.push_str(&rest[..open]);
+                match vars.iter().find(|(k, _)| *k == name) {
+                    Some((_, v)) if !rest[..open].ends_with('$') => out.push_str(v),
+                    _ => out.push_str(&rest[open..open + close + 1]),
+                }
+                rest = &rest[open + close + 1..];
             }
-            s
+            out.push_str(rest);
+            out
         })
         .collect()
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::fill;
+
+    #[test]
+    fn placeholders_are_filled_once_and_dollar_braces_kept() {
+        let argv =
+            ["dpkg-query", "-W", "-f=${Version}", "{node}-{version}", "{unknown}", "a{b"].map(String::from);
+        let out = fill(&argv, &[("node", "n1"), ("version", "{node}")]);
+        assert_eq!(out, ["dpkg-query", "-W", "-f=${Version}", "n1-{node}", "{unknown}", "a{b"]);
+    }
 }

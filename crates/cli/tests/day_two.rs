@@ -1249,3 +1249,131 @@ async fn a_scan_reports_each_node_and_a_campaign_skips_the_compliant_ones() {
     drop(serve);
     f.stop().await;
 }
+
+/// Builds a Debian package `baton-testpkg` at `version` in `out`.
+fn build_deb(work: &Path, out: &Path, version: &str) {
+    let root = work.join(format!("pkg-{version}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(root.join("usr/share/baton-testpkg")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: baton-testpkg\nVersion: {version}\nArchitecture: all\nMaintainer: baton tests <tests@baton.invalid>\nDescription: a package baton's tests install and roll back\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("usr/share/baton-testpkg/version"), format!("{version}\n")).unwrap();
+    let deb = out.join(format!("baton-testpkg_{version}_all.deb"));
+    let st = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .status()
+        .unwrap();
+    assert!(st.success(), "dpkg-deb --build {}", root.display());
+}
+
+/// Undoes what the apt test did to this machine, also when it fails half way.
+struct AptCleanup {
+    list: PathBuf,
+}
+
+impl Drop for AptCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "baton-testpkg"]).output();
+        let _ = std::fs::remove_file(&self.list);
+        // The package lists apt fetched from the local repository (named after its path).
+        if let Ok(dir) = std::fs::read_dir("/var/lib/apt/lists") {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().contains("baton-apt-repo") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Issue 12, real package managers: the agent's `apt` action had never run against apt. Two
+/// versions of a package built with dpkg-deb are served as a local `file:` repository; through
+/// a real agent, the scan lists 1.1 as missing, the upgrade installs it with the real apt-get
+/// and dpkg (the version read from dpkg's record), the scan then lists nothing, and a rollback
+/// brings back 1.0. Root only (CI runs as root); the machine's sources are restored after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: installing packages with apt needs root (CI runs as root)");
+        return;
+    }
+    let o = LocalOptions { nodes: 1, action_seconds: "0".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("apt"), &o).unwrap();
+    let repo = f.dir.join("baton-apt-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    build_deb(&f.dir, &repo, "1.0");
+    build_deb(&f.dir, &repo, "1.1");
+    let scan =
+        Command::new("dpkg-scanpackages").args(["--multiversion", "."]).current_dir(&repo).output().unwrap();
+    assert!(scan.status.success(), "{}", String::from_utf8_lossy(&scan.stderr));
+    std::fs::write(repo.join("Packages"), &scan.stdout).unwrap();
+    let list = PathBuf::from("/etc/apt/sources.list.d/baton-test.list");
+    let _cleanup = AptCleanup { list: list.clone() };
+    std::fs::write(&list, format!("deb [trusted=yes] file:{} ./\n", repo.display())).unwrap();
+    // Only this source is fetched (no network).
+    let up = Command::new("apt-get")
+        .args(["update", "-q", "-o", &format!("Dir::Etc::SourceList={}", list.display())])
+        .args(["-o", "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let i = Command::new("dpkg").arg("-i").arg(repo.join("baton-testpkg_1.0_all.deb")).output().unwrap();
+    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+
+    // The node's agent: apt actions for the package, its scan, and dpkg's record as its version.
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let head = &text[..text.find("[[action]]").unwrap()];
+    let tail = &text[text.find("[[check]]").unwrap()..];
+    let head = head.replace(
+        "version_command = [\"cat\", \"{state_dir}/version\"]",
+        "version_command = [\"dpkg-query\", \"-W\", \"-f=${Version}\", \"baton-testpkg\"]",
+    );
+    let actions = ["upgrade", "rollback", "scan"]
+        .map(|a| format!("[[action]]\nname = \"{a}\"\nkind = \"apt\"\npackage = \"baton-testpkg\"\nreboot = \"never\"\n\n"))
+        .concat();
+    std::fs::write(&cfg, format!("{head}{actions}{tail}")).unwrap();
+    start_and_wait(&mut f, o.reboot_ms).await;
+    let c = client(&f);
+    let (node, addr) = ("node1", f.nodes[0].addr.clone());
+
+    let before = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!(
+        (before.version.as_deref(), before.updates.clone()),
+        (Some("1.0"), vec!["baton-testpkg 1.1".to_string()]),
+        "{before:?}"
+    );
+    let run = |id: &str, action: &str, version: &str| {
+        let req = StepRequest {
+            action: Some(action.into()),
+            version: Some(version.into()),
+            ..StepRequest::new(format!("apt/node1/0/{id}"), StepKind::Action)
+        };
+        let (c, addr) = (c.clone(), addr.clone());
+        async move {
+            let mut conn = c.conn(node, &addr);
+            let mut st = conn.start_step(&req).await.unwrap();
+            while st.state == baton_proto::StepState::Running {
+                st = conn.step(&req.id, 5_000).await.unwrap();
+            }
+            st
+        }
+    };
+    let up = run("update", "upgrade", "1.1").await;
+    assert_eq!((up.state, up.version.as_deref()), (baton_proto::StepState::Ok, Some("1.1")), "{up:?}");
+    let installed = std::fs::read_to_string("/usr/share/baton-testpkg/version").unwrap();
+    assert_eq!(installed, "1.1\n");
+    let after = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!((after.version.as_deref(), after.updates.len()), (Some("1.1"), 0), "{after:?}");
+    let back = run("rollback", "rollback", "1.0").await;
+    assert_eq!((back.state, back.version.as_deref()), (baton_proto::StepState::Ok, Some("1.0")), "{back:?}");
+    assert_eq!(std::fs::read_to_string("/usr/share/baton-testpkg/version").unwrap(), "1.0\n");
+    f.stop().await;
+}
