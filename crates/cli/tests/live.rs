@@ -560,6 +560,18 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         "return document.querySelectorAll('#heatmap .cell[data-state=done]').length === 6",
     )
     .await;
+    // Compliance from the page: every agent asked now; all six at 1.1.
+    c.find(fantoccini::Locator::Css("#scan-target")).await.unwrap().send_keys("1.1").await.unwrap();
+    c.find(fantoccini::Locator::Css("#scan")).await.unwrap().click().await.unwrap();
+    until(
+        &c,
+        "the compliance heatmap",
+        Duration::from_secs(30),
+        "return document.querySelectorAll('#scanmap .cell.s-compliant').length === 6",
+    )
+    .await;
+    let totals = c.execute("return document.getElementById('scan-totals').textContent", vec![]).await.unwrap();
+    assert_eq!(totals.as_str(), Some("6 compliant, 0 need 1.1, 0 unreachable"));
     c.close().await.unwrap();
     drop(serve);
     f.stop().await;
