@@ -293,6 +293,13 @@ timeout = "1m"
 reboot = "always"
 
 {checks}
+# Before each drain: room on the host's disk (the lab's campaign halts if not).
+[[precheck]]
+name = "disk"
+kind = "disk"
+path = "/"
+min_free = "1MB"
+
 [drain]
 services = [{services}]
 stop_command = ["{lab}", "svc", "stop", "--dir", "{dq}", "{{service}}"]
@@ -507,10 +514,22 @@ backend web
             ("ready_timeout", "\"20s\""),
             ("on_ready_timeout", "\"halt\""),
             ("stop_grace", "\"5s\""),
+            ("on_precheck_fail", "\"halt\""),
+            ("timezone", "\"Europe/Berlin\""),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
         .collect();
+        // A maintenance window open now, in Berlin time: from five minutes ago, for two hours
+        // (the campaign runs inside it; the zero-downtime proof holds with windows on).
+        let now = jiff::Timestamp::now();
+        let opened = jiff::Timestamp::from_second(now.as_second() - 300).unwrap_or(now);
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap_or(jiff::tz::TimeZone::UTC);
+        let opened = opened.to_zoned(berlin);
+        keys.push((
+            "windows",
+            format!("[{{ days = \"*\", start = \"{:02}:{:02}\", length = \"2h\" }}]", opened.hour(), opened.minute()),
+        ));
         for (k, v) in &self.o.campaign {
             keys.retain(|(key, _)| key != k);
             keys.push((k, v.clone()));
