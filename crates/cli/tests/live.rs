@@ -570,7 +570,8 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         "return document.querySelectorAll('#scanmap .cell.s-compliant').length === 6",
     )
     .await;
-    let totals = c.execute("return document.getElementById('scan-totals').textContent", vec![]).await.unwrap();
+    let totals =
+        c.execute("return document.getElementById('scan-totals').textContent", vec![]).await.unwrap();
     assert_eq!(totals.as_str(), Some("6 compliant, 0 need 1.1, 0 unreachable"));
     c.close().await.unwrap();
     drop(serve);

@@ -528,7 +528,11 @@ backend web
         let opened = opened.to_zoned(berlin);
         keys.push((
             "windows",
-            format!("[{{ days = \"*\", start = \"{:02}:{:02}\", length = \"2h\" }}]", opened.hour(), opened.minute()),
+            format!(
+                "[{{ days = \"*\", start = \"{:02}:{:02}\", length = \"2h\" }}]",
+                opened.hour(),
+                opened.minute()
+            ),
         ));
         for (k, v) in &self.o.campaign {
             keys.retain(|(key, _)| key != k);

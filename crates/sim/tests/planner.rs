@@ -92,3 +92,31 @@ fn a_searched_start_order_balances_quorum_chains_on_a_shared_tier() {
     let median = (ratios[9] + ratios[10]) / 2.0;
     assert!(median <= 1.05, "median {median:.3} over its bound: {ratios:?}");
 }
+
+/// Issue 12: the simulator (and so the orchestrator's estimate of the end) counts the hours a
+/// campaign's maintenance windows are closed. Three nodes of 10 minutes, one at a time, in a
+/// daily 25-minute window: two fit in the first window, the third waits for the next day.
+#[test]
+fn the_simulated_makespan_counts_closed_windows() {
+    use baton_sim::SimOptions;
+    use std::sync::Arc;
+    let fleet = "name = \"w\"\nversions = [\"1.0\", \"1.1\"]\nfunctional_level = \"1.0\"\n\
+        [[node]]\nname = \"a\"\nversion = \"1.0\"\n[[node]]\nname = \"b\"\nversion = \"1.0\"\n[[node]]\nname = \"c\"\nversion = \"1.0\"\n";
+    let fleet = Arc::new(load_fleet("w.toml", fleet).unwrap());
+    let base = "name = \"c\"\ntarget_version = \"1.1\"\nhealth_wait = \"0s\"\nhealth_stable = \"0s\"\n";
+    const MIN: u64 = 60_000;
+    // 2026-12-05T02:00:00Z, when the window opens.
+    let start = 1_796_436_000_000;
+    let opts = SimOptions { duration: (10 * MIN, 10 * MIN), start, ..Default::default() };
+    let open = load_campaign("c.toml", base, &fleet).unwrap();
+    assert_eq!(baton_sim::makespan(fleet.clone(), open, &opts).unwrap(), 30 * MIN);
+    let windowed = format!("{base}windows = [{{ days = \"*\", start = \"02:00\", length = \"25m\" }}]\n");
+    let spec = load_campaign("c.toml", &windowed, &fleet).unwrap();
+    // a at 02:00, b at 02:10; at 02:20 c may still start (the window is open until 02:25) and
+    // ends at 02:30.
+    assert_eq!(baton_sim::makespan(fleet.clone(), spec.clone(), &opts).unwrap(), 30 * MIN);
+    // A window of 15 minutes: c waits for the next day's window, 02:00 + 24 h, ending 10 minutes on.
+    let short = format!("{base}windows = [{{ days = \"*\", start = \"02:00\", length = \"15m\" }}]\n");
+    let spec = load_campaign("c.toml", &short, &fleet).unwrap();
+    assert_eq!(baton_sim::makespan(fleet, spec, &opts).unwrap(), 24 * 60 * MIN + 10 * MIN);
+}
