@@ -432,8 +432,16 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             while let Some(open) = rest.find('{') {
                 let Some(close) = rest[open..].find('}') else { break };
                 let name = &rest[open + 1..open + close];
-                // `${...}` is the program's own (dpkg-query's `${Version}`, a shell's), kept as is.
+                // `${...}` is the program's own (dpkg-query's `${Version}`, a shell's), kept as is;
+                // but `${version}` is surely a slip for baton's `{version}`.
                 if rest[..open].ends_with('$') {
+                    if PLACEHOLDERS.contains(&name) {
+                        return Err(err(
+                            path.clone().idx(i),
+                            format!("`${{{name}}}` is kept as is; baton fills `{{{name}}}`"),
+                            &format!("write {{{name}}} without the `$`"),
+                        ));
+                    }
                     rest = &rest[open + close + 1..];
                     continue;
                 }

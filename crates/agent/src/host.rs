@@ -475,13 +475,34 @@ impl Host for System {
     }
 }
 
-/// [`free_bytes`] off the runtime (statvfs blocks on a hung network mount), within `t`.
+/// Paths whose statvfs has not returned yet: a hung mount gets one stuck thread, not one per
+/// check interval.
+static STATVFS_IN_FLIGHT: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// [`free_bytes`] off the runtime (statvfs blocks on a hung network mount), within `t`; one at
+/// a time per path.
 async fn disk_free(
     path: &std::path::Path,
     t: Duration,
 ) -> Result<Result<std::io::Result<u64>, tokio::task::JoinError>, tokio::time::error::Elapsed> {
+    {
+        let mut busy = STATVFS_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        if busy.iter().any(|p| p == path) {
+            let still = std::io::Error::other("an earlier reading of it has not returned (a hung mount?)");
+            return Ok(Ok(Err(still)));
+        }
+        busy.push(path.to_path_buf());
+    }
     let p = path.to_path_buf();
-    tokio::time::timeout(t, tokio::task::spawn_blocking(move || free_bytes(&p))).await
+    tokio::time::timeout(
+        t,
+        tokio::task::spawn_blocking(move || {
+            let r = free_bytes(&p);
+            STATVFS_IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x != &p);
+            r
+        }),
+    )
+    .await
 }
 
 /// Bytes free for an unprivileged user on the file system holding `path` (statvfs).

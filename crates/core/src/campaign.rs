@@ -225,9 +225,11 @@ pub struct NodeRun {
     pub hold: Hold,
     #[serde(default)]
     pub hold_steps: u32,
-    /// Hold or release steps that failed or went unanswered.
+    /// Hold steps the agent failed in a row, and release steps.
     #[serde(default)]
     pub hold_failures: u32,
+    #[serde(default)]
+    pub release_failures: u32,
     /// Why its auto-updaters could not be released, when they could not.
     #[serde(default)]
     pub hold_error: Option<String>,
@@ -645,6 +647,7 @@ impl Campaign {
                 hold: Hold::None,
                 hold_steps: 0,
                 hold_failures: 0,
+                release_failures: 0,
                 hold_error: None,
             })
             .collect();
@@ -1732,8 +1735,11 @@ impl Campaign {
             self.candidates.remove(&r);
             if self.holds && self.nodes[n as usize].hold != Hold::Held {
                 // It waits for its hold (a candidate again once held); one released at the end
-                // of the forward pass is held again for the rollback.
-                if matches!(self.nodes[n as usize].hold, Hold::None | Hold::Released) {
+                // of the forward pass is held again for the rollback. A node seen down is held
+                // once it is seen up (it is a candidate again then).
+                if matches!(self.nodes[n as usize].hold, Hold::None | Hold::Released)
+                    && !self.nodes[n as usize].observed_down
+                {
                     self.send_hold(n, now, out);
                 }
                 continue;
@@ -1822,7 +1828,7 @@ impl Campaign {
     }
 
     /// The hold step ended. Held, the node may start. A hold the agent did not answer (its node
-    /// may be down) is sent again when the node may start, as a down node waits; one the agent
+    /// may be down) is sent again at once, or once the node is seen up again; one the agent
     /// failed is tried again (an agent that crashed mid-step answers "not run again"), and after
     /// [`HOLD_TRIES`] a node still waiting to start fails instead. Either way the node's
     /// auto-updaters are released at the end (part of a hold may have worked).
@@ -1830,13 +1836,17 @@ impl Campaign {
         let r = self.rank[n as usize];
         let waiting = r != u32::MAX && self.pending.contains(&r);
         let Some((why, timed_out)) = failed else {
+            self.nodes[n as usize].hold_failures = 0;
             self.set_hold(n, Hold::Held);
             if waiting {
                 self.candidates.insert(r);
             }
             return;
         };
-        self.nodes[n as usize].hold_failures += 1;
+        // Only failures the agent answered count: one it did not answer is its node's outage.
+        if !timed_out {
+            self.nodes[n as usize].hold_failures += 1;
+        }
         let again = timed_out || self.nodes[n as usize].hold_failures < HOLD_TRIES;
         if again || !waiting {
             self.set_hold(n, Hold::None);
@@ -1861,10 +1871,18 @@ impl Campaign {
     /// agent keeps its record until a release works); one it did not answer within
     /// `reboot_timeout` is given up on, with a notice.
     fn released(&mut self, n: NodeId, failed: Option<(String, bool)>, out: &mut Vec<Command>) {
+        let r = self.rank[n as usize];
         if let Some((why, timed_out)) = failed {
-            self.nodes[n as usize].hold_failures += 1;
-            if !timed_out && self.nodes[n as usize].hold_failures < HOLD_TRIES {
+            if !timed_out {
+                self.nodes[n as usize].release_failures += 1;
+            }
+            if !timed_out && self.nodes[n as usize].release_failures < HOLD_TRIES {
+                // Still held: sent again once the campaign has ended; a node queued meanwhile
+                // for a rollback may start as it is (held).
                 self.set_hold(n, Hold::Held);
+                if r != u32::MAX && self.pending.contains(&r) {
+                    self.candidates.insert(r);
+                }
                 return;
             }
             self.nodes[n as usize].hold_error = Some(why.clone());
@@ -1872,9 +1890,9 @@ impl Campaign {
                 notice: Notice::HoldNotReleased { node: self.fleet.node_name(n).to_string(), reason: why },
             });
         }
+        self.nodes[n as usize].release_failures = 0;
         self.set_hold(n, Hold::Released);
         // Queued again meanwhile (a rollback after the campaign completed): held again first.
-        let r = self.rank[n as usize];
         if r != u32::MAX && self.pending.contains(&r) {
             self.candidates.insert(r);
         }

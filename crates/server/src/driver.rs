@@ -451,6 +451,7 @@ fn watch_ended(c: &Campaign) -> bool {
 }
 
 /// Whether the campaign still waits on something from this node's agent.
+/// (A hold or release step runs beside it, in `hold_jobs`: the node's watch goes on meanwhile.)
 fn needs_job(r: &baton_core::campaign::NodeRun) -> bool {
     let st = &r.state;
     st.is_active()
@@ -459,7 +460,6 @@ fn needs_job(r: &baton_core::campaign::NodeRun) -> bool {
             NodeState::Done { back: Back::Checking { .. } | Back::Restoring }
                 | NodeState::Failed { back: Back::Checking { .. } | Back::Restoring, .. }
         )
-        || matches!(r.hold, Hold::Holding { .. } | Hold::Releasing { .. })
 }
 
 /// What every campaign's driver shares with the others.
@@ -1201,9 +1201,10 @@ async fn step_job(
                 reach.lost(&rep, &node, &e.message).await;
                 backoff.wait().await;
             }
-            // An agent older than prechecks does not know the step: it has none to run.
+            // An agent older than prechecks and holds does not know the step: it has none to run.
             Err(ClientError::Refused(e))
-                if req.kind == StepKind::Precheck && e.message.contains("unknown variant") =>
+                if matches!(req.kind, StepKind::Precheck | StepKind::Hold | StepKind::Release)
+                    && e.message.contains("unknown variant") =>
             {
                 reach.ok(&rep, &node).await;
                 tracing::warn!(%node, "the agent does not know prechecks (an older baton): none run: {}", e.message);

@@ -96,6 +96,9 @@ struct Handle {
     before_start: Vec<String>,
 }
 
+/// How long a campaign's creation waits for the agents' versions.
+const PROBE_WITHIN: Duration = Duration::from_secs(20);
+
 /// How long `before_start` may run before the start is refused.
 const BEFORE_START_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
@@ -383,16 +386,27 @@ impl Hub {
         // The fleet as the last commit left it: its level raised, its nodes at their versions.
         let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
         let mut raised = committed.map(Raised::of).unwrap_or_default();
+        let mut fleet = (*self.fleet).clone();
+        raised.apply(&mut fleet);
+        let spec = load_campaign(&file, &req.toml, &fleet)
+            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
         // And at the versions their agents report now: a node already at the target is skipped
         // whatever the fleet file says (kept with the campaign, so that it replays the same).
-        let targets: Vec<(String, String)> =
-            self.fleet.nodes.iter().filter_map(|n| Some((n.name.clone(), n.address.clone()?))).collect();
-        for seen in driver::probe(&self.client, targets, true).await {
+        // Only the nodes it targets, and within PROBE_WITHIN: an agent that does not answer by
+        // then is taken at the version on record.
+        let targeted: Vec<(String, String)> = fleet
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| spec.nodes.as_ref().is_none_or(|only| only.contains(&(*i as NodeId))))
+            .filter_map(|(_, n)| Some((n.name.clone(), n.address.clone()?)))
+            .collect();
+        let seen = tokio::time::timeout(PROBE_WITHIN, driver::probe(&self.client, targeted, true)).await;
+        for seen in seen.unwrap_or_default() {
             if let Some(v) = seen.version {
                 raised.versions.insert(seen.node, v);
             }
         }
-        let mut fleet = (*self.fleet).clone();
         raised.apply(&mut fleet);
         let mut spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
@@ -545,7 +559,15 @@ impl Hub {
             if require_all_up {
                 self.observe_all(id, &inbox, Phase::Planned, "start").await?;
             }
-            if !before_start.is_empty() {
+            if let Some(program) = before_start.first() {
+                // Allowed when the campaign was created, perhaps not by this orchestrator's flags.
+                if !self.settings.allowed_hooks.iter().any(|h| h == program) {
+                    return Err(Fail::new(
+                        StatusCode::CONFLICT,
+                        "hook-not-allowed",
+                        format!("before_start runs {program}, which this orchestrator does not allow (--allow-hook)"),
+                    ));
+                }
                 self.before_start(id, &inbox, &before_start).await?;
             }
         }
@@ -1114,7 +1136,9 @@ async fn guard(
     let path = req.uri().path();
     let api = path.starts_with("/v1/") || path == "/metrics";
     let write = req.method() == axum::http::Method::POST;
-    if api && (write || !h.settings.open_reads) {
+    // A scan makes every agent run its scan action: never without the token.
+    let costly = path == "/v1/scan";
+    if api && (write || costly || !h.settings.open_reads) {
         if let Err(f) = h.authorize(req.headers()) {
             return f.into_response();
         }
