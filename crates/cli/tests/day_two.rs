@@ -878,15 +878,7 @@ async fn a_node_whose_precheck_fails_is_never_drained() {
     budgets_kept(&f, &toml, &events);
     assert_eq!(versions(&f).await, vec![Some("1.1".into()), Some("1.0".into()), Some("1.1".into())]);
     // The report has what the check saw.
-    let report: serde_json::Value = serve
-        .http
-        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = serde_json::to_value(serve.report(v.id).await).unwrap();
     let text = report.to_string();
     assert!(text.contains("FAILED var-space") && text.contains("10.0 MB needed"), "{text}");
 
@@ -992,15 +984,7 @@ async fn a_start_waits_for_every_node_up_and_for_before_start() {
     let _: CampaignView = serve.post(&start, None).await.unwrap();
     let end = serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     assert_eq!(end.updated, 3);
-    let r: baton_proto::Report = serve
-        .http
-        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = serve.report(v.id).await;
     let runs: Vec<(bool, bool)> = r
         .hooks
         .iter()
@@ -1051,15 +1035,7 @@ async fn a_node_with_errors_in_its_journal_after_the_reboot_fails_verification()
     assert!(why.contains("myapp.service: cannot open /var/lib/myapp/db: Permission denied"), "{why}");
     assert!(!why.contains("ACPI"), "{why}");
     // The report says so too.
-    let r: baton_proto::Report = serve
-        .http
-        .get(format!("{}/v1/campaigns/{}/report", serve.url, v.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = serve.report(v.id).await;
     let failure =
         r.nodes.iter().find(|n| n.name == "node2").and_then(|n| n.failure.clone()).unwrap_or_default();
     assert!(failure.contains("cannot open /var/lib/myapp/db"), "{failure}");

@@ -679,15 +679,7 @@ async fn the_openapi_document_covers_every_route() {
 /// The run report of a finished campaign has every node, each step with its outcome, and the
 /// action's real output; the CLI renders it in every format.
 async fn report_has_every_node(serve: &Serve, id: i64) {
-    let r: baton_proto::Report = serve
-        .http
-        .get(format!("{}/v1/campaigns/{id}/report", serve.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = serve.report(id).await;
     assert_eq!((r.nodes_targeted, r.updated, r.failed, r.reboots, r.retries), (5, 5, 0, 5, 0));
     assert_eq!(r.phase, "committed");
     assert_eq!(r.nodes.len(), 5);

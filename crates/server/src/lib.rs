@@ -411,15 +411,7 @@ impl Hub {
         let mut spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
         if let Some(program) = spec.before_start.first() {
-            if !self.settings.allowed_hooks.iter().any(|h| h == program) {
-                return Err(Fail::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "hook-not-allowed",
-                    format!(
-                        "before_start runs {program}, which this orchestrator does not allow; start `baton serve` with --allow-hook {program} to allow it"
-                    ),
-                ));
-            }
+            self.hook_allowed(program, StatusCode::UNPROCESSABLE_ENTITY)?;
         }
         let (store, ids) = (self.store.clone(), fleet.by_name.clone());
         spec.expected =
@@ -561,13 +553,7 @@ impl Hub {
             }
             if let Some(program) = before_start.first() {
                 // Allowed when the campaign was created, perhaps not by this orchestrator's flags.
-                if !self.settings.allowed_hooks.iter().any(|h| h == program) {
-                    return Err(Fail::new(
-                        StatusCode::CONFLICT,
-                        "hook-not-allowed",
-                        format!("before_start runs {program}, which this orchestrator does not allow (--allow-hook)"),
-                    ));
-                }
+                self.hook_allowed(program, StatusCode::CONFLICT)?;
                 self.before_start(id, &inbox, &before_start).await?;
             }
         }
@@ -592,6 +578,21 @@ impl Hub {
             }
             Err(_) => Err(stopped()),
         }
+    }
+
+    /// Whether `before_start` may run `program` here (`--allow-hook`): the operator's token
+    /// alone does not run anything on this host.
+    fn hook_allowed(&self, program: &str, status: StatusCode) -> Result<(), Fail> {
+        if self.settings.allowed_hooks.iter().any(|h| h == program) {
+            return Ok(());
+        }
+        Err(Fail::new(
+            status,
+            "hook-not-allowed",
+            format!(
+                "before_start runs {program}, which this orchestrator does not allow; start `baton serve` with --allow-hook {program} to allow it"
+            ),
+        ))
     }
 
     /// Runs `before_start` on this host and journals how it went; a failure refuses the start

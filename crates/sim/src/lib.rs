@@ -639,38 +639,21 @@ impl Sim {
             }
         }
         match cmd {
-            // Holding and releasing auto-updaters take no simulated time; an agent fails a hold
-            // or release as often as a precheck.
-            Command::Hold { node, step } | Command::Release { node, step } => {
+            // Holding and releasing auto-updaters and prechecks take no simulated time; an agent
+            // fails each as often as `precheck_fail_rate` says.
+            Command::Hold { node, step }
+            | Command::Release { node, step }
+            | Command::Precheck { node, step } => {
                 self.steps_sent += 1;
-                let attempt =
-                    step.rsplit('/').nth(1).and_then(|h| h.strip_prefix('h')?.parse().ok()).unwrap_or(0);
-                let e = if self.chance(id(node), attempt, SALT_HOLD, self.opts.precheck_fail_rate) {
-                    Event::StepFailed {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reason: "systemctl: failed".into(),
-                    }
+                let (attempt, salt, why) = if matches!(cmd, Command::Precheck { .. }) {
+                    (0, SALT_PRECHECK, "disk /var: 1.2 GB free, 10 GB needed")
                 } else {
-                    Event::StepOk {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reboot: false,
-                        boot_id: None,
-                        version: None,
-                    }
+                    let attempt =
+                        step.rsplit('/').nth(1).and_then(|h| h.strip_prefix('h')?.parse().ok()).unwrap_or(0);
+                    (attempt, SALT_HOLD, "systemctl: failed")
                 };
-                self.record(step, now, e);
-            }
-            // Prechecks take no simulated time.
-            Command::Precheck { node, step } => {
-                self.steps_sent += 1;
-                let e = if self.chance(id(node), 0, SALT_PRECHECK, self.opts.precheck_fail_rate) {
-                    Event::StepFailed {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reason: "disk /var: 1.2 GB free, 10 GB needed".into(),
-                    }
+                let e = if self.chance(id(node), attempt, salt, self.opts.precheck_fail_rate) {
+                    Event::StepFailed { node: node.clone(), step: step.clone(), reason: why.into() }
                 } else {
                     Event::StepOk {
                         node: node.clone(),

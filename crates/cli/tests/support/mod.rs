@@ -140,6 +140,18 @@ impl Serve {
         r.json().await.ok()
     }
 
+    /// The campaign's run report.
+    pub async fn report(&self, id: i64) -> baton_proto::Report {
+        self.http
+            .get(format!("{}/v1/campaigns/{id}/report", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn events(&self, id: i64) -> Vec<JournalEntry> {
         self.http
             .get(format!("{}/v1/campaigns/{id}/events", self.url))
