@@ -557,26 +557,35 @@ impl Hub {
                 self.before_start(id, &inbox, &before_start).await?;
             }
         }
+        match Hub::submit(&inbox, event).await? {
+            Ok(()) => self.view(id).ok_or_else(stopped),
+            Err(r) => Err(Hub::refusal(r)),
+        }
+    }
+
+    /// Hands an event to the campaign's driver and waits until it is journaled, or refused.
+    async fn submit(inbox: &mpsc::Sender<Msg>, event: Event) -> Result<Result<(), Refused>, Fail> {
         let (tx, rx) = oneshot::channel();
         inbox
             .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
             .await
             .map_err(|_| stopped())?;
-        match rx.await {
-            Ok(Ok(())) => self.view(id).ok_or_else(stopped),
-            Ok(Err(Refused::Campaign(CampaignError::CommitRefused(m)))) => {
-                Err(Fail::new(StatusCode::CONFLICT, "commit-refused", m))
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// A refusal as the API answers it.
+    fn refusal(r: Refused) -> Fail {
+        match r {
+            Refused::Campaign(CampaignError::CommitRefused(m)) => {
+                Fail::new(StatusCode::CONFLICT, "commit-refused", m)
             }
-            Ok(Err(Refused::Campaign(CampaignError::StartRefused(m)))) => {
-                Err(Fail::new(StatusCode::CONFLICT, "start-refused", m))
+            Refused::Campaign(CampaignError::StartRefused(m)) => {
+                Fail::new(StatusCode::CONFLICT, "start-refused", m)
             }
-            Ok(Err(Refused::Campaign(e))) => {
-                Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()))
+            Refused::Campaign(e) => Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()),
+            e @ Refused::Journal(_) => {
+                Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string())
             }
-            Ok(Err(e @ Refused::Journal(_))) => {
-                Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))
-            }
-            Err(_) => Err(stopped()),
         }
     }
 
@@ -605,21 +614,7 @@ impl Hub {
             None => o.tail.clone(),
         };
         let event = Event::Hook { hook: "before_start".into(), ok: o.ok, output };
-        let (tx, rx) = oneshot::channel();
-        inbox
-            .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
-            .await
-            .map_err(|_| stopped())?;
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e @ Refused::Journal(_))) => {
-                return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))
-            }
-            Ok(Err(Refused::Campaign(e))) => {
-                return Err(Fail::new(StatusCode::CONFLICT, "not-allowed", e.to_string()))
-            }
-            Err(_) => return Err(stopped()),
-        }
+        Hub::submit(inbox, event).await?.map_err(Hub::refusal)?;
         if o.ok {
             return Ok(());
         }
@@ -680,13 +675,8 @@ impl Hub {
         }
         for seen in seen {
             let event = Event::Observed { node: seen.node, up: seen.up, version: seen.version };
-            let (tx, rx) = oneshot::channel();
-            inbox
-                .send(Msg::Event { event, reply: Some(tx), sent: std::time::Instant::now() })
-                .await
-                .map_err(|_| stopped())?;
-            if let Ok(Err(e @ Refused::Journal(_))) = rx.await {
-                return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()));
+            if let Err(e @ Refused::Journal(_)) = Hub::submit(inbox, event).await? {
+                return Err(Hub::refusal(e));
             }
         }
         Ok(())

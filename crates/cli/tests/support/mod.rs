@@ -142,25 +142,16 @@ impl Serve {
 
     /// The campaign's run report.
     pub async fn report(&self, id: i64) -> baton_proto::Report {
-        self.http
-            .get(format!("{}/v1/campaigns/{id}/report", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/v1/campaigns/{id}/report")).await
+    }
+
+    /// A GET of the API that must work, its body as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn events(&self, id: i64) -> Vec<JournalEntry> {
-        self.http
-            .get(format!("{}/v1/campaigns/{id}/events", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/v1/campaigns/{id}/events")).await
     }
 
     /// Waits, long-polling the journal, until the campaign's view satisfies `done`.
