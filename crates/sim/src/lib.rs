@@ -137,6 +137,8 @@ pub struct Observer {
     /// given up on with a notice.
     pub to_release: HashSet<String>,
     holds: bool,
+    /// Rollbacks the core took (each starts a pass).
+    rollbacks: u32,
     closed_gates: HashSet<String>,
     /// Finishes per drain step (one per node and pass).
     finished: HashMap<String, u32>,
@@ -221,6 +223,7 @@ impl Observer {
                 }
             }
             Event::Window { open } => self.window_open = *open,
+            Event::Rollback { .. } => self.rollbacks += 1,
             Event::Gate { name, open } => {
                 if *open {
                     self.closed_gates.remove(name);
@@ -321,8 +324,6 @@ impl Observer {
                     }
                     if *to == Phase::RollingBack {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
-                        // A new pass: a node finishes once more in it, drained again or not.
-                        self.last_drain.clear();
                     }
                     self.phase = Some(*to);
                 }
@@ -335,12 +336,14 @@ impl Observer {
                     if matches!(notice, Notice::NodeFailed { .. }) {
                         self.failed += 1;
                     }
-                    // A node that failed its prechecks was never drained in this pass.
-                    let run = self
-                        .last_drain
-                        .get(node)
-                        .cloned()
-                        .unwrap_or_else(|| format!("{node}/not-drained/{:?}", self.phase));
+                    // A node that failed its prechecks or its hold was not drained in this pass: it
+                    // finishes once per pass (the forward one, or each rollback's).
+                    let undrained = matches!(notice, Notice::NodeFailed { reason, .. }
+                        if reason.starts_with("precheck failed") || reason.starts_with("cannot hold"));
+                    let run = match self.last_drain.get(node) {
+                        Some(d) if !undrained => d.clone(),
+                        _ => format!("{node}/not-drained/{}", self.rollbacks),
+                    };
                     let k = self.finished.entry(run).or_default();
                     *k += 1;
                     if *k > 1 {
