@@ -284,6 +284,8 @@ pub struct ClockView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClockMove {
+    /// At most a year (366 days) per call.
+    #[schema(maximum = 31_622_400_000_u64)]
     pub advance_ms: u64,
 }
 

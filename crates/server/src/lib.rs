@@ -869,9 +869,11 @@ async fn clock_get(State(h): State<Shared>) -> Json<baton_proto::ClockView> {
 /// Moves a test orchestrator's clock forward (only with `baton serve --test-clock`).
 #[utoipa::path(post, path = "/v1/clock", tag = "meta", request_body = baton_proto::ClockMove, security(("token" = [])),
     responses((status = 200, body = baton_proto::ClockView),
+              (status = 400, description = "the body is not JSON", body = ApiError),
               (status = 401, body = ApiError),
               (status = 409, description = "this orchestrator runs on the system clock (no --test-clock)", body = ApiError),
-              (status = 422, description = "the body is not a clock move", body = ApiError)))]
+              (status = 413, description = "body over 2 MiB", body = ApiError), (status = 415, description = "not application/json", body = ApiError),
+              (status = 422, description = "the body is not a clock move, or moves more than a year", body = ApiError)))]
 async fn clock_post(
     State(h): State<Shared>,
     headers: HeaderMap,
