@@ -281,12 +281,12 @@ pub struct ClockView {
 }
 
 /// Moves a test clock forward (`POST /v1/clock`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClockMove {
-    /// At most a year (366 days) per call.
-    #[schema(maximum = 31_622_400_000_u64)]
-    pub advance_ms: u64,
+    /// Milliseconds, at most a year (366 days) per call; a fraction is rounded.
+    #[schema(minimum = 0, maximum = 31_622_400_000_u64)]
+    pub advance_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

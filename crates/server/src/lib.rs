@@ -880,19 +880,23 @@ async fn clock_post(
     Json(m): Json<baton_proto::ClockMove>,
 ) -> Result<Json<baton_proto::ClockView>, Fail> {
     let by = h.authorize(&headers)?;
-    const YEAR_MS: u64 = 366 * 24 * 3600 * 1000;
-    if m.advance_ms > YEAR_MS {
+    const YEAR_MS: f64 = 366.0 * 24.0 * 3600.0 * 1000.0;
+    if !(0.0..=YEAR_MS).contains(&m.advance_ms) {
         return Err(Fail::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad-body",
-            format!("advance_ms {} is more than a year; move the clock in smaller steps", m.advance_ms),
+            format!(
+                "advance_ms {} is not between 0 and a year; move the clock in smaller steps",
+                m.advance_ms
+            ),
         ));
     }
+    let advance_ms = m.advance_ms.round() as u64;
     let now = h
         .clock
-        .advance(m.advance_ms)
+        .advance(advance_ms)
         .map_err(|e| Fail::new(StatusCode::CONFLICT, "fixed-clock", e.to_string()))?;
-    tracing::warn!(by, advance_ms = m.advance_ms, now_ms = now, "test clock moved forward");
+    tracing::warn!(by, advance_ms, now_ms = now, "test clock moved forward");
     Ok(Json(baton_proto::ClockView { now_ms: now, settable: true }))
 }
 
