@@ -1795,13 +1795,23 @@ impl Campaign {
     }
 
     fn send_hold(&mut self, n: NodeId, now: Millis, out: &mut Vec<Command>) {
+        self.send_hold_step(n, now, false, out);
+    }
+
+    /// A hold (or, with `release`, a release) step under the node's next hold step id, given up
+    /// on after `reboot_timeout`.
+    fn send_hold_step(&mut self, n: NodeId, now: Millis, release: bool, out: &mut Vec<Command>) {
         let attempt = self.nodes[n as usize].hold_steps;
         self.nodes[n as usize].hold_steps += 1;
-        self.set_hold(n, Hold::Holding { attempt, deadline: now + self.spec.reboot_timeout });
-        out.push(Command::Hold {
-            node: self.fleet.node_name(n).to_string(),
-            step: self.hold_step(n, attempt, "hold"),
-        });
+        let deadline = now + self.spec.reboot_timeout;
+        let node = self.fleet.node_name(n).to_string();
+        if release {
+            self.set_hold(n, Hold::Releasing { attempt, deadline });
+            out.push(Command::Release { node, step: self.hold_step(n, attempt, "release") });
+        } else {
+            self.set_hold(n, Hold::Holding { attempt, deadline });
+            out.push(Command::Hold { node, step: self.hold_step(n, attempt, "hold") });
+        }
     }
 
     /// A hold or release step's answer (`failed` with the reason when it failed); false when
@@ -1933,13 +1943,7 @@ impl Campaign {
             })
             .collect();
         for n in ready {
-            let attempt = self.nodes[n as usize].hold_steps;
-            self.nodes[n as usize].hold_steps += 1;
-            self.set_hold(n, Hold::Releasing { attempt, deadline: now + self.spec.reboot_timeout });
-            out.push(Command::Release {
-                node: self.fleet.node_name(n).to_string(),
-                step: self.hold_step(n, attempt, "release"),
-            });
+            self.send_hold_step(n, now, true, out);
         }
     }
 

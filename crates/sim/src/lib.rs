@@ -408,6 +408,17 @@ pub fn makespan(fleet: Arc<Fleet>, spec: CampaignSpec, opts: &SimOptions) -> Res
     Ok(sim.last_finish - opts.start)
 }
 
+/// A step that went well and changed nothing the campaign reads (no reboot, no version).
+fn done(node: &str, step: &str) -> Event {
+    Event::StepOk {
+        node: node.to_string(),
+        step: step.to_string(),
+        reboot: false,
+        boot_id: None,
+        version: None,
+    }
+}
+
 /// Something due to happen in the simulated world.
 enum Item {
     /// An event for the campaign. `gen` is the orchestrator incarnation an agent's answer is
@@ -658,30 +669,14 @@ impl Sim {
                 let e = if self.chance(id(node), attempt, salt, self.opts.precheck_fail_rate) {
                     Event::StepFailed { node: node.clone(), step: step.clone(), reason: why.into() }
                 } else {
-                    Event::StepOk {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reboot: false,
-                        boot_id: None,
-                        version: None,
-                    }
+                    done(node, step)
                 };
                 self.record(step, now, e);
             }
             // Draining and restoring take no simulated time and always work.
             Command::Drain { node, step, .. } | Command::Restore { node, step } => {
                 self.steps_sent += 1;
-                self.record(
-                    step,
-                    now,
-                    Event::StepOk {
-                        node: node.clone(),
-                        step: step.clone(),
-                        reboot: false,
-                        boot_id: None,
-                        version: None,
-                    },
-                );
+                self.record(step, now, done(node, step));
             }
             Command::Update { node, step, version, .. } => {
                 self.steps_sent += 1;
