@@ -1353,3 +1353,44 @@ async fn apt_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
     assert_eq!(std::fs::read_to_string("/usr/share/baton-testpkg/version").unwrap(), "1.0\n");
     f.stop().await;
 }
+
+/// Two starts of a campaign with a `before_start` hook at the same instant: the hook runs once,
+/// one start is taken and the other refused (the campaign is running by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_starts_at_once_run_the_hook_once() {
+    let mut f = local(
+        "two-starts",
+        LocalOptions { nodes: 2, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let hook = f.dir.join("hook.sh");
+    let ran = f.dir.join("hook.ran");
+    std::fs::write(&hook, format!("#!/bin/sh\necho run >> {}\nsleep 0.5\n", ran.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let serve = Serve::start_with(
+        &f,
+        port(),
+        &f.dir.join("baton.db"),
+        &["--allow-hook", &hook.display().to_string()],
+    )
+    .await;
+    let toml = quick(&format!("before_start = [\"{}\"]\n", hook.display()));
+    let v: CampaignView =
+        serve.post("/v1/campaigns", Some(serde_json::json!({ "toml": toml }))).await.unwrap();
+    let start = format!("/v1/campaigns/{}/start", v.id);
+    let barrier = tokio::sync::Barrier::new(2);
+    let go = || async {
+        barrier.wait().await;
+        serve.post::<CampaignView>(&start, None).await
+    };
+    let (a, b) = tokio::join!(go(), go());
+    let codes: Vec<u16> = [&a, &b].iter().map(|r| r.as_ref().map(|_| 200).unwrap_or_else(|e| e.0)).collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![200, 409], "{a:?} {b:?}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "run\n");
+    serve.wait(v.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    drop(serve);
+    f.stop().await;
+}
