@@ -175,6 +175,12 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Schedules: campaign files the orchestrator creates and starts by itself when their cron
+    /// rule (`schedule`) comes due and some targeted node is behind.
+    Schedule {
+        #[command(subcommand)]
+        cmd: ScheduleCmd,
+    },
     /// Show campaigns, or one campaign's nodes.
     Status {
         campaign: Option<i64>,
@@ -292,6 +298,39 @@ enum ScanFormat {
 enum RoleArg {
     Agent,
     Orchestrator,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCmd {
+    /// Add a campaign file with a `schedule` key. When it comes due, the orchestrator creates
+    /// and starts the campaign if some targeted node is behind and no campaign holds the fleet;
+    /// else it journals why not (`baton schedule runs NAME`).
+    Add {
+        campaign: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every schedule: its rule, its next run and what its last run did.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutFormat,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a schedule by its campaign's name (campaigns it started go on).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A schedule's runs: when each came due, and the campaign it started or why none.
+    Runs {
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutFormat,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -807,6 +846,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 Ok(())
             })
         }
+        Cmd::Schedule { cmd } => schedule(cmd),
         Cmd::Pause { campaign, api } => act(api, campaign, "pause"),
         Cmd::Resume { campaign, api } => act(api, campaign, "resume"),
         Cmd::Abort { campaign, api } => act(api, campaign, "abort"),
@@ -872,6 +912,64 @@ fn logging(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+fn schedule(cmd: ScheduleCmd) -> Result<(), Failure> {
+    match cmd {
+        ScheduleCmd::Add { campaign, api } => {
+            let text = read(&campaign)?;
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let s = api.add_schedule(&campaign, text).await.map_err(Failure::Api)?;
+                println!("schedule {} added: {} ({})", s.name, s.cron, s.timezone);
+                match s.next_run_ms {
+                    Some(t) => println!("next run {}", baton_core::schedule::local(t, &s.timezone)),
+                    None => println!("it never runs again"),
+                }
+                Ok(())
+            })
+        }
+        ScheduleCmd::List { format, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let list = api.schedules().await.map_err(Failure::Api)?;
+                match format {
+                    OutFormat::Json => json(&list),
+                    OutFormat::Text => {
+                        print!("{}", output::schedules_text(&list));
+                        Ok(())
+                    }
+                }
+            })
+        }
+        ScheduleCmd::Remove { name, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let s = api.remove_schedule(&name).await.map_err(Failure::Api)?;
+                println!("schedule {} removed; campaigns it started go on", s.name);
+                Ok(())
+            })
+        }
+        ScheduleCmd::Runs { name, format, api } => {
+            let api = api.api()?;
+            runtime()?.block_on(async move {
+                let runs = api.schedule_runs(&name).await.map_err(Failure::Api)?;
+                match format {
+                    OutFormat::Json => json(&runs),
+                    OutFormat::Text => {
+                        print!("{}", output::schedule_runs_text(&runs));
+                        Ok(())
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Prints a value as pretty JSON.
+fn json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v).map_err(|e| Failure::Internal(e.to_string()))?);
+    Ok(())
 }
 
 fn act(api: ApiArgs, id: i64, action: &str) -> Result<(), Failure> {

@@ -1,6 +1,6 @@
 //! Operator commands against a running orchestrator: run, status, pause, resume, abort, events.
 
-use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry};
+use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, ScheduleRun, ScheduleView};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,7 +24,11 @@ impl ApiFailure {
     /// token) is bad input, 2; rules that can never be met, 3; anything else, 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ApiFailure::Refused { code, .. } if code == "bad-campaign" || code == "unauthorized" => 2,
+            ApiFailure::Refused { code, .. }
+                if ["bad-campaign", "no-schedule", "unauthorized"].contains(&code.as_str()) =>
+            {
+                2
+            }
             ApiFailure::Refused { code, .. } if code == "infeasible" => 3,
             _ => 1,
         }
@@ -84,6 +88,32 @@ impl Api {
         // A start runs the campaign's before_start first, for up to 30 minutes.
         let r = if action == "start" { r.timeout(Duration::from_secs(31 * 60)) } else { r };
         self.read(r).await
+    }
+
+    pub async fn add_schedule(&self, file: &str, toml: String) -> Result<ScheduleView, ApiFailure> {
+        let body = CreateCampaign { toml, file: Some(file.to_string()) };
+        self.read(self.http.post(format!("{}/v1/schedules", self.base)).json(&body)).await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, ApiFailure> {
+        self.read(self.http.get(format!("{}/v1/schedules", self.base))).await
+    }
+
+    /// `/v1/schedules/NAME` and what follows, the name as one path segment whatever it holds.
+    fn schedule_url(&self, name: &str, rest: &[&str]) -> String {
+        let mut u = reqwest::Url::parse(&format!("{}/v1/schedules", self.base)).expect("base URL");
+        if let Ok(mut p) = u.path_segments_mut() {
+            p.push(name).extend(rest);
+        }
+        u.to_string()
+    }
+
+    pub async fn remove_schedule(&self, name: &str) -> Result<ScheduleView, ApiFailure> {
+        self.read(self.http.delete(self.schedule_url(name, &[]))).await
+    }
+
+    pub async fn schedule_runs(&self, name: &str) -> Result<Vec<ScheduleRun>, ApiFailure> {
+        self.read(self.http.get(self.schedule_url(name, &["runs"]))).await
     }
 
     pub async fn view(&self, id: i64) -> Result<CampaignView, ApiFailure> {

@@ -297,6 +297,41 @@ pub fn simulate_text(
     s
 }
 
+/// `baton schedule list`: one schedule per line.
+pub fn schedules_text(list: &[baton_proto::ScheduleView]) -> String {
+    use baton_core::schedule::local;
+    if list.is_empty() {
+        return "no schedules (add one with `baton schedule add campaign.toml`)\n".into();
+    }
+    let mut out =
+        format!("{:<20} {:<8} {:<18} {:<24} {}\n", "NAME", "TARGET", "RULE", "NEXT RUN", "LAST RUN");
+    for s in list {
+        let next = s.next_run_ms.map_or_else(|| "never".to_string(), |t| local(t, &s.timezone));
+        let last = s.last.as_ref().map_or_else(|| "none yet".to_string(), |r| run_words(r, &s.timezone));
+        out += &format!("{:<20} {:<8} {:<18} {:<24} {}\n", s.name, s.target_version, s.cron, next, last);
+    }
+    out
+}
+
+fn run_words(r: &baton_proto::ScheduleRun, zone: &str) -> String {
+    let at = baton_core::schedule::local(r.due_ms, zone);
+    let missed = if r.missed > 0 { format!(" ({} more missed)", r.missed) } else { String::new() };
+    match (r.outcome.as_str(), r.campaign, &r.reason) {
+        ("started", Some(id), _) => format!("{at}{missed}: started campaign {id}"),
+        ("refused", Some(id), Some(why)) => format!("{at}{missed}: campaign {id} refused to start: {why}"),
+        (_, _, Some(why)) => format!("{at}{missed}: skipped: {why}"),
+        (o, _, _) => format!("{at}{missed}: {o}"),
+    }
+}
+
+/// `baton schedule runs`: one run per line, oldest first.
+pub fn schedule_runs_text(runs: &[baton_proto::ScheduleRun]) -> String {
+    if runs.is_empty() {
+        return "no runs yet\n".into();
+    }
+    runs.iter().map(|r| run_words(r, "UTC") + "\n").collect()
+}
+
 /// `baton scan`: one line per node, then the totals.
 pub fn scan_text(r: &baton_proto::ScanReport) -> String {
     let mut s = format!("compliance against {}:\n", r.target);

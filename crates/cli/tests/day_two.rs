@@ -1394,3 +1394,168 @@ async fn two_starts_at_once_run_the_hook_once() {
     drop(serve);
     f.stop().await;
 }
+
+/// Runs `baton schedule ARGS...` against `serve`; its exit code and standard output.
+fn schedule_cli(serve: &Serve, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(exe())
+        .arg("schedule")
+        .args(args)
+        .args(["--server", &serve.url])
+        .env("BATON_TOKEN", Serve::TOKEN)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// Waits until schedule `name` has journaled `n` runs; returns them.
+async fn runs(serve: &Serve, name: &str, n: usize) -> Vec<baton_proto::ScheduleRun> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r: Vec<baton_proto::ScheduleRun> = serve.get_json(&format!("/v1/schedules/{name}/runs")).await;
+        if r.len() >= n {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "schedule {name} ran {} times, not {n}: {r:#?}", r.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Moves the test clock to one second past the next whole minute (when "* * * * *" is due).
+async fn to_next_minute(serve: &Serve) {
+    const MIN: u64 = 60_000;
+    let now = clock(serve, None).await.now_ms;
+    clock(serve, Some((now / MIN + 1) * MIN + 1_000 - now)).await;
+}
+
+/// Issue 12, schedules: a schedule added for every minute creates and starts exactly one
+/// campaign while the fleet is behind, none while that campaign holds the fleet, and none once
+/// every node is at the target; each run journals what it did or why not. Real agents; the
+/// orchestrator's clock is moved by the test (`--test-clock`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_for_every_minute_starts_one_campaign_while_behind_and_none_after() {
+    let mut f = local(
+        "schedule",
+        LocalOptions { nodes: 3, action_seconds: "0.3".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--test-clock"]).await;
+    // Timeouts far longer than the clock's jumps, so that moving it fails nothing.
+    let toml = quick("schedule = \"* * * * *\"\ntimezone = \"Europe/Berlin\"\n")
+        .replace("reboot_timeout = \"1m\"", "reboot_timeout = \"1h\"")
+        .replace("ready_timeout = \"1m\"", "ready_timeout = \"1h\"")
+        .replace("name = \"demo-1.1\"", "name = \"monthly\"");
+    let file = f.dir.join("monthly.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let (code, out, err) = schedule_cli(&serve, &["add", &file.display().to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("schedule monthly added: * * * * * (Europe/Berlin)") && out.contains("next run"),
+        "{out}"
+    );
+    // The same name again is refused; a file without `schedule` is bad input.
+    let (code, _, err) = schedule_cli(&serve, &["add", &file.display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a schedule named monthly exists"), "{err}");
+    let plain = f.dir.join("plain.toml");
+    std::fs::write(&plain, quick("")).unwrap();
+    let (code, _, err) = schedule_cli(&serve, &["add", &plain.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has no `schedule`"), "{err}");
+    let (_, out, _) = schedule_cli(&serve, &["list"]);
+    assert!(out.contains("monthly") && out.contains("none yet"), "{out}");
+    let list: Vec<baton_proto::ScheduleView> = serve.get_json("/v1/schedules").await;
+    assert_eq!(list.len(), 1);
+    let next = list[0].next_run_ms.unwrap();
+    assert_eq!(next % 60_000, 0);
+
+    // Due, and every node is behind: one campaign, created and started by the schedule.
+    to_next_minute(&serve).await;
+    let r = runs(&serve, "monthly", 1).await;
+    assert_eq!((r[0].outcome.as_str(), r[0].due_ms), ("started", next), "{r:#?}");
+    let id = r[0].campaign.unwrap();
+    // Paused by an operator, it holds the fleet: the next run creates nothing, and says why.
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{id}/pause"), None).await.unwrap();
+    to_next_minute(&serve).await;
+    let r = runs(&serve, "monthly", 2).await;
+    assert_eq!(r[1].outcome, "skipped", "{r:#?}");
+    assert!(r[1].reason.as_deref().unwrap().contains(&format!("(id {id}) holds fleet")), "{r:#?}");
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{id}/resume"), None).await.unwrap();
+    let end = serve.wait(id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3);
+    let start = serve.events(id).await.into_iter().find_map(|e| match decoded(&e) {
+        Event::Start { by } => Some(by),
+        _ => None,
+    });
+    assert_eq!(start.as_deref(), Some("schedule monthly"));
+
+    // Every node at the target: due twice more, nothing created.
+    for n in [3, 4] {
+        to_next_minute(&serve).await;
+        let r = runs(&serve, "monthly", n).await;
+        assert_eq!(r[n - 1].outcome, "skipped", "{r:#?}");
+        assert!(r[n - 1].reason.as_deref().unwrap().contains("no targeted node is behind"), "{r:#?}");
+    }
+    let all: Vec<CampaignView> = serve.get_json("/v1/campaigns").await;
+    assert_eq!(all.len(), 1, "exactly one campaign: {all:#?}");
+    let (code, out, _) = schedule_cli(&serve, &["runs", "monthly"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("started campaign {id}")) && out.contains("skipped: no targeted node"),
+        "{out}"
+    );
+    let (code, out, _) = schedule_cli(&serve, &["remove", "monthly"]);
+    assert_eq!(code, 0, "{out}");
+    let list: Vec<baton_proto::ScheduleView> = serve.get_json("/v1/schedules").await;
+    assert!(list.is_empty());
+    let (code, _, err) = schedule_cli(&serve, &["remove", "monthly"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no schedule monthly"), "{err}");
+    drop(serve);
+    f.stop().await;
+}
+
+/// Issue 12, schedules: a schedule outlives a restart of the orchestrator (it is in its
+/// journal), and a run found late (missed while the orchestrator was down, here by a clock
+/// moved five minutes at once) goes ahead only inside the campaign's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_run_waits_for_the_window_and_schedules_survive_a_restart() {
+    const MIN: u64 = 60_000;
+    let mut f = local(
+        "schedule-late",
+        LocalOptions { nodes: 2, action_seconds: "0.3".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let db = f.dir.join("baton.db");
+    let serve = Serve::start_with(&f, port(), &db, &["--test-clock"]).await;
+    // A daily window that opened an hour ago... closed 30 minutes ago (UTC).
+    let now = clock(&serve, None).await.now_ms;
+    let hm = ((now - 60 * MIN) / MIN) % (24 * 60);
+    let extra = format!(
+        "schedule = \"* * * * *\"\ntimezone = \"UTC\"\nwindows = [{{ days = \"*\", start = \"{:02}:{:02}\", length = \"30m\" }}]\n",
+        hm / 60,
+        hm % 60
+    );
+    let toml = quick(&extra).replace("name = \"demo-1.1\"", "name = \"nightly\"");
+    let added: Result<baton_proto::ScheduleView, _> =
+        serve.post("/v1/schedules", Some(serde_json::json!({"toml": toml, "file": "nightly.toml"}))).await;
+    assert_eq!(added.unwrap().name, "nightly");
+    let port = serve.url.rsplit(':').next().unwrap().parse().unwrap();
+    drop(serve);
+    let serve = Serve::start_with(&f, port, &db, &["--test-clock"]).await;
+    let list: Vec<baton_proto::ScheduleView> = serve.get_json("/v1/schedules").await;
+    assert_eq!(list.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["nightly"]);
+    // Five minutes at once: one run, late (four more missed), and the window is closed.
+    clock(&serve, Some(5 * MIN)).await;
+    let r = runs(&serve, "nightly", 1).await;
+    assert_eq!(r[0].outcome, "skipped", "{r:#?}");
+    assert!(r[0].missed >= 3, "{r:#?}");
+    assert!(r[0].reason.as_deref().unwrap().contains("window is closed now"), "{r:#?}");
+    let all: Vec<CampaignView> = serve.get_json("/v1/campaigns").await;
+    assert!(all.is_empty(), "{all:#?}");
+    drop(serve);
+    f.stop().await;
+}

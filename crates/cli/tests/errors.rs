@@ -349,8 +349,8 @@ fn node_names_that_read_as_addresses_or_are_reserved_and_bad_haproxy_names_are_r
     expect(&o, 2, "fleet.toml:25:10", &["HAProxy server name"]);
 }
 
-/// Issue 12: a window that never opens, an unknown time zone, a day or time that does not
-/// parse: each names file, line and column, exits 2, and starts nothing.
+/// Issue 12: a window that never opens, a cron rule that never fires or does not read, an
+/// unknown time zone, a day or time that does not parse: each names file, line and column, exits 2, and starts nothing.
 #[test]
 fn bad_windows_and_time_zones_are_refused_where_they_are() {
     let cases = [
@@ -372,6 +372,15 @@ fn bad_windows_and_time_zones_are_refused_where_they_are() {
             "windows = [{ days = \"Sun\", start = \"02:00\", length = \"4h\" }, { days = \"Sat\", start = \"02:00\", length = \"0s\" }]\n",
             "campaign.toml:5:104",
             "window 2 never opens: its length is 0",
+        ),
+        ("cron-never", "schedule = \"0 3 30 2 *\"\n", "campaign.toml:5:12", "schedule: the cron rule `0 3 30 2 *` never fires"),
+        ("cron-fields", "schedule = \"0 3 * *\"\n", "campaign.toml:5:12", "a cron rule has 5 fields"),
+        ("cron-nth", "schedule = \"0 3 * * TUE#6\"\n", "campaign.toml:5:12", "the number after `#` must be 1-5"),
+        (
+            "cron-tz",
+            "timezone = \"Mars/Base\"\nschedule = \"0 3 * * *\"\n",
+            "campaign.toml:5:12",
+            "unknown time zone `Mars/Base`",
         ),
     ];
     for (name, extra, at, msg) in cases {

@@ -127,3 +127,24 @@ fn simulate_text_ends_with_a_summary_line() {
     assert!(last.starts_with("continuous: updated 29 nodes in "), "{last}");
     assert!(last.contains("no safety rule was broken"), "{last}");
 }
+
+/// The monthly, CAU-like schedule in `examples/hyperv-cluster/patch-tuesday.toml` reads and
+/// plans (its `schedule`, `timezone` and `windows` included).
+#[test]
+fn the_patch_tuesday_schedule_example_plans() {
+    let text = baton(&[
+        "plan",
+        "--fleet",
+        "examples/hyperv-cluster/fleet.toml",
+        "--campaign",
+        "examples/hyperv-cluster/patch-tuesday.toml",
+    ]);
+    assert!(text.contains("hv1") && text.contains("hv3"), "{text}");
+    let fleet = std::fs::read_to_string(root().join("examples/hyperv-cluster/fleet.toml")).unwrap();
+    let fleet = baton_core::load_fleet("fleet.toml", &fleet).unwrap();
+    let c = std::fs::read_to_string(root().join("examples/hyperv-cluster/patch-tuesday.toml")).unwrap();
+    let spec = baton_core::load_campaign("patch-tuesday.toml", &c, &fleet).unwrap();
+    let s = spec.schedule.expect("a schedule");
+    // 2026-11-30T12:00Z: the next Patch Tuesday is 8 December, 03:00 CET (02:00 UTC).
+    assert_eq!(s.next_after(1_796_040_000_000), Some(1_796_695_200_000));
+}

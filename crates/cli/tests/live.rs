@@ -482,6 +482,11 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         .post("/v1/campaigns", Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})))
         .await
         .unwrap();
+    // A monthly schedule (Patch Tuesday, Berlin): the page shows when it runs next.
+    let sched = LocalFleet::campaign_toml("schedule = \"0 3 * * TUE#2\"\ntimezone = \"Europe/Berlin\"\n")
+        .replace("demo-1.1", "patch-tuesday");
+    let sched: baton_proto::ScheduleView =
+        serve.post("/v1/schedules", Some(serde_json::json!({"toml": sched}))).await.unwrap();
     let (_driver, c) = browser(&f.dir).await;
     c.goto(&format!("{}/", serve.url)).await.unwrap();
     // Reads need the token: the page shows nothing until it has it.
@@ -507,6 +512,20 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     let rows =
         c.execute("return document.querySelectorAll('#heatmap [role=row]').length", vec![]).await.unwrap();
     assert_eq!(rows.as_u64(), Some(3));
+    until(
+        &c,
+        "the schedule",
+        Duration::from_secs(10),
+        "return !!document.querySelector('[data-testid=next-patch-tuesday]')",
+    )
+    .await;
+    let next = c
+        .execute("const e = document.querySelector('[data-testid=next-patch-tuesday]'); return [e.dataset.ms, e.textContent]", vec![])
+        .await
+        .unwrap();
+    assert_eq!(next[0].as_str(), Some(sched.next_run_ms.unwrap().to_string().as_str()), "{next}");
+    // In the schedule's own time zone (not the browser's, not UTC).
+    assert!(next[1].as_str().is_some_and(|t| t.contains("03:00") && !t.contains('Z')), "{next}");
     // Started from outside the page: cells change state live, without a reload.
     c.execute("window.__marker = 'same page'", vec![]).await.unwrap();
     let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/start", v.id), None).await.unwrap();
@@ -639,9 +658,15 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/{action}",
             "/v1/clock",
             "/v1/scan",
+            "/v1/schedules",
+            "/v1/schedules/{name}",
+            "/v1/schedules/{name}/runs",
             "/v1/stream"
         ]
     );
+    let sched = LocalFleet::campaign_toml("schedule = \"@monthly\"\n");
+    let _: baton_proto::ScheduleView =
+        serve.post("/v1/schedules", Some(serde_json::json!({"toml": sched}))).await.unwrap();
     // Every documented operation exists on the server (a 404 would mean drift) and has responses.
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
@@ -652,11 +677,14 @@ async fn the_openapi_document_covers_every_route() {
             let url = format!(
                 "{}{}",
                 serve.url,
-                path.replace("{id}", &v.id.to_string()).replace("{action}", "pause")
+                path.replace("{id}", &v.id.to_string())
+                    .replace("{action}", "pause")
+                    .replace("{name}", "demo-1.1")
             );
             let req = match method.as_str() {
                 "get" => serve.http.get(&url),
                 "post" => serve.http.post(&url).json(&serde_json::json!({"toml": ""})),
+                "delete" => serve.http.delete(&url),
                 m => panic!("unexpected method {m}"),
             };
             let r = req.send().await.unwrap();

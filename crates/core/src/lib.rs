@@ -5,6 +5,7 @@
 pub mod diag;
 pub mod load;
 pub mod model;
+pub mod schedule;
 pub mod units;
 pub mod window;
 

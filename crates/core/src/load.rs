@@ -144,6 +144,7 @@ struct RawCampaign {
     require_all_up: bool,
     #[serde(default)]
     before_start: Vec<String>,
+    schedule: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -660,6 +661,19 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         }
     }
     let windows = campaign_windows(&raw, src)?;
+    let schedule = match &raw.schedule {
+        None => None,
+        Some(rule) => {
+            let zone = raw.timezone.as_deref().unwrap_or("UTC");
+            Some(crate::schedule::Schedule::new(rule, zone).map_err(|e| {
+                src.err(
+                    root().key("schedule"),
+                    format!("schedule: {e}"),
+                    "write five cron fields, minute hour day-of-month month day-of-week, e.g. \"0 3 * * TUE#2\" (03:00 on the second Tuesday of each month)",
+                )
+            })?)
+        }
+    };
     if !raw.before_start.is_empty() {
         if raw.before_start[0].trim().is_empty() {
             return Err(src.err(
@@ -701,6 +715,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         windows,
         require_all_up: raw.require_all_up,
         before_start: raw.before_start,
+        schedule,
     })
 }
 

@@ -186,6 +186,9 @@ pub struct CampaignSpec {
     pub before_start: Vec<String>,
     /// When nodes may start (`windows` in `timezone`); none: at any time.
     pub windows: Option<crate::window::Windows>,
+    /// When the orchestrator creates and starts this campaign by itself (`schedule`, cron in
+    /// `timezone`), once it is added with `baton schedule add`; none: only when asked.
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 impl Fleet {

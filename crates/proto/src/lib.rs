@@ -271,6 +271,43 @@ pub struct ScanReport {
     pub took_ms: u64,
 }
 
+/// A schedule (`GET /v1/schedules`): a campaign file the orchestrator creates and starts by
+/// itself when its cron rule comes due and some targeted node is behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleView {
+    /// The campaign's name, which names the schedule.
+    pub name: String,
+    /// The cron rule (`schedule`) and its time zone (`timezone`).
+    pub cron: String,
+    pub timezone: String,
+    pub target_version: String,
+    /// The campaign file's name as added.
+    pub file: String,
+    pub added_ms: u64,
+    pub added_by: String,
+    /// When it comes due next, ms since the epoch (null: never again).
+    pub next_run_ms: Option<u64>,
+    /// Its last run, if it had one.
+    pub last: Option<ScheduleRun>,
+}
+
+/// A schedule's run: when it came due and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleRun {
+    /// When the run was journaled.
+    pub at_ms: u64,
+    /// When it came due.
+    pub due_ms: u64,
+    /// How many more came due while it could not run (the orchestrator was down).
+    pub missed: u32,
+    /// started | skipped | refused
+    pub outcome: String,
+    /// The campaign it created (started, or refused and aborted).
+    pub campaign: Option<i64>,
+    /// Why it created or started none.
+    pub reason: Option<String>,
+}
+
 /// The orchestrator's clock (`GET /v1/clock`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClockView {

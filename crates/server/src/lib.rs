@@ -6,6 +6,7 @@ pub mod haproxy;
 pub mod metrics;
 pub mod report;
 pub mod scan;
+pub mod schedule;
 pub mod store;
 pub mod webhook;
 
@@ -44,6 +45,8 @@ pub enum ServerError {
     Drivers(std::io::Error),
     #[error("{0}")]
     WebhookCa(#[from] webhook::WebhookCaError),
+    #[error("schedule journal entry {seq} no longer reads: {err}")]
+    Schedules { seq: i64, err: baton_core::schedule::ScheduleError },
 }
 
 /// Settings read once at start.
@@ -138,6 +141,12 @@ pub struct Hub {
     starting: tokio::sync::Mutex<()>,
     telemetry: Arc<metrics::Telemetry>,
     stream: tokio::sync::broadcast::Sender<StreamItem>,
+    /// The schedules, as their journal leaves them (see [`schedule`]).
+    schedules: Mutex<baton_core::schedule::Schedules>,
+    /// Wakes the scheduler when a schedule is added or removed.
+    schedule_changed: Arc<tokio::sync::Notify>,
+    /// Taken across a schedule's check that its name is free and its journaling.
+    schedule_gate: tokio::sync::Mutex<()>,
 }
 
 /// The campaigns' drivers run on a thread and runtime of their own, so that a decision is not
@@ -174,6 +183,9 @@ pub enum StreamItem {
     Delta(Box<driver::ViewDelta>),
     /// A new journal entry.
     Entry { campaign: i64, entry: JournalEntry },
+    /// Every schedule, with its next run: first, and again whenever one is added, removed or
+    /// runs.
+    Schedules { schedules: Vec<baton_proto::ScheduleView> },
 }
 
 /// What a committed campaign raised: the functional level, and the versions its nodes report;
@@ -251,6 +263,7 @@ impl Hub {
         let client = AgentClient::new(&settings.tls)?;
         let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
         let clock = if settings.test_clock { driver::Clock::settable() } else { driver::Clock::system() };
+        let schedules = schedule::replay(&store)?;
         let hub = Arc::new(Hub {
             clock,
             webhooks,
@@ -265,6 +278,9 @@ impl Hub {
             starting: tokio::sync::Mutex::new(()),
             telemetry: Arc::new(metrics::Telemetry::default()),
             stream: tokio::sync::broadcast::channel(16_384).0,
+            schedules: Mutex::new(schedules),
+            schedule_changed: Arc::new(tokio::sync::Notify::new()),
+            schedule_gate: tokio::sync::Mutex::new(()),
             settings,
         });
         for stored in hub.store.campaigns()? {
@@ -273,6 +289,8 @@ impl Hub {
             let mut map = hub.campaigns();
             hub.spawn(&mut map, id, c, n);
         }
+        // After the campaigns: a run missed while the orchestrator was down sees them.
+        tokio::spawn(schedule::scheduler(Arc::downgrade(&hub)));
         Ok(hub)
     }
 
@@ -362,6 +380,21 @@ impl Hub {
     /// check that none does and the insert happen under the fleet gate, so of two requests at
     /// the same instant one is created and the other refused.
     pub async fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
+        self.create_as(req, false).await
+    }
+
+    /// The fleet as the last commit left it: its level raised, its nodes at their versions.
+    fn current_fleet(&self) -> Fleet {
+        let views = self.views();
+        let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
+        let mut fleet = (*self.fleet).clone();
+        committed.map(Raised::of).unwrap_or_default().apply(&mut fleet);
+        fleet
+    }
+
+    /// As [`Hub::create`]; with `only_if_behind` (a schedule's run), refused with 409
+    /// `nothing-behind` when every targeted node is at the target already.
+    async fn create_as(&self, req: CreateCampaign, only_if_behind: bool) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
         let _gate = self.fleet_gate.lock().await;
         let views = self.views();
@@ -429,6 +462,13 @@ impl Hub {
         let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(|i| {
             Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
         })?;
+        if only_if_behind && c.plan.waves.iter().all(|w| w.is_empty()) {
+            return Err(Fail::new(
+                StatusCode::CONFLICT,
+                "nothing-behind",
+                format!("no targeted node is behind: every one is at {} or skipped", c.spec.target_version),
+            ));
+        }
         let stored = StoredCampaign {
             id: 0,
             fleet_file: self.settings.fleet_file.clone(),
@@ -813,7 +853,7 @@ fn as_served(mut doc: utoipa::openapi::OpenApi, open_reads: bool) -> utoipa::ope
         )
         .build();
     for item in doc.paths.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
             op.responses.responses.entry("421".into()).or_insert_with(|| refused.clone().into());
         }
         if let (Some(op), true) = (&mut item.get, open_reads) {
@@ -1012,13 +1052,14 @@ async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Resu
     }
 }
 
-/// Server-Sent Events: every campaign's whole view at once (`view`), then as it happens each
-/// journal entry (`entry`) and what it changed in its campaign's view (`delta`: the totals, and
-/// the nodes and services that changed, each with its `index` in the view's lists). A new
-/// campaign's whole view comes when it is created. A subscriber that falls behind gets every
-/// whole view again.
+/// Server-Sent Events: every campaign's whole view at once (`view`) and the schedules
+/// (`schedules`), then as it happens each journal entry (`entry`) and what it changed in its
+/// campaign's view (`delta`: the totals, and the nodes and services that changed, each with its
+/// `index` in the view's lists). A new campaign's whole view comes when it is created; the
+/// schedules again when one is added, removed or runs. A subscriber that falls behind gets
+/// every whole view again.
 #[utoipa::path(get, path = "/v1/stream", tag = "campaigns", security(("token" = [])),
-    responses((status = 200, description = "text/event-stream of `view`, `delta` and `entry` events", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream of `view`, `delta`, `entry` and `schedules` events", content_type = "text/event-stream"),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn stream(
     State(h): State<Shared>,
@@ -1030,12 +1071,15 @@ async fn stream(
     let rx = h.stream.subscribe();
     let hub = h.clone();
     let snapshot = |hub: &Hub| -> Vec<Result<Sse, std::convert::Infallible>> {
+        let schedules = StreamItem::Schedules { schedules: hub.schedule_views() };
         hub.views()
             .into_iter()
-            .map(|v| {
+            .map(|v| ("view", StreamItem::View(Box::new(v))))
+            .chain(std::iter::once(("schedules", schedules)))
+            .map(|(name, it)| {
                 Ok(Sse::default()
-                    .event("view")
-                    .json_data(StreamItem::View(Box::new(v)))
+                    .event(name)
+                    .json_data(it)
                     .unwrap_or_else(|e| Sse::default().comment(e.to_string())))
             })
             .collect()
@@ -1053,6 +1097,10 @@ async fn stream(
                 .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
             Ok(it @ StreamItem::Entry { .. }) => vec![Ok(Sse::default()
                 .event("entry")
+                .json_data(it)
+                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
+            Ok(it @ StreamItem::Schedules { .. }) => vec![Ok(Sse::default()
+                .event("schedules")
                 .json_data(it)
                 .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
             Err(_) => snapshot(&hub),
@@ -1098,6 +1146,9 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(act))
         .routes(routes!(clock_get, clock_post))
         .routes(routes!(scan_get))
+        .routes(routes!(schedule::list, schedule::add))
+        .routes(routes!(schedule::remove))
+        .routes(routes!(schedule::runs))
         .split_for_parts();
     let _ = h.openapi.set(as_served(doc, h.settings.open_reads));
     router
@@ -1132,7 +1183,7 @@ async fn guard(
     // cannot hold a connection open with a body it never finishes.
     let path = req.uri().path();
     let api = path.starts_with("/v1/") || path == "/metrics";
-    let write = req.method() == axum::http::Method::POST;
+    let write = req.method() == axum::http::Method::POST || req.method() == axum::http::Method::DELETE;
     // A scan makes every agent run its scan action: never without the token.
     let costly = path == "/v1/scan";
     if api && (write || costly || !h.settings.open_reads) {

@@ -25,6 +25,8 @@ pub enum StoreError {
     Lock { path: String, err: std::io::Error },
     #[error("cannot draw a random campaign id from /dev/urandom: {0}")]
     Random(std::io::Error),
+    #[error("schedule journal entry {seq} is not readable: {err}")]
+    ScheduleDecode { seq: i64, err: String },
     #[error("the journal's writer stopped: {0}")]
     Task(String),
 }
@@ -133,7 +135,11 @@ impl Store {
                 campaign INTEGER NOT NULL,
                 step TEXT NOT NULL,
                 tail TEXT NOT NULL,
-                PRIMARY KEY (campaign, step));",
+                PRIMARY KEY (campaign, step));
+             CREATE TABLE IF NOT EXISTS schedule_events (
+                seq INTEGER PRIMARY KEY,
+                at_ms INTEGER NOT NULL,
+                event TEXT NOT NULL);",
         )?;
         Ok(Store { db: Mutex::new(db), _lock: lock })
     }
@@ -253,6 +259,38 @@ impl Store {
     }
 
     /// Every stored campaign, oldest first.
+    /// Appends to the orchestrator's schedule journal; on disk when this returns.
+    pub fn append_schedule(
+        &self,
+        at: Millis,
+        e: &baton_core::schedule::ScheduleEvent,
+    ) -> Result<i64, StoreError> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO schedule_events (at_ms, event) VALUES (?1, ?2)",
+            params![at as i64, baton_core::schedule::encode(e)],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// The schedule journal, oldest first: `(seq, at_ms, event)`.
+    pub fn schedule_events(
+        &self,
+    ) -> Result<Vec<(i64, Millis, baton_core::schedule::ScheduleEvent)>, StoreError> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT seq, at_ms, event FROM schedule_events ORDER BY seq")?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, text) = row?;
+            let e =
+                baton_core::schedule::decode(&text).map_err(|err| StoreError::ScheduleDecode { seq, err })?;
+            out.push((seq, at as Millis, e));
+        }
+        Ok(out)
+    }
+
     pub fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
         let db = self.db();
         let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY id"))?;
