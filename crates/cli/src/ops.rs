@@ -13,6 +13,8 @@ pub enum ApiFailure {
     /// The orchestrator refused, with its documented code.
     #[error("{message} ({code}, {status})")]
     Refused { status: u16, code: String, message: String },
+    #[error("--server {base} is not a URL like http://127.0.0.1:7700: {err}")]
+    BadServer { base: String, err: String },
     #[error("the orchestrator answered {0} without an error body")]
     Status(u16),
     #[error("unexpected answer from the orchestrator: {0}")]
@@ -30,6 +32,7 @@ impl ApiFailure {
                 2
             }
             ApiFailure::Refused { code, .. } if code == "infeasible" => 3,
+            ApiFailure::BadServer { .. } => 2,
             _ => 1,
         }
     }
@@ -100,20 +103,29 @@ impl Api {
     }
 
     /// `/v1/schedules/NAME` and what follows, the name as one path segment whatever it holds.
-    fn schedule_url(&self, name: &str, rest: &[&str]) -> String {
-        let mut u = reqwest::Url::parse(&format!("{}/v1/schedules", self.base)).expect("base URL");
-        if let Ok(mut p) = u.path_segments_mut() {
-            p.push(name).extend(rest);
+    fn schedule_url(&self, name: &str, rest: &[&str]) -> Result<reqwest::Url, ApiFailure> {
+        let mut u = reqwest::Url::parse(&format!("{}/v1/schedules", self.base))
+            .map_err(|e| ApiFailure::BadServer { base: self.base.clone(), err: e.to_string() })?;
+        match u.path_segments_mut() {
+            Ok(mut p) => {
+                p.push(name).extend(rest);
+            }
+            Err(()) => {
+                return Err(ApiFailure::BadServer {
+                    base: self.base.clone(),
+                    err: "it cannot have a path".into(),
+                })
+            }
         }
-        u.to_string()
+        Ok(u)
     }
 
     pub async fn remove_schedule(&self, name: &str) -> Result<ScheduleView, ApiFailure> {
-        self.read(self.http.delete(self.schedule_url(name, &[]))).await
+        self.read(self.http.delete(self.schedule_url(name, &[])?)).await
     }
 
     pub async fn schedule_runs(&self, name: &str) -> Result<Vec<ScheduleRun>, ApiFailure> {
-        self.read(self.http.get(self.schedule_url(name, &["runs"]))).await
+        self.read(self.http.get(self.schedule_url(name, &["runs"])?)).await
     }
 
     pub async fn view(&self, id: i64) -> Result<CampaignView, ApiFailure> {

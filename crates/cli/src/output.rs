@@ -329,6 +329,7 @@ pub fn schedule_runs_text(runs: &[baton_proto::ScheduleRun]) -> String {
     if runs.is_empty() {
         return "no runs yet\n".into();
     }
+    // The API gives no time zone with the runs: they are in UTC, and say so.
     runs.iter().map(|r| run_words(r, "UTC") + "\n").collect()
 }
 

@@ -12,8 +12,9 @@
 //! (`JAN`, `TUE`), Sunday is 0 or 7, and a day of the week may be the n-th of its month
 //! (`TUE#2`: the second Tuesday, Patch Tuesday). As in Vixie cron, when both day fields are
 //! restricted a day matching either one fires. `@hourly`, `@daily`, `@weekly`, `@monthly` and
-//! `@yearly` are shorthands. A local time that does not exist on a daylight-saving day fires at
-//! the instant after the gap; one that happens twice fires once, the first time.
+//! `@yearly` are shorthands. A local time that does not exist on a daylight-saving day fires
+//! shifted forward by the gap (02:30 at 03:30 when clocks jump from 02:00 to 03:00), as windows
+//! open; one that happens twice fires once, the first time.
 
 use crate::units::Millis;
 use crate::window::UnknownZone;
@@ -27,8 +28,11 @@ use std::collections::BTreeMap;
 /// (or the clock jumped). It still runs once, but only while the campaign's window is open.
 pub const LATE_AFTER: Millis = 2 * 60 * 1000;
 
-/// How far ahead a rule's next time is looked for: past every leap-year rule (8 years).
-const LOOK_AHEAD_DAYS: i64 = 8 * 366 + 2;
+/// How far ahead a rule's next time is looked for: the Gregorian calendar repeats every 400
+/// years, so a rule that does not fire within them never does. (A rule for the 29th of February
+/// on a Sunday fires decades apart; a day loop that finds no day is cheap, about a millisecond
+/// per century.)
+const LOOK_AHEAD_DAYS: i64 = 400 * 366;
 
 /// A parsed cron rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,23 +207,40 @@ impl Cron {
     }
 
     /// The first time after `t` at which the rule fires in time zone `tz`; `None` when it does
-    /// not fire within eight years (it never will).
+    /// not fire within 400 years (it never will).
     pub fn next_after(&self, t: Millis, tz: &TimeZone) -> Option<Millis> {
         let ts = Timestamp::from_millisecond(i64::try_from(t).ok()?).ok()?;
-        let mut day = ts.to_zoned(tz.clone()).date();
+        let local = ts.to_zoned(tz.clone());
+        let mut day = local.date();
+        // On the first day, hours well before `t` cannot come after it (no zone's clocks jump
+        // by three hours).
+        let mut from_hour = local.hour().max(3) - 3;
         for _ in 0..LOOK_AHEAD_DAYS {
             if self.day_matches(day) {
-                for h in (0..24).filter(|h| self.hours & (1 << h) != 0) {
+                // Local times in order are not always instants in order: one the clocks skipped
+                // (02:01 when they jump from 02:00 to 02:30) fires after the gap, later than an
+                // existing 02:30. So the earliest instant of the day, looking until three hours
+                // of local time past the first one found.
+                let mut best: Option<(i32, Millis)> = None;
+                'day: for h in (from_hour..24).filter(|h| self.hours & (1 << h) != 0) {
                     for m in (0..60).filter(|m| self.minutes & (1 << m) != 0) {
+                        let minute = h as i32 * 60 + m as i32;
+                        if best.is_some_and(|(first, _)| minute > first + 180) {
+                            break 'day;
+                        }
                         let Ok(z) = tz.to_ambiguous_zoned(day.at(h, m, 0, 0)).compatible() else { continue };
                         let Ok(at) = Millis::try_from(z.timestamp().as_millisecond()) else { continue };
                         if at > t {
-                            return Some(at);
+                            best = Some(best.map_or((minute, at), |(first, b)| (first, b.min(at))));
                         }
                     }
                 }
+                if let Some((_, at)) = best {
+                    return Some(at);
+                }
             }
             day = day.tomorrow().ok()?;
+            from_hour = 0;
         }
         None
     }
@@ -289,6 +310,11 @@ pub enum ScheduleEvent {
     },
     /// `baton schedule remove`.
     Removed { name: String, by: String },
+    /// A run due at `due_ms` created this campaign, which is to be started now. Journaled
+    /// before the start, so that an orchestrator stopped in between knows, when it comes back,
+    /// that the campaign is the schedule's and not started (it is aborted: it must not hold
+    /// the fleet).
+    Created { name: String, due_ms: Millis, campaign: i64 },
     /// A run came due (`due_ms`; `missed` more came due while it could not run) and this is
     /// what became of it. Everything due up to the entry's time is handled.
     Fired { name: String, due_ms: Millis, missed: u32, outcome: Outcome },
@@ -308,8 +334,11 @@ pub enum Outcome {
 
 /// The stored text of a schedule event (`"v"`: its schema version, 1).
 pub fn encode(e: &ScheduleEvent) -> String {
-    let text = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
-    format!("{{\"v\":1,{}", &text[1..])
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("v".into(), 1.into());
+    }
+    v.to_string()
 }
 
 /// Reads a stored schedule event.
@@ -335,6 +364,8 @@ pub struct Entry {
     pub handled_to: Millis,
     /// The last run.
     pub last: Option<Run>,
+    /// A campaign a run created and has not yet said it started: `(due_ms, campaign)`.
+    pub creating: Option<(Millis, i64)>,
 }
 
 /// A run as journaled.
@@ -348,9 +379,11 @@ pub struct Run {
 }
 
 impl Entry {
-    /// The next time the rule fires after what is handled.
-    pub fn next(&self) -> Option<Millis> {
-        self.schedule.next_after(self.handled_to)
+    /// The next time the rule fires after what is handled, seen at `now`. If the clock went
+    /// back since (a wrong clock set right), from `now`: an orchestrator that once ran with its
+    /// clock years ahead does not wait those years.
+    pub fn next_at(&self, now: Millis) -> Option<Millis> {
+        self.schedule.next_after(self.handled_to.min(now))
     }
 }
 
@@ -362,7 +395,8 @@ pub struct Due {
     pub due_ms: Millis,
     /// How many more came due by now (counted up to 1000).
     pub missed: u32,
-    /// Due more than [`LATE_AFTER`] ago: missed while the orchestrator was down.
+    /// The last time it came due was more than [`LATE_AFTER`] before `now`: missed while the
+    /// orchestrator was down (or busy, or its host asleep).
     pub late: bool,
 }
 
@@ -390,14 +424,21 @@ impl Schedules {
                         by: by.clone(),
                         handled_to: at,
                         last: None,
+                        creating: None,
                     },
                 );
             }
             ScheduleEvent::Removed { name, .. } => {
                 self.entries.remove(name);
             }
+            ScheduleEvent::Created { name, due_ms, campaign } => {
+                if let Some(s) = self.entries.get_mut(name) {
+                    s.creating = Some((*due_ms, *campaign));
+                }
+            }
             ScheduleEvent::Fired { name, due_ms, missed, outcome } => {
                 if let Some(s) = self.entries.get_mut(name) {
+                    s.creating = None;
                     s.handled_to = s.handled_to.max(at);
                     s.last =
                         Some(Run { at_ms: at, due_ms: *due_ms, missed: *missed, outcome: outcome.clone() });
@@ -412,7 +453,7 @@ impl Schedules {
     pub fn due(&self, now: Millis) -> Vec<Due> {
         let mut out = Vec::new();
         for (name, s) in &self.entries {
-            let Some(first) = s.next() else { continue };
+            let Some(first) = s.next_at(now) else { continue };
             if first > now {
                 continue;
             }
@@ -427,19 +468,20 @@ impl Schedules {
                     _ => break,
                 }
             }
+            // `t` is the last time it came due (unless over a thousand did).
             out.push(Due {
                 name: name.clone(),
                 due_ms: first,
                 missed,
-                late: now.saturating_sub(first) > LATE_AFTER,
+                late: now.saturating_sub(t) > LATE_AFTER,
             });
         }
         out
     }
 
-    /// The earliest next run of any schedule: when the orchestrator must look again.
-    pub fn next_due(&self) -> Option<Millis> {
-        self.entries.values().filter_map(Entry::next).min()
+    /// The earliest next run of any schedule, seen at `now`: when to look again.
+    pub fn next_due(&self, now: Millis) -> Option<Millis> {
+        self.entries.values().filter_map(|e| e.next_at(now)).min()
     }
 }
 
@@ -547,6 +589,17 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_minute_fires_after_an_existing_one() {
+        // Lord Howe Island springs forward by 30 minutes at 02:00 on 2023-10-01: 02:01 to 02:29
+        // do not exist, 02:30 does and is the first time "1-30 2 * 10 *" fires.
+        let s = Schedule::new("1-30 2 * 10 *", "Australia/Lord_Howe").unwrap();
+        let t = s.next_after(at("2023-09-30T12:00", "Australia/Lord_Howe")).unwrap();
+        assert_eq!(show(t, "Australia/Lord_Howe"), "2023-10-01 Sun 02:30");
+        // Then the skipped ones, once each at the instant after the gap, up to 02:59 (02:29).
+        assert_eq!(show(s.next_after(t).unwrap(), "Australia/Lord_Howe"), "2023-10-01 Sun 02:31");
+    }
+
+    #[test]
     fn bad_rules_say_what_is_wrong() {
         let e = |r: &str| Schedule::new(r, "UTC").unwrap_err().to_string();
         assert!(e("0 3 * *").contains("5 fields"), "{}", e("0 3 * *"));
@@ -561,6 +614,11 @@ mod tests {
         assert!(Schedule::new("0 3 * * *", "Mars/Olympus").is_err());
         // Leap days do fire.
         assert!(Schedule::new("0 0 29 2 *", "UTC").is_ok());
+        // The 29th of February on a Sunday (`*/7` starts with `*`: both day fields must match)
+        // comes decades apart, and still comes.
+        let rare = Schedule::new("0 0 29 2 */7", "UTC").unwrap();
+        let t = rare.next_after(at("2089-01-01T00:00", "UTC")).unwrap();
+        assert_eq!(show(t, "UTC"), "2128-02-29 Sun 00:00");
     }
 
     fn added(name: &str, cron: &str) -> ScheduleEvent {
@@ -581,7 +639,7 @@ mod tests {
         let mut s = Schedules::default();
         s.apply(t0, &added("a", "* * * * *")).unwrap();
         assert!(s.due(t0 + 40_000).is_empty());
-        assert_eq!(s.next_due(), Some(at("2026-11-30T12:01", "UTC")));
+        assert_eq!(s.next_due(t0), Some(at("2026-11-30T12:01", "UTC")));
         // On time.
         let d = s.due(at("2026-11-30T12:01:01", "UTC"));
         assert_eq!(
@@ -596,12 +654,28 @@ mod tests {
         };
         s.apply(at("2026-11-30T12:01:02", "UTC"), &fired).unwrap();
         assert!(s.due(at("2026-11-30T12:01:59", "UTC")).is_empty());
-        // Down for an hour: one run, late, with 59 more counted as missed.
+        // Down for an hour: one run, with 59 more counted as missed; the last came due just
+        // now, so it is on time.
         let d = s.due(at("2026-11-30T13:01:30", "UTC"));
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].missed, d[0].late), (59, true));
+        assert_eq!((d[0].missed, d[0].late), (59, false));
+        // An hourly one, down from 12:59 to 13:30: its 13:00 is late.
+        s.apply(at("2026-11-30T12:59", "UTC"), &added("h", "0 * * * *")).unwrap();
+        let d = s.due(at("2026-11-30T13:30", "UTC"));
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[1].name.as_str(), d[1].missed, d[1].late), ("h", 0, true));
+        // A clock that was a year ahead when the run was journaled, set right: the schedule
+        // goes on from now, not from a year ahead.
+        let ahead = at("2027-11-30T12:00:00", "UTC");
+        s.apply(ahead, &fired).unwrap();
+        assert_eq!(
+            s.entries["a"].next_at(at("2026-11-30T14:00:10", "UTC")),
+            Some(at("2026-11-30T14:01", "UTC"))
+        );
         // Removed: nothing more.
-        s.apply(t0, &ScheduleEvent::Removed { name: "a".into(), by: "op".into() }).unwrap();
+        for name in ["a", "h"] {
+            s.apply(t0, &ScheduleEvent::Removed { name: name.into(), by: "op".into() }).unwrap();
+        }
         assert!(s.due(u64::MAX / 4).is_empty());
     }
 
@@ -629,8 +703,89 @@ mod tests {
             outcome: Outcome::Refused { campaign: 3, reason: "r".into() },
         };
         let text = encode(&e);
-        assert!(text.starts_with("{\"v\":1,\"event\":\"fired\""), "{text}");
+        assert!(text.contains("\"v\":1") && text.contains("\"event\":\"fired\""), "{text}");
         assert_eq!(decode(&text).unwrap(), e);
         assert!(decode("{\"v\":2,\"event\":\"removed\"}").unwrap_err().contains("newer"));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn field(lo: u8, hi: u8) -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("*".to_string()),
+                (1..=(hi - lo).max(1)).prop_map(|k| format!("*/{k}")),
+                (lo..=hi).prop_map(|a| a.to_string()),
+                (lo..=hi, lo..=hi).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+                (lo..=hi, lo..=hi).prop_map(|(a, b)| format!("{a},{b}")),
+            ]
+        }
+
+        fn rule() -> impl Strategy<Value = String> {
+            let dow = prop_oneof![
+                field(0, 7),
+                (0u8..7, 1u8..=4).prop_map(|(d, n)| format!("{}#{n}", WEEKDAYS[d as usize])),
+                Just("MON-FRI".to_string()),
+            ];
+            (field(0, 59), field(0, 23), field(1, 28), field(1, 12), dow)
+                .prop_map(|(m, h, d, mo, w)| format!("{m} {h} {d} {mo} {w}"))
+        }
+
+        const ZONES: [&str; 5] =
+            ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"];
+
+        /// Whether the rule fires at instant `x`: its local time matches and `x` is the instant
+        /// that local time stands for (the first, when clocks fall back).
+        fn fires_at(c: &Cron, tz: &TimeZone, x: Millis) -> bool {
+            let z = Timestamp::from_millisecond(x as i64).unwrap().to_zoned(tz.clone());
+            let (d, h, m) = (z.date(), z.hour(), z.minute());
+            if z.second() != 0 || z.subsec_nanosecond() != 0 {
+                return false;
+            }
+            c.day_matches(d)
+                && c.hours & (1 << h) != 0
+                && c.minutes & (1 << m) != 0
+                && tz.to_ambiguous_zoned(d.at(h, m, 0, 0)).compatible().unwrap().timestamp().as_millisecond()
+                    == x as i64
+        }
+
+        proptest! {
+            /// The next time is after `t`, the rule fires then (or just after a gap the
+            /// clocks jumped over), and it fires at no whole minute in between (checked minute
+            /// by minute over up to three days).
+            #[test]
+            fn next_after_is_the_first_time_the_rule_fires(
+                r in rule(),
+                zi in 0..ZONES.len(),
+                t in 1_577_836_800_000u64..2_051_222_400_000u64,
+            ) {
+                // Rules like "0 0 */18 * TUE#2" never fire (day 1 or 19 and the second Tuesday)
+                // and are refused.
+                let s = match Schedule::new(&r, ZONES[zi]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        prop_assert!(matches!(e, ScheduleError::Never(_)), "{r}: {e}");
+                        return Ok(());
+                    }
+                };
+                let tz = crate::window::zone(ZONES[zi]).unwrap();
+                let n = s.next_after(t).expect("a rule that fires at all fires again");
+                prop_assert!(n > t);
+                let step = 60_000;
+                let mut x = (t / step + 1) * step;
+                let end = n.min(t + 3 * 24 * 3600 * 1000);
+                while x < end {
+                    prop_assert!(!fires_at(&s.cron, &tz, x), "{r} in {}: fires at {x}, before {n}", ZONES[zi]);
+                    x += step;
+                }
+                if !fires_at(&s.cron, &tz, n) {
+                    // Only a local time the clocks skipped, fired just after the gap.
+                    let before = Timestamp::from_millisecond(n as i64 - 3 * 3600 * 1000).unwrap().to_zoned(tz.clone());
+                    let at = Timestamp::from_millisecond(n as i64).unwrap().to_zoned(tz.clone());
+                    prop_assert!(before.offset() != at.offset(), "{r} in {}: {n} is not a time it fires", ZONES[zi]);
+                }
+            }
+        }
     }
 }

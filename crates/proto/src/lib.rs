@@ -289,6 +289,8 @@ pub struct ScheduleView {
     pub next_run_ms: Option<u64>,
     /// Its last run, if it had one.
     pub last: Option<ScheduleRun>,
+    /// The campaign a run created and is starting now (its `before_start` may take a while).
+    pub starting: Option<i64>,
 }
 
 /// A schedule's run: when it came due and what became of it.

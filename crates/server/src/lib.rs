@@ -45,8 +45,6 @@ pub enum ServerError {
     Drivers(std::io::Error),
     #[error("{0}")]
     WebhookCa(#[from] webhook::WebhookCaError),
-    #[error("schedule journal entry {seq} no longer reads: {err}")]
-    Schedules { seq: i64, err: baton_core::schedule::ScheduleError },
 }
 
 /// Settings read once at start.

@@ -31,7 +31,7 @@ fn run_of(at_ms: Millis, due_ms: Millis, missed: u32, outcome: &Outcome) -> Sche
     ScheduleRun { at_ms, due_ms, missed, outcome: word.into(), campaign, reason }
 }
 
-fn view_of(name: &str, e: &Entry) -> ScheduleView {
+fn view_of(name: &str, e: &Entry, now: Millis) -> ScheduleView {
     ScheduleView {
         name: name.to_string(),
         cron: e.schedule.cron.text().to_string(),
@@ -40,8 +40,9 @@ fn view_of(name: &str, e: &Entry) -> ScheduleView {
         file: e.file.clone(),
         added_ms: e.added_ms,
         added_by: e.by.clone(),
-        next_run_ms: e.next(),
+        next_run_ms: e.next_at(now),
         last: e.last.as_ref().map(|l| run_of(l.at_ms, l.due_ms, l.missed, &l.outcome)),
+        starting: e.creating.map(|(_, id)| id),
     }
 }
 
@@ -57,7 +58,8 @@ impl Hub {
 
     /// Every schedule with its next run.
     pub fn schedule_views(&self) -> Vec<ScheduleView> {
-        self.schedules().entries.iter().map(|(n, e)| view_of(n, e)).collect()
+        let now = self.clock.now();
+        self.schedules().entries.iter().map(|(n, e)| view_of(n, e, now)).collect()
     }
 
     /// Journals a schedule event, then applies it: what is in memory is never ahead of the disk.
@@ -117,14 +119,22 @@ impl Hub {
             by,
         })
         .await?;
+        let now = self.clock.now();
         let s = self.schedules();
-        Ok(s.entries.get(&spec.name).map(|e| view_of(&spec.name, e)).expect("just added"))
+        s.entries.get(&spec.name).map(|e| view_of(&spec.name, e, now)).ok_or_else(|| {
+            Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "schedule-lost",
+                "the schedule was journaled but is not kept",
+            )
+        })
     }
 
     /// `baton schedule remove`: no more runs; campaigns it started go on.
     pub async fn remove_schedule(&self, name: &str, by: String) -> Result<ScheduleView, Fail> {
         let _gate = self.schedule_gate.lock().await;
-        let view = self.schedules().entries.get(name).map(|e| view_of(name, e)).ok_or_else(|| {
+        let now = self.clock.now();
+        let view = self.schedules().entries.get(name).map(|e| view_of(name, e, now)).ok_or_else(|| {
             Fail::new(StatusCode::NOT_FOUND, "unknown-schedule", format!("no schedule {name}"))
         })?;
         self.journal_schedule(ScheduleEvent::Removed { name: name.to_string(), by }).await?;
@@ -139,7 +149,8 @@ impl Hub {
             .map_err(|e| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "journal-unavailable", e.to_string()))?;
         let mut known = false;
         let mut runs = Vec::new();
-        for (_, at, e) in events {
+        // Entries that do not read are passed over here as at start.
+        for (at, e) in events.into_iter().filter_map(|(_, e)| e.ok()) {
             match e {
                 ScheduleEvent::Added { name: n, .. } if n == name => known = true,
                 ScheduleEvent::Fired { name: n, due_ms, missed, outcome } if n == name => {
@@ -173,19 +184,70 @@ impl Hub {
             Ok(v) => v,
             Err(f) => return skipped(f.message),
         };
-        let by = format!("schedule {}", d.name);
-        match self.act(v.id, "start", by.clone()).await {
+        // Known as the schedule's before it is started: see `recover`.
+        let created = ScheduleEvent::Created { name: d.name.clone(), due_ms: d.due_ms, campaign: v.id };
+        if let Err(f) = self.journal_schedule(created).await {
+            self.give_up(v.id, &d.name).await;
+            return Outcome::Refused { campaign: v.id, reason: f.message };
+        }
+        match self.act(v.id, "start", format!("schedule {}", d.name)).await {
             Ok(_) => Outcome::Started { campaign: v.id },
-            Err(f) => {
-                // A campaign that will not start must not hold the fleet.
-                if let Err(a) = self.act(v.id, "abort", by).await {
-                    tracing::error!(
-                        campaign = v.id,
-                        error = a.message,
-                        "a scheduled campaign whose start was refused could not be aborted"
-                    );
-                }
-                Outcome::Refused { campaign: v.id, reason: f.message }
+            Err(f) => match self.give_up(v.id, &d.name).await {
+                // Started after all (its start was journaled, or an operator started it).
+                false => Outcome::Started { campaign: v.id },
+                true => Outcome::Refused { campaign: v.id, reason: f.message },
+            },
+        }
+    }
+
+    /// Aborts a campaign a schedule created if it is still Planned (one that will not start
+    /// must not hold the fleet); says whether it was.
+    async fn give_up(&self, id: i64, name: &str) -> bool {
+        if self.view(id).is_some_and(|v| v.phase != baton_proto::Phase::Planned) {
+            return false;
+        }
+        if let Err(a) = self.act(id, "abort", format!("schedule {name}")).await {
+            tracing::error!(
+                campaign = id,
+                error = a.message,
+                "a scheduled campaign that did not start could not be aborted"
+            );
+        }
+        true
+    }
+
+    /// After a restart: a run that created its campaign but did not say whether it started
+    /// (the orchestrator stopped in between) is finished now: a campaign still Planned is
+    /// aborted, one that runs is the run's.
+    async fn recover(&self) {
+        let pending: Vec<(String, Millis, i64)> = self
+            .schedules()
+            .entries
+            .iter()
+            .filter_map(|(n, e)| e.creating.map(|(due, id)| (n.clone(), due, id)))
+            .collect();
+        for (name, due_ms, id) in pending {
+            let outcome = match self.give_up(id, &name).await {
+                false => Outcome::Started { campaign: id },
+                true => Outcome::Refused {
+                    campaign: id,
+                    reason: "the orchestrator stopped between creating and starting it; aborted, the schedule runs when next due".into(),
+                },
+            };
+            tracing::warn!(
+                schedule = name,
+                campaign = id,
+                ?outcome,
+                "a schedule's run was interrupted by a restart"
+            );
+            let event = ScheduleEvent::Fired { name: name.clone(), due_ms, missed: 0, outcome };
+            if let Err(f) = self.journal_schedule(event.clone()).await {
+                tracing::error!(
+                    schedule = name,
+                    error = f.message,
+                    "a schedule's run could not be journaled"
+                );
+                self.schedules().apply(self.clock.now(), &event).ok();
             }
         }
     }
@@ -221,12 +283,15 @@ pub(crate) async fn scheduler(hub: Weak<Hub>) {
         Some(h) => (h.schedule_changed.clone(), h.clock.moves()),
         None => return,
     };
+    if let Some(h) = hub.upgrade() {
+        h.recover().await;
+    }
     loop {
         let wait = {
             let Some(h) = hub.upgrade() else { return };
             h.run_due().await;
             let now = h.clock.now();
-            let next = h.schedules().next_due();
+            let next = h.schedules().next_due(now);
             next.map_or(IDLE, |t| Duration::from_millis(t.saturating_sub(now)).min(IDLE))
         };
         tokio::select! {
@@ -248,6 +313,7 @@ pub(crate) async fn list(State(h): State<Shared>) -> Json<Vec<ScheduleView>> {
 /// Adds a schedule: a campaign file with a `schedule` key. When it comes due and some targeted
 /// node is behind and no campaign holds the fleet, the orchestrator creates and starts it.
 #[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = CreateCampaign, security(("token" = [])),
+    params(("x-baton-operator" = Option<String>, Header, description = "who adds it (journaled)")),
     responses((status = 201, body = ScheduleView),
               (status = 400, description = "the body is not JSON of this shape", body = ApiError),
               (status = 401, body = ApiError),
@@ -261,7 +327,12 @@ pub(crate) async fn add(
     Json(req): Json<CreateCampaign>,
 ) -> Result<Response, Fail> {
     let by = h.authorize(&headers)?;
-    let v = h.add_schedule(req, by).await?;
+    // Carried out whole once received, also if the client goes away meanwhile: what is
+    // journaled is also what the scheduler keeps.
+    let hub = h.clone();
+    let v = tokio::spawn(async move { hub.add_schedule(req, by).await })
+        .await
+        .map_err(|_| crate::stopped())??;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -270,6 +341,7 @@ pub(crate) async fn add(
     params(("name" = String, Path, description = "the schedule's (campaign's) name"),
            ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
     responses((status = 200, description = "the schedule as it was", body = ScheduleView),
+              (status = 400, description = "the name is not valid UTF-8 once decoded", body = ApiError),
               (status = 401, body = ApiError), (status = 404, body = ApiError),
               (status = 503, description = "the journal could not record it, so it was not removed", body = ApiError)))]
 pub(crate) async fn remove(
@@ -278,13 +350,19 @@ pub(crate) async fn remove(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<ScheduleView>, Fail> {
     let by = h.authorize(&headers)?;
-    h.remove_schedule(&name, by).await.map(Json)
+    let hub = h.clone();
+    tokio::spawn(async move { hub.remove_schedule(&name, by).await })
+        .await
+        .map_err(|_| crate::stopped())?
+        .map(Json)
 }
 
 /// A schedule's runs from its journal, oldest first: when each came due, and what it did or why not.
 #[utoipa::path(get, path = "/v1/schedules/{name}/runs", tag = "schedules", security(("token" = [])),
     params(("name" = String, Path, description = "the schedule's (campaign's) name")),
     responses((status = 200, body = Vec<ScheduleRun>),
+              (status = 400, description = "the name is not valid UTF-8 once decoded", body = ApiError),
+              (status = 500, description = "reading the journal failed unexpectedly", body = ApiError),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError),
               (status = 404, description = "no schedule of that name was ever added", body = ApiError),
               (status = 503, description = "the journal could not be read", body = ApiError)))]
@@ -298,11 +376,16 @@ pub(crate) async fn runs(
         .map(Json)
 }
 
-/// Folds the stored schedule journal.
+/// Folds the stored schedule journal. An entry that no longer reads or applies (written by a
+/// newer baton, or a time zone a newer database dropped) is logged and passed over: the
+/// campaigns must come up whatever became of a schedule.
 pub(crate) fn replay(store: &crate::store::Store) -> Result<Schedules, crate::ServerError> {
     let mut s = Schedules::default();
-    for (seq, at, e) in store.schedule_events()? {
-        s.apply(at, &e).map_err(|err| crate::ServerError::Schedules { seq, err })?;
+    for (seq, item) in store.schedule_events()? {
+        match item.map_err(|e| e.to_string()).and_then(|(at, e)| s.apply(at, &e).map_err(|e| e.to_string())) {
+            Ok(()) => {}
+            Err(error) => tracing::error!(seq, error, "a schedule journal entry is passed over"),
+        }
     }
     Ok(s)
 }

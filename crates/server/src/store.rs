@@ -258,7 +258,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every stored campaign, oldest first.
     /// Appends to the orchestrator's schedule journal; on disk when this returns.
     pub fn append_schedule(
         &self,
@@ -273,10 +272,13 @@ impl Store {
         Ok(db.last_insert_rowid())
     }
 
-    /// The schedule journal, oldest first: `(seq, at_ms, event)`.
+    /// The schedule journal, oldest first: each entry's seq, and its time and event or why it
+    /// does not read.
+    #[allow(clippy::type_complexity)]
     pub fn schedule_events(
         &self,
-    ) -> Result<Vec<(i64, Millis, baton_core::schedule::ScheduleEvent)>, StoreError> {
+    ) -> Result<Vec<(i64, Result<(Millis, baton_core::schedule::ScheduleEvent), StoreError>)>, StoreError>
+    {
         let db = self.db();
         let mut st = db.prepare("SELECT seq, at_ms, event FROM schedule_events ORDER BY seq")?;
         let rows =
@@ -285,12 +287,13 @@ impl Store {
         for row in rows {
             let (seq, at, text) = row?;
             let e =
-                baton_core::schedule::decode(&text).map_err(|err| StoreError::ScheduleDecode { seq, err })?;
-            out.push((seq, at as Millis, e));
+                baton_core::schedule::decode(&text).map_err(|err| StoreError::ScheduleDecode { seq, err });
+            out.push((seq, e.map(|e| (at as Millis, e))));
         }
         Ok(out)
     }
 
+    /// Every stored campaign, oldest first.
     pub fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
         let db = self.db();
         let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY id"))?;
