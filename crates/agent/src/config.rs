@@ -432,6 +432,12 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             while let Some(open) = rest.find('{') {
                 let Some(close) = rest[open..].find('}') else { break };
                 let name = &rest[open + 1..open + close];
+                // `%{...}` is rpm's own (`rpm -q --qf %{VERSION}`, where `%{version}` is the
+                // same tag), kept as is.
+                if rest[..open].ends_with('%') {
+                    rest = &rest[open + close + 1..];
+                    continue;
+                }
                 // `${...}` is the program's own (dpkg-query's `${Version}`, a shell's), kept as is;
                 // but `${version}` is surely a slip for baton's `{version}`.
                 if rest[..open].ends_with('$') {
@@ -810,8 +816,8 @@ pub fn show_size(b: u64) -> String {
 }
 
 /// Fills placeholders in an argv. Values were checked (versions by [`valid_version`]).
-/// `${...}` is left as is (the program's own syntax); a value is never read again for
-/// placeholders.
+/// `${...}` and `%{...}` are left as is (the program's own syntax: dpkg-query's, rpm's); a
+/// value is never read again for placeholders.
 pub fn fill(argv: &[String], vars: &[(&str, &str)]) -> Vec<String> {
     argv.iter()
         .map(|a| {
@@ -822,7 +828,7 @@ pub fn fill(argv: &[String], vars: &[(&str, &str)]) -> Vec<String> {
                 let name = &rest[open + 1..open + close];
                 out.push_str(&rest[..open]);
                 match vars.iter().find(|(k, _)| *k == name) {
-                    Some((_, v)) if !rest[..open].ends_with('$') => out.push_str(v),
+                    Some((_, v)) if !rest[..open].ends_with(['$', '%']) => out.push_str(v),
                     _ => out.push_str(&rest[open..open + close + 1]),
                 }
                 rest = &rest[open + close + 1..];
@@ -840,8 +846,9 @@ mod fill_tests {
     #[test]
     fn placeholders_are_filled_once_and_dollar_braces_kept() {
         let argv =
-            ["dpkg-query", "-W", "-f=${Version}", "{node}-{version}", "{unknown}", "a{b"].map(String::from);
+            ["dpkg-query", "-W", "-f=${Version}", "{node}-{version}", "{unknown}", "a{b", "%{version}"]
+                .map(String::from);
         let out = fill(&argv, &[("node", "n1"), ("version", "{node}")]);
-        assert_eq!(out, ["dpkg-query", "-W", "-f=${Version}", "n1-{node}", "{unknown}", "a{b"]);
+        assert_eq!(out, ["dpkg-query", "-W", "-f=${Version}", "n1-{node}", "{unknown}", "a{b", "%{version}"]);
     }
 }

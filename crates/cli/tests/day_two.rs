@@ -1354,6 +1354,127 @@ async fn apt_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
     f.stop().await;
 }
 
+/// Builds an rpm `baton-testrpm` at `version` (release 1, noarch) under `out` with rpmbuild.
+fn build_rpm(work: &Path, out: &Path, version: &str) {
+    let spec = work.join(format!("baton-testrpm-{version}.spec"));
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: baton-testrpm\nVersion: {version}\nRelease: 1\nSummary: a package baton's tests install and roll back\n\
+             License: MIT\nBuildArch: noarch\n%description\nbaton's dnf test package.\n%install\n\
+             mkdir -p %{{buildroot}}/usr/share/baton-testrpm\necho {version} > %{{buildroot}}/usr/share/baton-testrpm/version\n\
+             %files\n/usr/share/baton-testrpm/version\n"
+        ),
+    )
+    .unwrap();
+    let o = Command::new("rpmbuild")
+        .arg("--define")
+        .arg(format!("_topdir {}", work.join(format!("rpmbuild-{version}")).display()))
+        .arg("--define")
+        .arg(format!("_rpmdir {}", out.display()))
+        .args(["--define", "_build_id_links none", "-bb"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpmbuild {}: {}", spec.display(), String::from_utf8_lossy(&o.stderr));
+}
+
+/// Undoes what the dnf test did to this machine, also when it fails half way.
+struct DnfCleanup {
+    repo: PathBuf,
+}
+
+impl Drop for DnfCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("rpm").args(["-e", "--nodeps", "baton-testrpm"]).output();
+        let _ = std::fs::remove_file(&self.repo);
+    }
+}
+
+/// Issue 12, real package managers: the same for `dnf` (Debian's dnf, rpm and createrepo-c
+/// packages): two rpms built with rpmbuild served as a local repository (createrepo_c, a
+/// `file://` baseurl); through a real agent, the scan (`dnf check-update`) lists 1.1, the
+/// upgrade (`dnf install baton-testrpm-1.1`) installs it (the version read from rpm's record),
+/// the scan then lists nothing, and a rollback (`dnf install baton-testrpm-1.0`, a downgrade)
+/// brings back 1.0. Root only (CI runs as root); the repository file is removed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnf_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: installing packages with dnf needs root (CI runs as root)");
+        return;
+    }
+    let o = LocalOptions { nodes: 1, action_seconds: "0".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&fresh_dir("dnf"), &o).unwrap();
+    let repo = f.dir.join("baton-dnf-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    build_rpm(&f.dir, &repo, "1.0");
+    build_rpm(&f.dir, &repo, "1.1");
+    let c = Command::new("createrepo_c").arg("-q").arg(&repo).output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    std::fs::create_dir_all("/etc/yum.repos.d").unwrap();
+    let file = PathBuf::from("/etc/yum.repos.d/baton-test.repo");
+    let _cleanup = DnfCleanup { repo: file.clone() };
+    // Read afresh every time: a cache of an earlier run's repository must not be used.
+    std::fs::write(
+        &file,
+        format!(
+            "[baton-test]\nname=baton test\nbaseurl=file://{}\ngpgcheck=0\nmetadata_expire=0\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let i = Command::new("dnf").args(["-y", "-q", "install", "baton-testrpm-1.0"]).output().unwrap();
+    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let head = &text[..text.find("[[action]]").unwrap()];
+    let tail = &text[text.find("[[check]]").unwrap()..];
+    let head = head.replace(
+        "version_command = [\"cat\", \"{state_dir}/version\"]",
+        "version_command = [\"rpm\", \"-q\", \"--qf\", \"%{VERSION}\", \"baton-testrpm\"]",
+    );
+    let actions = ["upgrade", "rollback", "scan"]
+        .map(|a| format!("[[action]]\nname = \"{a}\"\nkind = \"dnf\"\npackage = \"baton-testrpm\"\nreboot = \"never\"\n\n"))
+        .concat();
+    std::fs::write(&cfg, format!("{head}{actions}{tail}")).unwrap();
+    start_and_wait(&mut f, o.reboot_ms).await;
+    let c = client(&f);
+    let (node, addr) = ("node1", f.nodes[0].addr.clone());
+
+    let before = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!(
+        (before.version.as_deref(), before.updates.clone()),
+        (Some("1.0"), vec!["baton-testrpm 1.1-1".to_string()]),
+        "{before:?}"
+    );
+    let run = |id: &str, action: &str, version: &str| {
+        let req = StepRequest {
+            action: Some(action.into()),
+            version: Some(version.into()),
+            ..StepRequest::new(format!("dnf/node1/0/{id}"), StepKind::Action)
+        };
+        let (c, addr) = (c.clone(), addr.clone());
+        async move {
+            let mut conn = c.conn(node, &addr);
+            let mut st = conn.start_step(&req).await.unwrap();
+            while st.state == baton_proto::StepState::Running {
+                st = conn.step(&req.id, 5_000).await.unwrap();
+            }
+            st
+        }
+    };
+    let up = run("update", "upgrade", "1.1").await;
+    assert_eq!((up.state, up.version.as_deref()), (baton_proto::StepState::Ok, Some("1.1")), "{up:?}");
+    assert_eq!(std::fs::read_to_string("/usr/share/baton-testrpm/version").unwrap(), "1.1\n");
+    let after = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!((after.version.as_deref(), after.updates.len()), (Some("1.1"), 0), "{after:?}");
+    let back = run("rollback", "rollback", "1.0").await;
+    assert_eq!((back.state, back.version.as_deref()), (baton_proto::StepState::Ok, Some("1.0")), "{back:?}");
+    assert_eq!(std::fs::read_to_string("/usr/share/baton-testrpm/version").unwrap(), "1.0\n");
+    f.stop().await;
+}
+
 /// Two starts of a campaign with a `before_start` hook at the same instant: the hook runs once,
 /// one start is taken and the other refused (the campaign is running by then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
