@@ -1269,6 +1269,71 @@ impl Drop for AptCleanup {
     }
 }
 
+/// Through a real agent whose actions `upgrade`, `rollback` and `scan` are of `kind` for
+/// `pkg` (installed at 1.0, 1.1 in a local repository), with `version_command` reading the
+/// package manager's record: the scan lists `listed`, the upgrade installs 1.1, the scan then
+/// lists nothing, and the rollback brings 1.0 back; the package's file says so each time.
+async fn package_round_trip(
+    f: &mut LocalFleet,
+    reboot_ms: u64,
+    kind: &str,
+    pkg: &str,
+    version_command: &str,
+    listed: &str,
+) {
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let head = &text[..text.find("[[action]]").unwrap()];
+    let tail = &text[text.find("[[check]]").unwrap()..];
+    let head = head.replace(
+        "version_command = [\"cat\", \"{state_dir}/version\"]",
+        &format!("version_command = {version_command}"),
+    );
+    let actions = ["upgrade", "rollback", "scan"]
+        .map(|a| {
+            format!(
+                "[[action]]\nname = \"{a}\"\nkind = \"{kind}\"\npackage = \"{pkg}\"\nreboot = \"never\"\n\n"
+            )
+        })
+        .concat();
+    std::fs::write(&cfg, format!("{head}{actions}{tail}")).unwrap();
+    start_and_wait(f, reboot_ms).await;
+    let c = client(f);
+    let (node, addr) = ("node1", f.nodes[0].addr.clone());
+    let installed = || std::fs::read_to_string(format!("/usr/share/{pkg}/version")).unwrap();
+
+    let before = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!(
+        (before.version.as_deref(), before.updates.clone()),
+        (Some("1.0"), vec![listed.to_string()]),
+        "{before:?}"
+    );
+    let run = |id: &str, action: &str, version: &str| {
+        let req = StepRequest {
+            action: Some(action.into()),
+            version: Some(version.into()),
+            ..StepRequest::new(format!("{kind}/node1/0/{id}"), StepKind::Action)
+        };
+        let (c, addr) = (c.clone(), addr.clone());
+        async move {
+            let mut conn = c.conn(node, &addr);
+            let mut st = conn.start_step(&req).await.unwrap();
+            while st.state == baton_proto::StepState::Running {
+                st = conn.step(&req.id, 5_000).await.unwrap();
+            }
+            st
+        }
+    };
+    let up = run("update", "upgrade", "1.1").await;
+    assert_eq!((up.state, up.version.as_deref()), (baton_proto::StepState::Ok, Some("1.1")), "{up:?}");
+    assert_eq!(installed(), "1.1\n");
+    let after = c.conn(node, &addr).scan().await.unwrap();
+    assert_eq!((after.version.as_deref(), after.updates.len()), (Some("1.1"), 0), "{after:?}");
+    let back = run("rollback", "rollback", "1.0").await;
+    assert_eq!((back.state, back.version.as_deref()), (baton_proto::StepState::Ok, Some("1.0")), "{back:?}");
+    assert_eq!(installed(), "1.0\n");
+}
+
 /// Issue 12, real package managers: the agent's `apt` action had never run against apt. Two
 /// versions of a package built with dpkg-deb are served as a local `file:` repository; through
 /// a real agent, the scan lists 1.1 as missing, the upgrade installs it with the real apt-get
@@ -1304,53 +1369,9 @@ async fn apt_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
     assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
 
     // The node's agent: apt actions for the package, its scan, and dpkg's record as its version.
-    let cfg = f.nodes[0].dir.join("agent.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let head = &text[..text.find("[[action]]").unwrap()];
-    let tail = &text[text.find("[[check]]").unwrap()..];
-    let head = head.replace(
-        "version_command = [\"cat\", \"{state_dir}/version\"]",
-        "version_command = [\"dpkg-query\", \"-W\", \"-f=${Version}\", \"baton-testpkg\"]",
-    );
-    let actions = ["upgrade", "rollback", "scan"]
-        .map(|a| format!("[[action]]\nname = \"{a}\"\nkind = \"apt\"\npackage = \"baton-testpkg\"\nreboot = \"never\"\n\n"))
-        .concat();
-    std::fs::write(&cfg, format!("{head}{actions}{tail}")).unwrap();
-    start_and_wait(&mut f, o.reboot_ms).await;
-    let c = client(&f);
-    let (node, addr) = ("node1", f.nodes[0].addr.clone());
-
-    let before = c.conn(node, &addr).scan().await.unwrap();
-    assert_eq!(
-        (before.version.as_deref(), before.updates.clone()),
-        (Some("1.0"), vec!["baton-testpkg 1.1".to_string()]),
-        "{before:?}"
-    );
-    let run = |id: &str, action: &str, version: &str| {
-        let req = StepRequest {
-            action: Some(action.into()),
-            version: Some(version.into()),
-            ..StepRequest::new(format!("apt/node1/0/{id}"), StepKind::Action)
-        };
-        let (c, addr) = (c.clone(), addr.clone());
-        async move {
-            let mut conn = c.conn(node, &addr);
-            let mut st = conn.start_step(&req).await.unwrap();
-            while st.state == baton_proto::StepState::Running {
-                st = conn.step(&req.id, 5_000).await.unwrap();
-            }
-            st
-        }
-    };
-    let up = run("update", "upgrade", "1.1").await;
-    assert_eq!((up.state, up.version.as_deref()), (baton_proto::StepState::Ok, Some("1.1")), "{up:?}");
-    let installed = std::fs::read_to_string("/usr/share/baton-testpkg/version").unwrap();
-    assert_eq!(installed, "1.1\n");
-    let after = c.conn(node, &addr).scan().await.unwrap();
-    assert_eq!((after.version.as_deref(), after.updates.len()), (Some("1.1"), 0), "{after:?}");
-    let back = run("rollback", "rollback", "1.0").await;
-    assert_eq!((back.state, back.version.as_deref()), (baton_proto::StepState::Ok, Some("1.0")), "{back:?}");
-    assert_eq!(std::fs::read_to_string("/usr/share/baton-testpkg/version").unwrap(), "1.0\n");
+    let version_command = "[\"dpkg-query\", \"-W\", \"-f=${Version}\", \"baton-testpkg\"]";
+    package_round_trip(&mut f, o.reboot_ms, "apt", "baton-testpkg", version_command, "baton-testpkg 1.1")
+        .await;
     f.stop().await;
 }
 
@@ -1426,52 +1447,9 @@ async fn dnf_installs_scans_and_rolls_back_a_real_package_through_the_agent() {
     let i = Command::new("dnf").args(["-y", "-q", "install", "baton-testrpm-1.0"]).output().unwrap();
     assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
 
-    let cfg = f.nodes[0].dir.join("agent.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let head = &text[..text.find("[[action]]").unwrap()];
-    let tail = &text[text.find("[[check]]").unwrap()..];
-    let head = head.replace(
-        "version_command = [\"cat\", \"{state_dir}/version\"]",
-        "version_command = [\"rpm\", \"-q\", \"--qf\", \"%{VERSION}\", \"baton-testrpm\"]",
-    );
-    let actions = ["upgrade", "rollback", "scan"]
-        .map(|a| format!("[[action]]\nname = \"{a}\"\nkind = \"dnf\"\npackage = \"baton-testrpm\"\nreboot = \"never\"\n\n"))
-        .concat();
-    std::fs::write(&cfg, format!("{head}{actions}{tail}")).unwrap();
-    start_and_wait(&mut f, o.reboot_ms).await;
-    let c = client(&f);
-    let (node, addr) = ("node1", f.nodes[0].addr.clone());
-
-    let before = c.conn(node, &addr).scan().await.unwrap();
-    assert_eq!(
-        (before.version.as_deref(), before.updates.clone()),
-        (Some("1.0"), vec!["baton-testrpm 1.1-1".to_string()]),
-        "{before:?}"
-    );
-    let run = |id: &str, action: &str, version: &str| {
-        let req = StepRequest {
-            action: Some(action.into()),
-            version: Some(version.into()),
-            ..StepRequest::new(format!("dnf/node1/0/{id}"), StepKind::Action)
-        };
-        let (c, addr) = (c.clone(), addr.clone());
-        async move {
-            let mut conn = c.conn(node, &addr);
-            let mut st = conn.start_step(&req).await.unwrap();
-            while st.state == baton_proto::StepState::Running {
-                st = conn.step(&req.id, 5_000).await.unwrap();
-            }
-            st
-        }
-    };
-    let up = run("update", "upgrade", "1.1").await;
-    assert_eq!((up.state, up.version.as_deref()), (baton_proto::StepState::Ok, Some("1.1")), "{up:?}");
-    assert_eq!(std::fs::read_to_string("/usr/share/baton-testrpm/version").unwrap(), "1.1\n");
-    let after = c.conn(node, &addr).scan().await.unwrap();
-    assert_eq!((after.version.as_deref(), after.updates.len()), (Some("1.1"), 0), "{after:?}");
-    let back = run("rollback", "rollback", "1.0").await;
-    assert_eq!((back.state, back.version.as_deref()), (baton_proto::StepState::Ok, Some("1.0")), "{back:?}");
-    assert_eq!(std::fs::read_to_string("/usr/share/baton-testrpm/version").unwrap(), "1.0\n");
+    let version_command = "[\"rpm\", \"-q\", \"--qf\", \"%{VERSION}\", \"baton-testrpm\"]";
+    package_round_trip(&mut f, o.reboot_ms, "dnf", "baton-testrpm", version_command, "baton-testrpm 1.1-1")
+        .await;
     f.stop().await;
 }
 
