@@ -432,9 +432,19 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             while let Some(open) = rest.find('{') {
                 let Some(close) = rest[open..].find('}') else { break };
                 let name = &rest[open + 1..open + close];
-                // `%{...}` is rpm's own (`rpm -q --qf %{VERSION}`, where `%{version}` is the
-                // same tag), kept as is.
+                // `%{...}` is rpm's own (`rpm -q --qf %{VERSION}`), kept as is; but `%{version}`
+                // may as well be a slip for baton's `{version}`: refused, with both ways out.
                 if rest[..open].ends_with('%') {
+                    if PLACEHOLDERS.contains(&name) {
+                        return Err(err(
+                            path.clone().idx(i),
+                            format!("`%{{{name}}}` is kept as is; baton fills `{{{name}}}`"),
+                            &format!(
+                                "write {{{name}}} for baton's, or %{{{}}} for rpm's tag (the same tag in capitals)",
+                                name.to_uppercase()
+                            ),
+                        ));
+                    }
                     rest = &rest[open + close + 1..];
                     continue;
                 }

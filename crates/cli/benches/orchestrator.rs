@@ -118,6 +118,7 @@ async fn main() {
                 },
                 0,
                 &Event::Tick,
+                None,
             )
             .unwrap();
         for i in 0..50 {

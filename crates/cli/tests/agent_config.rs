@@ -81,6 +81,13 @@ fn unknown_placeholder() {
         "agent.toml:12:35",
         &["placeholder {shell} is unknown", "{version}"],
     );
+    // rpm's `%{VERSION}` is its own; `%{version}` reads as a slip for baton's `{version}`.
+    expect(
+        &d,
+        &GOOD.replace("{version}", "%{version}"),
+        "agent.toml:12:35",
+        &["`%{version}` is kept as is; baton fills `{version}`", "%{VERSION}"],
+    );
 }
 
 #[test]

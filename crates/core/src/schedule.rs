@@ -209,12 +209,14 @@ impl Cron {
     /// The first time after `t` at which the rule fires in time zone `tz`; `None` when it does
     /// not fire within 400 years (it never will).
     pub fn next_after(&self, t: Millis, tz: &TimeZone) -> Option<Millis> {
-        let ts = Timestamp::from_millisecond(i64::try_from(t).ok()?).ok()?;
+        // From three hours of real time before `t`: a local time the clocks skipped belongs to
+        // its day but fires after the gap, perhaps on the next day (a gap that ends at
+        // midnight); earlier hours cannot fire after `t` (no zone's clocks jump further, save
+        // Apia's lost day in 2011).
+        let ts = Timestamp::from_millisecond(i64::try_from(t).ok()?.saturating_sub(3 * 3600 * 1000)).ok()?;
         let local = ts.to_zoned(tz.clone());
         let mut day = local.date();
-        // On the first day, hours well before `t` cannot come after it (no zone's clocks jump
-        // by three hours).
-        let mut from_hour = local.hour().max(3) - 3;
+        let mut from_hour = local.hour();
         for _ in 0..LOOK_AHEAD_DAYS {
             if self.day_matches(day) {
                 // Local times in order are not always instants in order: one the clocks skipped
@@ -316,8 +318,17 @@ pub enum ScheduleEvent {
     /// the fleet).
     Created { name: String, due_ms: Millis, campaign: i64 },
     /// A run came due (`due_ms`; `missed` more came due while it could not run) and this is
-    /// what became of it. Everything due up to the entry's time is handled.
-    Fired { name: String, due_ms: Millis, missed: u32, outcome: Outcome },
+    /// what became of it. Everything due up to `through_ms` is handled (the instant the run was
+    /// judged due at, so that what comes due while it runs is run next; absent: the entry's
+    /// time).
+    Fired {
+        name: String,
+        due_ms: Millis,
+        missed: u32,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through_ms: Option<Millis>,
+    },
 }
 
 /// What a schedule's run did.
@@ -364,8 +375,6 @@ pub struct Entry {
     pub handled_to: Millis,
     /// The last run.
     pub last: Option<Run>,
-    /// A campaign a run created and has not yet said it started: `(due_ms, campaign)`.
-    pub creating: Option<(Millis, i64)>,
 }
 
 /// A run as journaled.
@@ -404,6 +413,10 @@ pub struct Due {
 #[derive(Debug, Clone, Default)]
 pub struct Schedules {
     pub entries: BTreeMap<String, Entry>,
+    /// Campaigns runs created and have not yet said what became of: by schedule name,
+    /// `(due_ms, campaign)`. Kept apart from `entries`: a schedule removed meanwhile still
+    /// leaves its campaign to be seen to.
+    pub pending: BTreeMap<String, (Millis, i64)>,
 }
 
 impl Schedules {
@@ -424,7 +437,6 @@ impl Schedules {
                         by: by.clone(),
                         handled_to: at,
                         last: None,
-                        creating: None,
                     },
                 );
             }
@@ -432,20 +444,27 @@ impl Schedules {
                 self.entries.remove(name);
             }
             ScheduleEvent::Created { name, due_ms, campaign } => {
-                if let Some(s) = self.entries.get_mut(name) {
-                    s.creating = Some((*due_ms, *campaign));
-                }
+                self.pending.insert(name.clone(), (*due_ms, *campaign));
             }
-            ScheduleEvent::Fired { name, due_ms, missed, outcome } => {
+            ScheduleEvent::Fired { name, due_ms, missed, outcome, through_ms } => {
+                self.pending.remove(name);
                 if let Some(s) = self.entries.get_mut(name) {
-                    s.creating = None;
-                    s.handled_to = s.handled_to.max(at);
+                    s.handled_to = s.handled_to.max(through_ms.unwrap_or(at));
                     s.last =
                         Some(Run { at_ms: at, due_ms: *due_ms, missed: *missed, outcome: outcome.clone() });
                 }
             }
         }
         Ok(())
+    }
+
+    /// After the clock went back (a clock that was set ahead, set right): what was handled
+    /// "up to" a time still to come is handled up to now, so that the schedules go on from now
+    /// rather than wait for that time.
+    pub fn clamp(&mut self, now: Millis) {
+        for e in self.entries.values_mut() {
+            e.handled_to = e.handled_to.min(now);
+        }
     }
 
     /// The runs due at `now`: for each schedule whose next time has come, one run, however
@@ -468,13 +487,10 @@ impl Schedules {
                     _ => break,
                 }
             }
-            // `t` is the last time it came due (unless over a thousand did).
-            out.push(Due {
-                name: name.clone(),
-                due_ms: first,
-                missed,
-                late: now.saturating_sub(t) > LATE_AFTER,
-            });
+            // Late when even the last time it came due is older than LATE_AFTER (also when over
+            // a thousand came due and counting stopped).
+            let late = s.schedule.next_after(now.saturating_sub(LATE_AFTER + 1)).is_none_or(|n| n > now);
+            out.push(Due { name: name.clone(), due_ms: first, missed, late });
         }
         out
     }
@@ -651,6 +667,7 @@ mod tests {
             due_ms: d[0].due_ms,
             missed: 0,
             outcome: Outcome::Skipped { reason: "x".into() },
+            through_ms: None,
         };
         s.apply(at("2026-11-30T12:01:02", "UTC"), &fired).unwrap();
         assert!(s.due(at("2026-11-30T12:01:59", "UTC")).is_empty());
@@ -668,9 +685,14 @@ mod tests {
         // goes on from now, not from a year ahead.
         let ahead = at("2027-11-30T12:00:00", "UTC");
         s.apply(ahead, &fired).unwrap();
-        assert_eq!(
-            s.entries["a"].next_at(at("2026-11-30T14:00:10", "UTC")),
-            Some(at("2026-11-30T14:01", "UTC"))
+        let now = at("2026-11-30T14:00:10", "UTC");
+        assert_eq!(s.entries["a"].next_at(now), Some(at("2026-11-30T14:01", "UTC")));
+        s.clamp(now);
+        assert!(s.due(now).iter().all(|d| d.name != "a"));
+        let d = s.due(at("2026-11-30T14:01:01", "UTC"));
+        assert!(
+            d.iter().any(|d| d.name == "a" && d.due_ms == at("2026-11-30T14:01", "UTC") && !d.late),
+            "{d:?}"
         );
         // Removed: nothing more.
         for name in ["a", "h"] {
@@ -701,6 +723,7 @@ mod tests {
             due_ms: 5,
             missed: 2,
             outcome: Outcome::Refused { campaign: 3, reason: "r".into() },
+            through_ms: Some(4),
         };
         let text = encode(&e);
         assert!(text.contains("\"v\":1") && text.contains("\"event\":\"fired\""), "{text}");

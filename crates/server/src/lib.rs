@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use baton_core::campaign::Event;
-use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet, NodeId};
+use baton_core::{load_campaign, load_fleet, Campaign, CampaignError, Fleet, Millis, NodeId};
 use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, Phase, Report};
 use client::AgentClient;
 use driver::{Driver, Msg, Refused};
@@ -378,7 +378,7 @@ impl Hub {
     /// check that none does and the insert happen under the fleet gate, so of two requests at
     /// the same instant one is created and the other refused.
     pub async fn create(&self, req: CreateCampaign) -> Result<CampaignView, Fail> {
-        self.create_as(req, false).await
+        self.create_as(req, None).await
     }
 
     /// The fleet as the last commit left it: its level raised, its nodes at their versions.
@@ -390,9 +390,14 @@ impl Hub {
         fleet
     }
 
-    /// As [`Hub::create`]; with `only_if_behind` (a schedule's run), refused with 409
-    /// `nothing-behind` when every targeted node is at the target already.
-    async fn create_as(&self, req: CreateCampaign, only_if_behind: bool) -> Result<CampaignView, Fail> {
+    /// As [`Hub::create`]; for a schedule's run due at `due_ms` (`by_schedule`), refused with 409
+    /// `nothing-behind` when every targeted node is at the target already, and journaled as the
+    /// schedule's (`Created`) with the campaign itself.
+    async fn create_as(
+        &self,
+        req: CreateCampaign,
+        by_schedule: Option<(&str, Millis)>,
+    ) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
         let _gate = self.fleet_gate.lock().await;
         let views = self.views();
@@ -460,7 +465,7 @@ impl Hub {
         let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(|i| {
             Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
         })?;
-        if only_if_behind && c.plan.waves.iter().all(|w| w.is_empty()) {
+        if by_schedule.is_some() && c.plan.waves.iter().all(|w| w.is_empty()) {
             return Err(Fail::new(
                 StatusCode::CONFLICT,
                 "nothing-behind",
@@ -479,14 +484,20 @@ impl Hub {
                 String::new()
             },
         };
+        let now = self.clock.now();
         let id =
-            self.store.create(&c.spec.name, &stored, self.clock.now(), &c.planned_event()).map_err(|e| {
+            self.store.create(&c.spec.name, &stored, now, &c.planned_event(), by_schedule).map_err(|e| {
                 Fail::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "journal-unavailable",
                     format!("the campaign was not created: {e}"),
                 )
             })?;
+        if let Some((name, due_ms)) = by_schedule {
+            let created =
+                baton_core::schedule::ScheduleEvent::Created { name: name.into(), due_ms, campaign: id };
+            self.schedules().apply(now, &created).ok();
+        }
         let v = driver::view_of(id, &c, 1);
         let mut map = self.campaigns();
         self.spawn(&mut map, id, c, 1);

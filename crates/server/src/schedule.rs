@@ -22,6 +22,9 @@ use std::time::Duration;
 /// The longest the scheduler sleeps before it looks again (also with nothing scheduled).
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// How soon a run whose campaign could not be settled is tried again.
+const RETRY: Duration = Duration::from_secs(30);
+
 fn run_of(at_ms: Millis, due_ms: Millis, missed: u32, outcome: &Outcome) -> ScheduleRun {
     let (word, campaign, reason) = match outcome {
         Outcome::Started { campaign } => ("started", Some(*campaign), None),
@@ -31,7 +34,7 @@ fn run_of(at_ms: Millis, due_ms: Millis, missed: u32, outcome: &Outcome) -> Sche
     ScheduleRun { at_ms, due_ms, missed, outcome: word.into(), campaign, reason }
 }
 
-fn view_of(name: &str, e: &Entry, now: Millis) -> ScheduleView {
+fn view_of(name: &str, e: &Entry, now: Millis, all: &Schedules) -> ScheduleView {
     ScheduleView {
         name: name.to_string(),
         cron: e.schedule.cron.text().to_string(),
@@ -42,8 +45,18 @@ fn view_of(name: &str, e: &Entry, now: Millis) -> ScheduleView {
         added_by: e.by.clone(),
         next_run_ms: e.next_at(now),
         last: e.last.as_ref().map(|l| run_of(l.at_ms, l.due_ms, l.missed, &l.outcome)),
-        starting: e.creating.map(|(_, id)| id),
+        starting: all.pending.get(name).map(|&(_, id)| id),
     }
+}
+
+/// The task carrying out an add or remove ended before it answered (the orchestrator is
+/// stopping).
+fn interrupted() -> Fail {
+    Fail::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "stopping",
+        "the orchestrator is stopping; ask again when it is back",
+    )
 }
 
 fn journal_down(e: impl std::fmt::Display) -> Fail {
@@ -59,7 +72,8 @@ impl Hub {
     /// Every schedule with its next run.
     pub fn schedule_views(&self) -> Vec<ScheduleView> {
         let now = self.clock.now();
-        self.schedules().entries.iter().map(|(n, e)| view_of(n, e, now)).collect()
+        let s = self.schedules();
+        s.entries.iter().map(|(n, e)| view_of(n, e, now, &s)).collect()
     }
 
     /// Journals a schedule event, then applies it: what is in memory is never ahead of the disk.
@@ -121,7 +135,7 @@ impl Hub {
         .await?;
         let now = self.clock.now();
         let s = self.schedules();
-        s.entries.get(&spec.name).map(|e| view_of(&spec.name, e, now)).ok_or_else(|| {
+        s.entries.get(&spec.name).map(|e| view_of(&spec.name, e, now, &s)).ok_or_else(|| {
             Fail::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "schedule-lost",
@@ -134,9 +148,11 @@ impl Hub {
     pub async fn remove_schedule(&self, name: &str, by: String) -> Result<ScheduleView, Fail> {
         let _gate = self.schedule_gate.lock().await;
         let now = self.clock.now();
-        let view = self.schedules().entries.get(name).map(|e| view_of(name, e, now)).ok_or_else(|| {
-            Fail::new(StatusCode::NOT_FOUND, "unknown-schedule", format!("no schedule {name}"))
-        })?;
+        let view = {
+            let s = self.schedules();
+            s.entries.get(name).map(|e| view_of(name, e, now, &s))
+        }
+        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "unknown-schedule", format!("no schedule {name}")))?;
         self.journal_schedule(ScheduleEvent::Removed { name: name.to_string(), by }).await?;
         Ok(view)
     }
@@ -153,7 +169,7 @@ impl Hub {
         for (at, e) in events.into_iter().filter_map(|(_, e)| e.ok()) {
             match e {
                 ScheduleEvent::Added { name: n, .. } if n == name => known = true,
-                ScheduleEvent::Fired { name: n, due_ms, missed, outcome } if n == name => {
+                ScheduleEvent::Fired { name: n, due_ms, missed, outcome, .. } if n == name => {
                     runs.push(run_of(at, due_ms, missed, &outcome))
                 }
                 _ => {}
@@ -165,9 +181,10 @@ impl Hub {
         Ok(runs)
     }
 
-    /// Carries out one due run and says what became of it.
-    async fn fire(&self, e: &Entry, d: &Due, now: Millis) -> Outcome {
-        let skipped = |reason: String| Outcome::Skipped { reason };
+    /// Carries out one due run and says what became of it; `None` when its campaign could not
+    /// be aborted after a refused start (it stays pending, and is seen to again).
+    async fn fire(&self, e: &Entry, d: &Due, now: Millis) -> Option<Outcome> {
+        let skipped = |reason: String| Some(Outcome::Skipped { reason });
         let fleet = self.current_fleet();
         let spec = match baton_core::load_campaign(&e.file, &e.toml, &fleet) {
             Ok(s) => s,
@@ -175,103 +192,119 @@ impl Hub {
         };
         if !late_run_allowed(d.late, spec.windows.as_ref(), now) {
             return skipped(format!(
-                "it was due at {} while the orchestrator was down, and the campaign's window is closed now; it runs when next due",
+                "it was due at {} while the orchestrator could not run it, and the campaign's window is closed now; it runs when next due",
                 baton_core::schedule::utc(d.due_ms)
             ));
         }
         let req = CreateCampaign { toml: e.toml.clone(), file: Some(e.file.clone()) };
-        let v = match self.create_as(req, true).await {
+        // Journaled as the schedule's with the campaign itself (see `settle`).
+        let v = match self.create_as(req, Some((&d.name, d.due_ms))).await {
             Ok(v) => v,
             Err(f) => return skipped(f.message),
         };
-        // Known as the schedule's before it is started: see `recover`.
-        let created = ScheduleEvent::Created { name: d.name.clone(), due_ms: d.due_ms, campaign: v.id };
-        if let Err(f) = self.journal_schedule(created).await {
-            self.give_up(v.id, &d.name).await;
-            return Outcome::Refused { campaign: v.id, reason: f.message };
-        }
-        match self.act(v.id, "start", format!("schedule {}", d.name)).await {
-            Ok(_) => Outcome::Started { campaign: v.id },
-            Err(f) => match self.give_up(v.id, &d.name).await {
-                // Started after all (its start was journaled, or an operator started it).
-                false => Outcome::Started { campaign: v.id },
-                true => Outcome::Refused { campaign: v.id, reason: f.message },
-            },
+        let start = self.act(v.id, "start", format!("schedule {}", d.name)).await.err().map(|f| f.message);
+        self.settle(&d.name, v.id, start).await
+    }
+
+    /// What became of a campaign a schedule's run created, after its start (`refused`: why the
+    /// start was refused, if it was): a campaign still Planned is aborted, since one that will
+    /// not start must not hold the fleet. Checked and aborted under the start lock, so that an
+    /// operator's start cannot land in between. `None` when the abort itself failed.
+    async fn settle(&self, name: &str, id: i64, refused: Option<String>) -> Option<Outcome> {
+        let _starting = self.starting.lock().await;
+        let refused_for = |why: String| Some(Outcome::Refused { campaign: id, reason: why });
+        match self.view(id).map(|v| v.phase) {
+            Some(baton_proto::Phase::Planned) => {
+                let why = refused.unwrap_or_else(|| {
+                    "the orchestrator stopped between creating and starting it; aborted, the schedule runs when next due"
+                        .into()
+                });
+                match self.act(id, "abort", format!("schedule {name}")).await {
+                    Ok(_) => refused_for(why),
+                    Err(a) => {
+                        tracing::error!(
+                            schedule = name,
+                            campaign = id,
+                            error = a.message,
+                            "a scheduled campaign that did not start could not be aborted; trying again"
+                        );
+                        None
+                    }
+                }
+            }
+            None => refused_for(refused.unwrap_or_else(|| "the campaign no longer exists".into())),
+            Some(baton_proto::Phase::Aborted) => {
+                refused_for(refused.unwrap_or_else(|| "the campaign was aborted before it started".into()))
+            }
+            // It runs (its start was journaled, or an operator started it).
+            Some(_) => Some(Outcome::Started { campaign: id }),
         }
     }
 
-    /// Aborts a campaign a schedule created if it is still Planned (one that will not start
-    /// must not hold the fleet); says whether it was.
-    async fn give_up(&self, id: i64, name: &str) -> bool {
-        if self.view(id).is_some_and(|v| v.phase != baton_proto::Phase::Planned) {
-            return false;
-        }
-        if let Err(a) = self.act(id, "abort", format!("schedule {name}")).await {
-            tracing::error!(
-                campaign = id,
-                error = a.message,
-                "a scheduled campaign that did not start could not be aborted"
-            );
-        }
-        true
-    }
-
-    /// After a restart: a run that created its campaign but did not say whether it started
-    /// (the orchestrator stopped in between) is finished now: a campaign still Planned is
-    /// aborted, one that runs is the run's.
+    /// Runs whose campaign was created but not said what became of (the orchestrator stopped
+    /// in between, or an abort failed) are settled, each journaled as handled up to its own
+    /// time: what came due after it is one run next.
     async fn recover(&self) {
-        let pending: Vec<(String, Millis, i64)> = self
-            .schedules()
-            .entries
-            .iter()
-            .filter_map(|(n, e)| e.creating.map(|(due, id)| (n.clone(), due, id)))
-            .collect();
+        let pending: Vec<(String, Millis, i64)> =
+            self.schedules().pending.iter().map(|(n, &(due, id))| (n.clone(), due, id)).collect();
         for (name, due_ms, id) in pending {
-            let outcome = match self.give_up(id, &name).await {
-                false => Outcome::Started { campaign: id },
-                true => Outcome::Refused {
-                    campaign: id,
-                    reason: "the orchestrator stopped between creating and starting it; aborted, the schedule runs when next due".into(),
-                },
-            };
+            let Some(outcome) = self.settle(&name, id, None).await else { continue };
             tracing::warn!(
                 schedule = name,
                 campaign = id,
                 ?outcome,
-                "a schedule's run was interrupted by a restart"
+                "a schedule's interrupted run is settled"
             );
-            let event = ScheduleEvent::Fired { name: name.clone(), due_ms, missed: 0, outcome };
-            if let Err(f) = self.journal_schedule(event.clone()).await {
-                tracing::error!(
-                    schedule = name,
-                    error = f.message,
-                    "a schedule's run could not be journaled"
-                );
-                self.schedules().apply(self.clock.now(), &event).ok();
-            }
+            let event = ScheduleEvent::Fired {
+                name: name.clone(),
+                due_ms,
+                missed: 0,
+                outcome,
+                through_ms: Some(due_ms),
+            };
+            self.journal_fired(event).await;
         }
     }
 
-    /// Runs what is due now, each once, journaling what became of it.
+    /// Journals a run; if the journal cannot, it is still taken as done here, so that it is not
+    /// run again at once (a restart runs it again, late, and the fleet gate keeps that safe).
+    async fn journal_fired(&self, event: ScheduleEvent) {
+        if let Err(f) = self.journal_schedule(event.clone()).await {
+            tracing::error!(error = f.message, ?event, "a schedule's run could not be journaled");
+            self.schedules().apply(self.clock.now(), &event).ok();
+        }
+    }
+
+    /// Runs what is due now, each once, journaling what became of it and that everything due up
+    /// to the instant it was judged due is handled.
     async fn run_due(&self) {
-        let now = self.clock.now();
-        let due = self.schedules().due(now);
-        for d in due {
-            let Some(entry) = self.schedules().entries.get(&d.name).cloned() else { continue };
-            let outcome = self.fire(&entry, &d, now).await;
-            tracing::info!(schedule = d.name, due_ms = d.due_ms, missed = d.missed, ?outcome, "schedule ran");
-            let event =
-                ScheduleEvent::Fired { name: d.name.clone(), due_ms: d.due_ms, missed: d.missed, outcome };
-            if let Err(f) = self.journal_schedule(event.clone()).await {
-                // Not on disk: still taken as done here, so that it is not run again at once; a
-                // restart runs it again (late), and the fleet gate keeps that safe.
-                tracing::error!(
-                    schedule = d.name,
-                    error = f.message,
-                    "a schedule's run could not be journaled"
-                );
-                self.schedules().apply(self.clock.now(), &event).ok();
-            }
+        self.schedules().clamp(self.clock.now());
+        let names: Vec<String> = self.schedules().due(self.clock.now()).into_iter().map(|d| d.name).collect();
+        for name in names {
+            // Judged afresh: an earlier run may have taken minutes.
+            let now = self.clock.now();
+            let (entry, due) = {
+                let s = self.schedules();
+                let Some(d) = s.due(now).into_iter().find(|d| d.name == name) else { continue };
+                let Some(e) = s.entries.get(&name).cloned() else { continue };
+                (e, d)
+            };
+            let Some(outcome) = self.fire(&entry, &due, now).await else { continue };
+            tracing::info!(
+                schedule = name,
+                due_ms = due.due_ms,
+                missed = due.missed,
+                ?outcome,
+                "schedule ran"
+            );
+            let event = ScheduleEvent::Fired {
+                name: name.clone(),
+                due_ms: due.due_ms,
+                missed: due.missed,
+                outcome,
+                through_ms: Some(now),
+            };
+            self.journal_fired(event).await;
         }
     }
 }
@@ -283,16 +316,21 @@ pub(crate) async fn scheduler(hub: Weak<Hub>) {
         Some(h) => (h.schedule_changed.clone(), h.clock.moves()),
         None => return,
     };
-    if let Some(h) = hub.upgrade() {
-        h.recover().await;
-    }
     loop {
         let wait = {
             let Some(h) = hub.upgrade() else { return };
+            h.recover().await;
             h.run_due().await;
             let now = h.clock.now();
-            let next = h.schedules().next_due(now);
-            next.map_or(IDLE, |t| Duration::from_millis(t.saturating_sub(now)).min(IDLE))
+            let s = h.schedules();
+            let next =
+                s.next_due(now).map_or(IDLE, |t| Duration::from_millis(t.saturating_sub(now)).min(IDLE));
+            // A run whose campaign could not be aborted is tried again soon.
+            if s.pending.is_empty() {
+                next
+            } else {
+                next.min(RETRY)
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -315,12 +353,13 @@ pub(crate) async fn list(State(h): State<Shared>) -> Json<Vec<ScheduleView>> {
 #[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = CreateCampaign, security(("token" = [])),
     params(("x-baton-operator" = Option<String>, Header, description = "who adds it (journaled)")),
     responses((status = 201, body = ScheduleView),
-              (status = 400, description = "the body is not JSON of this shape", body = ApiError),
+              (status = 400, description = "the body is not JSON", body = ApiError),
               (status = 401, body = ApiError),
               (status = 409, description = "a schedule of that campaign name exists", body = ApiError),
               (status = 413, description = "body over 2 MiB", body = ApiError), (status = 415, description = "not application/json", body = ApiError),
-              (status = 422, description = "bad campaign file, no `schedule` key, or a before_start this orchestrator does not allow", body = ApiError),
-              (status = 503, description = "the journal could not record it (disk full, I/O error)", body = ApiError)))]
+              (status = 422, description = "bad campaign file, no `schedule` key, a before_start this orchestrator does not allow, or a body that is JSON but not of this shape", body = ApiError),
+              (status = 500, description = "journaled but not kept (a bug)", body = ApiError),
+              (status = 503, description = "the journal could not record it (disk full, I/O error), or the orchestrator is stopping", body = ApiError)))]
 pub(crate) async fn add(
     State(h): State<Shared>,
     headers: HeaderMap,
@@ -330,9 +369,8 @@ pub(crate) async fn add(
     // Carried out whole once received, also if the client goes away meanwhile: what is
     // journaled is also what the scheduler keeps.
     let hub = h.clone();
-    let v = tokio::spawn(async move { hub.add_schedule(req, by).await })
-        .await
-        .map_err(|_| crate::stopped())??;
+    let v =
+        tokio::spawn(async move { hub.add_schedule(req, by).await }).await.map_err(|_| interrupted())??;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -343,7 +381,7 @@ pub(crate) async fn add(
     responses((status = 200, description = "the schedule as it was", body = ScheduleView),
               (status = 400, description = "the name is not valid UTF-8 once decoded", body = ApiError),
               (status = 401, body = ApiError), (status = 404, body = ApiError),
-              (status = 503, description = "the journal could not record it, so it was not removed", body = ApiError)))]
+              (status = 503, description = "the journal could not record it, so it was not removed; or the orchestrator is stopping", body = ApiError)))]
 pub(crate) async fn remove(
     State(h): State<Shared>,
     headers: HeaderMap,
@@ -353,7 +391,7 @@ pub(crate) async fn remove(
     let hub = h.clone();
     tokio::spawn(async move { hub.remove_schedule(&name, by).await })
         .await
-        .map_err(|_| crate::stopped())?
+        .map_err(|_| interrupted())?
         .map(Json)
 }
 

@@ -158,6 +158,7 @@ impl Store {
         c: &StoredCampaign,
         now: Millis,
         first: &Event,
+        by_schedule: Option<(&str, Millis)>,
     ) -> Result<i64, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
@@ -170,6 +171,15 @@ impl Store {
             "INSERT INTO events (campaign, seq, at_ms, event) VALUES (?1, 1, ?2, ?3)",
             params![id, now as i64, encode(first)],
         )?;
+        // A schedule's campaign is known as its own from the instant it exists: a crash before
+        // it is started leaves nothing the scheduler does not know of.
+        if let Some((name, due_ms)) = by_schedule {
+            let e = baton_core::schedule::ScheduleEvent::Created { name: name.into(), due_ms, campaign: id };
+            tx.execute(
+                "INSERT INTO schedule_events (at_ms, event) VALUES (?1, ?2)",
+                params![now as i64, baton_core::schedule::encode(&e)],
+            )?;
+        }
         tx.commit()?;
         Ok(id)
     }
