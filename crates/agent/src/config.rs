@@ -432,30 +432,22 @@ pub fn load(file: &str, text: &str) -> Result<Config, Diagnostic> {
             while let Some(open) = rest.find('{') {
                 let Some(close) = rest[open..].find('}') else { break };
                 let name = &rest[open + 1..open + close];
-                // `%{...}` is rpm's own (`rpm -q --qf %{VERSION}`), kept as is; but `%{version}`
-                // may as well be a slip for baton's `{version}`: refused, with both ways out.
-                if rest[..open].ends_with('%') {
+                // `${...}` and `%{...}` are the program's own (dpkg-query's `${Version}`, a
+                // shell's, rpm's `%{VERSION}`), kept as is; but with one of baton's names
+                // (`${version}`, `%{version}`) surely a slip for baton's `{version}`.
+                if let Some(sigil) = rest[..open].chars().last().filter(|c| matches!(c, '$' | '%')) {
                     if PLACEHOLDERS.contains(&name) {
-                        return Err(err(
-                            path.clone().idx(i),
-                            format!("`%{{{name}}}` is kept as is; baton fills `{{{name}}}`"),
-                            &format!(
+                        let help = match sigil {
+                            '%' => format!(
                                 "write {{{name}}} for baton's, or %{{{}}} for rpm's tag (the same tag in capitals)",
                                 name.to_uppercase()
                             ),
-                        ));
-                    }
-                    rest = &rest[open + close + 1..];
-                    continue;
-                }
-                // `${...}` is the program's own (dpkg-query's `${Version}`, a shell's), kept as is;
-                // but `${version}` is surely a slip for baton's `{version}`.
-                if rest[..open].ends_with('$') {
-                    if PLACEHOLDERS.contains(&name) {
+                            _ => format!("write {{{name}}} without the `$`"),
+                        };
                         return Err(err(
                             path.clone().idx(i),
-                            format!("`${{{name}}}` is kept as is; baton fills `{{{name}}}`"),
-                            &format!("write {{{name}}} without the `$`"),
+                            format!("`{sigil}{{{name}}}` is kept as is; baton fills `{{{name}}}`"),
+                            &help,
                         ));
                     }
                     rest = &rest[open + close + 1..];

@@ -381,13 +381,21 @@ impl Hub {
         self.create_as(req, None).await
     }
 
-    /// The fleet as the last commit left it: its level raised, its nodes at their versions.
-    fn current_fleet(&self) -> Fleet {
-        let views = self.views();
-        let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
+    /// What the last commit raised (none without one), and the fleet as it left it: its level
+    /// raised, its nodes at their versions.
+    fn as_committed(&self, views: &[CampaignView]) -> (Option<Raised>, Fleet) {
+        let raised =
+            views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id).map(Raised::of);
         let mut fleet = (*self.fleet).clone();
-        committed.map(Raised::of).unwrap_or_default().apply(&mut fleet);
-        fleet
+        if let Some(r) = &raised {
+            r.apply(&mut fleet);
+        }
+        (raised, fleet)
+    }
+
+    /// The fleet as the last commit left it.
+    fn current_fleet(&self) -> Fleet {
+        self.as_committed(&self.views()).1
     }
 
     /// As [`Hub::create`]; for a schedule's run due at `due_ms` (`by_schedule`), refused with 409
@@ -419,11 +427,8 @@ impl Hub {
                 format!("campaign {} (id {}) holds fleet {}: {why}", v.name, v.id, v.fleet),
             ));
         }
-        // The fleet as the last commit left it: its level raised, its nodes at their versions.
-        let committed = views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id);
-        let mut raised = committed.map(Raised::of).unwrap_or_default();
-        let mut fleet = (*self.fleet).clone();
-        raised.apply(&mut fleet);
+        let (committed, mut fleet) = self.as_committed(&views);
+        let mut raised = committed.clone().unwrap_or_default();
         let spec = load_campaign(&file, &req.toml, &fleet)
             .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
         // And at the versions their agents report now: a node already at the target is skipped
