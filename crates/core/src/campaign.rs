@@ -257,6 +257,10 @@ pub struct PlanRecord {
     /// Whether nodes' auto-updaters are held for the campaign (absent: journaled before holds).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds: bool,
+    /// Whether a node named in `order` whose hold is in flight keeps later nodes from starting
+    /// (absent: journaled before, when they went ahead of it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub order_waits: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +449,11 @@ pub struct Campaign {
     prechecks: bool,
     /// Nodes' auto-updaters are held for the campaign (every campaign created now).
     holds: bool,
+    /// A node named in `order` is not overtaken while its hold is in flight (every campaign
+    /// created now; not one journaled before, which must replay as it ran).
+    order_waits: bool,
+    /// Whether each node is named in the campaign's `order`.
+    in_order: Vec<bool>,
     /// Hold and release steps in flight, by when they are given up on.
     hold_timers: BTreeSet<(Millis, NodeId)>,
     /// Nodes whose auto-updaters are held and are to be released when the campaign ends.
@@ -512,6 +521,7 @@ impl Campaign {
         let mut c = Campaign::from_plan(id.into(), fleet, spec, plan, left_out);
         c.prechecks = true;
         c.holds = true;
+        c.order_waits = true;
         Ok(c)
     }
 
@@ -553,6 +563,7 @@ impl Campaign {
                 start: self.plan.start.iter().map(name).collect(),
                 prechecks: self.prechecks,
                 holds: self.holds,
+                order_waits: self.order_waits,
             },
         }
     }
@@ -607,6 +618,7 @@ impl Campaign {
         let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
         c.prechecks = rec.prechecks;
         c.holds = rec.holds;
+        c.order_waits = rec.order_waits;
         Ok((c, 1))
     }
 
@@ -721,6 +733,16 @@ impl Campaign {
             legacy: false,
             prechecks: false,
             holds: false,
+            order_waits: false,
+            in_order: {
+                let mut v = vec![false; fleet.nodes.len()];
+                for &n in &spec.order {
+                    if let Some(b) = v.get_mut(n as usize) {
+                        *b = true;
+                    }
+                }
+                v
+            },
             hold_timers: BTreeSet::new(),
             to_release: BTreeSet::new(),
             max_parallel: plan.max_parallel as u32,
@@ -1723,6 +1745,20 @@ impl Campaign {
             }
         }
         let mut cursor = 0u32;
+        // A node named in `order` whose hold is in flight is not overtaken: nodes ranked after
+        // it are held meanwhile but do not start (they stay candidates), so the order is kept
+        // however fast agents answer.
+        let mut wait_rank = if self.order_waits {
+            self.spec
+                .order
+                .iter()
+                .filter(|&&n| matches!(self.nodes[n as usize].hold, Hold::Holding { .. }))
+                .map(|&n| self.rank[n as usize])
+                .filter(|r| self.pending.contains(r))
+                .min()
+        } else {
+            None
+        };
         while self.active < self.max_parallel {
             let Some(&r) = self.candidates.range(cursor..).next() else {
                 break;
@@ -1731,6 +1767,9 @@ impl Campaign {
             let n = self.by_rank[r as usize];
             if self.barriers() && self.group[n as usize] > self.current_group {
                 break;
+            }
+            if wait_rank.is_some_and(|w| r > w) && self.nodes[n as usize].hold == Hold::Held {
+                continue;
             }
             self.candidates.remove(&r);
             if self.holds && self.nodes[n as usize].hold != Hold::Held {
@@ -1741,6 +1780,12 @@ impl Campaign {
                     && !self.nodes[n as usize].observed_down
                 {
                     self.send_hold(n, now, out);
+                }
+                if self.order_waits
+                    && self.in_order[n as usize]
+                    && matches!(self.nodes[n as usize].hold, Hold::Holding { .. })
+                {
+                    wait_rank = Some(wait_rank.map_or(r, |w| w.min(r)));
                 }
                 continue;
             }

@@ -803,3 +803,36 @@ fn auto_updaters_are_held_before_any_start_and_released_at_the_end() {
     ));
     assert!(!c.holds_fleet());
 }
+
+#[test]
+fn a_node_named_in_order_is_not_overtaken_while_its_hold_is_answered() {
+    let mut c = campaign("order = [\"c\"]").with_holds(true);
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    let mut held = holds_of(&cmds);
+    held.sort();
+    assert_eq!(held, vec!["a", "b", "c"], "every node is held at once");
+    // a and b answer first: they wait, c goes first as `order` says.
+    for n in ["a", "b"] {
+        let cmds = c.handle(S, ok(n, &format!("c1/{n}/h0/hold"))).unwrap();
+        assert!(drains(&cmds).is_empty(), "{n} overtook c: {cmds:?}");
+    }
+    let cmds = c.handle(2 * S, ok("c", "c1/c/h0/hold")).unwrap();
+    assert_eq!(drains(&cmds), vec!["c"]);
+    // Journaled with the plan, so the replay keeps the order too.
+    let planned = c.planned_event();
+    assert!(matches!(&planned, Event::Planned { plan, .. } if plan.order_waits));
+}
+
+#[test]
+fn an_ordered_node_whose_hold_fails_does_not_keep_the_others_waiting() {
+    let mut c = campaign("order = [\"c\"]\nmax_failed_nodes = 1").with_holds(true);
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/h0/hold")).unwrap();
+    let mut started = Vec::new();
+    for k in 0..3 {
+        let step = format!("c1/c/h{k}/hold");
+        let failed = Event::StepFailed { node: "c".into(), step, reason: "no bus".into() };
+        started.extend(drains(&c.handle(2 * S, failed).unwrap()));
+    }
+    assert_eq!(started, vec!["a"], "a starts once c has failed");
+}
