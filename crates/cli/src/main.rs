@@ -205,6 +205,25 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Commit a completed campaign: raise the fleet's functional level to its target. Shows what
+    /// will happen and asks for the campaign's name (this cannot be undone) unless --yes.
+    Commit {
+        campaign: i64,
+        /// Do not ask: for scripts that have checked already.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Roll a campaign back: its updated nodes go back to the version before, with the same
+    /// safety rules. Shows what will happen and asks for the campaign's name unless --yes.
+    Rollback {
+        campaign: i64,
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// A campaign's run report: per node, its steps with outcome, duration and output.
     Report {
         campaign: i64,
@@ -463,6 +482,8 @@ pub(crate) enum Failure {
     Api(ops::ApiFailure),
     /// Stopped by Ctrl-C (exit 130).
     Interrupted,
+    /// The operator did not confirm (exit 2).
+    Declined(String),
 }
 
 fn main() -> ExitCode {
@@ -478,6 +499,7 @@ fn main() -> ExitCode {
                 Failure::Ended(_) => 4,
                 Failure::Api(e) => e.exit_code(),
                 Failure::Interrupted => 130,
+                Failure::Declined(_) => 2,
             };
             output::report_failure(f, std::io::stderr().is_terminal());
             ExitCode::from(code)
@@ -830,6 +852,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 match campaign {
                     Some(id) => ops::print_view(&api.view(id).await.map_err(Failure::Api)?),
                     None => {
+                        ops::print_fleet(&api.fleet().await.map_err(Failure::Api)?);
                         for v in api.list().await.map_err(Failure::Api)? {
                             println!(
                                 "{:>4}  {:<20} {:<13} {}/{} done, {} failed",
@@ -847,6 +870,8 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             })
         }
         Cmd::Schedule { cmd } => schedule(cmd),
+        Cmd::Commit { campaign, yes, api } => confirmed(api, campaign, "commit", yes),
+        Cmd::Rollback { campaign, yes, api } => confirmed(api, campaign, "rollback", yes),
         Cmd::Pause { campaign, api } => act(api, campaign, "pause"),
         Cmd::Resume { campaign, api } => act(api, campaign, "resume"),
         Cmd::Abort { campaign, api } => act(api, campaign, "abort"),
@@ -975,6 +1000,45 @@ fn json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 fn act(api: ApiArgs, id: i64, action: &str) -> Result<(), Failure> {
     let api = api.api()?;
     runtime()?.block_on(async move {
+        let v = api.act(id, action).await.map_err(Failure::Api)?;
+        println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
+        Ok(())
+    })
+}
+
+/// A commit or rollback: what it will do is shown, and it goes ahead only once the campaign's
+/// name is typed (or with `--yes`).
+fn confirmed(api: ApiArgs, id: i64, action: &str, yes: bool) -> Result<(), Failure> {
+    let api = api.api()?;
+    runtime()?.block_on(async move {
+        let v = api.view(id).await.map_err(Failure::Api)?;
+        let f = api.fleet().await.map_err(Failure::Api)?;
+        let preview =
+            if action == "commit" { ops::commit_preview(&v, &f) } else { ops::rollback_preview(&v, &f) };
+        print!("{preview}");
+        if !yes {
+            use std::io::Write;
+            print!("Type the campaign's name ({}) to {action} it: ", v.name);
+            let _ = std::io::stdout().flush();
+            let mut typed = String::new();
+            let read =
+                tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
+                    .await
+                    .map_err(|e| Failure::Internal(e.to_string()))?;
+            let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
+            if typed.trim() != v.name {
+                println!();
+                let what = if typed.is_empty() {
+                    "nothing was typed".to_string()
+                } else {
+                    format!("`{}` was typed", typed.trim())
+                };
+                return Err(Failure::Declined(format!(
+                    "not done: {what}, not the campaign's name {} (or pass --yes)",
+                    v.name
+                )));
+            }
+        }
         let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
         Ok(())

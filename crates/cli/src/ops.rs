@@ -1,6 +1,8 @@
 //! Operator commands against a running orchestrator: run, status, pause, resume, abort, events.
 
-use baton_proto::{ApiError, CampaignView, CreateCampaign, JournalEntry, ScheduleRun, ScheduleView};
+use baton_proto::{
+    ApiError, CampaignView, CreateCampaign, FleetView, JournalEntry, ScheduleRun, ScheduleView,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -126,6 +128,10 @@ impl Api {
 
     pub async fn schedule_runs(&self, name: &str) -> Result<Vec<ScheduleRun>, ApiFailure> {
         self.read(self.http.get(self.schedule_url(name, &["runs"])?)).await
+    }
+
+    pub async fn fleet(&self) -> Result<FleetView, ApiFailure> {
+        self.read(self.http.get(format!("{}/v1/fleet", self.base))).await
     }
 
     pub async fn view(&self, id: i64) -> Result<CampaignView, ApiFailure> {
@@ -305,4 +311,97 @@ pub fn print_events(evs: &[JournalEntry]) {
             t % 1000
         );
     }
+}
+
+fn utc(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// A duration to the minute, largest units first: `3d4h`, `2h5m`, `under a minute`.
+fn age(ms: u64) -> String {
+    let m = ms / 60_000;
+    if m == 0 {
+        return "under a minute".into();
+    }
+    baton_core::units::format_duration(m * 60_000)
+}
+
+/// The fleet's level and mixed mode, in a line or two (`baton status`).
+pub fn print_fleet(f: &FleetView) {
+    let level = f.functional_level.as_deref().unwrap_or("not set");
+    let mixed = match (f.mixed_mode, f.mixed_since_ms, f.mixed_age_ms) {
+        (false, ..) => "not in mixed mode".to_string(),
+        (true, Some(since), Some(a)) => format!(
+            "mixed mode for {} (since {}; limit {}{})",
+            age(a),
+            utc(since),
+            baton_core::units::format_duration(f.mixed_mode_limit_ms),
+            if f.mixed_mode_overdue { ", OVERDUE: commit or roll back" } else { "" }
+        ),
+        (true, ..) => "mixed mode (the fleet file's versions differ)".to_string(),
+    };
+    println!("fleet {}: functional level {level}, {mixed}", f.name);
+    let fenced: Vec<String> = f
+        .nodes
+        .iter()
+        .filter(|n| n.fenced)
+        .map(|n| format!("{} ({})", n.name, n.version.as_deref().unwrap_or("?")))
+        .collect();
+    if !fenced.is_empty() {
+        println!("fenced (older than the level, kept out of service): {}", fenced.join(", "));
+    }
+}
+
+/// What committing `v` does, for the operator to read before confirming.
+pub fn commit_preview(v: &CampaignView, f: &FleetView) -> String {
+    let from = f.functional_level.as_deref().unwrap_or("not set");
+    let mut out = format!(
+        "Commit campaign {} (id {}) on fleet {}: the functional level goes from {from} to {}.\n",
+        v.name, v.id, v.fleet, v.target_version
+    );
+    let (at, not): (Vec<&baton_proto::FleetNode>, Vec<&baton_proto::FleetNode>) =
+        f.nodes.iter().partition(|n| n.version.as_deref() == Some(v.target_version.as_str()));
+    out += &format!("  {} of {} nodes are at {}", at.len(), f.nodes.len(), v.target_version);
+    if !not.is_empty() {
+        let list: Vec<String> = not
+            .iter()
+            .take(10)
+            .map(|n| format!("{} at {}", n.name, n.version.as_deref().unwrap_or("?")))
+            .collect();
+        out += &format!(
+            "; not: {} (the orchestrator refuses the commit while any node is down or behind)",
+            list.join(", ")
+        );
+    }
+    let down: Vec<&str> =
+        v.nodes.iter().filter(|n| n.out_of_service || n.state == "failed").map(|n| n.name.as_str()).collect();
+    if !down.is_empty() {
+        out += &format!("\n  down or failed now: {}", down.join(", "));
+    }
+    out += "\nThis cannot be undone: after it, the campaign cannot be rolled back, and a node at an older \
+            version is fenced (kept out of the load balancer, its services stopped) until it is updated.\n";
+    out
+}
+
+/// What rolling `v` back does, for the operator to read before confirming.
+pub fn rollback_preview(v: &CampaignView, f: &FleetView) -> String {
+    let back: Vec<&str> = v
+        .nodes
+        .iter()
+        .filter(|n| !["pending", "not-targeted", "skipped", "failed"].contains(&n.state.as_str()))
+        .map(|n| n.name.as_str())
+        .collect();
+    let level = f.functional_level.as_deref().unwrap_or("their earlier versions");
+    format!(
+        "Roll back campaign {} (id {}) on fleet {}: {} node(s) go back from {} to {level}, under the same \
+         safety rules (one service's allowance at a time); nodes not started are left as they are.\n  {}\n",
+        v.name,
+        v.id,
+        v.fleet,
+        back.len(),
+        v.target_version,
+        if back.is_empty() { "no node was updated yet".to_string() } else { back.join(", ") }
+    )
 }

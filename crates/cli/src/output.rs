@@ -37,7 +37,7 @@ pub fn report_failure(f: Failure, tty: bool) {
             let m = MietteDiagnostic::new(format!("infeasible: {}", i.message)).with_help(i.help);
             let _ = handler.render_report(&mut out, &m);
         }
-        Failure::Internal(msg) | Failure::Ended(msg) => {
+        Failure::Internal(msg) | Failure::Ended(msg) | Failure::Declined(msg) => {
             out = format!("baton: {msg}\n");
         }
         Failure::Api(e) => {

@@ -1704,3 +1704,142 @@ async fn a_scheduled_start_cut_by_a_crash_is_aborted_after_the_restart() {
     drop(serve);
     f.stop().await;
 }
+
+/// `baton ARGS` against `serve`, with `stdin` typed in; its exit code, stdout and stderr.
+fn baton_typed(serve: &Serve, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(exe())
+        .args(args)
+        .args(["--server", &serve.url])
+        .env("BATON_TOKEN", Serve::TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+async fn fleet_of(serve: &Serve) -> baton_proto::FleetView {
+    serve.get_json("/v1/fleet").await
+}
+
+/// Waits until the fleet's view satisfies `ok`.
+async fn wait_fleet(serve: &Serve, ok: impl Fn(&baton_proto::FleetView) -> bool) -> baton_proto::FleetView {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = fleet_of(serve).await;
+        if ok(&f) {
+            return f;
+        }
+        assert!(Instant::now() < deadline, "{f:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 13, the lifecycle: an upgrade leaves the fleet in mixed mode, shown with its age; the
+/// `mixed-mode-overdue` warning goes out once past the limit, then daily; `baton rollback` and
+/// `baton commit` show what they will do and go ahead only once the campaign's name is typed;
+/// commit is refused while a node is down and accepted once all are up, which raises the level
+/// and ends mixed mode. Real agents; the orchestrator's clock is moved by the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name() {
+    const DAY: u64 = 24 * 3_600_000;
+    let mut f = local(
+        "lifecycle",
+        LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--test-clock"]).await;
+    let fl = fleet_of(&serve).await;
+    assert_eq!(
+        (fl.functional_level.as_deref(), fl.mixed_mode, fl.mixed_since_ms),
+        (Some("1.0"), false, None)
+    );
+
+    // Upgraded: mixed mode (all at 1.1, the level still 1.0), since the campaign started.
+    let toml = quick("mixed_mode_limit = \"2w\"\n");
+    let first = serve.create_and_start(toml.clone()).await;
+    let done = serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    let fl = wait_fleet(&serve, |f| f.mixed_mode).await;
+    assert_eq!(fl.mixed_since_ms, done.started_at_ms);
+    assert_eq!(fl.mixed_mode_limit_ms, 14 * DAY);
+    assert!(!fl.mixed_mode_overdue && fl.overdue_warned_at_ms.is_none());
+    let (code, out, err) = baton_typed(&serve, &["status"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("fleet local: functional level 1.0, mixed mode for") && out.contains("limit 14d"),
+        "{out}"
+    );
+
+    // Past the limit: warned once, and again only a day later.
+    clock(&serve, Some(14 * DAY + 60_000)).await;
+    let fl = wait_fleet(&serve, |f| f.overdue_warned_at_ms.is_some()).await;
+    assert!(fl.mixed_mode_overdue && fl.mixed_age_ms.unwrap() > 14 * DAY, "{fl:#?}");
+    assert_eq!(metric(&serve, "baton_mixed_mode_overdue{").await, 1.0);
+    assert_eq!(metric(&serve, "baton_mixed_mode_overdue_warnings_total").await, 1.0);
+    clock(&serve, Some(3_600_000)).await;
+    assert_eq!(fleet_of(&serve).await.overdue_warned_at_ms, fl.overdue_warned_at_ms);
+    assert_eq!(metric(&serve, "baton_mixed_mode_overdue_warnings_total").await, 1.0);
+    clock(&serve, Some(DAY)).await;
+    wait_fleet(&serve, |f| f.overdue_warned_at_ms > fl.overdue_warned_at_ms).await;
+    assert_eq!(metric(&serve, "baton_mixed_mode_overdue_warnings_total").await, 2.0);
+    let (_, out, _) = baton_typed(&serve, &["status"], "");
+    assert!(out.contains("OVERDUE"), "{out}");
+
+    // A rollback with the wrong name typed does nothing (exit 2); with the name, it goes back.
+    let id = first.id.to_string();
+    let (code, out, err) = baton_typed(&serve, &["rollback", &id], "to-1.2\n");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("go back from 1.1 to 1.0") && err.contains("not done"), "{out}{err}");
+    assert_eq!(serve.view(first.id).await.unwrap().phase, Phase::Completed);
+    let (code, out, err) = baton_typed(&serve, &["rollback", &id], &format!("{}\n", first.name));
+    assert_eq!(code, 0, "{out}{err}");
+    serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::RolledBack)).await;
+    assert_eq!(versions(&f).await, vec![Some("1.0".into()); 3]);
+    let fl = wait_fleet(&serve, |f| !f.mixed_mode).await;
+    assert_eq!((fl.mixed_since_ms, fl.mixed_mode_overdue), (None, false));
+
+    // The upgrade again: a new spell of mixed mode, from its own start.
+    let again = serve.create_and_start(toml.clone()).await;
+    let done = serve.wait(again.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    let fl = wait_fleet(&serve, |f| f.mixed_mode).await;
+    assert_eq!(fl.mixed_since_ms, done.started_at_ms);
+    assert!(!fl.mixed_mode_overdue);
+
+    // Commit with node2's agent hung: refused, naming it; nothing typed (stdin closed) first.
+    let id = again.id.to_string();
+    let (code, out, err) = baton_typed(&serve, &["commit", &id], "");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("from 1.0 to 1.1") && out.contains("cannot be undone"), "{out}");
+    assert!(err.contains("nothing was typed"), "{err}");
+    let pid = f.nodes[1].pid.load(Ordering::SeqCst);
+    assert!(pid != 0 && unsafe { libc::kill(pid as i32, libc::SIGSTOP) } == 0);
+    let (code, out, err) = baton_typed(&serve, &["commit", &id, "--yes"], "");
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("commit-refused") && err.contains("node2"), "{err}");
+    assert_eq!(serve.view(again.id).await.unwrap().phase, Phase::Completed);
+    // All up: committed once its name is typed. The level is raised; mixed mode is over.
+    let (code, out, err) = baton_typed(&serve, &["commit", &id], &format!("{}\n", again.name));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is committed"), "{out}");
+    let fl = wait_fleet(&serve, |f| f.functional_level.as_deref() == Some("1.1")).await;
+    assert!(!fl.mixed_mode && fl.nodes.iter().all(|n| !n.fenced), "{fl:#?}");
+    let text = serve.http.get(format!("{}/metrics", serve.url)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("baton_functional_level{fleet=\"local\",level=\"1.1\"} 1"), "{text}");
+    // And a committed campaign cannot be rolled back.
+    let (code, _, err) = baton_typed(&serve, &["rollback", &id, "--yes"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("not-allowed"), "{err}");
+    drop(serve);
+    f.stop().await;
+}

@@ -579,6 +579,50 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         "return document.querySelectorAll('#heatmap .cell[data-state=done]').length === 6",
     )
     .await;
+    // Mixed mode, shown with its age in the header: every node at 1.1, the level still 1.0.
+    until(
+        &c,
+        "mixed mode in the header",
+        Duration::from_secs(10),
+        "const m = document.querySelector('[data-testid=mixed]'); return !!m && m.textContent.startsWith('mixed mode for')",
+    )
+    .await;
+    // Commit from the page: it says what it does, and a wrong name typed does nothing.
+    until(
+        &c,
+        "Commit to be enabled",
+        Duration::from_secs(10),
+        "return !document.getElementById('commit').disabled",
+    )
+    .await;
+    c.find(fantoccini::Locator::Css("#commit")).await.unwrap().click().await.unwrap();
+    let asked = c.get_alert_text().await.unwrap();
+    assert!(asked.contains("from 1.0 to 1.1") && asked.contains("cannot be undone"), "{asked}");
+    c.send_alert_text("not-the-name").await.unwrap();
+    c.accept_alert().await.unwrap();
+    until(
+        &c,
+        "the refusal",
+        Duration::from_secs(10),
+        "return document.getElementById('msg').textContent.startsWith('not done')",
+    )
+    .await;
+    assert_eq!(serve.view(v.id).await.unwrap().phase, Phase::Completed);
+    c.find(fantoccini::Locator::Css("#commit")).await.unwrap().click().await.unwrap();
+    c.send_alert_text(&v.name).await.unwrap();
+    c.accept_alert().await.unwrap();
+    let committed =
+        format!("return document.querySelector('[data-testid=phase-{}]').textContent === 'committed'", v.id);
+    until(&c, "the campaign to show committed", Duration::from_secs(20), &committed).await;
+    until(
+        &c,
+        "the raised level in the header",
+        Duration::from_secs(10),
+        "return document.getElementById('fleet').textContent.includes('functional level 1.1 · not in mixed mode')",
+    )
+    .await;
+    let journal = serve.events(v.id).await;
+    assert!(journal.iter().any(|e| matches!(decoded(e), Event::Commit { by } if by == "dashboard")));
     // Compliance from the page: every agent asked now; all six at 1.1.
     c.find(fantoccini::Locator::Css("#scan-target")).await.unwrap().send_keys("1.1").await.unwrap();
     c.find(fantoccini::Locator::Css("#scan")).await.unwrap().click().await.unwrap();

@@ -449,6 +449,8 @@ pub struct Campaign {
     prechecks: bool,
     /// Nodes' auto-updaters are held for the campaign (every campaign created now).
     holds: bool,
+    /// When the campaign was started (its first node may be updated from then on).
+    pub started_at: Option<Millis>,
     /// A node named in `order` is not overtaken while its hold is in flight (every campaign
     /// created now; not one journaled before, which must replay as it ran).
     order_waits: bool,
@@ -733,6 +735,7 @@ impl Campaign {
             legacy: false,
             prechecks: false,
             holds: false,
+            started_at: None,
             order_waits: false,
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
@@ -1096,6 +1099,7 @@ impl Campaign {
                 if self.spec.require_all_up {
                     self.check_all_up()?;
                 }
+                self.started_at = Some(now);
                 self.set_phase(Phase::Running, Some(&by), out);
                 if self.holds {
                     // Every node the campaign will update: nothing of theirs patches or reboots

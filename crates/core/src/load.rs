@@ -145,6 +145,7 @@ struct RawCampaign {
     #[serde(default)]
     before_start: Vec<String>,
     schedule: Option<String>,
+    mixed_mode_limit: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -692,6 +693,13 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
             }
         }
     }
+    if raw.mixed_mode_limit == Some(Dur(0)) {
+        return Err(src.err(
+            root().key("mixed_mode_limit"),
+            "mixed_mode_limit is 0: the fleet would be overdue the moment a node is updated",
+            "write how long the fleet may run at two versions before it is committed or rolled back, e.g. \"4w\"",
+        ));
+    }
     Ok(CampaignSpec {
         name: raw.name,
         target_version: raw.target_version,
@@ -716,6 +724,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         require_all_up: raw.require_all_up,
         before_start: raw.before_start,
         schedule,
+        mixed_mode_limit: raw.mixed_mode_limit.map(Dur::ms),
     })
 }
 

@@ -189,6 +189,9 @@ pub struct CampaignSpec {
     /// When the orchestrator creates and starts this campaign by itself (`schedule`, cron in
     /// `timezone`), once it is added with `baton schedule add`; none: only when asked.
     pub schedule: Option<crate::schedule::Schedule>,
+    /// Warn (event, metric, webhook) when the fleet stays in mixed mode longer than this after
+    /// the campaign started (`mixed_mode_limit`; none: the orchestrator's default, 4 weeks).
+    pub mixed_mode_limit: Option<crate::units::Millis>,
 }
 
 impl Fleet {

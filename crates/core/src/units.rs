@@ -42,7 +42,7 @@ pub enum DurationError {
     TooLarge { text: String },
 }
 
-/// Parses `90s`, `5m`, `1h30m`, `250ms`, `2d`, `0`.
+/// Parses `90s`, `5m`, `1h30m`, `250ms`, `2d`, `4w`, `0`.
 pub fn parse_duration(s: &str) -> Result<Dur, DurationError> {
     let t = s.trim();
     if t == "0" {
@@ -70,11 +70,12 @@ pub fn parse_duration(s: &str) -> Result<Dur, DurationError> {
             i += 1;
         }
         let (rank, mult) = match &t[ustart..i] {
-            "d" => (0, DAY),
-            "h" => (1, HOUR),
-            "m" => (2, MINUTE),
-            "s" => (3, SECOND),
-            "ms" => (4, 1),
+            "w" => (0, 7 * DAY),
+            "d" => (1, DAY),
+            "h" => (2, HOUR),
+            "m" => (3, MINUTE),
+            "s" => (4, SECOND),
+            "ms" => (5, 1),
             "" => return Err(DurationError::MissingUnit { text: t.into(), number: n }),
             u => return Err(DurationError::UnknownUnit { text: t.into(), unit: u.into() }),
         };
@@ -91,7 +92,7 @@ pub fn parse_duration(s: &str) -> Result<Dur, DurationError> {
 }
 
 pub const DURATION_HELP: &str =
-    "write a duration as a number and a unit, largest unit first: 90s, 5m, 1h30m, 250ms, 2d";
+    "write a duration as a number and a unit, largest unit first: 90s, 5m, 1h30m, 250ms, 2d, 4w";
 
 /// Formats milliseconds compactly: `1h30m`, `90s` → `1m30s`, `250ms`.
 pub fn format_duration(ms: Millis) -> String {

@@ -225,6 +225,50 @@ pub struct CampaignView {
     /// epoch). None when nothing waits for a window.
     #[serde(default)]
     pub window_opens_at_ms: Option<u64>,
+    /// When the campaign was started (ms since the epoch); none while it is planned.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// Its `mixed_mode_limit` (ms), if its file sets one.
+    #[serde(default)]
+    pub mixed_mode_limit_ms: Option<u64>,
+}
+
+/// The fleet as the campaigns have left it (`GET /v1/fleet`): its committed functional level,
+/// each node's version, and how long it has run in mixed mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetView {
+    pub name: String,
+    /// The committed level: raised by the last commit, else the fleet file's `functional_level`.
+    pub functional_level: Option<String>,
+    /// The version chain, oldest first (the fleet file's `versions`).
+    pub versions: Vec<String>,
+    pub nodes: Vec<FleetNode>,
+    /// Whether the nodes run at more than one version, or at one other than the level.
+    pub mixed_mode: bool,
+    /// Since when (ms since the epoch): the start of the first campaign that left it so.
+    pub mixed_since_ms: Option<u64>,
+    /// How long so far (ms), as of `now_ms`.
+    pub mixed_age_ms: Option<u64>,
+    /// How long mixed mode may last before it is overdue (ms): the newest uncommitted
+    /// campaign's `mixed_mode_limit`, else 4 weeks.
+    pub mixed_mode_limit_ms: u64,
+    /// Whether mixed mode has lasted longer than the limit.
+    pub mixed_mode_overdue: bool,
+    /// When the last `mixed-mode-overdue` warning went out (ms since the epoch), in this spell.
+    pub overdue_warned_at_ms: Option<u64>,
+    /// The orchestrator's clock when this was made.
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetNode {
+    pub name: String,
+    pub version: Option<String>,
+    /// Kept out of service: it is older than the committed level and may not rejoin.
+    #[serde(default)]
+    pub fenced: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What an agent says its node lacks (`GET /v1/scan` on the agent): its installed version,

@@ -206,6 +206,8 @@ fn head_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         events,
         eta_ms: None,
         window_opens_at_ms: c.window_opens_at(),
+        started_at_ms: c.started_at,
+        mixed_mode_limit_ms: c.spec.mixed_mode_limit,
     }
 }
 
@@ -771,6 +773,7 @@ impl Driver {
             v.active = c.active() as usize;
             v.events = self.events;
             v.window_opens_at_ms = c.window_opens_at();
+            v.started_at_ms = c.started_at;
             if ended {
                 v.eta_ms = None;
             }

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod driver;
+pub mod fleet;
 pub mod haproxy;
 pub mod metrics;
 pub mod report;
@@ -184,6 +185,24 @@ pub enum StreamItem {
     /// Every schedule, with its next run: first, and again whenever one is added, removed or
     /// runs.
     Schedules { schedules: Vec<baton_proto::ScheduleView> },
+    /// The fleet's functional level, versions and mixed mode: first, and again when they change.
+    Fleet(Box<baton_proto::FleetView>),
+    /// A warning about the fleet (`mixed-mode-overdue`).
+    Notice { notice: String, fleet: String, message: String, at_ms: u64 },
+}
+
+impl StreamItem {
+    /// The Server-Sent Events name it goes out under.
+    fn event(&self) -> &'static str {
+        match self {
+            StreamItem::View(_) => "view",
+            StreamItem::Delta(_) => "delta",
+            StreamItem::Entry { .. } => "entry",
+            StreamItem::Schedules { .. } => "schedules",
+            StreamItem::Fleet(_) => "fleet",
+            StreamItem::Notice { .. } => "notice",
+        }
+    }
 }
 
 /// What a committed campaign raised: the functional level, and the versions its nodes report;
@@ -289,6 +308,7 @@ impl Hub {
         }
         // After the campaigns: a run missed while the orchestrator was down sees them.
         tokio::spawn(schedule::scheduler(Arc::downgrade(&hub)));
+        tokio::spawn(fleet::watch(Arc::downgrade(&hub)));
         Ok(hub)
     }
 
@@ -791,7 +811,7 @@ impl Hub {
 
     /// The Prometheus metrics page.
     pub fn metrics(&self) -> String {
-        metrics::render(&self.views(), &self.telemetry)
+        metrics::render(&self.views(), &self.fleet_view(), &self.telemetry)
     }
 
     /// Whether a request that names `host` is for this API: an IP address (DNS rebinding needs
@@ -1084,39 +1104,27 @@ async fn stream(
     use futures_util::StreamExt;
     let rx = h.stream.subscribe();
     let hub = h.clone();
-    let snapshot = |hub: &Hub| -> Vec<Result<Sse, std::convert::Infallible>> {
-        let schedules = StreamItem::Schedules { schedules: hub.schedule_views() };
+    let sse = |it: StreamItem| -> Result<Sse, std::convert::Infallible> {
+        Ok(Sse::default()
+            .event(it.event())
+            .json_data(it)
+            .unwrap_or_else(|e| Sse::default().comment(e.to_string())))
+    };
+    let snapshot = move |hub: &Hub| -> Vec<Result<Sse, std::convert::Infallible>> {
         hub.views()
             .into_iter()
-            .map(|v| ("view", StreamItem::View(Box::new(v))))
-            .chain(std::iter::once(("schedules", schedules)))
-            .map(|(name, it)| {
-                Ok(Sse::default()
-                    .event(name)
-                    .json_data(it)
-                    .unwrap_or_else(|e| Sse::default().comment(e.to_string())))
-            })
+            .map(|v| StreamItem::View(Box::new(v)))
+            .chain([
+                StreamItem::Schedules { schedules: hub.schedule_views() },
+                StreamItem::Fleet(Box::new(hub.fleet_view())),
+            ])
+            .map(sse)
             .collect()
     };
     let first = futures_util::stream::iter(snapshot(&h));
     let live = tokio_stream::wrappers::BroadcastStream::new(rx).flat_map(move |item| {
         let out: Vec<Result<Sse, std::convert::Infallible>> = match item {
-            Ok(it @ StreamItem::View(_)) => vec![Ok(Sse::default()
-                .event("view")
-                .json_data(it)
-                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
-            Ok(it @ StreamItem::Delta(_)) => vec![Ok(Sse::default()
-                .event("delta")
-                .json_data(it)
-                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
-            Ok(it @ StreamItem::Entry { .. }) => vec![Ok(Sse::default()
-                .event("entry")
-                .json_data(it)
-                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
-            Ok(it @ StreamItem::Schedules { .. }) => vec![Ok(Sse::default()
-                .event("schedules")
-                .json_data(it)
-                .unwrap_or_else(|e| Sse::default().comment(e.to_string())))],
+            Ok(it) => vec![sse(it)],
             Err(_) => snapshot(&hub),
         };
         futures_util::stream::iter(out)
@@ -1160,6 +1168,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(act))
         .routes(routes!(clock_get, clock_post))
         .routes(routes!(scan_get))
+        .routes(routes!(fleet::get))
         .routes(routes!(schedule::list, schedule::add))
         .routes(routes!(schedule::remove))
         .routes(routes!(schedule::runs))

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Gauges are computed from a snapshot of the campaigns at each scrape;
 //! histograms and counters accumulate as the drivers work.
 
-use baton_proto::CampaignView;
+use baton_proto::{CampaignView, FleetView};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +32,8 @@ pub struct Telemetry {
     pub decision_seconds: Histogram,
     /// Appends the journal refused (disk full, I/O errors): each was retried later.
     pub journal_failures: Counter,
+    /// `mixed-mode-overdue` warnings sent.
+    pub overdue_warnings: Counter,
 }
 
 impl Default for Telemetry {
@@ -42,6 +44,7 @@ impl Default for Telemetry {
             journal_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             decision_seconds: Histogram::new(exponential_buckets(0.000_1, 1.25, 50)),
             journal_failures: Counter::default(),
+            overdue_warnings: Counter::default(),
         }
     }
 }
@@ -56,6 +59,17 @@ struct NodeStateLabel {
 struct PhaseLabel {
     campaign: String,
     phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabel {
+    fleet: String,
+    level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetLabel {
+    fleet: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,7 +92,7 @@ const STATES: [&str; 10] = [
 ];
 
 /// The metrics page (OpenMetrics text) for these campaigns.
-pub fn render(views: &[CampaignView], t: &Telemetry) -> String {
+pub fn render(views: &[CampaignView], fleet: &FleetView, t: &Telemetry) -> String {
     let mut reg = Registry::with_prefix("baton");
     let nodes = Family::<NodeStateLabel, Gauge>::default();
     let phase = Family::<PhaseLabel, Gauge>::default();
@@ -104,6 +118,54 @@ pub fn render(views: &[CampaignView], t: &Telemetry) -> String {
         "budget_headroom",
         "Members of each service that may still go down (allowance - down)",
         headroom,
+    );
+    let level = Family::<LevelLabel, Gauge>::default();
+    level
+        .get_or_create(&LevelLabel {
+            fleet: fleet.name.clone(),
+            level: fleet.functional_level.clone().unwrap_or_default(),
+        })
+        .set(1);
+    reg.register("functional_level", "1 for the fleet's committed functional level (empty: none)", level);
+    let per_fleet = |help: &str, name: &str, value: i64, reg: &mut Registry| {
+        let g = Family::<FleetLabel, Gauge>::default();
+        g.get_or_create(&FleetLabel { fleet: fleet.name.clone() }).set(value);
+        reg.register(name, help, g);
+    };
+    per_fleet(
+        "1 while the fleet's nodes run at more than one version, or at one other than its level",
+        "mixed_mode",
+        i64::from(fleet.mixed_mode),
+        &mut reg,
+    );
+    per_fleet(
+        "How long the fleet has run in mixed mode",
+        "mixed_mode_seconds",
+        fleet.mixed_age_ms.map_or(0, |ms| (ms / 1000) as i64),
+        &mut reg,
+    );
+    per_fleet(
+        "How long mixed mode may last (mixed_mode_limit)",
+        "mixed_mode_limit_seconds",
+        (fleet.mixed_mode_limit_ms / 1000) as i64,
+        &mut reg,
+    );
+    per_fleet(
+        "1 while mixed mode has lasted past its limit",
+        "mixed_mode_overdue",
+        i64::from(fleet.mixed_mode_overdue),
+        &mut reg,
+    );
+    per_fleet(
+        "Nodes fenced: older than the committed level, kept out of service",
+        "fenced_nodes",
+        fleet.nodes.iter().filter(|n| n.fenced).count() as i64,
+        &mut reg,
+    );
+    reg.register(
+        "mixed_mode_overdue_warnings",
+        "mixed-mode-overdue warnings sent (once past the limit, then daily)",
+        t.overdue_warnings.clone(),
     );
     reg.register("step_duration_seconds", "Time nodes spent in each lifecycle step", t.step_seconds.clone());
     reg.register("failures", "Node failures, by the step they failed in", t.failures.clone());

@@ -139,7 +139,11 @@ impl Store {
              CREATE TABLE IF NOT EXISTS schedule_events (
                 seq INTEGER PRIMARY KEY,
                 at_ms INTEGER NOT NULL,
-                event TEXT NOT NULL);",
+                event TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS overdue_warnings (
+                seq INTEGER PRIMARY KEY,
+                at_ms INTEGER NOT NULL,
+                since_ms INTEGER NOT NULL);",
         )?;
         Ok(Store { db: Mutex::new(db), _lock: lock })
     }
@@ -301,6 +305,26 @@ impl Store {
             out.push((seq, e.map(|e| (at as Millis, e))));
         }
         Ok(out)
+    }
+
+    /// Records that a `mixed-mode-overdue` warning went out at `at` for the spell of mixed mode
+    /// that began at `since`; on disk when this returns.
+    pub fn record_overdue_warning(&self, at: Millis, since: Millis) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO overdue_warnings (at_ms, since_ms) VALUES (?1, ?2)",
+            params![at as i64, since as i64],
+        )?;
+        Ok(())
+    }
+
+    /// When the last warning for the spell that began at `since` went out.
+    pub fn last_overdue_warning(&self, since: Millis) -> Result<Option<Millis>, StoreError> {
+        let at: Option<i64> = self.db().query_row(
+            "SELECT MAX(at_ms) FROM overdue_warnings WHERE since_ms = ?1",
+            [since as i64],
+            |r| r.get(0),
+        )?;
+        Ok(at.map(|a| a as Millis))
     }
 
     /// Every stored campaign, oldest first.

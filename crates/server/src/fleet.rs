@@ -1,0 +1,259 @@
+//! The fleet as its campaigns have left it: the committed functional level, each node's version,
+//! and mixed mode (nodes at more than one version, or at one other than the level): since when,
+//! for how long, and whether it has lasted past its limit. Past it, a `mixed-mode-overdue`
+//! warning goes out (log, stream, webhook, metric) once, then once a day, however often the
+//! orchestrator restarts: each warning is journaled.
+
+use crate::{Fail, Hub, Shared, StreamItem};
+use axum::extract::State;
+use axum::Json;
+use baton_core::model::Fleet;
+use baton_core::units::{format_duration, DAY};
+use baton_core::Millis;
+use baton_proto::{ApiError, CampaignView, FleetNode, FleetView, Phase};
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long mixed mode may last when no campaign sets `mixed_mode_limit`: four weeks, as for a
+/// cluster OS rolling upgrade.
+pub const DEFAULT_LIMIT: Millis = 28 * DAY;
+
+/// After a warning, the next one for the same spell of mixed mode.
+pub const WARN_EVERY: Millis = DAY;
+
+/// The fleet as `views` (any order) leave it, at `now`. `warned` says when the last warning for
+/// a spell of mixed mode (by its start) went out.
+pub fn compute(
+    base: &Fleet,
+    views: &[CampaignView],
+    now: Millis,
+    warned: impl Fn(Millis) -> Option<Millis>,
+) -> FleetView {
+    let mut views: Vec<&CampaignView> = views.iter().collect();
+    views.sort_by_key(|v| v.id);
+    let commit = views.iter().rposition(|v| v.phase == Phase::Committed);
+    let level = match commit {
+        Some(i) => Some(views[i].target_version.clone()),
+        None => base.functional_level.clone(),
+    };
+    let mut versions: Vec<Option<String>> = base.nodes.iter().map(|n| n.version.clone()).collect();
+    let apply = |versions: &mut Vec<Option<String>>, v: &CampaignView| {
+        for n in &v.nodes {
+            if let (Some(i), Some(ver)) = (base.node_id(&n.name), &n.version) {
+                versions[i as usize] = Some(ver.clone());
+            }
+        }
+    };
+    let after = commit.map_or(0, |i| i + 1);
+    for v in &views[..after] {
+        apply(&mut versions, v);
+    }
+    // A spell of mixed mode begins with the start of the first campaign since the commit that
+    // leaves the fleet mixed, and ends when one leaves it whole again (a rollback, say).
+    let mut since: Option<Millis> = None;
+    let mut limit: Option<Millis> = None;
+    for v in &views[after..] {
+        if since.is_none() {
+            since = v.started_at_ms;
+        }
+        apply(&mut versions, v);
+        if !mixed(&versions, level.as_deref()) {
+            since = None;
+        }
+        limit = v.mixed_mode_limit_ms.or(limit);
+    }
+    let is_mixed = mixed(&versions, level.as_deref());
+    let since = since.filter(|_| is_mixed);
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    let age = since.map(|s| now.saturating_sub(s));
+    let rank = |v: &str| base.version_rank(v);
+    let nodes = base
+        .nodes
+        .iter()
+        .zip(&versions)
+        .map(|(n, v)| {
+            let older = match (v.as_deref().and_then(rank), level.as_deref().and_then(rank)) {
+                (Some(rv), Some(rl)) => rv < rl,
+                _ => false,
+            };
+            FleetNode {
+                name: n.name.clone(),
+                version: v.clone(),
+                fenced: older && commit.is_some(),
+                reason: (older && commit.is_some()).then(|| {
+                    format!(
+                        "at {}, older than the committed level {}: it may not rejoin until it is updated",
+                        v.as_deref().unwrap_or("?"),
+                        level.as_deref().unwrap_or("?")
+                    )
+                }),
+            }
+        })
+        .collect();
+    FleetView {
+        name: base.name.clone(),
+        functional_level: level,
+        versions: base.versions.clone(),
+        nodes,
+        mixed_mode: is_mixed,
+        mixed_since_ms: since,
+        mixed_age_ms: age,
+        mixed_mode_limit_ms: limit,
+        mixed_mode_overdue: age.is_some_and(|a| a > limit),
+        overdue_warned_at_ms: since.and_then(warned),
+        now_ms: now,
+    }
+}
+
+/// Whether the fleet runs at more than one version, or at one other than its level. Nodes whose
+/// version is not known count for nothing.
+fn mixed(versions: &[Option<String>], level: Option<&str>) -> bool {
+    let mut known = versions.iter().flatten();
+    match level {
+        Some(l) => known.any(|v| v != l),
+        None => known.next().is_some_and(|first| versions.iter().flatten().any(|v| v != first)),
+    }
+}
+
+/// The view without what moves with the clock, to tell whether anything changed.
+fn settled(v: &FleetView) -> FleetView {
+    FleetView { mixed_age_ms: None, now_ms: 0, ..v.clone() }
+}
+
+impl Hub {
+    /// The fleet as the campaigns have left it, now.
+    pub fn fleet_view(&self) -> FleetView {
+        let store = &self.store;
+        compute(&self.fleet, &self.views(), self.clock.now(), |since| {
+            store.last_overdue_warning(since).unwrap_or_else(|e| {
+                tracing::warn!("cannot read the overdue warnings: {e}");
+                None
+            })
+        })
+    }
+
+    /// Sends the `mixed-mode-overdue` warning if it is due: journaled first, so it goes out once
+    /// per day however often the orchestrator restarts. Returns whether it went out.
+    async fn warn_if_overdue(&self, f: &FleetView) -> bool {
+        let (Some(since), Some(age)) = (f.mixed_since_ms, f.mixed_age_ms) else { return false };
+        if !f.mixed_mode_overdue || f.overdue_warned_at_ms.is_some_and(|w| f.now_ms < w + WARN_EVERY) {
+            return false;
+        }
+        let (store, now) = (self.store.clone(), f.now_ms);
+        let recorded = tokio::task::spawn_blocking(move || store.record_overdue_warning(now, since)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            // Not journaled, so not sent: tried again at the next wake.
+            tracing::warn!("cannot journal the mixed-mode-overdue warning; trying again later");
+            return false;
+        }
+        let reason = format!(
+            "fleet {} has run in mixed mode for {} (since {} ms), over its limit {}: commit or roll back",
+            f.name,
+            format_duration(age),
+            since,
+            format_duration(f.mixed_mode_limit_ms)
+        );
+        tracing::warn!(fleet = %f.name, "mixed-mode-overdue: {reason}");
+        self.telemetry.overdue_warnings.inc();
+        // To the webhooks of the newest campaign of the spell (the one to commit or roll back).
+        let newest = self.views().into_iter().filter(|v| v.started_at_ms.is_some()).max_by_key(|v| v.id);
+        if let Some(v) = newest {
+            let urls = self
+                .store
+                .get(v.id)
+                .ok()
+                .flatten()
+                .and_then(|s| Hub::files(&s).ok())
+                .map(|(_, spec)| spec.webhooks)
+                .unwrap_or_default();
+            if !urls.is_empty() {
+                let tx = crate::webhook::start(urls, self.webhooks.clone());
+                let _ = tx.send(crate::webhook::Hook {
+                    delivery: format!("fleet-{since}-{now}"),
+                    campaign_id: v.id,
+                    campaign: v.name.clone(),
+                    fleet: f.name.clone(),
+                    event: "mixed-mode-overdue",
+                    node: None,
+                    reason: Some(reason.clone()),
+                    by: None,
+                    at_ms: now,
+                });
+            }
+        }
+        let _ = self.stream.send(StreamItem::Notice {
+            notice: "mixed-mode-overdue".into(),
+            fleet: f.name.clone(),
+            message: reason,
+            at_ms: now,
+        });
+        true
+    }
+}
+
+/// Keeps the fleet's view in the stream and warns when mixed mode is overdue: wakes when a
+/// campaign changes (at most every half second), when the clock is moved, and when the next
+/// warning is due.
+pub(crate) async fn watch(hub: Weak<Hub>) {
+    let (mut items, mut moves) = match hub.upgrade() {
+        Some(h) => (h.stream.subscribe(), h.clock.moves()),
+        None => return,
+    };
+    let mut last: Option<FleetView> = None;
+    loop {
+        let wait = {
+            let Some(h) = hub.upgrade() else { return };
+            let mut f = h.fleet_view();
+            if h.warn_if_overdue(&f).await {
+                f = h.fleet_view();
+            }
+            if last.as_ref() != Some(&settled(&f)) {
+                last = Some(settled(&f));
+                let _ = h.stream.send(StreamItem::Fleet(Box::new(f.clone())));
+            }
+            match (f.mixed_since_ms, f.overdue_warned_at_ms) {
+                (Some(_), Some(w)) => Some((w + WARN_EVERY).saturating_sub(f.now_ms)),
+                (Some(s), None) => Some((s + f.mixed_mode_limit_ms + 1).saturating_sub(f.now_ms)),
+                _ => None,
+            }
+            .map_or(Duration::from_secs(3600), |ms| {
+                Duration::from_millis(ms.max(1)).min(Duration::from_secs(3600))
+            })
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                r = moves.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                r = items.recv() => match r {
+                    Ok(StreamItem::View(_) | StreamItem::Delta(_)) | Err(RecvError::Lagged(_)) => {
+                        // Many changes a second on a large fleet: looked at twice a second at
+                        // most, and what came meanwhile is in the next look.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        items = items.resubscribe();
+                        break;
+                    }
+                    // Its own items and the journal's change nothing here.
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+/// The fleet: its committed functional level, each node's version (and whether it is fenced),
+/// and how long it has run in mixed mode.
+#[utoipa::path(get, path = "/v1/fleet", tag = "fleet", security(("token" = [])),
+    responses((status = 200, body = FleetView),
+              (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
+pub(crate) async fn get(State(h): State<Shared>) -> Result<Json<FleetView>, Fail> {
+    let hub = h.clone();
+    tokio::task::spawn_blocking(move || hub.fleet_view()).await.map(Json).map_err(|_| crate::stopped())
+}
