@@ -396,3 +396,12 @@ fn before_start_placeholders_are_checked() {
     let o = plan("before-start", "fleet.toml", FLEET, &c);
     expect(&o, 2, "campaign.toml:5:42", &["placeholder {node} is unknown in before_start"]);
 }
+
+/// Issue 13: `mixed_mode_limit` of 0 (overdue at once) or not a duration names the place.
+#[test]
+fn a_mixed_mode_limit_must_be_a_duration_over_zero() {
+    let o = plan("mixed-zero", "fleet.toml", FLEET, &format!("{CAMPAIGN}mixed_mode_limit = \"0s\"\n"));
+    expect(&o, 2, "campaign.toml:5:20", &["mixed_mode_limit is 0"]);
+    let o = plan("mixed-bad", "fleet.toml", FLEET, &format!("{CAMPAIGN}mixed_mode_limit = \"4 weeks\"\n"));
+    expect(&o, 2, "campaign.toml:5", &["weeks"]);
+}

@@ -263,6 +263,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Dur(250)));
         assert_eq!(parse_duration("0s"), Ok(Dur(0)));
         assert_eq!(parse_duration("0"), Ok(Dur(0)));
+        assert_eq!(parse_duration("4w"), Ok(Dur(28 * DAY)));
+        assert_eq!(parse_duration("1w2d"), Ok(Dur(9 * DAY)));
+        assert!(parse_duration("2d1w").is_err());
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("m").is_err());
