@@ -63,7 +63,7 @@ impl Hollow {
     async fn run_step(&self, req: &StepRequest) -> Effects {
         match req.kind {
             StepKind::Precheck | StepKind::Hold | StepKind::Release => Effects::default(),
-            StepKind::Drain | StepKind::Restore => {
+            StepKind::Drain | StepKind::Restore | StepKind::Fence => {
                 tokio::time::sleep(self.disk.draw(self.timings.drain_ms)).await;
                 Effects::default()
             }

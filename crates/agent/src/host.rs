@@ -48,6 +48,10 @@ pub trait Host: Send + Sync + 'static {
     fn execute<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Effects>;
     /// Whether the node has health checks (with none, it is healthy).
     fn has_checks(&self) -> bool;
+    /// Whether the node is fenced (its services kept stopped until a restore step).
+    fn fenced(&self) -> bool {
+        false
+    }
     /// Runs the health checks once.
     fn check(&self) -> BoxFuture<'_, Vec<CheckResult>>;
     /// Reboots the node.
@@ -166,7 +170,29 @@ impl System {
                 }
                 self.set_drained(Some((grace, true)));
             }
+            StepKind::Fence => {
+                // Marked first: an agent that restarts half way stops the services again.
+                let file = self.fenced_file();
+                if let Err(e) = write_synced(&file, req.id.as_bytes()) {
+                    let error = Some(format!("cannot write {}: {e}", file.display()));
+                    step(run::Outcome { ok: false, error, tail: String::new() }, "fence");
+                } else {
+                    let grace = req.stop_grace_ms.unwrap_or(300_000);
+                    for (o, what) in self.stop_services(&base, grace).await {
+                        step(o, &what);
+                    }
+                    self.set_drained(Some((grace, true)));
+                }
+            }
             StepKind::Restore => {
+                // No longer fenced before the services start: a restart half way starts them.
+                match std::fs::remove_file(self.fenced_file()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        let error = Some(format!("cannot remove {}: {e}", self.fenced_file().display()));
+                        step(run::Outcome { ok: false, error, tail: String::new() }, "unfence");
+                    }
+                    _ => {}
+                }
                 for (o, what) in self.start_services(&base).await {
                     step(o, &what);
                 }
@@ -218,6 +244,33 @@ impl System {
     }
 
     /// Where a hold records which units were running, for the release to start them again.
+    fn fenced_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join("fenced")
+    }
+
+    /// Whether the node is fenced (a fence step ran and no restore since).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced_file().exists()
+    }
+
+    /// At the agent's start (after a reboot, a crash): a fenced node's services, started by the
+    /// machine's boot, are stopped again; it may not rejoin until it is updated or unfenced.
+    pub async fn reassert_fence(&self) {
+        if !self.is_fenced() {
+            return;
+        }
+        let vars = self.vars();
+        let base: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for (o, what) in self.stop_services(&base, 30_000).await {
+            if !o.ok {
+                tracing::error!("fenced: {what} failed: {}", o.error.unwrap_or_default());
+            }
+        }
+        tracing::warn!(
+            "this node is fenced (older than the fleet's committed level): its services are kept stopped"
+        );
+    }
+
     fn held_file(&self) -> std::path::PathBuf {
         self.cfg.state_dir.join("held.json")
     }
@@ -454,6 +507,9 @@ impl Host for System {
     }
     fn has_checks(&self) -> bool {
         !self.cfg.checks.is_empty()
+    }
+    fn fenced(&self) -> bool {
+        self.is_fenced()
     }
     fn check(&self) -> BoxFuture<'_, Vec<CheckResult>> {
         Box::pin(self.run_checks(&self.cfg.checks))

@@ -105,6 +105,7 @@ impl Agent {
             checks: i.checks.clone(),
             step: i.running.as_ref().or(i.last.as_ref()).and_then(|id| i.steps.get(id).cloned()),
             generation: i.generation,
+            fenced: self.host.fenced(),
         }
     }
 
@@ -419,6 +420,7 @@ pub async fn serve(cfg: Config) -> Result<i32, AgentError> {
     baton_pki::install_default_provider();
     let host = Arc::new(host::System::new(&cfg));
     host.reassert_hold().await;
+    host.reassert_fence().await;
     let run = Run { hup: Some(hup), limits: baton_net::Limits::for_this_process() };
     run_on(cfg, host, run, shutdown_signal()).await
 }

@@ -1758,8 +1758,14 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
         LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
     )
     .await;
+    // A version after 1.1, for the campaign after the commit.
+    let text = std::fs::read_to_string(&f.fleet_file)
+        .unwrap()
+        .replace("[\"1.0\", \"1.1\"]", "[\"1.0\", \"1.1\", \"1.2\"]");
+    std::fs::write(&f.fleet_file, text).unwrap();
     let serve = Serve::start_with(&f, port(), &f.dir.join("baton.db"), &["--test-clock"]).await;
     let fl = fleet_of(&serve).await;
+    assert_eq!(fl.versions, vec!["1.0", "1.1", "1.2"]);
     assert_eq!(
         (fl.functional_level.as_deref(), fl.mixed_mode, fl.mixed_since_ms),
         (Some("1.0"), false, None)
@@ -1840,6 +1846,66 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
     let (code, _, err) = baton_typed(&serve, &["rollback", &id, "--yes"], "");
     assert_ne!(code, 0);
     assert!(err.contains("not-allowed"), "{err}");
+
+    // node3 comes back at 1.0 (restored from an old image): the committed campaign, still
+    // watching the fleet, fences it. Its agent keeps its services stopped, across restarts.
+    set_version(&f, 2, "1.0");
+    assert!(f.kill_agent(2, true));
+    let agents = client(&f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        if let Ok(st) = agents.status("node3", &f.nodes[2].addr, None, 0).await {
+            if st.fenced && st.step.as_ref().is_some_and(|s| s.state == baton_proto::StepState::Ok) {
+                break st;
+            }
+        }
+        assert!(Instant::now() < deadline, "node3 was not fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let step = st.step.clone().unwrap();
+    assert!(step.kind == StepKind::Fence && step.id.ends_with("/node3/f0/fence"), "{step:?}");
+    assert!(f.nodes[2].dir.join("state/fenced").exists());
+    let fl = wait_fleet(&serve, |f| f.nodes[2].fenced).await;
+    assert!(!fl.nodes[0].fenced && !fl.nodes[1].fenced, "{fl:#?}");
+    let (_, out, _) = baton_typed(&serve, &["status"], "");
+    assert!(out.contains("fenced (older than the level, kept out of service): node3 (1.0)"), "{out}");
+    // Its agent restarted (a reboot): it comes back fenced.
+    let pid = f.nodes[2].pid.load(Ordering::SeqCst);
+    assert!(f.kill_agent(2, true));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = f.nodes[2].pid.load(Ordering::SeqCst);
+        if now != 0 && now != pid {
+            if let Ok(st) = agents.status("node3", &f.nodes[2].addr, None, 0).await {
+                assert!(st.fenced, "{st:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node3's agent did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The next campaign, 1.1 → 1.2: node3 counts as down until it updates it (from 1.0), which
+    // ends its fence.
+    let to12 = quick("").replace("\"1.1\"", "\"1.2\"").replace("demo-1.1", "to-1.2");
+    let next = serve.create_and_start(to12.clone()).await;
+    let end = serve.wait(next.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    assert_eq!(end.updated, 3, "{end:#?}");
+    assert_eq!(versions(&f).await, vec![Some("1.2".into()); 3]);
+    assert!(!f.nodes[2].dir.join("state/fenced").exists());
+    let journal = serve.events(next.id).await;
+    assert!(
+        matches!(decoded(&journal[0]), Event::Planned { ref plan, .. } if plan.left_out == vec!["node3".to_string()]),
+        "{:?}",
+        decoded(&journal[0])
+    );
+    // Replayed against the fleet as the commit left it (level 1.1).
+    let committed = std::fs::read_to_string(&f.fleet_file)
+        .unwrap()
+        .replace("functional_level = \"1.0\"", "functional_level = \"1.1\"");
+    budget_violation_in(&committed, &to12, &journal).unwrap();
+    let fl = wait_fleet(&serve, |f| f.mixed_mode && f.nodes.iter().all(|n| !n.fenced)).await;
+    assert_eq!(fl.functional_level.as_deref(), Some("1.1"));
     drop(serve);
     f.stop().await;
 }

@@ -233,6 +233,9 @@ pub struct NodeRun {
     /// Why its auto-updaters could not be released, when they could not.
     #[serde(default)]
     pub hold_error: Option<String>,
+    /// Fence steps sent to the node (each has its own id); fenced since the last one.
+    #[serde(default)]
+    pub fences: u32,
 }
 
 /// The plan as journaled in the campaign's first event, by node name, so that a campaign
@@ -395,8 +398,9 @@ pub enum Command {
     WatchHealth { node: String },
     /// Put the node back into service.
     Restore { node: String, step: String },
-    /// Keep the node out of service: it may not rejoin (older than the committed level).
-    Fence { node: String, reason: String },
+    /// Keep the node out of service: out of its load balancers and its services kept stopped
+    /// (the agent's fence step), since it may not rejoin (older than the committed level).
+    Fence { node: String, step: String, stop_grace: Millis, reason: String },
     /// Something worth telling people about (webhooks, logs).
     Notify { notice: Notice },
 }
@@ -663,6 +667,7 @@ impl Campaign {
                 hold_failures: 0,
                 release_failures: 0,
                 hold_error: None,
+                fences: 0,
             })
             .collect();
         for &n in left_out {
@@ -1321,7 +1326,11 @@ impl Campaign {
                 if up && self.phase == Phase::Committed {
                     if let Some(reason) = self.too_old(n) {
                         self.set_observed_down(n, true);
-                        out.push(Command::Fence { node, reason });
+                        let k = self.nodes[n as usize].fences;
+                        self.nodes[n as usize].fences += 1;
+                        self.touch(n);
+                        let step = format!("{}/{node}/f{k}/fence", self.id);
+                        out.push(Command::Fence { node, step, stop_grace: self.spec.stop_grace, reason });
                         return Ok(());
                     }
                 }

@@ -119,7 +119,18 @@ fn a_campaign_walks_one_node_at_a_time_and_completes() {
     // A node that comes back at an older version after commit is fenced.
     let cmds =
         c.handle(302 * S, Event::Observed { node: "b".into(), up: true, version: Some("1".into()) }).unwrap();
-    assert!(matches!(&cmds[0], Command::Fence { node, .. } if node == "b"));
+    assert!(matches!(&cmds[0], Command::Fence { node, step, .. } if node == "b" && step == "c1/b/f0/fence"));
+    // Seen down and up again (a reboot): fenced again, under a new step id (the agent stops
+    // its services again), and counted down meanwhile.
+    c.handle(303 * S, Event::Observed { node: "b".into(), up: false, version: None }).unwrap();
+    let cmds =
+        c.handle(304 * S, Event::Observed { node: "b".into(), up: true, version: Some("1".into()) }).unwrap();
+    assert!(matches!(&cmds[0], Command::Fence { step, .. } if step == "c1/b/f1/fence"));
+    assert!(c.nodes[1].observed_down);
+    // Updated meanwhile (at the level again): it rejoins.
+    let cmds =
+        c.handle(305 * S, Event::Observed { node: "b".into(), up: true, version: Some("2".into()) }).unwrap();
+    assert!(cmds.is_empty() && !c.nodes[1].observed_down, "{cmds:?}");
 }
 
 #[test]

@@ -73,8 +73,12 @@ pub enum StepKind {
     Drain,
     /// Run an allow-listed action.
     Action,
-    /// Back into service: local services started, restore hooks.
+    /// Back into service: local services started, restore hooks. Ends a fence.
     Restore,
+    /// Kept out of service for good (a node older than the committed level): local services
+    /// stopped with `stop_grace` then forced, and kept stopped, also after the agent restarts or
+    /// the node reboots, until a restore step (an update's, or an operator's unfence).
+    Fence,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +158,9 @@ pub struct AgentStatus {
     pub step: Option<StepStatus>,
     /// Increases whenever anything above changes (for long polls).
     pub generation: u64,
+    /// The node is fenced: its services are kept stopped until a restore step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 // ---- orchestrator REST API (operator token for mutating calls) ----

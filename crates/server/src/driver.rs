@@ -172,6 +172,11 @@ pub struct Driver {
     /// to undo it): no event is taken until a rebuild from the journal works.
     stale: bool,
     clock: Clock,
+    /// Set once a newer campaign of the fleet exists: a committed campaign guards the fleet
+    /// (watches its nodes, fences one that comes back older than the level) only until then.
+    superseded: watch::Receiver<bool>,
+    /// Fence jobs under way (stopped when the campaign is superseded).
+    fence_jobs: Vec<AbortHandle>,
 }
 
 pub fn view_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
@@ -447,9 +452,12 @@ async fn eta_task(
 }
 
 /// Once committed, aborted or rolled back, nothing the nodes do matters to the campaign.
-fn watch_ended(c: &Campaign) -> bool {
+/// Whether the campaign watches nodes no more: it was aborted or rolled back, or a newer
+/// campaign superseded it. A committed campaign still watches the fleet until then, so that a
+/// node coming back at a version older than the level is seen and fenced.
+fn watch_ended(c: &Campaign, superseded: bool) -> bool {
     use baton_core::Phase;
-    matches!(c.phase, Phase::Committed | Phase::Aborted | Phase::RolledBack)
+    superseded || matches!(c.phase, Phase::Aborted | Phase::RolledBack)
 }
 
 /// Whether the campaign still waits on something from this node's agent.
@@ -474,6 +482,8 @@ pub struct With {
     pub stream: tokio::sync::broadcast::Sender<crate::StreamItem>,
     pub webhooks: reqwest::Client,
     pub clock: Clock,
+    /// Set when a newer campaign of the fleet is created.
+    pub superseded: watch::Receiver<bool>,
 }
 
 impl Driver {
@@ -483,7 +493,7 @@ impl Driver {
         events: i64,
         with: With,
     ) -> (Driver, mpsc::Receiver<Msg>, Arc<Shown>) {
-        let With { store, writer, client, telemetry, stream, webhooks, clock } = with;
+        let With { store, writer, client, telemetry, stream, webhooks, clock, superseded } = with;
         let (tx, rx) = mpsc::channel(1024);
         let shown = Arc::new(Shown::new(view_of(id, &campaign, events)));
         let d = Driver {
@@ -512,6 +522,8 @@ impl Driver {
             resume_at: None,
             stale: false,
             clock,
+            superseded,
+            fence_jobs: Vec::new(),
         };
         (d, rx, shown)
     }
@@ -533,6 +545,7 @@ impl Driver {
         self.census().await;
         self.watch_all();
         let mut moves = self.clock.moves();
+        let mut superseded = self.superseded.clone();
         loop {
             let deadline = self.campaign.next_deadline();
             let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(self.clock.now())));
@@ -560,6 +573,13 @@ impl Driver {
                 // A test moved the clock: what is due now is due.
                 Ok(()) = moves.changed(), if resume_at.is_none() => {
                     self.apply(Event::Tick).await
+                }
+                // A newer campaign: this one's watches and fences stop.
+                Ok(()) = superseded.changed() => {
+                    for h in self.fence_jobs.drain(..) {
+                        h.abort();
+                    }
+                    self.reap(&[], true);
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
                     tracing::info!(campaign = self.id, "trying the journal again: sending again what the campaign waits on");
@@ -868,7 +888,7 @@ impl Driver {
     /// campaign watches nothing).
     fn reap(&mut self, touched: &[baton_core::NodeId], phase_changed: bool) {
         let c = &self.campaign;
-        let ended = watch_ended(c);
+        let ended = watch_ended(c, *self.superseded.borrow());
         let keep = |kind: JobKind, n: baton_core::NodeId| {
             let needed = needs_job(&c.nodes[n as usize]);
             if kind == JobKind::Watch {
@@ -984,7 +1004,10 @@ impl Driver {
     fn watch(&mut self, node: &str) {
         let c = &self.campaign;
         let Some(n) = c.fleet.node_id(node) else { return };
-        if watch_ended(c) || self.jobs.contains_key(node) || c.fleet.nodes[n as usize].address.is_none() {
+        if watch_ended(c, *self.superseded.borrow())
+            || self.jobs.contains_key(node)
+            || c.fleet.nodes[n as usize].address.is_none()
+        {
             return;
         }
         let down = c.nodes[n as usize].observed_down;
@@ -1007,7 +1030,7 @@ impl Driver {
     /// the client's timeouts is down.
     async fn census(&mut self) {
         let c = &self.campaign;
-        if watch_ended(c) {
+        if watch_ended(c, *self.superseded.borrow()) {
             return;
         }
         let targets: Vec<(String, String)> = (0..c.nodes.len())
@@ -1100,7 +1123,18 @@ impl Driver {
                     self.job(&node.clone(), JobKind::Health, health_job(client, addr, node, rep));
                 }
             }
-            Command::Fence { node, reason } => tracing::warn!(campaign = self.id, %node, "fenced: {reason}"),
+            Command::Fence { node, step, stop_grace, reason } => {
+                tracing::warn!(campaign = self.id, %node, "fencing: {reason}");
+                let (addr, lbs) = (self.addr(&node), self.balancers(&node));
+                let req = StepRequest {
+                    stop_grace_ms: Some(stop_grace),
+                    ..StepRequest::new(step, StepKind::Fence)
+                };
+                let job =
+                    fence_job(self.client.clone(), addr, node, req, lbs, (self.writer.clone(), self.id));
+                self.fence_jobs.retain(|h| !h.is_finished());
+                self.fence_jobs.push(self.main.spawn(job).abort_handle());
+            }
             Command::Notify { notice } => match notice {
                 Notice::Phase { from, to, by } => {
                     tracing::info!(campaign = self.id, %from, %to, by = by.as_deref().unwrap_or("baton"), "phase");
@@ -1263,6 +1297,61 @@ async fn step_job(
         _ => Event::StepFailed { node, step: req.id, reason: st.error.unwrap_or_else(|| "failed".into()) },
     };
     rep.send(ev).await;
+}
+
+/// Fences a node: out of its load balancers (drained, then in maintenance), then its agent's
+/// fence step (its services stopped, and kept stopped until it is updated or unfenced). An agent
+/// that does not answer is asked again until it does, or until the job is stopped (a newer
+/// campaign); the step's output goes to the run report. Nothing is reported to the campaign:
+/// it counts the node as down from the moment it decided to fence it.
+async fn fence_job(
+    client: AgentClient,
+    addr: String,
+    node: String,
+    req: StepRequest,
+    lbs: Vec<Haproxy>,
+    (writer, campaign): (crate::store::Writer, i64),
+) {
+    for lb in &lbs {
+        let mut backoff = Backoff::new();
+        for attempt in 1..=5 {
+            match haproxy::drain(lb, &node).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(%node, backend = %lb.backend, attempt, "fence: load balancer: {e}");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+    let mut backoff = Backoff::new();
+    let mut agent = client.conn(&node, &addr);
+    let mut st = loop {
+        match agent.start_step(&req).await {
+            Ok(st) => break st,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) if e.code == "busy" || e.code == "journal" => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, "fence refused by the agent: {}", e.message);
+                return;
+            }
+        }
+    };
+    while st.state == StepState::Running {
+        match agent.step(&req.id, 5_000).await {
+            Ok(s) => st = s,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, "fence step: {}", e.message);
+                return;
+            }
+        }
+    }
+    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
+    match st.state {
+        StepState::Ok => tracing::warn!(%node, "fenced: out of the load balancers, services kept stopped"),
+        _ => tracing::error!(%node, "fence step failed: {}", st.error.unwrap_or_default()),
+    }
 }
 
 /// Waits for the node to answer with a new boot id.

@@ -96,6 +96,8 @@ struct Handle {
     /// What a start asks first: every node up (`require_all_up`), and `before_start` (filled).
     require_all_up: bool,
     before_start: Vec<String>,
+    /// Set once a newer campaign exists: the driver stops guarding the fleet.
+    superseded: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long a campaign's creation waits for the agents' versions.
@@ -300,11 +302,15 @@ impl Hub {
             schedule_gate: tokio::sync::Mutex::new(()),
             settings,
         });
-        for stored in hub.store.campaigns()? {
+        let stored = hub.store.campaigns()?;
+        let newest = stored.last().map(|s| s.id);
+        for stored in stored {
             let id = stored.id;
             let (c, n) = hub.rebuild(&stored).map_err(|err| ServerError::Replay { id, err })?;
             let mut map = hub.campaigns();
-            hub.spawn(&mut map, id, c, n);
+            // Only the newest guards the fleet: an older one must not watch (or fence) even
+            // for a moment.
+            hub.spawn(&mut map, id, c, n, Some(id) != newest);
         }
         // After the campaigns: a run missed while the orchestrator was down sees them.
         tokio::spawn(schedule::scheduler(Arc::downgrade(&hub)));
@@ -366,7 +372,12 @@ impl Hub {
         out
     }
 
-    fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64) {
+    fn spawn(&self, map: &mut BTreeMap<i64, Handle>, id: i64, c: Campaign, events: i64, superseded: bool) {
+        // Campaigns before it stop guarding the fleet.
+        for (_, h) in map.range(..id) {
+            h.superseded.send_replace(true);
+        }
+        let superseded = tokio::sync::watch::channel(superseded || map.range(id + 1..).next().is_some()).0;
         let with = driver::With {
             store: self.store.clone(),
             writer: self.writer.clone(),
@@ -375,6 +386,7 @@ impl Hub {
             stream: self.stream.clone(),
             webhooks: self.webhooks.clone(),
             clock: self.clock.clone(),
+            superseded: superseded.subscribe(),
         };
         let (d, rx, shown) = Driver::new(id, c, events, with);
         // The stream then sends what changes in it: its subscribers see the whole of it first.
@@ -385,6 +397,7 @@ impl Hub {
             overhead_us: d.overhead_us.clone(),
             require_all_up: d.campaign.spec.require_all_up,
             before_start: baton_core::load::fill_before_start(&d.campaign.spec, &d.campaign.fleet),
+            superseded,
         };
         self.drivers.spawn(d.run(rx));
         map.insert(id, h);
@@ -485,6 +498,14 @@ impl Hub {
                 v.nodes.iter().filter(|n| n.out_of_service).filter_map(|n| fleet.node_id(&n.name)).collect()
             })
             .unwrap_or_default();
+        // And fenced nodes (older than the committed level): out of their load balancers, their
+        // services stopped, until this campaign updates them.
+        let mut left_out = left_out;
+        for n in fleet::compute(&self.fleet, &views, 0, |_| None).nodes.iter().filter(|n| n.fenced) {
+            if let Some(id) = fleet.node_id(&n.name).filter(|id| !left_out.contains(id)) {
+                left_out.push(id);
+            }
+        }
         let uid = store::random_id()
             .map_err(|e| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "no-entropy", e.to_string()))?;
         let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(|i| {
@@ -525,7 +546,7 @@ impl Hub {
         }
         let v = driver::view_of(id, &c, 1);
         let mut map = self.campaigns();
-        self.spawn(&mut map, id, c, 1);
+        self.spawn(&mut map, id, c, 1, false);
         Ok(v)
     }
 
