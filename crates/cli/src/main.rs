@@ -852,7 +852,11 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
                 match campaign {
                     Some(id) => ops::print_view(&api.view(id).await.map_err(Failure::Api)?),
                     None => {
-                        ops::print_fleet(&api.fleet().await.map_err(Failure::Api)?);
+                        // Best effort: an older orchestrator has no /v1/fleet.
+                        match api.fleet().await {
+                            Ok(f) => ops::print_fleet(&f),
+                            Err(e) => eprintln!("baton: the fleet's level is not known: {e}"),
+                        }
                         for v in api.list().await.map_err(Failure::Api)? {
                             println!(
                                 "{:>4}  {:<20} {:<13} {}/{} done, {} failed",
@@ -1028,7 +1032,7 @@ fn confirmed(api: ApiArgs, id: i64, action: &str, yes: bool) -> Result<(), Failu
             let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
             if typed.trim() != v.name {
                 println!();
-                let what = if typed.is_empty() {
+                let what = if typed.trim().is_empty() {
                     "nothing was typed".to_string()
                 } else {
                     format!("`{}` was typed", typed.trim())

@@ -340,7 +340,9 @@ pub fn print_fleet(f: &FleetView) {
             baton_core::units::format_duration(f.mixed_mode_limit_ms),
             if f.mixed_mode_overdue { ", OVERDUE: commit or roll back" } else { "" }
         ),
-        (true, ..) => "mixed mode (the fleet file's versions differ)".to_string(),
+        (true, ..) => {
+            "mixed mode (its nodes are at different versions, and no campaign started it)".to_string()
+        }
     };
     println!("fleet {}: functional level {level}, {mixed}", f.name);
     let fenced: Vec<String> = f
@@ -386,22 +388,33 @@ pub fn commit_preview(v: &CampaignView, f: &FleetView) -> String {
 }
 
 /// What rolling `v` back does, for the operator to read before confirming.
-pub fn rollback_preview(v: &CampaignView, f: &FleetView) -> String {
-    let back: Vec<&str> = v
+pub fn rollback_preview(v: &CampaignView, _f: &FleetView) -> String {
+    // The nodes the campaign updated go back (those in flight once they are done); nodes not
+    // started, skipped or failed stay as they are.
+    let back: Vec<&baton_proto::NodeView> = v
         .nodes
         .iter()
         .filter(|n| !["pending", "not-targeted", "skipped", "failed"].contains(&n.state.as_str()))
-        .map(|n| n.name.as_str())
         .collect();
-    let level = f.functional_level.as_deref().unwrap_or("their earlier versions");
+    let mut tos: Vec<&str> =
+        back.iter().map(|n| n.from_version.as_deref().unwrap_or("its earlier version")).collect();
+    tos.sort_unstable();
+    tos.dedup();
+    let list: Vec<String> = back
+        .iter()
+        .take(20)
+        .map(|n| format!("{} → {}", n.name, n.from_version.as_deref().unwrap_or("its earlier version")))
+        .collect();
+    let more = if back.len() > 20 { format!(" and {} more", back.len() - 20) } else { String::new() };
     format!(
-        "Roll back campaign {} (id {}) on fleet {}: {} node(s) go back from {} to {level}, under the same \
-         safety rules (one service's allowance at a time); nodes not started are left as they are.\n  {}\n",
+        "Roll back campaign {} (id {}) on fleet {}: {} node(s) go back from {} to {}, under the same \
+         safety rules (one service's allowance at a time); nodes not started are left as they are.\n  {}{more}\n",
         v.name,
         v.id,
         v.fleet,
         back.len(),
         v.target_version,
-        if back.is_empty() { "no node was updated yet".to_string() } else { back.join(", ") }
+        tos.join(" / "),
+        if back.is_empty() { "no node was updated yet".to_string() } else { list.join(", ") }
     )
 }

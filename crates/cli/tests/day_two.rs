@@ -1792,8 +1792,10 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
     assert!(fl.mixed_mode_overdue && fl.mixed_age_ms.unwrap() > 14 * DAY, "{fl:#?}");
     assert_eq!(metric(&serve, "baton_mixed_mode_overdue{").await, 1.0);
     assert_eq!(metric(&serve, "baton_mixed_mode_overdue_warnings_total").await, 1.0);
-    clock(&serve, Some(3_600_000)).await;
-    assert_eq!(fleet_of(&serve).await.overdue_warned_at_ms, fl.overdue_warned_at_ms);
+    // An hour on: the watcher looks again (it wakes when the clock moves) and warns no more.
+    let t = clock(&serve, Some(3_600_000)).await.now_ms;
+    let again = wait_fleet(&serve, |f| f.checked_at_ms >= Some(t)).await;
+    assert_eq!(again.overdue_warned_at_ms, fl.overdue_warned_at_ms);
     assert_eq!(metric(&serve, "baton_mixed_mode_overdue_warnings_total").await, 1.0);
     clock(&serve, Some(DAY)).await;
     wait_fleet(&serve, |f| f.overdue_warned_at_ms > fl.overdue_warned_at_ms).await;

@@ -701,6 +701,7 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/report",
             "/v1/campaigns/{id}/{action}",
             "/v1/clock",
+            "/v1/fleet",
             "/v1/scan",
             "/v1/schedules",
             "/v1/schedules/{name}",

@@ -458,7 +458,9 @@ pub struct Campaign {
     /// A node named in `order` is not overtaken while its hold is in flight (every campaign
     /// created now; not one journaled before, which must replay as it ran).
     order_waits: bool,
-    /// Whether each node is named in the campaign's `order`.
+    /// Whether each node is named in the campaign's `order` and still keeps its place while
+    /// its hold is answered: one whose hold failed or was not answered in time loses it, so
+    /// that an agent that never finishes a hold cannot keep the others waiting.
     in_order: Vec<bool>,
     /// Hold and release steps in flight, by when they are given up on.
     hold_timers: BTreeSet<(Millis, NodeId)>,
@@ -1765,7 +1767,7 @@ impl Campaign {
             self.spec
                 .order
                 .iter()
-                .filter(|&&n| matches!(self.nodes[n as usize].hold, Hold::Holding { .. }))
+                .filter(|&&n| self.order_keeps_place(n))
                 .map(|&n| self.rank[n as usize])
                 .filter(|r| self.pending.contains(r))
                 .min()
@@ -1794,10 +1796,7 @@ impl Campaign {
                 {
                     self.send_hold(n, now, out);
                 }
-                if self.order_waits
-                    && self.in_order[n as usize]
-                    && matches!(self.nodes[n as usize].hold, Hold::Holding { .. })
-                {
+                if self.order_keeps_place(n) {
                     wait_rank = Some(wait_rank.map_or(r, |w| w.min(r)));
                 }
                 continue;
@@ -1824,6 +1823,16 @@ impl Campaign {
                 self.drain(n, now, moves, out);
             }
         }
+    }
+
+    /// Whether node `n`, named in `order`, keeps later nodes waiting: its hold is in flight, it
+    /// is not seen down, and no hold of it has failed or gone unanswered.
+    fn order_keeps_place(&self, n: NodeId) -> bool {
+        let r = &self.nodes[n as usize];
+        self.order_waits
+            && self.in_order[n as usize]
+            && !r.observed_down
+            && matches!(r.hold, Hold::Holding { .. })
     }
 
     fn hold_step(&self, n: NodeId, attempt: u32, what: &str) -> String {
@@ -1911,6 +1920,8 @@ impl Campaign {
             }
             return;
         };
+        // It no longer keeps its place in `order` (see `start_nodes`).
+        self.in_order[n as usize] = false;
         // Only failures the agent answered count: one it did not answer is its node's outage.
         if !timed_out {
             self.nodes[n as usize].hold_failures += 1;

@@ -847,3 +847,35 @@ fn an_ordered_node_whose_hold_fails_does_not_keep_the_others_waiting() {
     }
     assert_eq!(started, vec!["a"], "a starts once c has failed");
 }
+
+#[test]
+fn an_ordered_node_whose_agent_never_answers_its_hold_keeps_no_one_waiting() {
+    let mut c = campaign("order = [\"c\"]\nmax_failed_nodes = 1").with_holds(true);
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    assert!(drains(&c.handle(S, ok("a", "c1/a/h0/hold")).unwrap()).is_empty(), "a waits for c's hold");
+    // c's hold is not answered within reboot_timeout: it is sent again, and a goes meanwhile.
+    let due = c.next_deadline().unwrap();
+    let cmds = c.handle(due, Event::Tick).unwrap();
+    assert!(holds_of(&cmds).contains(&"c".to_string()), "{cmds:?}");
+    assert_eq!(drains(&cmds), vec!["a"]);
+}
+
+#[test]
+fn a_journal_from_before_order_waits_replays_as_it_ran() {
+    // Journaled without `order_waits`: a was drained before c's hold was answered, as then.
+    let mut c = campaign("order = [\"c\"]").with_holds(true);
+    let Event::Planned { id, mut plan } = c.planned_event() else { panic!() };
+    plan.order_waits = false;
+    let journal = vec![
+        (0, Event::Planned { id: id.clone(), plan }),
+        (0, Event::Start { by: by() }),
+        (S, ok("a", "c1/a/h0/hold")),
+        (2 * S, ok("a", "c1/a/0/drain")),
+    ];
+    let old = Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal).unwrap();
+    assert!(matches!(old.nodes[0].state, NodeState::Updating { .. }), "{:?}", old.nodes[0].state);
+    // With it, the same answers leave a waiting (its drain report is stale).
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    c.handle(S, ok("a", "c1/a/h0/hold")).unwrap();
+    assert!(matches!(c.nodes[0].state, NodeState::Pending { .. }), "{:?}", c.nodes[0].state);
+}

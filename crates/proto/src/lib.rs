@@ -188,6 +188,9 @@ pub struct NodeView {
     /// Out of service because of this campaign or one before it (counted as down).
     #[serde(default)]
     pub out_of_service: bool,
+    /// The version it had before the campaign: where a rollback takes it.
+    #[serde(default)]
+    pub from_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -256,13 +259,16 @@ pub struct FleetView {
     pub mixed_since_ms: Option<u64>,
     /// How long so far (ms), as of `now_ms`.
     pub mixed_age_ms: Option<u64>,
-    /// How long mixed mode may last before it is overdue (ms): the newest uncommitted
-    /// campaign's `mixed_mode_limit`, else 4 weeks.
+    /// How long mixed mode may last before it is overdue (ms): the `mixed_mode_limit` of the
+    /// newest campaign of this spell of mixed mode that sets one, else 4 weeks.
     pub mixed_mode_limit_ms: u64,
     /// Whether mixed mode has lasted longer than the limit.
     pub mixed_mode_overdue: bool,
     /// When the last `mixed-mode-overdue` warning went out (ms since the epoch), in this spell.
     pub overdue_warned_at_ms: Option<u64>,
+    /// When the orchestrator last looked at mixed mode against its limit (ms since the epoch).
+    #[serde(default)]
+    pub checked_at_ms: Option<u64>,
     /// The orchestrator's clock when this was made.
     pub now_ms: u64,
 }

@@ -254,6 +254,7 @@ fn node_view(c: &Campaign, i: usize, wave: Option<usize>) -> NodeView {
         version: r.version.clone(),
         reason,
         out_of_service: c.out_of_service(i as baton_core::NodeId),
+        from_version: r.from_version.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 //! warning goes out (log, stream, webhook, metric) once, then once a day, however often the
 //! orchestrator restarts: each warning is journaled.
 
-use crate::{Fail, Hub, Shared, StreamItem};
+use crate::{Hub, Shared, StreamItem};
 use axum::extract::State;
 use axum::Json;
 use baton_core::model::Fleet;
@@ -22,13 +22,13 @@ pub const DEFAULT_LIMIT: Millis = 28 * DAY;
 /// After a warning, the next one for the same spell of mixed mode.
 pub const WARN_EVERY: Millis = DAY;
 
-/// The fleet as `views` (any order) leave it, at `now`. `warned` says when the last warning for
-/// a spell of mixed mode (by its start) went out.
+/// The fleet as `views` (any order) leave it, at `now`. `warned` is the last warning: the start
+/// of its spell of mixed mode, and when it went out.
 pub fn compute(
     base: &Fleet,
     views: &[CampaignView],
     now: Millis,
-    warned: impl Fn(Millis) -> Option<Millis>,
+    warned: Option<(Millis, Millis)>,
 ) -> FleetView {
     let mut views: Vec<&CampaignView> = views.iter().collect();
     views.sort_by_key(|v| v.id);
@@ -38,8 +38,10 @@ pub fn compute(
         None => base.functional_level.clone(),
     };
     let mut versions: Vec<Option<String>> = base.nodes.iter().map(|n| n.version.clone()).collect();
+    // Only from the nodes a campaign targeted: it knows the others only as they were when it
+    // was created (the fleet file, or the last commit), perhaps before a later campaign.
     let apply = |versions: &mut Vec<Option<String>>, v: &CampaignView| {
-        for n in &v.nodes {
+        for n in v.nodes.iter().filter(|n| n.state != "not-targeted") {
             if let (Some(i), Some(ver)) = (base.node_id(&n.name), &n.version) {
                 versions[i as usize] = Some(ver.clone());
             }
@@ -58,10 +60,12 @@ pub fn compute(
             since = v.started_at_ms;
         }
         apply(&mut versions, v);
+        // The limit of the newest campaign of this spell that sets one.
+        limit = v.mixed_mode_limit_ms.or(limit);
         if !mixed(&versions, level.as_deref()) {
             since = None;
+            limit = None;
         }
-        limit = v.mixed_mode_limit_ms.or(limit);
     }
     let is_mixed = mixed(&versions, level.as_deref());
     let since = since.filter(|_| is_mixed);
@@ -101,7 +105,8 @@ pub fn compute(
         mixed_age_ms: age,
         mixed_mode_limit_ms: limit,
         mixed_mode_overdue: age.is_some_and(|a| a > limit),
-        overdue_warned_at_ms: since.and_then(warned),
+        overdue_warned_at_ms: warned.filter(|w| Some(w.0) == since).map(|w| w.1),
+        checked_at_ms: None,
         now_ms: now,
     }
 }
@@ -118,35 +123,42 @@ fn mixed(versions: &[Option<String>], level: Option<&str>) -> bool {
 
 /// The view without what moves with the clock, to tell whether anything changed.
 fn settled(v: &FleetView) -> FleetView {
-    FleetView { mixed_age_ms: None, now_ms: 0, ..v.clone() }
+    FleetView { mixed_age_ms: None, now_ms: 0, checked_at_ms: None, ..v.clone() }
 }
 
+/// After a warning that could not be journaled (so not sent), the next try.
+const WARN_RETRY: Duration = Duration::from_secs(60);
+
 impl Hub {
-    /// The fleet as the campaigns have left it, now.
+    /// The fleet as the campaigns have left it, now (from memory only).
     pub fn fleet_view(&self) -> FleetView {
-        let store = &self.store;
-        compute(&self.fleet, &self.views(), self.clock.now(), |since| {
-            store.last_overdue_warning(since).unwrap_or_else(|e| {
-                tracing::warn!("cannot read the overdue warnings: {e}");
-                None
-            })
-        })
+        let warned = *self.overdue_warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = compute(&self.fleet, &self.views(), self.clock.now(), warned);
+        let checked = self.fleet_checked.load(std::sync::atomic::Ordering::SeqCst);
+        f.checked_at_ms = (checked > 0).then_some(checked);
+        f
     }
 
-    /// Sends the `mixed-mode-overdue` warning if it is due: journaled first, so it goes out once
-    /// per day however often the orchestrator restarts. Returns whether it went out.
-    async fn warn_if_overdue(&self, f: &FleetView) -> bool {
-        let (Some(since), Some(age)) = (f.mixed_since_ms, f.mixed_age_ms) else { return false };
+    /// Sends the `mixed-mode-overdue` warning if it is due. Journaled first, so that it goes
+    /// out at most once a day however often the orchestrator restarts; one that cannot be
+    /// journaled is not sent (`Err`: try again later).
+    async fn warn_if_overdue(&self, f: &FleetView) -> Result<bool, ()> {
+        let (Some(since), Some(age)) = (f.mixed_since_ms, f.mixed_age_ms) else { return Ok(false) };
         if !f.mixed_mode_overdue || f.overdue_warned_at_ms.is_some_and(|w| f.now_ms < w + WARN_EVERY) {
-            return false;
+            return Ok(false);
         }
         let (store, now) = (self.store.clone(), f.now_ms);
-        let recorded = tokio::task::spawn_blocking(move || store.record_overdue_warning(now, since)).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            // Not journaled, so not sent: tried again at the next wake.
-            tracing::warn!("cannot journal the mixed-mode-overdue warning; trying again later");
-            return false;
+        match tokio::task::spawn_blocking(move || store.record_overdue_warning(now, since)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "cannot journal the mixed-mode-overdue warning ({e}); trying again in a minute"
+                );
+                return Err(());
+            }
+            Err(_) => return Err(()),
         }
+        *self.overdue_warned.lock().unwrap_or_else(|p| p.into_inner()) = Some((since, now));
         let reason = format!(
             "fleet {} has run in mixed mode for {} (since {} ms), over its limit {}: commit or roll back",
             f.name,
@@ -159,14 +171,14 @@ impl Hub {
         // To the webhooks of the newest campaign of the spell (the one to commit or roll back).
         let newest = self.views().into_iter().filter(|v| v.started_at_ms.is_some()).max_by_key(|v| v.id);
         if let Some(v) = newest {
-            let urls = self
-                .store
-                .get(v.id)
-                .ok()
-                .flatten()
-                .and_then(|s| Hub::files(&s).ok())
-                .map(|(_, spec)| spec.webhooks)
-                .unwrap_or_default();
+            let (store, id) = (self.store.clone(), v.id);
+            let urls = tokio::task::spawn_blocking(move || {
+                store.get(id).ok().flatten().and_then(|s| Hub::files(&s).ok()).map(|(_, spec)| spec.webhooks)
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
             if !urls.is_empty() {
                 let tx = crate::webhook::start(urls, self.webhooks.clone());
                 let _ = tx.send(crate::webhook::Hook {
@@ -188,7 +200,7 @@ impl Hub {
             message: reason,
             at_ms: now,
         });
-        true
+        Ok(true)
     }
 }
 
@@ -205,21 +217,29 @@ pub(crate) async fn watch(hub: Weak<Hub>) {
         let wait = {
             let Some(h) = hub.upgrade() else { return };
             let mut f = h.fleet_view();
-            if h.warn_if_overdue(&f).await {
+            let warned = h.warn_if_overdue(&f).await;
+            if warned == Ok(true) {
                 f = h.fleet_view();
             }
+            h.fleet_checked.store(f.now_ms, std::sync::atomic::Ordering::SeqCst);
+            f.checked_at_ms = Some(f.now_ms);
             if last.as_ref() != Some(&settled(&f)) {
                 last = Some(settled(&f));
                 let _ = h.stream.send(StreamItem::Fleet(Box::new(f.clone())));
             }
-            match (f.mixed_since_ms, f.overdue_warned_at_ms) {
+            let next = match (f.mixed_since_ms, f.overdue_warned_at_ms) {
                 (Some(_), Some(w)) => Some((w + WARN_EVERY).saturating_sub(f.now_ms)),
                 (Some(s), None) => Some((s + f.mixed_mode_limit_ms + 1).saturating_sub(f.now_ms)),
                 _ => None,
             }
             .map_or(Duration::from_secs(3600), |ms| {
                 Duration::from_millis(ms.max(1)).min(Duration::from_secs(3600))
-            })
+            });
+            if warned.is_err() {
+                next.max(WARN_RETRY)
+            } else {
+                next
+            }
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -253,7 +273,6 @@ pub(crate) async fn watch(hub: Weak<Hub>) {
 #[utoipa::path(get, path = "/v1/fleet", tag = "fleet", security(("token" = [])),
     responses((status = 200, body = FleetView),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
-pub(crate) async fn get(State(h): State<Shared>) -> Result<Json<FleetView>, Fail> {
-    let hub = h.clone();
-    tokio::task::spawn_blocking(move || hub.fleet_view()).await.map(Json).map_err(|_| crate::stopped())
+pub(crate) async fn get(State(h): State<Shared>) -> Json<FleetView> {
+    Json(h.fleet_view())
 }

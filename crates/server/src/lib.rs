@@ -148,6 +148,11 @@ pub struct Hub {
     schedule_changed: Arc<tokio::sync::Notify>,
     /// Taken across a schedule's check that its name is free and its journaling.
     schedule_gate: tokio::sync::Mutex<()>,
+    /// The last `mixed-mode-overdue` warning: the start of its spell of mixed mode and when it
+    /// went out (as journaled; read at start).
+    overdue_warned: Mutex<Option<(Millis, Millis)>>,
+    /// When the fleet's watcher last looked at mixed mode against its limit.
+    fleet_checked: std::sync::atomic::AtomicU64,
 }
 
 /// The campaigns' drivers run on a thread and runtime of their own, so that a decision is not
@@ -283,6 +288,7 @@ impl Hub {
         let webhooks = webhook::client(settings.webhook_ca.as_deref())?;
         let clock = if settings.test_clock { driver::Clock::settable() } else { driver::Clock::system() };
         let schedules = schedule::replay(&store)?;
+        let overdue_warned = store.last_overdue_warning()?;
         let hub = Arc::new(Hub {
             clock,
             webhooks,
@@ -300,6 +306,8 @@ impl Hub {
             schedules: Mutex::new(schedules),
             schedule_changed: Arc::new(tokio::sync::Notify::new()),
             schedule_gate: tokio::sync::Mutex::new(()),
+            overdue_warned: Mutex::new(overdue_warned),
+            fleet_checked: Default::default(),
             settings,
         });
         let stored = hub.store.campaigns()?;
@@ -501,7 +509,7 @@ impl Hub {
         // And fenced nodes (older than the committed level): out of their load balancers, their
         // services stopped, until this campaign updates them.
         let mut left_out = left_out;
-        for n in fleet::compute(&self.fleet, &views, 0, |_| None).nodes.iter().filter(|n| n.fenced) {
+        for n in fleet::compute(&self.fleet, &views, 0, None).nodes.iter().filter(|n| n.fenced) {
             if let Some(id) = fleet.node_id(&n.name).filter(|id| !left_out.contains(id)) {
                 left_out.push(id);
             }
@@ -1107,14 +1115,15 @@ async fn report_json(State(h): State<Shared>, UrlPath(id): UrlPath<i64>) -> Resu
     }
 }
 
-/// Server-Sent Events: every campaign's whole view at once (`view`) and the schedules
-/// (`schedules`), then as it happens each journal entry (`entry`) and what it changed in its
-/// campaign's view (`delta`: the totals, and the nodes and services that changed, each with its
-/// `index` in the view's lists). A new campaign's whole view comes when it is created; the
-/// schedules again when one is added, removed or runs. A subscriber that falls behind gets
-/// every whole view again.
+/// Server-Sent Events: every campaign's whole view at once (`view`), the schedules
+/// (`schedules`) and the fleet (`fleet`, as `GET /v1/fleet`), then as it happens each journal
+/// entry (`entry`) and what it changed in its campaign's view (`delta`: the totals, and the nodes
+/// and services that changed, each with its `index` in the view's lists). A new campaign's whole
+/// view comes when it is created; the schedules again when one is added, removed or runs; the
+/// fleet when its level, versions or mixed mode change; a `notice` for a `mixed-mode-overdue`
+/// warning. A subscriber that falls behind gets every whole view again.
 #[utoipa::path(get, path = "/v1/stream", tag = "campaigns", security(("token" = [])),
-    responses((status = 200, description = "text/event-stream of `view`, `delta`, `entry` and `schedules` events", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream of `view`, `delta`, `entry`, `schedules`, `fleet` and `notice` events", content_type = "text/event-stream"),
               (status = 401, description = "no token (reads need it unless --open-reads)", body = ApiError)))]
 async fn stream(
     State(h): State<Shared>,

@@ -317,14 +317,14 @@ impl Store {
         Ok(())
     }
 
-    /// When the last warning for the spell that began at `since` went out.
-    pub fn last_overdue_warning(&self, since: Millis) -> Result<Option<Millis>, StoreError> {
-        let at: Option<i64> = self.db().query_row(
-            "SELECT MAX(at_ms) FROM overdue_warnings WHERE since_ms = ?1",
-            [since as i64],
-            |r| r.get(0),
-        )?;
-        Ok(at.map(|a| a as Millis))
+    /// The last warning: the start of its spell of mixed mode, and when it went out.
+    pub fn last_overdue_warning(&self) -> Result<Option<(Millis, Millis)>, StoreError> {
+        Ok(self
+            .db()
+            .query_row("SELECT since_ms, at_ms FROM overdue_warnings ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as Millis, r.get::<_, i64>(1)? as Millis))
+            })
+            .optional()?)
     }
 
     /// Every stored campaign, oldest first.
