@@ -405,3 +405,22 @@ fn a_mixed_mode_limit_must_be_a_duration_over_zero() {
     let o = plan("mixed-bad", "fleet.toml", FLEET, &format!("{CAMPAIGN}mixed_mode_limit = \"4 weeks\"\n"));
     expect(&o, 2, "campaign.toml:5", &["weeks"]);
 }
+
+/// Issue 13: the scale-set keys name their place when they cannot be kept.
+#[test]
+fn select_and_walk_mistakes_name_their_place() {
+    let o = plan("walk-continuous", "fleet.toml", FLEET, &format!("{CAMPAIGN}walk = \"fault_domain\"\n"));
+    expect(&o, 2, "campaign.toml:5:8", &["walk is for strategy = \"domain-walk\""]);
+    let o = plan(
+        "walk-bad",
+        "fleet.toml",
+        FLEET,
+        &format!("{CAMPAIGN}strategy = \"domain-walk\"\nwalk = \"rack\"\n"),
+    );
+    expect(&o, 2, "campaign.toml:6", &["rack"]);
+    let o =
+        plan("select-none", "fleet.toml", FLEET, &format!("{CAMPAIGN}select = {{ update_domain = [7] }}\n"));
+    expect(&o, 2, "campaign.toml:5:10", &["select matches no node of fleet t"]);
+    let o = plan("select-key", "fleet.toml", FLEET, &format!("{CAMPAIGN}select = {{ rack = [1] }}\n"));
+    expect(&o, 2, "campaign.toml:5", &["rack"]);
+}

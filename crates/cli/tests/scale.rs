@@ -43,6 +43,8 @@ impl Follower {
                     "active",
                     "events",
                     "eta_ms",
+                    "window_opens_at_ms",
+                    "started_at_ms",
                 ] {
                     v[k] = item[k].clone();
                 }

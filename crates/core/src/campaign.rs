@@ -687,7 +687,7 @@ impl Campaign {
         let mut last_ud = None;
         for (w, wave) in plan.waves.iter().enumerate() {
             for &id in wave {
-                let ud = fleet.nodes[id as usize].update_domain;
+                let ud = spec.walk_domain(&fleet, id);
                 let g = match spec.strategy {
                     Strategy::Batch => w as u32,
                     Strategy::DomainWalk => {
@@ -1759,6 +1759,11 @@ impl Campaign {
                 return;
             }
         }
+        // `max_unhealthy`: no start while too many targeted nodes are unhealthy. Looked at
+        // again on the next event (a node seen up, restored or failing).
+        if self.spec.max_unhealthy.is_some_and(|limit| self.unhealthy() > limit) {
+            return;
+        }
         let mut cursor = 0u32;
         // A node named in `order` whose hold is in flight is not overtaken: nodes ranked after
         // it are held meanwhile but do not start (they stay candidates), so the order is kept
@@ -1823,6 +1828,19 @@ impl Campaign {
                 self.drain(n, now, moves, out);
             }
         }
+    }
+
+    /// Targeted nodes (those the campaign names, skipped ones too) that are unhealthy
+    /// (`max_unhealthy`): seen down, or failed and not back in service.
+    pub fn unhealthy(&self) -> u32 {
+        self.nodes
+            .iter()
+            .filter(|r| {
+                r.state != NodeState::NotTargeted
+                    && (r.observed_down
+                        || matches!(&r.state, NodeState::Failed { back, .. } if *back != Back::In))
+            })
+            .count() as u32
     }
 
     /// Whether node `n`, named in `order`, keeps later nodes waiting: its hold is in flight, it

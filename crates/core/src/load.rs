@@ -112,8 +112,8 @@ struct RawCampaign {
     strategy: Strategy,
     #[serde(default = "one")]
     max_parallel: Amount,
-    #[serde(default)]
-    max_failed_nodes: u32,
+    #[serde(default = "zero")]
+    max_failed_nodes: Amount,
     #[serde(default = "one_u32")]
     max_retries_per_node: u32,
     #[serde(default = "d30m")]
@@ -146,6 +146,21 @@ struct RawCampaign {
     before_start: Vec<String>,
     schedule: Option<String>,
     mixed_mode_limit: Option<Dur>,
+    select: Option<RawSelect>,
+    walk: Option<crate::model::Walk>,
+    max_unhealthy: Option<Amount>,
+}
+
+/// Which nodes a campaign takes, besides those in `nodes`: every node in one of the listed
+/// update domains, in one of the listed fault domains, and with all the labels (each part that
+/// is given must hold).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelect {
+    update_domain: Option<Vec<u32>>,
+    fault_domain: Option<Vec<u32>>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +179,9 @@ fn default_strategy() -> Strategy {
 }
 fn one() -> Amount {
     Amount::Count(1)
+}
+fn zero() -> Amount {
+    Amount::Count(0)
 }
 fn one_u32() -> u32 {
     1
@@ -635,10 +653,49 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         }
         Ok(out)
     };
-    let nodes = match &raw.nodes {
+    let mut nodes = match &raw.nodes {
         Some(list) => Some(ids("nodes", list)?),
         None => None,
     };
+    if let Some(sel) = &raw.select {
+        let picked: Vec<NodeId> = (0..fleet.nodes.len() as NodeId)
+            .filter(|&n| {
+                let node = &fleet.nodes[n as usize];
+                let within = |list: &Option<Vec<u32>>, d: Option<u32>| {
+                    list.as_ref().is_none_or(|l| d.is_some_and(|d| l.contains(&d)))
+                };
+                within(&sel.update_domain, node.update_domain)
+                    && within(&sel.fault_domain, node.fault_domain)
+                    && sel.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+            })
+            .collect();
+        if picked.is_empty() {
+            return Err(src.err(
+                root().key("select"),
+                format!("select matches no node of fleet {}", fleet.name),
+                "check its update domains, fault domains and labels against the fleet file",
+            ));
+        }
+        let mut all = nodes.take().unwrap_or_default();
+        for n in picked {
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+        nodes = Some(all);
+    }
+    if raw.walk.is_some() && raw.strategy != Strategy::DomainWalk {
+        return Err(src.err(
+            root().key("walk"),
+            format!("walk is for strategy = \"domain-walk\"; this campaign's is {}", raw.strategy),
+            "remove `walk`, or set strategy = \"domain-walk\"",
+        ));
+    }
+    // Percentages are of the targeted nodes, rounded down (the stricter way).
+    let targeted = nodes.as_ref().map_or(fleet.nodes.len(), Vec::len);
+    let floor = |a: Amount| a.of_floor(targeted).min(u32::MAX as usize) as u32;
+    let max_failed_nodes = floor(raw.max_failed_nodes);
+    let max_unhealthy = raw.max_unhealthy.map(floor);
     let order = ids("order", &raw.order)?;
     if let Some(only) = &nodes {
         let set: HashSet<_> = only.iter().collect();
@@ -706,7 +763,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         action: raw.action,
         strategy: raw.strategy,
         max_parallel: raw.max_parallel,
-        max_failed_nodes: raw.max_failed_nodes,
+        max_failed_nodes,
         max_retries_per_node: raw.max_retries_per_node,
         reboot_timeout: raw.reboot_timeout.ms(),
         health_wait: raw.health_wait.ms(),
@@ -725,6 +782,8 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         before_start: raw.before_start,
         schedule,
         mixed_mode_limit: raw.mixed_mode_limit.map(Dur::ms),
+        walk: raw.walk.unwrap_or_default(),
+        max_unhealthy,
     })
 }
 

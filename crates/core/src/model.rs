@@ -99,6 +99,15 @@ pub enum Strategy {
     Batch,
 }
 
+/// What `domain-walk` walks, one domain at a time (`walk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Walk {
+    #[default]
+    UpdateDomain,
+    FaultDomain,
+}
+
 impl Strategy {
     pub const ALL: [Strategy; 4] =
         [Strategy::Continuous, Strategy::DomainWalk, Strategy::OneAtATime, Strategy::Batch];
@@ -192,6 +201,23 @@ pub struct CampaignSpec {
     /// Warn (event, metric, webhook) when the fleet stays in mixed mode longer than this after
     /// the campaign started (`mixed_mode_limit`; none: the orchestrator's default, 4 weeks).
     pub mixed_mode_limit: Option<crate::units::Millis>,
+    /// What `domain-walk` walks (`walk`): update domains (the default) or fault domains.
+    pub walk: Walk,
+    /// No node starts while more targeted nodes than this are unhealthy: seen down (agent
+    /// unreachable, health checks failing) or failed and out of service (`max_unhealthy`, a
+    /// count or a percentage of the targeted nodes, rounded down).
+    pub max_unhealthy: Option<u32>,
+}
+
+impl CampaignSpec {
+    /// The domain `domain-walk` walks that node `n` is in.
+    pub fn walk_domain(&self, fleet: &Fleet, n: NodeId) -> Option<u32> {
+        let node = &fleet.nodes[n as usize];
+        match self.walk {
+            Walk::UpdateDomain => node.update_domain,
+            Walk::FaultDomain => node.fault_domain,
+        }
+    }
 }
 
 impl Fleet {

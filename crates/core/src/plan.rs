@@ -129,9 +129,7 @@ pub fn plan_by(fleet: &Fleet, spec: &CampaignSpec, rules: Rules) -> Result<Plan,
     // Domain-walk plans each update domain on its own (`order` is grouped by domain already);
     // the other strategies plan all nodes together.
     let groups: Vec<&[NodeId]> = if spec.strategy == Strategy::DomainWalk {
-        order
-            .chunk_by(|a, b| fleet.nodes[*a as usize].update_domain == fleet.nodes[*b as usize].update_domain)
-            .collect()
+        order.chunk_by(|a, b| spec.walk_domain(fleet, *a) == spec.walk_domain(fleet, *b)).collect()
     } else {
         vec![&order[..]]
     };
@@ -277,7 +275,8 @@ fn priority(
             (sum, top)
         }
     };
-    let ud = |n: NodeId| fleet.nodes[n as usize].update_domain.map(|u| u as u64).unwrap_or(u64::MAX);
+    // The domain domain-walk walks (update domains unless `walk` says otherwise).
+    let ud = |n: NodeId| spec.walk_domain(fleet, n).map(|u| u as u64).unwrap_or(u64::MAX);
     // For domain-walk, a domain goes earlier when it holds a node named in `order`.
     let mut ud_first = std::collections::HashMap::new();
     if spec.strategy == Strategy::DomainWalk {

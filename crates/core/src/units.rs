@@ -177,6 +177,19 @@ impl Amount {
     }
 }
 
+impl Amount {
+    /// `floor(n · p / 100)` for a percentage; the count itself otherwise.
+    pub fn of_floor(self, n: usize) -> usize {
+        match self {
+            Amount::Count(k) => k.min(usize::MAX as u64) as usize,
+            Amount::Percent(p) => {
+                let bp = (p * 100.0).round() as u128;
+                (n as u128 * bp / 10_000) as usize
+            }
+        }
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

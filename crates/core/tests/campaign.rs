@@ -879,3 +879,81 @@ fn a_journal_from_before_order_waits_replays_as_it_ran() {
     c.handle(S, ok("a", "c1/a/h0/hold")).unwrap();
     assert!(matches!(c.nodes[0].state, NodeState::Pending { .. }), "{:?}", c.nodes[0].state);
 }
+
+/// Issue 13, scale-set policies: `select` by domains and labels, `walk = "fault_domain"`,
+/// `max_failed_nodes` and `max_unhealthy` as percentages of the targeted nodes (rounded down).
+#[test]
+fn select_walk_and_percentages_of_the_targeted_nodes() {
+    let mut text = String::from("name = \"s\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n");
+    for i in 0..12 {
+        let role = if i % 4 == 0 { "db" } else { "web" };
+        text += &format!(
+            "[[node]]\nname = \"n{i:02}\"\nversion = \"1\"\nupdate_domain = {}\nfault_domain = {}\nlabels = {{ role = \"{role}\" }}\n",
+            i % 3,
+            i % 2
+        );
+    }
+    let fleet = load_fleet("f.toml", &text).unwrap();
+    let base = "name = \"c\"\ntarget_version = \"2\"\nmax_parallel = 2\n";
+    // Update domains 0 and 1, web only: 6 of the 8 nodes there (n00, n04, n08 are db... n00 is
+    // UD 0 and db, n04 is UD 1 and db); plus n11 named in `nodes`.
+    let spec = load_campaign(
+        "c.toml",
+        &format!("{base}nodes = [\"n11\"]\nselect = {{ update_domain = [0, 1], labels = {{ role = \"web\" }} }}\nmax_failed_nodes = \"25%\"\nmax_unhealthy = \"10%\"\n"),
+        &fleet,
+    )
+    .unwrap();
+    let mut names: Vec<&str> = spec.nodes.as_ref().unwrap().iter().map(|&n| fleet.node_name(n)).collect();
+    names.sort();
+    assert_eq!(names, vec!["n01", "n03", "n06", "n07", "n09", "n10", "n11"]);
+    // 25% of 7 is 1.75, 10% is 0.7: rounded down.
+    assert_eq!((spec.max_failed_nodes, spec.max_unhealthy), (1, Some(0)));
+    // Domain-walk over fault domains: every wave within one fault domain, all of one before any
+    // of the other.
+    let spec = load_campaign(
+        "c.toml",
+        &format!("{base}strategy = \"domain-walk\"\nwalk = \"fault_domain\"\n"),
+        &fleet,
+    )
+    .unwrap();
+    let plan = baton_core::plan(&fleet, &spec).unwrap();
+    let fds: Vec<u32> = plan
+        .waves
+        .iter()
+        .map(|w| {
+            let d: std::collections::BTreeSet<u32> =
+                w.iter().map(|&n| fleet.nodes[n as usize].fault_domain.unwrap()).collect();
+            assert_eq!(d.len(), 1, "a wave spans fault domains: {w:?}");
+            *d.iter().next().unwrap()
+        })
+        .collect();
+    assert!(fds.windows(2).all(|p| p[0] <= p[1]), "fault domains walked out of order: {fds:?}");
+    assert_eq!(plan.waves.len(), 6, "{:?}", plan.waves);
+}
+
+#[test]
+fn no_node_starts_while_more_targeted_nodes_than_max_unhealthy_are_unhealthy() {
+    let text = "name = \"t\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n\
+                [[node]]\nname = \"a\"\nversion = \"1\"\n[[node]]\nname = \"b\"\nversion = \"1\"\n\
+                [[node]]\nname = \"d\"\nversion = \"1\"\n\
+                [[service]]\nname = \"web\"\nnodes = [\"a\", \"b\", \"d\"]\nmax_unavailable = 2\n";
+    let fleet = Arc::new(load_fleet("f.toml", text).unwrap());
+    let campaign = |extra: &str| {
+        let spec =
+            load_campaign("c.toml", &format!("name = \"c1\"\ntarget_version = \"2\"\n{extra}"), &fleet)
+                .unwrap();
+        Campaign::new("c1", fleet.clone(), spec).unwrap().with_prechecks(false).with_holds(false)
+    };
+    // d is seen down: web has room for a (2 may be down), but max_unhealthy 0 keeps it waiting.
+    let mut c = campaign("max_unhealthy = 0\n");
+    c.handle(0, Event::Observed { node: "d".into(), up: false, version: None }).unwrap();
+    assert!(drains(&c.handle(S, Event::Start { by: by() }).unwrap()).is_empty());
+    assert_eq!(c.unhealthy(), 1);
+    // Back up: a starts.
+    let cmds = c.handle(2 * S, Event::Observed { node: "d".into(), up: true, version: None }).unwrap();
+    assert_eq!(drains(&cmds), vec!["a"]);
+    // Without the key, a starts at once, d down or not.
+    let mut c = campaign("");
+    c.handle(0, Event::Observed { node: "d".into(), up: false, version: None }).unwrap();
+    assert_eq!(drains(&c.handle(S, Event::Start { by: by() }).unwrap()), vec!["a"]);
+}

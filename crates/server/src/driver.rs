@@ -346,6 +346,7 @@ pub struct ViewDelta {
     pub events: i64,
     pub eta_ms: Option<u64>,
     pub window_opens_at_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
     pub nodes: Vec<Indexed<NodeView>>,
     pub services: Vec<Indexed<ServiceView>>,
 }
@@ -371,6 +372,7 @@ impl ViewDelta {
             events: v.events,
             eta_ms: v.eta_ms,
             window_opens_at_ms: v.window_opens_at_ms,
+            started_at_ms: v.started_at_ms,
             nodes,
             services,
         }

@@ -144,6 +144,12 @@ pub struct Observer {
     finished: HashMap<String, u32>,
     last_drain: HashMap<String, String>,
     pub violations: Vec<String>,
+    /// `max_unhealthy`, the nodes the campaign names, those failed (not done since), and those
+    /// whose prechecks started a start that their drain continues.
+    max_unhealthy: Option<u32>,
+    in_scope: Vec<bool>,
+    failed_nodes: HashSet<NodeId>,
+    prechecked: HashSet<String>,
     pub drained_at: HashMap<NodeId, Millis>,
     pub work: HashMap<NodeId, Millis>,
 }
@@ -164,7 +170,31 @@ impl Observer {
             window_open: true,
             windows: c.spec.windows.clone(),
             holds: c.holds_auto_updaters(),
+            max_unhealthy: c.spec.max_unhealthy,
+            in_scope: c.nodes.iter().map(|r| r.state != baton_core::NodeState::NotTargeted).collect(),
             ..Default::default()
+        }
+    }
+
+    /// Targeted nodes unhealthy now: seen down, or failed and still out of service.
+    fn unhealthy(&self) -> u32 {
+        (0..self.in_scope.len())
+            .filter(|&i| {
+                self.in_scope[i]
+                    && (self.lost[i] || (self.failed_nodes.contains(&(i as NodeId)) && self.out[i]))
+            })
+            .count() as u32
+    }
+
+    /// A node starts (its prechecks, or its drain when it had none): not while too many
+    /// targeted nodes are unhealthy.
+    fn check_unhealthy(&mut self, now: Millis, node: &str) {
+        if let Some(limit) = self.max_unhealthy {
+            let u = self.unhealthy();
+            if u > limit {
+                self.violations
+                    .push(format!("at {now}ms: {node} started while {u} targeted nodes are unhealthy, max_unhealthy {limit}"));
+            }
         }
     }
 
@@ -269,6 +299,9 @@ impl Observer {
             }
             Command::Drain { node, step, .. } => {
                 self.once(now, step);
+                if !self.prechecked.remove(node) {
+                    self.check_unhealthy(now, node);
+                }
                 let n = fleet.node_id(node).expect("core names fleet nodes");
                 if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
                     self.violations
@@ -311,9 +344,12 @@ impl Observer {
                 self.drained_at.insert(n, now);
                 self.last_drain.insert(node.clone(), step.clone());
             }
-            Command::Precheck { step, .. } | Command::Update { step, .. } | Command::Restore { step, .. } => {
-                self.once(now, step)
+            Command::Precheck { node, step } => {
+                self.once(now, step);
+                self.check_unhealthy(now, node);
+                self.prechecked.insert(node.clone());
             }
+            Command::Update { step, .. } | Command::Restore { step, .. } => self.once(now, step),
             Command::Notify { notice } => match notice {
                 Notice::HoldNotReleased { node, .. } => {
                     self.to_release.remove(node);
@@ -335,7 +371,12 @@ impl Observer {
                     }
                     if matches!(notice, Notice::NodeFailed { .. }) {
                         self.failed += 1;
+                        self.failed_nodes.insert(n);
+                    } else {
+                        self.failed_nodes.remove(&n);
                     }
+                    // Failed in its prechecks: no drain follows.
+                    self.prechecked.remove(node);
                     // A node that failed its prechecks or its hold was not drained in this pass: it
                     // finishes once per pass (the forward one, or each rollback's).
                     let undrained = matches!(notice, Notice::NodeFailed { reason, .. }

@@ -51,6 +51,9 @@ struct CampaignCase {
     on_precheck: usize,
     /// Maintenance windows in one of `ZONES`.
     windows: Option<(usize, Vec<WindowCase>)>,
+    /// Scale-set policies: `max_failed_nodes` as a percentage (15% per unit of `max_failed`),
+    /// `max_unhealthy`, and domain-walk over fault domains.
+    policy: (bool, Option<String>, bool),
 }
 
 /// A window: days mask (bit 0 Monday), start minute, length in minutes.
@@ -126,6 +129,17 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
                 (0..ZONES.len(), prop::collection::vec((1u8..128, 0u16..1440, 10u64..600), 1..3)),
             ),
             0usize..3,
+            (
+                prop::bool::weighted(0.2),
+                prop::option::weighted(
+                    0.3,
+                    prop_oneof![
+                        (0u32..3).prop_map(|k| k.to_string()),
+                        (10u32..60).prop_map(|p| format!("\"{p}%\""))
+                    ],
+                ),
+                any::<bool>(),
+            ),
         ),
     )
         .prop_map(
@@ -138,7 +152,7 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
                 pause_between,
                 only,
                 order,
-                (windows, on_precheck),
+                (windows, on_precheck, policy),
             )| {
                 CampaignCase {
                     strategy,
@@ -151,6 +165,7 @@ fn campaign_case(n: usize) -> impl Strategy<Value = CampaignCase> {
                     order,
                     windows,
                     on_precheck,
+                    policy,
                 }
             },
         )
@@ -217,7 +232,12 @@ fn fleet_toml(f: &FleetCase) -> String {
     let mut s = String::from("name = \"prop\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n");
     for (i, ud) in f.uds.iter().enumerate() {
         let v = if f.at_target[i] { "2" } else { "1" };
-        let _ = write!(s, "[[node]]\nname = \"{}\"\nupdate_domain = {ud}\nversion = \"{v}\"\n", name(i));
+        let _ = write!(
+            s,
+            "[[node]]\nname = \"{}\"\nupdate_domain = {ud}\nfault_domain = {}\nversion = \"{v}\"\n",
+            name(i),
+            i % 3
+        );
         if let Some((caps, _)) = &f.capacity {
             let _ = writeln!(s, "capacity = {}", caps[i]);
         }
@@ -281,6 +301,19 @@ fn campaign_toml(c: &CampaignCase) -> String {
         .collect();
     let _ = writeln!(s, "order = [{}]", order.join(", "));
     let _ = writeln!(s, "on_precheck_fail = \"{}\"", ["skip", "fail", "halt"][c.on_precheck]);
+    let (failed_pct, max_unhealthy, walk_fault) = &c.policy;
+    if *failed_pct {
+        s = s.replace(
+            &format!("max_failed_nodes = {}\n", c.max_failed),
+            &format!("max_failed_nodes = \"{}%\"\n", c.max_failed * 15),
+        );
+    }
+    if let Some(m) = max_unhealthy {
+        let _ = writeln!(s, "max_unhealthy = {m}");
+    }
+    if *walk_fault && c.strategy == Kind::DomainWalk {
+        let _ = writeln!(s, "walk = \"fault_domain\"");
+    }
     if let Some((zone, windows)) = &c.windows {
         let _ = writeln!(s, "timezone = \"{}\"", ZONES[*zone]);
         let list: Vec<String> = windows
@@ -426,7 +459,7 @@ proptest! {
                 prop_assert!(down <= s.allowance as usize, "service {} over its allowance", s.name);
             }
             if spec.strategy == Kind::DomainWalk {
-                let uds: HashSet<_> = wave.iter().map(|&n| fleet.nodes[n as usize].update_domain).collect();
+                let uds: HashSet<_> = wave.iter().map(|&n| spec.walk_domain(&fleet, n)).collect();
                 prop_assert_eq!(uds.len(), 1, "a domain-walk wave spans domains");
             }
         }
@@ -444,18 +477,21 @@ proptest! {
 /// move from it). Baton's own plans move a workload only when its node drains, so every plan it
 /// makes is valid here too: the answer is at most the planner's waves, and at least any true
 /// lower bound. Domain-walk plans each update domain apart, so its answer is the sum over them.
-fn exact_waves(fleet: &Fleet, update: &[NodeId], p: usize, per_domain: bool) -> usize {
-    if per_domain {
-        let mut uds: Vec<Option<u32>> =
-            update.iter().map(|&n| fleet.nodes[n as usize].update_domain).collect();
+fn exact_waves(
+    fleet: &Fleet,
+    update: &[NodeId],
+    p: usize,
+    per_domain: Option<&dyn Fn(NodeId) -> Option<u32>>,
+) -> usize {
+    if let Some(domain) = per_domain {
+        let mut uds: Vec<Option<u32>> = update.iter().map(|&n| domain(n)).collect();
         uds.sort();
         uds.dedup();
         return uds
             .into_iter()
             .map(|ud| {
-                let g: Vec<NodeId> =
-                    update.iter().copied().filter(|&n| fleet.nodes[n as usize].update_domain == ud).collect();
-                exact_waves(fleet, &g, p, false)
+                let g: Vec<NodeId> = update.iter().copied().filter(|&n| domain(n) == ud).collect();
+                exact_waves(fleet, &g, p, None)
             })
             .sum();
     }
@@ -570,14 +606,14 @@ fn against_exact(f: &FleetCase, c: &CampaignCase) -> Option<(usize, usize, usize
         load_campaign("prop-campaign.toml", &campaign_toml(c), &fleet).expect("generated campaign is valid");
     let plan = baton_core::plan(&fleet, &spec).ok()?;
     let (update, _) = baton_core::plan::targets(&fleet, &spec);
-    let global = exact_waves(&fleet, &update, plan.max_parallel, false);
+    let global = exact_waves(&fleet, &update, plan.max_parallel, None);
     assert!(
         plan.lower_bound <= global,
         "lower bound {} above the exact answer {global}: {f:?} {c:?}",
         plan.lower_bound
     );
     let exact = if spec.strategy == Kind::DomainWalk {
-        exact_waves(&fleet, &update, plan.max_parallel, true)
+        exact_waves(&fleet, &update, plan.max_parallel, Some(&|n| spec.walk_domain(&fleet, n)))
     } else {
         global
     };
