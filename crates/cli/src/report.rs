@@ -94,6 +94,85 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
+/// Each step's colour in the timeline (as the dashboard's).
+fn step_colour(step: &str) -> &'static str {
+    match step {
+        "prechecking" => "#cbd5e1",
+        "draining" => "#fbbf24",
+        "updating" => "#fb923c",
+        "rebooting" => "#c084fc",
+        "verifying" => "#60a5fa",
+        "restoring" => "#22d3ee",
+        _ => "#94a3b8",
+    }
+}
+
+/// The campaign's timeline: a row per node that did anything, a bar per step from its start to
+/// its end (or to the last moment seen, while running), failures outlined and marked. Plain SVG
+/// in the page: no script, nothing fetched.
+pub fn timeline_svg(r: &Report) -> String {
+    let rows: Vec<&baton_proto::NodeReport> = r.nodes.iter().filter(|n| !n.steps.is_empty()).collect();
+    let Some(t0) = rows.iter().flat_map(|n| n.steps.iter().map(|s| s.started_ms)).min() else {
+        return String::new();
+    };
+    let t1 = rows
+        .iter()
+        .flat_map(|n| n.steps.iter().map(|s| s.ended_ms.unwrap_or(s.started_ms)))
+        .chain(r.ended_ms)
+        .max()
+        .unwrap_or(t0)
+        .max(t0 + 1);
+    let (label, width, row) = (140.0, 760.0, 16.0);
+    let x = |t: u64| label + width * (t.saturating_sub(t0)) as f64 / (t1 - t0) as f64;
+    let height = row * rows.len() as f64 + 24.0;
+    let mut s = format!(
+        "<h2>Timeline</h2><svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"timeline: a row per node, a bar per step\" \
+         width=\"{w}\" height=\"{height}\" viewBox=\"0 0 {w} {height}\" font-family=\"system-ui,sans-serif\" font-size=\"11\">",
+        w = label + width + 10.0
+    );
+    for (i, n) in rows.iter().enumerate() {
+        let y = row * i as f64;
+        let _ = write!(s, "<text x=\"0\" y=\"{}\">{}</text>", y + 11.0, esc(&n.name));
+        for st in &n.steps {
+            let (a, b) = (x(st.started_ms), x(st.ended_ms.unwrap_or(t1)));
+            let failed = st.outcome == "failed";
+            let _ = write!(
+                s,
+                "<rect class=\"step\" data-node=\"{node}\" data-step=\"{step}\" x=\"{a:.1}\" y=\"{y1:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"{fill}\"{stroke}>\
+                 <title>{node} {step}: {outcome}, {took}</title></rect>",
+                node = esc(&n.name),
+                step = esc(&st.step),
+                y1 = y + 2.0,
+                w = (b - a).max(1.0),
+                h = row - 4.0,
+                fill = step_colour(&st.step),
+                stroke = if failed { " stroke=\"#b00020\" stroke-width=\"2\"" } else { "" },
+                outcome = esc(&st.outcome),
+                took = dur(Some(st.started_ms), st.ended_ms),
+            );
+            if failed {
+                let _ = write!(
+                    s,
+                    "<text class=\"failure\" x=\"{:.1}\" y=\"{:.1}\" fill=\"#b00020\" font-weight=\"700\">\u{2715}</text>",
+                    b + 2.0,
+                    y + 11.0
+                );
+            }
+        }
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{label}\" y=\"{}\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} ({})</text></svg>",
+        height - 6.0,
+        time(Some(t0)),
+        label + width,
+        height - 6.0,
+        time(Some(t1)),
+        dur(Some(t0), Some(t1))
+    );
+    s
+}
+
 fn esc(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -137,6 +216,7 @@ pub fn html(r: &Report) -> String {
             esc(h.output.trim())
         );
     }
+    s.push_str(&timeline_svg(r));
     for n in &r.nodes {
         let fail = n
             .failure

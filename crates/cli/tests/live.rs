@@ -477,11 +477,22 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         LocalOptions { nodes: 6, action_seconds: "1.5".into(), reboot_ms: 300, ..Default::default() },
     )
     .await;
+    // Two fault domains across the three update domains, for the heatmap's columns.
+    let mut k = 0;
+    let text: String = std::fs::read_to_string(&f.fleet_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("update_domain = ") {
+                k += 1;
+                format!("{l}\nfault_domain = {}\n", k % 2)
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&f.fleet_file, text).unwrap();
     let serve = Serve::start(&f, port()).await;
-    let v: CampaignView = serve
-        .post("/v1/campaigns", Some(serde_json::json!({"toml": LocalFleet::campaign_toml("")})))
-        .await
-        .unwrap();
     // A monthly schedule (Patch Tuesday, Berlin): the page shows when it runs next.
     let sched = LocalFleet::campaign_toml("schedule = \"0 3 * * TUE#2\"\ntimezone = \"Europe/Berlin\"\n")
         .replace("demo-1.1", "patch-tuesday");
@@ -501,7 +512,54 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     assert_eq!(cells.as_u64(), Some(0), "nothing is shown without the token");
     c.find(fantoccini::Locator::Css("#token")).await.unwrap().send_keys(&serve.token).await.unwrap();
     c.execute("document.getElementById('token').dispatchEvent(new Event('change'))", vec![]).await.unwrap();
-    // The heatmap: one row per update domain (the local fleet has 3), every node pending.
+    // A campaign from the page: pasted, its plan previewed, then created (it is planned).
+    let toml = LocalFleet::campaign_toml("");
+    c.execute("document.getElementById('new-toml').value = arguments[0]", vec![serde_json::json!(toml)])
+        .await
+        .unwrap();
+    c.find(fantoccini::Locator::Css("#preview")).await.unwrap().click().await.unwrap();
+    until(
+        &c,
+        "the plan",
+        Duration::from_secs(20),
+        "return !!document.querySelector('[data-testid=plan-summary]')",
+    )
+    .await;
+    let summary = c
+        .execute("return document.querySelector('[data-testid=plan-summary]').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(summary.as_str().is_some_and(|t| t.starts_with("demo-1.1: 3 waves, lower bound 3")), "{summary}");
+    let waves =
+        c.execute("return document.querySelectorAll('#plan ol.waves li').length", vec![]).await.unwrap();
+    assert_eq!(waves.as_u64(), Some(3));
+    assert!(
+        serve.get_json::<Vec<CampaignView>>("/v1/campaigns").await.is_empty(),
+        "a preview creates nothing"
+    );
+    c.find(fantoccini::Locator::Css("#create")).await.unwrap().click().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let list: Vec<CampaignView> = serve.get_json("/v1/campaigns").await;
+        if let Some(v) = list.into_iter().next() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the page created no campaign");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((v.name.as_str(), v.phase), ("demo-1.1", Phase::Planned));
+    let journal = serve.events(v.id).await;
+    assert!(matches!(decoded(&journal[0]), Event::Planned { .. }));
+    // Its plan before the start: waves and what binds.
+    until(
+        &c,
+        "the selected campaign's plan",
+        Duration::from_secs(10),
+        "return document.querySelectorAll('#selected-plan ol.waves li').length === 3",
+    )
+    .await;
+    // The heatmap: a row per update domain (the local fleet has 3) under a header of fault
+    // domains (2), every node pending.
     until(
         &c,
         "the heatmap",
@@ -509,9 +567,22 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         "return document.querySelectorAll('#heatmap .cell[data-state=pending]').length === 6",
     )
     .await;
-    let rows =
-        c.execute("return document.querySelectorAll('#heatmap [role=row]').length", vec![]).await.unwrap();
+    let rows = c
+        .execute("return document.querySelectorAll('#heatmap [role=row][data-ud]').length", vec![])
+        .await
+        .unwrap();
     assert_eq!(rows.as_u64(), Some(3));
+    let cols = c
+        .execute("return document.querySelectorAll('#heatmap [role=columnheader][data-fd]').length", vec![])
+        .await
+        .unwrap();
+    assert_eq!(cols.as_u64(), Some(2));
+    // node1 is in UD 0 and FD 1: its cell is in that row, in that column.
+    let placed = c
+        .execute("const e = document.querySelector('#heatmap [data-node=node1]'); return e.parentElement.dataset.fd + '/' + e.closest('[data-ud]').dataset.ud", vec![])
+        .await
+        .unwrap();
+    assert_eq!(placed.as_str(), Some("1/0"));
     until(
         &c,
         "the schedule",
@@ -554,10 +625,15 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     assert_eq!(serve.view(v.id).await.unwrap().phase, Phase::Paused);
     let journal = serve.events(v.id).await;
     assert!(journal.iter().any(|e| matches!(decoded(e), Event::Pause { by } if by == "dashboard")));
-    let png = c.screenshot().await.unwrap();
-    std::fs::write(f.dir.join("dashboard.png"), &png).unwrap();
+    // The heatmap, mid-rollout, for the docs.
+    c.execute("document.querySelector('section[aria-labelledby=h-heat]').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    let heat = c.find(fantoccini::Locator::Css("section[aria-labelledby=h-heat]")).await.unwrap();
+    let png = heat.screenshot().await.unwrap();
+    std::fs::write(f.dir.join("heatmap.png"), &png).unwrap();
     if std::env::var_os("BATON_UPDATE_SCREENSHOT").is_some() {
-        std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png"), &png).unwrap();
+        std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/heatmap.png"), &png).unwrap();
     }
     // Resume, and see it complete.
     until(
@@ -579,6 +655,32 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
         "return document.querySelectorAll('#heatmap .cell[data-state=done]').length === 6",
     )
     .await;
+    // The timeline: a row per node, a bar per step in order, no failure marked.
+    until(
+        &c,
+        "the timeline of all six",
+        Duration::from_secs(20),
+        "return new Set([...document.querySelectorAll('#timeline rect.step[data-step=restoring]')].map((r) => r.dataset.node)).size === 6",
+    )
+    .await;
+    let steps = c
+        .execute("return [...document.querySelectorAll('#timeline rect.step[data-node=node1]')].map((r) => r.dataset.step)", vec![])
+        .await
+        .unwrap();
+    let steps: Vec<&str> = steps.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+    assert_eq!(steps, ["prechecking", "draining", "updating", "rebooting", "verifying", "restoring"]);
+    let failed =
+        c.execute("return document.querySelectorAll('#timeline .failure').length", vec![]).await.unwrap();
+    assert_eq!(failed.as_u64(), Some(0));
+    c.execute("document.querySelector('section[aria-labelledby=h-timeline]').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    let tl = c.find(fantoccini::Locator::Css("section[aria-labelledby=h-timeline]")).await.unwrap();
+    let png = tl.screenshot().await.unwrap();
+    std::fs::write(f.dir.join("timeline.png"), &png).unwrap();
+    if std::env::var_os("BATON_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/timeline.png"), &png).unwrap();
+    }
     // Mixed mode, shown with its age in the header: every node at 1.1, the level still 1.0.
     until(
         &c,
@@ -702,6 +804,7 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/{action}",
             "/v1/clock",
             "/v1/fleet",
+            "/v1/plan",
             "/v1/scan",
             "/v1/schedules",
             "/v1/schedules/{name}",
@@ -781,6 +884,14 @@ async fn report_has_every_node(serve: &Serve, id: i64) {
             assert!(text.contains(node), "{format} report lacks {node}");
         }
         assert!(text.contains(must), "{format}: {must}");
+        if format == "html" {
+            // The timeline: six bars per node (one per step), none failed.
+            assert_eq!(text.matches("<rect class=\"step\"").count(), 30, "{text}");
+            assert!(
+                text.contains("data-node=\"node5\" data-step=\"restoring\"")
+                    && !text.contains("class=\"failure\"")
+            );
+        }
     }
 }
 

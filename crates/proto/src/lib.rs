@@ -179,6 +179,8 @@ pub struct NodeView {
     pub name: String,
     pub state: String,
     pub update_domain: Option<u32>,
+    #[serde(default)]
+    pub fault_domain: Option<u32>,
     /// The plan's wave (0-based) for nodes to update.
     #[serde(default)]
     pub wave: Option<usize>,
@@ -241,6 +243,28 @@ pub struct CampaignView {
     /// Its `mixed_mode_limit` (ms), if its file sets one.
     #[serde(default)]
     pub mixed_mode_limit_ms: Option<u64>,
+    /// The plan's lower bound on its waves, and what binds it.
+    #[serde(default)]
+    pub lower_bound: usize,
+    #[serde(default)]
+    pub binding: String,
+}
+
+/// A plan (`POST /v1/plan`), as `baton plan --format json` prints it (DESIGN.md §Plan JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlanView {
+    pub campaign: String,
+    pub strategy: String,
+    pub waves: Vec<Vec<String>>,
+    pub skipped: Vec<PlanSkip>,
+    pub lower_bound: usize,
+    pub binding: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlanSkip {
+    pub node: String,
+    pub reason: String,
 }
 
 /// The fleet as the campaigns have left it (`GET /v1/fleet`): its committed functional level,

@@ -213,6 +213,8 @@ fn head_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         window_opens_at_ms: c.window_opens_at(),
         started_at_ms: c.started_at,
         mixed_mode_limit_ms: c.spec.mixed_mode_limit,
+        lower_bound: c.plan.lower_bound,
+        binding: c.plan.binding.clone(),
     }
 }
 
@@ -250,6 +252,7 @@ fn node_view(c: &Campaign, i: usize, wave: Option<usize>) -> NodeView {
         name: c.fleet.nodes[i].name.clone(),
         state: r.state.name().into(),
         update_domain: c.fleet.nodes[i].update_domain,
+        fault_domain: c.fleet.nodes[i].fault_domain,
         wave,
         version: r.version.clone(),
         reason,

@@ -1033,6 +1033,48 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// Plans a campaign file against the fleet as the last commit left it, without creating it:
+/// the waves, the nodes skipped and why, the lower bound and what binds (as `baton plan
+/// --format json`). Nothing is journaled. A campaign created from the file is planned again then,
+/// with each targeted agent's live version.
+#[utoipa::path(post, path = "/v1/plan", tag = "campaigns", request_body = CreateCampaign, security(("token" = [])),
+    responses((status = 200, body = baton_proto::PlanView), (status = 400, description = "the body is not JSON of this shape", body = ApiError),
+              (status = 401, body = ApiError),
+              (status = 413, description = "body over 2 MiB", body = ApiError), (status = 415, description = "not application/json", body = ApiError),
+              (status = 422, description = "bad campaign file (`bad-campaign`), or rules that can never be met (`infeasible`)", body = ApiError),
+              (status = 503, description = "the orchestrator is stopping", body = ApiError)))]
+async fn plan_post(
+    State(h): State<Shared>,
+    headers: HeaderMap,
+    Json(req): Json<CreateCampaign>,
+) -> Result<Json<baton_proto::PlanView>, Fail> {
+    h.authorize(&headers)?;
+    let fleet = h.current_fleet();
+    tokio::task::spawn_blocking(move || {
+        let file = req.file.unwrap_or_else(|| "campaign.toml".into());
+        let spec = load_campaign(&file, &req.toml, &fleet)
+            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        let plan = baton_core::plan(&fleet, &spec).map_err(|i| {
+            Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
+        })?;
+        let name = |n: &NodeId| fleet.node_name(*n).to_string();
+        Ok(Json(baton_proto::PlanView {
+            campaign: plan.campaign.clone(),
+            strategy: plan.strategy.as_str().into(),
+            waves: plan.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
+            skipped: plan
+                .skipped
+                .iter()
+                .map(|(n, r)| baton_proto::PlanSkip { node: name(n), reason: r.clone() })
+                .collect(),
+            lower_bound: plan.lower_bound,
+            binding: plan.binding.clone(),
+        }))
+    })
+    .await
+    .map_err(|_| stopped())?
+}
+
 /// One campaign: phase, nodes, service budgets.
 #[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = i64, Path, description = "campaign id")),
     security(("token" = [])),
@@ -1199,6 +1241,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(clock_get, clock_post))
         .routes(routes!(scan_get))
         .routes(routes!(fleet::get))
+        .routes(routes!(plan_post))
         .routes(routes!(schedule::list, schedule::add))
         .routes(routes!(schedule::remove))
         .routes(routes!(schedule::runs))
