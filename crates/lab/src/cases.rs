@@ -230,13 +230,14 @@ struct CaseLine<'a> {
     why: Vec<String>,
 }
 
-pub const CASES: [&str; 6] = [
+pub const CASES: [&str; 7] = [
     "reboot-never-returns",
     "update-fails",
     "agent-cut-off",
     "unhealthy-after-update",
     "orchestrator-killed",
     "outside-host-killed",
+    "fenced-after-commit",
 ];
 
 struct Verdict {
@@ -282,6 +283,7 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError
         "unhealthy-after-update" => vec![("order", quoted(&["h4"])), ("ready_timeout", "\"6s\"".into())],
         "orchestrator-killed" => Vec::new(),
         "outside-host-killed" => Vec::new(),
+        "fenced-after-commit" => Vec::new(),
         other => return Err(LabError::UnknownCase { name: other.into() }),
     };
     let o = Options { hosts: 6, reboot_ms: 1000, campaign, keep };
@@ -297,6 +299,48 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError
         CaseLine { case, outcome, failed_requests: failed, budget_violations: violations, ok, why: v.why };
     println!("{}", serde_json::to_string(&l).map_err(|source| LabError::PrintLine { source })?);
     Ok(ok)
+}
+
+/// fenced-after-commit: the completed campaign is committed; then an etcd host's version goes
+/// back to 1.0 behind baton's back (an old package reinstalled) and its agent restarts. The
+/// committed campaign, still watching the fleet, fences it: out of HAProxy (drained, then
+/// `MAINT`) and its services stopped by the agent, with no request failed and no write lost.
+async fn fence_after_commit(lab: &Lab, id: i64, v: &mut Verdict) -> Result<(), LabError> {
+    let c = lab.act(id, "commit").await?;
+    v.check(c.phase == Phase::Committed, format!("commit left the campaign {}", c.phase));
+    line(json!({"event": "committed", "campaign": id}));
+    let h = lab
+        .hosts
+        .iter()
+        .find(|h| h.etcd)
+        .cloned()
+        .ok_or(LabError::Timeout { what: "an etcd host".into() })?;
+    let path = h.dir.join("version");
+    std::fs::write(&path, "1.0\n").map_err(|source| LabError::WriteFile { path, source })?;
+    v.check(crate::net::kill_agent(&h.ns()), format!("{}'s agent was not found to kill", h.name));
+    line(json!({"event": "version set back to 1.0 and agent restarted", "host": h.name}));
+    let t = Instant::now();
+    let fenced = loop {
+        let lb: HashMap<String, String> = lab.web_status().await?.into_iter().collect();
+        let maint = lb.get(&h.name).is_some_and(|s| s.starts_with("MAINT"));
+        let stopped = !crate::svc::is_running(&h.dir, "web") && !crate::svc::is_running(&h.dir, "etcd");
+        if maint && stopped && h.dir.join("state/fenced").exists() {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            line(json!({"case": "fenced-after-commit", "lb": lb.get(&h.name), "services_stopped": stopped}));
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    v.check(fenced, format!("{} not fenced within 60 s (out of HAProxy, services stopped)", h.name));
+    line(json!({"event": "fenced", "host": h.name, "after_ms": t.elapsed().as_millis() as u64}));
+    let f = lab.fleet().await?;
+    let shown = f.nodes.iter().any(|n| n.name == h.name && n.fenced);
+    v.check(shown && f.functional_level.as_deref() == Some("1.1"), format!("the fleet view: {f:?}"));
+    // A few seconds more under load with the node fenced.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(())
 }
 
 /// Writes a fault marker into a host's directory (see `svc`).
@@ -383,11 +427,23 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
     }
     .await;
     let end = follow(lab, id, Duration::from_secs(300)).await;
+    // After the campaign, still under load: committed, then a host comes back older.
+    let fenced = match (case, &end) {
+        ("fenced-after-commit", Ok(e)) if e.phase == Phase::Completed => {
+            Some(fence_after_commit(lab, id, &mut v).await)
+        }
+        _ => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let load_excused = load.excused.lock().expect("excused").clone();
-    let (t, _w, o) = load.finish().await;
+    let (t, w, o) = load.finish().await;
     acted?;
     let end = end?;
+    if let Some(f) = fenced {
+        f?;
+        v.check(w.lost == 0, format!("{} etcd writes lost", w.lost));
+        v.check(o.min_etcd_healthy >= 2, format!("etcd down to {} healthy members", o.min_etcd_healthy));
+    }
     // A failed node healthy on its old version is put back after the campaign's end.
     if case == "update-fails" {
         let back = async {
@@ -466,6 +522,7 @@ async fn fault_on(lab: &mut Lab, case: &str) -> Result<(String, u64, u64, Verdic
                 v.check(h.updates() == 1, format!("{}'s update ran {} times", h.name, h.updates()));
             }
         }
+        "fenced-after-commit" => v.phase(&end, Phase::Completed),
         "outside-host-killed" => {
             v.phase(&end, Phase::Completed);
             v.check(

@@ -548,6 +548,15 @@ backend web
         Ok(v.id)
     }
 
+    /// An operator action on a campaign (`commit`, `rollback`, ...).
+    pub async fn act(&self, id: i64, action: &str) -> Result<CampaignView, LabError> {
+        self.read(self.http.post(format!("http://{}/v1/campaigns/{id}/{action}", self.api))).await
+    }
+
+    pub async fn fleet(&self) -> Result<baton_proto::FleetView, LabError> {
+        self.read(self.http.get(format!("http://{}/v1/fleet", self.api))).await
+    }
+
     pub async fn view(&self, id: i64) -> Result<CampaignView, LabError> {
         self.read(self.http.get(format!("http://{}/v1/campaigns/{id}", self.api))).await
     }

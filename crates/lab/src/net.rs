@@ -98,6 +98,20 @@ pub fn kill_all(ns: &str, grace: Duration) {
     }
 }
 
+/// Kills the host's agent alone (SIGKILL), as a crash of the agent: its services go on, and the
+/// lab's supervisor starts it again in the same boot.
+pub fn kill_agent(ns: &str) -> bool {
+    let mut killed = false;
+    for p in ns_pids(ns) {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == b"agent") && args.iter().any(|a| *a == b"--config") {
+            killed |= unsafe { libc::kill(p, libc::SIGKILL) } == 0;
+        }
+    }
+    killed
+}
+
 /// Cuts the host's agent off from the orchestrator: packets to and from its port are dropped
 /// (not refused), as a network partition does; connections already open hang too.
 pub fn cut_agent(host: &str, port: u16) -> Result<(), LabError> {

@@ -21,6 +21,11 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Whether the service runs now.
+pub fn is_running(dir: &Path, name: &str) -> bool {
+    running(dir, name).is_some()
+}
+
 fn running(dir: &Path, name: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pidfile(dir, name)).ok()?.trim().parse().ok()?;
     alive(pid).then_some(pid)
