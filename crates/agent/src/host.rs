@@ -224,6 +224,13 @@ impl System {
                     &action.name,
                 );
                 if ok {
+                    // Updated by a campaign: no longer fenced, so that its services run after a
+                    // reboot and it can prove itself healthy (the campaign's restore follows).
+                    if let Err(e) = std::fs::remove_file(self.fenced_file()) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::error!("cannot remove {}: {e}", self.fenced_file().display());
+                        }
+                    }
                     version = self.read_version().await;
                     reboot = match action.reboot {
                         RebootPolicy::Never => false,

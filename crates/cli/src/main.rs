@@ -224,6 +224,15 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Let a fenced node (back at a version older than the committed level) into service as it
+    /// is. Shows what will happen and asks for the node's name unless --yes.
+    Unfence {
+        node: String,
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// A campaign's run report: per node, its steps with outcome, duration and output.
     Report {
         campaign: i64,
@@ -875,6 +884,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         }
         Cmd::Schedule { cmd } => schedule(cmd),
         Cmd::Commit { campaign, yes, api } => confirmed(api, campaign, "commit", yes),
+        Cmd::Unfence { node, yes, api } => unfence(api, node, yes),
         Cmd::Rollback { campaign, yes, api } => confirmed(api, campaign, "rollback", yes),
         Cmd::Pause { campaign, api } => act(api, campaign, "pause"),
         Cmd::Resume { campaign, api } => act(api, campaign, "resume"),
@@ -1045,6 +1055,43 @@ fn confirmed(api: ApiArgs, id: i64, action: &str, yes: bool) -> Result<(), Failu
         }
         let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
+        Ok(())
+    })
+}
+
+/// `baton unfence`: the node's state shown, its name typed (unless `--yes`), then let back in.
+fn unfence(api: ApiArgs, node: String, yes: bool) -> Result<(), Failure> {
+    let api = api.api()?;
+    runtime()?.block_on(async move {
+        let f = api.fleet().await.map_err(Failure::Api)?;
+        let Some(n) = f.nodes.iter().find(|n| n.name == node) else {
+            return Err(Failure::Declined(format!("no node {node} in fleet {}", f.name)));
+        };
+        if !n.fenced {
+            return Err(Failure::Declined(format!("node {node} is not fenced")));
+        }
+        println!(
+            "Unfence {node}: it is at {}, older than the committed level {}. It goes back into service at that \
+             version (its services started, back into its load balancers) and is not fenced again at it.",
+            n.version.as_deref().unwrap_or("an unknown version"),
+            f.functional_level.as_deref().unwrap_or("?")
+        );
+        if !yes {
+            use std::io::Write;
+            print!("Type the node's name ({node}) to unfence it: ");
+            let _ = std::io::stdout().flush();
+            let mut typed = String::new();
+            let read = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
+                .await
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
+            if typed.trim() != node {
+                println!();
+                return Err(Failure::Declined(format!("not done: the node's name {node} was not typed (or pass --yes)")));
+            }
+        }
+        api.unfence(&node).await.map_err(Failure::Api)?;
+        println!("{node} is unfenced: back into service");
         Ok(())
     })
 }

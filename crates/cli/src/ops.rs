@@ -130,6 +130,19 @@ impl Api {
         self.read(self.http.get(self.schedule_url(name, &["runs"])?)).await
     }
 
+    pub async fn unfence(&self, node: &str) -> Result<FleetView, ApiFailure> {
+        let mut u = reqwest::Url::parse(&format!("{}/v1/fleet/nodes", self.base))
+            .map_err(|e| ApiFailure::BadServer { base: self.base.clone(), err: e.to_string() })?;
+        u.path_segments_mut()
+            .map_err(|()| ApiFailure::BadServer {
+                base: self.base.clone(),
+                err: "it cannot have a path".into(),
+            })?
+            .push(node)
+            .push("unfence");
+        self.read(self.http.post(u)).await
+    }
+
     pub async fn fleet(&self) -> Result<FleetView, ApiFailure> {
         self.read(self.http.get(format!("{}/v1/fleet", self.base))).await
     }

@@ -1887,17 +1887,71 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The next campaign, 1.1 → 1.2: node3 counts as down until it updates it (from 1.0), which
-    // ends its fence.
+    // Let back in by the operator (its name typed): services started, no longer fenced, and not
+    // fenced again at 1.0 (its agent restarted once more).
+    let (code, out, err) = baton_typed(&serve, &["unfence", "node3"], "node3\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Unfence node3: it is at 1.0, older than the committed level 1.1"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = agents.status("node3", &f.nodes[2].addr, None, 0).await;
+        if st.as_ref().is_ok_and(|s| !s.fenced) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node3 still fenced: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!f.nodes[2].dir.join("state/fenced").exists());
+    wait_fleet(&serve, |f| !f.nodes[2].fenced).await;
+    let (code, _, err) = baton_typed(&serve, &["unfence", "node3", "--yes"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("node3 is not fenced"), "{err}");
+    let pid = f.nodes[2].pid.load(Ordering::SeqCst);
+    assert!(f.kill_agent(2, true));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = f.nodes[2].pid.load(Ordering::SeqCst);
+        if now != 0 && now != pid && agents.status("node3", &f.nodes[2].addr, None, 0).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node3's agent did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its watch sees it back up (health_stable), and leaves it in: wait for that, then look.
+    let committed_id = again.id;
+    let seen = |e: &JournalEntry| matches!(decoded(e), Event::Observed { ref node, up: true, .. } if node == "node3");
+    let before = serve.events(committed_id).await.iter().filter(|e| seen(e)).count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serve.events(committed_id).await.iter().filter(|e| seen(e)).count() == before {
+        assert!(Instant::now() < deadline, "node3 was not seen up again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!agents.status("node3", &f.nodes[2].addr, None, 0).await.unwrap().fenced);
+    assert!(!fleet_of(&serve).await.nodes[2].fenced);
+
+    // node2 comes back at 1.0 too, and is fenced (f0).
+    set_version(&f, 1, "1.0");
+    assert!(f.kill_agent(1, true));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if agents.status("node2", &f.nodes[1].addr, None, 0).await.is_ok_and(|s| s.fenced) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node2 was not fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The next campaign, 1.1 → 1.2: node2 counts as down until it updates it (from 1.0), which
+    // ends its fence; node3, back in service at 1.0, is updated as any node.
     let to12 = quick("").replace("\"1.1\"", "\"1.2\"").replace("demo-1.1", "to-1.2");
     let next = serve.create_and_start(to12.clone()).await;
     let end = serve.wait(next.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     assert_eq!(end.updated, 3, "{end:#?}");
     assert_eq!(versions(&f).await, vec![Some("1.2".into()); 3]);
-    assert!(!f.nodes[2].dir.join("state/fenced").exists());
+    assert!(!f.nodes[1].dir.join("state/fenced").exists());
     let journal = serve.events(next.id).await;
     assert!(
-        matches!(decoded(&journal[0]), Event::Planned { ref plan, .. } if plan.left_out == vec!["node3".to_string()]),
+        matches!(decoded(&journal[0]), Event::Planned { ref plan, .. } if plan.left_out == vec!["node2".to_string()]),
         "{:?}",
         decoded(&journal[0])
     );

@@ -236,6 +236,10 @@ pub struct NodeRun {
     /// Fence steps sent to the node (each has its own id); fenced since the last one.
     #[serde(default)]
     pub fences: u32,
+    /// An operator let it back into service at its older version (`unfence`): it is not fenced
+    /// again for that version.
+    #[serde(default)]
+    pub unfenced: bool,
 }
 
 /// The plan as journaled in the campaign's first event, by node name, so that a campaign
@@ -264,6 +268,11 @@ pub struct PlanRecord {
     /// (absent: journaled before, when they went ahead of it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub order_waits: bool,
+    /// Whether a node older than the committed level is kept out of service rather than put
+    /// back (a failed update of a fenced node), and a rollback goes no lower than the level
+    /// (absent: journaled before, when neither held).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub level_guard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +307,11 @@ pub enum Event {
         by: String,
     },
     Commit {
+        by: String,
+    },
+    /// An operator lets a fenced node back into service at its older version.
+    Unfence {
+        node: String,
         by: String,
     },
     /// Time passed; timers are due.
@@ -401,6 +415,9 @@ pub enum Command {
     /// Keep the node out of service: out of its load balancers and its services kept stopped
     /// (the agent's fence step), since it may not rejoin (older than the committed level).
     Fence { node: String, step: String, stop_grace: Millis, reason: String },
+    /// Let a fenced node back into service as it is (an operator's `unfence`): its agent's
+    /// restore step (services started), then back into its load balancers.
+    Unfence { node: String, step: String },
     /// Something worth telling people about (webhooks, logs).
     Notify { notice: Notice },
 }
@@ -439,6 +456,8 @@ pub enum CampaignError {
     CommitRefused(String),
     #[error("start refused: {0}")]
     StartRefused(String),
+    #[error("node {0} is not fenced")]
+    NotFenced(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -458,6 +477,9 @@ pub struct Campaign {
     /// A node named in `order` is not overtaken while its hold is in flight (every campaign
     /// created now; not one journaled before, which must replay as it ran).
     order_waits: bool,
+    /// Nodes older than the committed level are not put back, and rollbacks go no lower than
+    /// it (every campaign created now; not one journaled before).
+    level_guard: bool,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
     /// its hold is answered: one whose hold failed or was not answered in time loses it, so
     /// that an agent that never finishes a hold cannot keep the others waiting.
@@ -530,6 +552,7 @@ impl Campaign {
         c.prechecks = true;
         c.holds = true;
         c.order_waits = true;
+        c.level_guard = true;
         Ok(c)
     }
 
@@ -572,6 +595,7 @@ impl Campaign {
                 prechecks: self.prechecks,
                 holds: self.holds,
                 order_waits: self.order_waits,
+                level_guard: self.level_guard,
             },
         }
     }
@@ -627,6 +651,7 @@ impl Campaign {
         c.prechecks = rec.prechecks;
         c.holds = rec.holds;
         c.order_waits = rec.order_waits;
+        c.level_guard = rec.level_guard;
         Ok((c, 1))
     }
 
@@ -670,6 +695,7 @@ impl Campaign {
                 release_failures: 0,
                 hold_error: None,
                 fences: 0,
+                unfenced: false,
             })
             .collect();
         for &n in left_out {
@@ -744,6 +770,7 @@ impl Campaign {
             holds: false,
             started_at: None,
             order_waits: false,
+            level_guard: false,
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
                 for &n in &spec.order {
@@ -1171,6 +1198,20 @@ impl Campaign {
                 self.level = Some(self.spec.target_version.clone());
                 self.set_phase(Phase::Committed, Some(&by), out);
             }
+            Event::Unfence { node, by: _ } => {
+                let n = self.node(&node)?;
+                if self.phase != Phase::Committed {
+                    return Err(self.not_allowed("unfence a node of"));
+                }
+                if !self.is_fenced(n) {
+                    return Err(CampaignError::NotFenced(node));
+                }
+                self.nodes[n as usize].unfenced = true;
+                let k = self.nodes[n as usize].fences;
+                let step = format!("{}/{node}/u{k}/unfence", self.id);
+                self.set_observed_down(n, false);
+                out.push(Command::Unfence { node, step });
+            }
             Event::Tick => {}
             Event::StepOk { node, step, reboot, boot_id, version } => {
                 let n = self.node(&node)?;
@@ -1325,7 +1366,7 @@ impl Campaign {
                     self.nodes[n as usize].version = Some(v);
                     self.touch(n);
                 }
-                if up && self.phase == Phase::Committed {
+                if up && self.phase == Phase::Committed && !self.nodes[n as usize].unfenced {
                     if let Some(reason) = self.too_old(n) {
                         self.set_observed_down(n, true);
                         let k = self.nodes[n as usize].fences;
@@ -1384,6 +1425,17 @@ impl Campaign {
             down.len(),
             down[..down.len().min(5)].join(", ")
         )))
+    }
+
+    /// Whether node `n` is fenced now: seen back older than the committed level, fenced, and not
+    /// let back in by an operator.
+    pub fn is_fenced(&self, n: NodeId) -> bool {
+        let r = &self.nodes[n as usize];
+        self.phase == Phase::Committed
+            && r.fences > 0
+            && !r.unfenced
+            && r.observed_down
+            && self.too_old(n).is_some()
     }
 
     fn too_old(&self, n: NodeId) -> Option<String> {
@@ -1461,7 +1513,20 @@ impl Campaign {
     fn target_for(&self, n: NodeId) -> &str {
         match self.nodes[n as usize].pass {
             Pass::Forward => &self.spec.target_version,
-            Pass::Back => self.nodes[n as usize].from_version.as_deref().unwrap_or(""),
+            Pass::Back => {
+                let from = self.nodes[n as usize].from_version.as_deref().unwrap_or("");
+                // No lower than the committed level: a fenced node updated by this campaign goes
+                // back to the level, not to the version it was fenced at.
+                match (self.level_guard, self.level.as_deref()) {
+                    (true, Some(level)) => {
+                        match (self.fleet.version_rank(from), self.fleet.version_rank(level)) {
+                            (Some(rf), Some(rl)) if rf < rl => level,
+                            _ => from,
+                        }
+                    }
+                    _ => from,
+                }
+            }
         }
     }
 
@@ -1680,6 +1745,14 @@ impl Campaign {
                     // next campaign counts it as down).
                     self.set_back(n, Back::Out);
                 }
+                NodeState::Done { back: Back::Checking { healthy_since: Some(_) } }
+                | NodeState::Failed { back: Back::Checking { healthy_since: Some(_) }, .. }
+                    if self.level_guard && self.too_old(n).is_some() =>
+                {
+                    // Older than the committed level (a fenced node whose update failed): it
+                    // may not rejoin, so it stays out, counted down, until it is updated.
+                    self.set_back(n, Back::Out);
+                }
                 NodeState::Done { back: Back::Checking { healthy_since: Some(h) } }
                 | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. }
                     if now >= h + self.spec.health_stable =>
@@ -1831,14 +1904,14 @@ impl Campaign {
     }
 
     /// Targeted nodes (those the campaign names, skipped ones too) that are unhealthy
-    /// (`max_unhealthy`): seen down, or failed and not back in service.
+    /// (`max_unhealthy`): seen down, or finished (done or failed) and not back in service (not
+    /// healthy after its update, say, with `on_ready_timeout = "proceed"`).
     pub fn unhealthy(&self) -> u32 {
         self.nodes
             .iter()
             .filter(|r| {
                 r.state != NodeState::NotTargeted
-                    && (r.observed_down
-                        || matches!(&r.state, NodeState::Failed { back, .. } if *back != Back::In))
+                    && (r.observed_down || r.state.back().is_some_and(|b| *b != Back::In))
             })
             .count() as u32
     }

@@ -957,3 +957,76 @@ fn no_node_starts_while_more_targeted_nodes_than_max_unhealthy_are_unhealthy() {
     c.handle(0, Event::Observed { node: "d".into(), up: false, version: None }).unwrap();
     assert_eq!(drains(&c.handle(S, Event::Start { by: by() }).unwrap()), vec!["a"]);
 }
+
+#[test]
+fn an_operator_unfences_a_fenced_node_and_it_is_not_fenced_again_at_that_version() {
+    let mut c = campaign("");
+    c.handle(0, Event::Start { by: by() }).unwrap();
+    walk(&mut c, "a", 0);
+    walk(&mut c, "b", 100 * S);
+    walk(&mut c, "c", 200 * S);
+    c.handle(300 * S, Event::Commit { by: by() }).unwrap();
+    let unfence = |c: &mut Campaign, t| c.handle(t, Event::Unfence { node: "b".into(), by: by() });
+    assert_eq!(unfence(&mut c, 301 * S), Err(CampaignError::NotFenced("b".into())));
+    c.handle(302 * S, Event::Observed { node: "b".into(), up: true, version: Some("1".into()) }).unwrap();
+    assert!(c.is_fenced(1) && c.nodes[1].observed_down);
+    let cmds = unfence(&mut c, 303 * S).unwrap();
+    assert!(
+        matches!(&cmds[..], [Command::Unfence { node, step }] if node == "b" && step == "c1/b/u1/unfence"),
+        "{cmds:?}"
+    );
+    assert!(!c.is_fenced(1) && !c.nodes[1].observed_down);
+    // Seen down and up again at 1: left in.
+    c.handle(304 * S, Event::Observed { node: "b".into(), up: false, version: None }).unwrap();
+    let cmds =
+        c.handle(305 * S, Event::Observed { node: "b".into(), up: true, version: Some("1".into()) }).unwrap();
+    assert!(cmds.is_empty() && !c.is_fenced(1), "{cmds:?}");
+}
+
+#[test]
+fn a_rollback_goes_no_lower_than_the_committed_level() {
+    // d was fenced at 0 under level 1; this campaign takes everyone to 2, then rolls back.
+    let text = "name = \"t\"\nversions = [\"0\", \"1\", \"2\"]\nfunctional_level = \"1\"\n\
+                [[node]]\nname = \"a\"\nversion = \"1\"\n[[node]]\nname = \"d\"\nversion = \"0\"\n";
+    let fleet = Arc::new(load_fleet("f.toml", text).unwrap());
+    let spec =
+        load_campaign("c.toml", "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 2\n", &fleet).unwrap();
+    let mut c = Campaign::new("c1", fleet, spec).unwrap().with_prechecks(false).with_holds(false);
+    let cmds = c.handle(0, Event::Start { by: by() }).unwrap();
+    assert_eq!(drains(&cmds).len(), 2);
+    for n in ["a", "d"] {
+        c.handle(S, ok(n, &format!("c1/{n}/0/drain"))).unwrap();
+        c.handle(2 * S, upd(n, &format!("c1/{n}/0/update"))).unwrap();
+    }
+    c.handle(3 * S, Event::Pause { by: by() }).unwrap();
+    c.handle(4 * S, Event::Rollback { by: by() }).unwrap();
+    for n in ["a", "d"] {
+        c.handle(
+            5 * S,
+            Event::Health { node: n.into(), healthy: true, version: Some("2".into()), detail: None },
+        )
+        .unwrap();
+    }
+    let due = c.next_deadline().unwrap();
+    let cmds = c.handle(due, Event::Tick).unwrap();
+    for n in ["a", "d"] {
+        if let Some(Command::Restore { step, .. }) =
+            cmds.iter().find(|x| matches!(x, Command::Restore { node, .. } if node == n))
+        {
+            c.handle(due + S, ok(n, step)).unwrap();
+        }
+    }
+    let mut all = Vec::new();
+    for n in ["a", "d"] {
+        all.extend(c.handle(due + 3 * S, ok(n, &format!("c1/{n}/rb0/drain"))).unwrap());
+    }
+    let to: Vec<(String, String)> = all
+        .iter()
+        .filter_map(|x| match x {
+            Command::Update { node, version, .. } => Some((node.clone(), version.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(to.contains(&("a".into(), "1".into())), "{to:?}");
+    assert!(to.contains(&("d".into(), "1".into())), "d goes back to the level, not to 0: {to:?}");
+}

@@ -193,6 +193,9 @@ pub struct NodeView {
     /// The version it had before the campaign: where a rollback takes it.
     #[serde(default)]
     pub from_version: Option<String>,
+    /// Fenced: back at a version older than the committed level, kept out of service.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

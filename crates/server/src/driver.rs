@@ -258,6 +258,7 @@ fn node_view(c: &Campaign, i: usize, wave: Option<usize>) -> NodeView {
         reason,
         out_of_service: c.out_of_service(i as baton_core::NodeId),
         from_version: r.from_version.clone(),
+        fenced: c.is_fenced(i as baton_core::NodeId),
     }
 }
 
@@ -581,11 +582,17 @@ impl Driver {
                     self.apply(Event::Tick).await
                 }
                 // A newer campaign: this one's watches and fences stop.
+                // A newer campaign is being created: this one's watches and fences stop (or
+                // start again, when that creation was refused).
                 Ok(()) = superseded.changed() => {
-                    for h in self.fence_jobs.drain(..) {
-                        h.abort();
+                    if *superseded.borrow_and_update() {
+                        for h in self.fence_jobs.drain(..) {
+                            h.abort();
+                        }
+                        self.reap(&[], true);
+                    } else {
+                        self.watch_all();
                     }
-                    self.reap(&[], true);
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
                     tracing::info!(campaign = self.id, "trying the journal again: sending again what the campaign waits on");
@@ -1129,6 +1136,9 @@ impl Driver {
                     self.job(&node.clone(), JobKind::Health, health_job(client, addr, node, rep));
                 }
             }
+            Command::Fence { node, .. } | Command::Unfence { node, .. } if *self.superseded.borrow() => {
+                tracing::warn!(campaign = self.id, %node, "not fenced or unfenced: a newer campaign has the fleet");
+            }
             Command::Fence { node, step, stop_grace, reason } => {
                 tracing::warn!(campaign = self.id, %node, "fencing: {reason}");
                 let (addr, lbs) = (self.addr(&node), self.balancers(&node));
@@ -1138,6 +1148,15 @@ impl Driver {
                 };
                 let job =
                     fence_job(self.client.clone(), addr, node, req, lbs, (self.writer.clone(), self.id));
+                self.fence_jobs.retain(|h| !h.is_finished());
+                self.fence_jobs.push(self.main.spawn(job).abort_handle());
+            }
+            Command::Unfence { node, step } => {
+                tracing::warn!(campaign = self.id, %node, "unfencing: back into service at its version");
+                let (addr, lbs) = (self.addr(&node), self.balancers(&node));
+                let req = StepRequest::new(step, StepKind::Restore);
+                let job =
+                    unfence_job(self.client.clone(), addr, node, req, lbs, (self.writer.clone(), self.id));
                 self.fence_jobs.retain(|h| !h.is_finished());
                 self.fence_jobs.push(self.main.spawn(job).abort_handle());
             }
@@ -1358,6 +1377,53 @@ async fn fence_job(
         StepState::Ok => tracing::warn!(%node, "fenced: out of the load balancers, services kept stopped"),
         _ => tracing::error!(%node, "fence step failed: {}", st.error.unwrap_or_default()),
     }
+}
+
+/// Lets a fenced node back in: its agent's restore step (the fence ends, services started), then
+/// back into its load balancers once HAProxy sees it up. Asked until the agent answers, or the
+/// job is stopped (a newer campaign).
+async fn unfence_job(
+    client: AgentClient,
+    addr: String,
+    node: String,
+    req: StepRequest,
+    lbs: Vec<Haproxy>,
+    (writer, campaign): (crate::store::Writer, i64),
+) {
+    let mut backoff = Backoff::new();
+    let mut agent = client.conn(&node, &addr);
+    let mut st = loop {
+        match agent.start_step(&req).await {
+            Ok(st) => break st,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) if e.code == "busy" || e.code == "journal" => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, "unfence refused by the agent: {}", e.message);
+                return;
+            }
+        }
+    };
+    while st.state == StepState::Running {
+        match agent.step(&req.id, 5_000).await {
+            Ok(s) => st = s,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, "unfence step: {}", e.message);
+                return;
+            }
+        }
+    }
+    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
+    if st.state != StepState::Ok {
+        tracing::error!(%node, "unfence: the restore step failed: {}", st.error.unwrap_or_default());
+        return;
+    }
+    for lb in &lbs {
+        if let Err(e) = haproxy::ready(lb, &node, Duration::from_secs(60)).await {
+            tracing::error!(%node, backend = %lb.backend, "unfence: load balancer: {e}");
+        }
+    }
+    tracing::warn!(%node, "unfenced: back into service");
 }
 
 /// Waits for the node to answer with a new boot id.

@@ -71,23 +71,21 @@ pub fn compute(
     let since = since.filter(|_| is_mixed);
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     let age = since.map(|s| now.saturating_sub(s));
-    let rank = |v: &str| base.version_rank(v);
+    // Fenced: as the committed campaign, still guarding the fleet (no campaign after it), says.
+    let guard = commit.filter(|&i| i + 1 == views.len()).map(|i| views[i]);
     let nodes = base
         .nodes
         .iter()
         .zip(&versions)
         .map(|(n, v)| {
-            let older = match (v.as_deref().and_then(rank), level.as_deref().and_then(rank)) {
-                (Some(rv), Some(rl)) => rv < rl,
-                _ => false,
-            };
+            let fenced = guard.is_some_and(|g| g.nodes.iter().any(|x| x.name == n.name && x.fenced));
             FleetNode {
                 name: n.name.clone(),
                 version: v.clone(),
-                fenced: older && commit.is_some(),
-                reason: (older && commit.is_some()).then(|| {
+                fenced,
+                reason: fenced.then(|| {
                     format!(
-                        "at {}, older than the committed level {}: it may not rejoin until it is updated",
+                        "at {}, older than the committed level {}: kept out of service until it is updated or unfenced",
                         v.as_deref().unwrap_or("?"),
                         level.as_deref().unwrap_or("?")
                     )
@@ -213,11 +211,23 @@ pub(crate) async fn watch(hub: Weak<Hub>) {
         None => return,
     };
     let mut last: Option<FleetView> = None;
+    let mut retry_at: Option<std::time::Instant> = None;
     loop {
         let wait = {
             let Some(h) = hub.upgrade() else { return };
             let mut f = h.fleet_view();
-            let warned = h.warn_if_overdue(&f).await;
+            // After a warning that could not be journaled, not again before WARN_RETRY, however
+            // often campaigns change meanwhile.
+            let warned = if retry_at.is_some_and(|t| std::time::Instant::now() < t) {
+                Err(())
+            } else {
+                h.warn_if_overdue(&f).await
+            };
+            if warned.is_err() && retry_at.is_none_or(|t| std::time::Instant::now() >= t) {
+                retry_at = Some(std::time::Instant::now() + WARN_RETRY);
+            } else if warned.is_ok() {
+                retry_at = None;
+            }
             if warned == Ok(true) {
                 f = h.fleet_view();
             }
@@ -266,6 +276,59 @@ pub(crate) async fn watch(hub: Weak<Hub>) {
             }
         }
     }
+}
+
+impl Hub {
+    /// Lets a fenced node back into service at its version: through the committed campaign
+    /// that guards the fleet (the newest), journaled with who did it.
+    async fn unfence(&self, node: &str, by: String) -> Result<FleetView, crate::Fail> {
+        use axum::http::StatusCode;
+        if self.fleet.node_id(node).is_none() {
+            return Err(crate::Fail::new(
+                StatusCode::NOT_FOUND,
+                "unknown-node",
+                format!("no node {node} in fleet {}", self.fleet.name),
+            ));
+        }
+        let newest = self.views().into_iter().max_by_key(|v| v.id);
+        let Some(v) = newest.filter(|v| v.phase == Phase::Committed) else {
+            return Err(crate::Fail::new(
+                StatusCode::CONFLICT,
+                "not-fenced",
+                format!("node {node} is not fenced: no committed campaign guards fleet {}", self.fleet.name),
+            ));
+        };
+        let inbox = self.campaigns().get(&v.id).map(|h| h.inbox.clone()).ok_or_else(crate::stopped)?;
+        match Hub::submit(&inbox, baton_core::campaign::Event::Unfence { node: node.to_string(), by }).await?
+        {
+            Ok(()) => Ok(self.fleet_view()),
+            Err(crate::driver::Refused::Campaign(baton_core::CampaignError::NotFenced(n))) => {
+                Err(crate::Fail::new(StatusCode::CONFLICT, "not-fenced", format!("node {n} is not fenced")))
+            }
+            Err(r) => Err(Hub::refusal(r)),
+        }
+    }
+}
+
+/// Lets a fenced node back into service at its older version: its agent's services are started
+/// again and it goes back into its load balancers. It is not fenced again at that version.
+#[utoipa::path(post, path = "/v1/fleet/nodes/{node}/unfence", tag = "fleet", security(("token" = [])),
+    params(("node" = String, Path, description = "the node's name"),
+           ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),
+    responses((status = 200, description = "the fleet, the node no longer fenced", body = FleetView),
+              (status = 400, description = "the node's name is not valid UTF-8 once decoded", body = ApiError),
+              (status = 401, body = ApiError), (status = 404, description = "no such node", body = ApiError),
+              (status = 409, description = "the node is not fenced", body = ApiError),
+              (status = 503, description = "the journal could not record it, so it was not done; or the orchestrator is stopping", body = ApiError)))]
+pub(crate) async fn unfence(
+    State(h): State<Shared>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(node): axum::extract::Path<String>,
+) -> Result<Json<FleetView>, crate::Fail> {
+    let by = h.authorize(&headers)?;
+    // Carried out whole once received, also if the client goes away meanwhile.
+    let hub = h.clone();
+    tokio::spawn(async move { hub.unfence(&node, by).await }).await.map_err(|_| crate::stopped())?.map(Json)
 }
 
 /// The fleet: its committed functional level, each node's version (and whether it is fenced),

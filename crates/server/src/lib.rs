@@ -212,6 +212,35 @@ impl StreamItem {
     }
 }
 
+/// Marks every campaign superseded for as long as a creation is under way; when it is dropped
+/// without a new campaign spawned (refused), the newest guards the fleet again.
+struct Supersede<'a> {
+    hub: &'a Hub,
+    newest: Option<i64>,
+}
+
+impl<'a> Supersede<'a> {
+    fn now(hub: &'a Hub) -> Supersede<'a> {
+        let map = hub.campaigns();
+        for h in map.values() {
+            h.superseded.send_replace(true);
+        }
+        Supersede { hub, newest: map.keys().next_back().copied() }
+    }
+}
+
+impl Drop for Supersede<'_> {
+    fn drop(&mut self) {
+        let map = self.hub.campaigns();
+        // Still the newest: nothing was created.
+        if let Some(id) = self.newest.filter(|id| map.keys().next_back() == Some(id)) {
+            if let Some(h) = map.get(&id) {
+                h.superseded.send_replace(false);
+            }
+        }
+    }
+}
+
 /// What a committed campaign raised: the functional level, and the versions its nodes report;
 /// with the versions the agents reported when a campaign was created. Later campaigns see the
 /// fleet file with these applied.
@@ -449,6 +478,9 @@ impl Hub {
     ) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
         let _gate = self.fleet_gate.lock().await;
+        // The campaigns before it stop guarding the fleet now, before its snapshot (no fence
+        // from here on that the snapshot could miss); they guard it again if this is refused.
+        let _supersede = Supersede::now(self);
         let views = self.views();
         if let Some(v) = views.iter().find(|v| v.holds_fleet) {
             let why = if matches!(
@@ -1242,6 +1274,7 @@ pub fn router(h: Shared) -> Router {
         .routes(routes!(scan_get))
         .routes(routes!(fleet::get))
         .routes(routes!(plan_post))
+        .routes(routes!(fleet::unfence))
         .routes(routes!(schedule::list, schedule::add))
         .routes(routes!(schedule::remove))
         .routes(routes!(schedule::runs))

@@ -148,7 +148,7 @@ pub struct Observer {
     /// whose prechecks started a start that their drain continues.
     max_unhealthy: Option<u32>,
     in_scope: Vec<bool>,
-    failed_nodes: HashSet<NodeId>,
+    finished_nodes: HashSet<NodeId>,
     prechecked: HashSet<String>,
     pub drained_at: HashMap<NodeId, Millis>,
     pub work: HashMap<NodeId, Millis>,
@@ -176,12 +176,13 @@ impl Observer {
         }
     }
 
-    /// Targeted nodes unhealthy now: seen down, or failed and still out of service.
+    /// Targeted nodes unhealthy now: seen down, or finished (done or failed) and still out of
+    /// service.
     fn unhealthy(&self) -> u32 {
         (0..self.in_scope.len())
             .filter(|&i| {
                 self.in_scope[i]
-                    && (self.lost[i] || (self.failed_nodes.contains(&(i as NodeId)) && self.out[i]))
+                    && (self.lost[i] || (self.finished_nodes.contains(&(i as NodeId)) && self.out[i]))
             })
             .count() as u32
     }
@@ -302,6 +303,9 @@ impl Observer {
                 if !self.prechecked.remove(node) {
                     self.check_unhealthy(now, node);
                 }
+                if let Some(n) = fleet.node_id(node) {
+                    self.finished_nodes.remove(&n);
+                }
                 let n = fleet.node_id(node).expect("core names fleet nodes");
                 if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
                     self.violations
@@ -371,10 +375,8 @@ impl Observer {
                     }
                     if matches!(notice, Notice::NodeFailed { .. }) {
                         self.failed += 1;
-                        self.failed_nodes.insert(n);
-                    } else {
-                        self.failed_nodes.remove(&n);
                     }
+                    self.finished_nodes.insert(n);
                     // Failed in its prechecks: no drain follows.
                     self.prechecked.remove(node);
                     // A node that failed its prechecks or its hold was not drained in this pass: it
@@ -776,7 +778,7 @@ impl Sim {
             Command::Notify { notice: Notice::NodeDone { .. } | Notice::NodeFailed { .. } } => {
                 self.last_finish = now;
             }
-            Command::Fence { .. } | Command::Notify { .. } => {}
+            Command::Fence { .. } | Command::Unfence { .. } | Command::Notify { .. } => {}
         }
     }
 
