@@ -269,10 +269,11 @@ pub struct PlanRecord {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub order_waits: bool,
     /// Whether a node older than the committed level is kept out of service rather than put
-    /// back (a failed update of a fenced node), and a rollback goes no lower than the level
-    /// (absent: journaled before, when neither held).
+    /// back (a failed update of a fenced node), a rollback goes no lower than the level, and a
+    /// node handed over out of service (`left_out`: fenced, say) may start while it is seen
+    /// down (absent: journaled before, when none of that held).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub level_guard: bool,
+    pub fence_rules: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,9 +478,10 @@ pub struct Campaign {
     /// A node named in `order` is not overtaken while its hold is in flight (every campaign
     /// created now; not one journaled before, which must replay as it ran).
     order_waits: bool,
-    /// Nodes older than the committed level are not put back, and rollbacks go no lower than
-    /// it (every campaign created now; not one journaled before).
-    level_guard: bool,
+    /// Nodes older than the committed level are not put back, rollbacks go no lower than it,
+    /// and nodes handed over out of service may start while seen down (every campaign created
+    /// now; not one journaled before).
+    fence_rules: bool,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
     /// its hold is answered: one whose hold failed or was not answered in time loses it, so
     /// that an agent that never finishes a hold cannot keep the others waiting.
@@ -552,7 +554,7 @@ impl Campaign {
         c.prechecks = true;
         c.holds = true;
         c.order_waits = true;
-        c.level_guard = true;
+        c.fence_rules = true;
         Ok(c)
     }
 
@@ -595,7 +597,7 @@ impl Campaign {
                 prechecks: self.prechecks,
                 holds: self.holds,
                 order_waits: self.order_waits,
-                level_guard: self.level_guard,
+                fence_rules: self.fence_rules,
             },
         }
     }
@@ -651,7 +653,7 @@ impl Campaign {
         c.prechecks = rec.prechecks;
         c.holds = rec.holds;
         c.order_waits = rec.order_waits;
-        c.level_guard = rec.level_guard;
+        c.fence_rules = rec.fence_rules;
         Ok((c, 1))
     }
 
@@ -770,7 +772,7 @@ impl Campaign {
             holds: false,
             started_at: None,
             order_waits: false,
-            level_guard: false,
+            fence_rules: false,
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
                 for &n in &spec.order {
@@ -1517,7 +1519,7 @@ impl Campaign {
                 let from = self.nodes[n as usize].from_version.as_deref().unwrap_or("");
                 // No lower than the committed level: a fenced node updated by this campaign goes
                 // back to the level, not to the version it was fenced at.
-                match (self.level_guard, self.level.as_deref()) {
+                match (self.fence_rules, self.level.as_deref()) {
                     (true, Some(level)) => {
                         match (self.fleet.version_rank(from), self.fleet.version_rank(level)) {
                             (Some(rf), Some(rl)) if rf < rl => level,
@@ -1747,7 +1749,7 @@ impl Campaign {
                 }
                 NodeState::Done { back: Back::Checking { healthy_since: Some(_) } }
                 | NodeState::Failed { back: Back::Checking { healthy_since: Some(_) }, .. }
-                    if self.level_guard && self.too_old(n).is_some() =>
+                    if self.fence_rules && self.too_old(n).is_some() =>
                 {
                     // Older than the committed level (a fenced node whose update failed): it
                     // may not rejoin, so it stays out, counted down, until it is updated.
@@ -1791,7 +1793,7 @@ impl Campaign {
     /// Whether `n` may start now without breaking a rule: the moves its workloads need, or
     /// what blocks it.
     fn may_start(&self, n: NodeId) -> Result<Vec<(u32, NodeId)>, Blocked> {
-        if self.nodes[n as usize].observed_down {
+        if self.nodes[n as usize].observed_down && !self.starts_while_down(n) {
             return Err(Blocked::Down);
         }
         // A node already out of service adds nothing to any service's down count.
@@ -1870,7 +1872,7 @@ impl Campaign {
                 // of the forward pass is held again for the rollback. A node seen down is held
                 // once it is seen up (it is a candidate again then).
                 if matches!(self.nodes[n as usize].hold, Hold::None | Hold::Released)
-                    && !self.nodes[n as usize].observed_down
+                    && (!self.nodes[n as usize].observed_down || self.starts_while_down(n))
                 {
                     self.send_hold(n, now, out);
                 }
@@ -1904,16 +1906,26 @@ impl Campaign {
     }
 
     /// Targeted nodes (those the campaign names, skipped ones too) that are unhealthy
-    /// (`max_unhealthy`): seen down, or finished (done or failed) and not back in service (not
-    /// healthy after its update, say, with `on_ready_timeout = "proceed"`).
+    /// (`max_unhealthy`): seen down, or updated (or failed) and not back in service (not healthy
+    /// after its update, say, with `on_ready_timeout = "proceed"`, or waiting out of service
+    /// for its rollback).
     pub fn unhealthy(&self) -> u32 {
         self.nodes
             .iter()
             .filter(|r| {
                 r.state != NodeState::NotTargeted
-                    && (r.observed_down || r.state.back().is_some_and(|b| *b != Back::In))
+                    && (r.observed_down
+                        || r.state.back().is_some_and(|b| *b != Back::In)
+                        || r.state == NodeState::Pending { out_of_service: true })
             })
             .count() as u32
+    }
+
+    /// Whether node `n` may start although it is seen down: it was handed over out of service
+    /// (a fenced node, whose health checks fail while its services are stopped), so starting it
+    /// takes nothing more down, and updating it is how it comes back.
+    fn starts_while_down(&self, n: NodeId) -> bool {
+        self.fence_rules && self.nodes[n as usize].left_out
     }
 
     /// Whether node `n`, named in `order`, keeps later nodes waiting: its hold is in flight, it
@@ -2030,7 +2042,7 @@ impl Campaign {
         // for an operator, as a node that cannot be drained would be.
         let back = match self.nodes[n as usize].state {
             NodeState::Pending { out_of_service: true } => Back::Out,
-            _ => Back::In,
+            _ => self.untouched(n),
         };
         self.pending.remove(&r);
         self.candidates.remove(&r);
@@ -2194,6 +2206,16 @@ impl Campaign {
         self.settle_group(n);
     }
 
+    /// Where a node the campaign failed before draining it is: in service, unless an earlier
+    /// campaign handed it over out of service (then it stays out, counted down).
+    fn untouched(&self, n: NodeId) -> Back {
+        if self.fence_rules && self.nodes[n as usize].left_out {
+            Back::Out
+        } else {
+            Back::In
+        }
+    }
+
     /// The node's prechecks failed: it was never touched and stays in service; the campaign's
     /// `on_precheck_fail` decides.
     fn precheck_failed(&mut self, n: NodeId, now: Millis, why: String, out: &mut Vec<Command>) {
@@ -2203,9 +2225,9 @@ impl Campaign {
         }
         match self.spec.on_precheck_fail {
             OnPrecheckFail::Skip => self.skip_node(n, now, why),
-            OnPrecheckFail::Fail => self.fail(n, now, why, Back::In, out),
+            OnPrecheckFail::Fail => self.fail(n, now, why, self.untouched(n), out),
             OnPrecheckFail::Halt => {
-                self.fail(n, now, why, Back::In, out);
+                self.fail(n, now, why, self.untouched(n), out);
                 if matches!(self.phase, Phase::Running) {
                     // Halted whatever the failure threshold: resuming accepts this failure.
                     self.set_phase(Phase::Halted, None, out);

@@ -148,6 +148,8 @@ pub struct Observer {
     /// whose prechecks started a start that their drain continues.
     max_unhealthy: Option<u32>,
     in_scope: Vec<bool>,
+    /// Handed over out of service by an earlier campaign (counted down until restored).
+    left_out: Vec<bool>,
     finished_nodes: HashSet<NodeId>,
     prechecked: HashSet<String>,
     pub drained_at: HashMap<NodeId, Millis>,
@@ -172,8 +174,20 @@ impl Observer {
             holds: c.holds_auto_updaters(),
             max_unhealthy: c.spec.max_unhealthy,
             in_scope: c.nodes.iter().map(|r| r.state != baton_core::NodeState::NotTargeted).collect(),
+            left_out: c.nodes.iter().map(|r| r.left_out).collect(),
             ..Default::default()
         }
+        .with_left_out(c)
+    }
+
+    /// Nodes handed over out of service count as down from the start.
+    fn with_left_out(mut self, c: &Campaign) -> Self {
+        for (i, r) in c.nodes.iter().enumerate() {
+            if r.left_out {
+                self.set(i as NodeId, Some(true), None);
+            }
+        }
+        self
     }
 
     /// Targeted nodes unhealthy now: seen down, or finished (done or failed) and still out of
@@ -193,8 +207,17 @@ impl Observer {
         if let Some(limit) = self.max_unhealthy {
             let u = self.unhealthy();
             if u > limit {
-                self.violations
-                    .push(format!("at {now}ms: {node} started while {u} targeted nodes are unhealthy, max_unhealthy {limit}"));
+                let which: Vec<String> = (0..self.in_scope.len())
+                    .filter(|&i| {
+                        self.in_scope[i]
+                            && (self.lost[i] || (self.finished_nodes.contains(&(i as NodeId)) && self.out[i]))
+                    })
+                    .map(|i| format!("{} (lost {}, out {})", i, self.lost[i], self.out[i]))
+                    .collect();
+                self.violations.push(format!(
+                    "at {now}ms: {node} started while {u} targeted nodes are unhealthy ({}), max_unhealthy {limit}",
+                    which.join(", ")
+                ));
             }
         }
     }
@@ -320,7 +343,8 @@ impl Observer {
                     self.violations
                         .push(format!("at {now}ms: {node} started after {} failures", self.failed));
                 }
-                if self.lost[n as usize] {
+                // A node handed over out of service may start seen down: it adds nothing down.
+                if self.lost[n as usize] && !self.left_out[n as usize] {
                     self.violations.push(format!("at {now}ms: {node} started while it is down"));
                 }
                 self.active.insert(node.clone());
