@@ -204,7 +204,7 @@ impl Lab {
             .collect();
         let lab = self.lab_exe.display().to_string();
         let mut fleet =
-            String::from("name = \"lab\"\nversions = [\"1.0\", \"1.1\"]\nfunctional_level = \"1.0\"\n");
+            String::from("name = \"lab\"\nversions = [\"1.0\", \"1.1\", \"1.2\"]\nfunctional_level = \"1.0\"\n");
         for (i, h) in self.hosts.iter().enumerate() {
             baton_pki::issue(&pki, &h.name, baton_pki::Role::Agent, std::slice::from_ref(&h.ip))
                 .map_err(issued(&h.name))?;
@@ -500,6 +500,11 @@ backend web
 
     /// Creates and starts the campaign; returns its id.
     pub async fn start_campaign(&self) -> Result<i64, LabError> {
+        self.start_campaign_with(&[]).await
+    }
+
+    /// As [`Lab::start_campaign`], with these keys replacing the lab's and the case's.
+    pub async fn start_campaign_with(&self, extra: &[(&'static str, String)]) -> Result<i64, LabError> {
         let mut keys: Vec<(&str, String)> = [
             ("name", "\"lab-1.1\""),
             ("target_version", "\"1.1\""),
@@ -534,7 +539,7 @@ backend web
                 opened.minute()
             ),
         ));
-        for (k, v) in &self.o.campaign {
+        for (k, v) in self.o.campaign.iter().chain(extra) {
             keys.retain(|(key, _)| key != k);
             keys.push((k, v.clone()));
         }
