@@ -804,6 +804,7 @@ async fn the_openapi_document_covers_every_route() {
             "/v1/campaigns/{id}/{action}",
             "/v1/clock",
             "/v1/fleet",
+            "/v1/fleet/nodes/{node}/unfence",
             "/v1/plan",
             "/v1/scan",
             "/v1/schedules",
@@ -828,6 +829,7 @@ async fn the_openapi_document_covers_every_route() {
                 path.replace("{id}", &v.id.to_string())
                     .replace("{action}", "pause")
                     .replace("{name}", "demo-1.1")
+                    .replace("{node}", "node1")
             );
             let req = match method.as_str() {
                 "get" => serve.http.get(&url),

@@ -351,7 +351,10 @@ async fn fence_after_commit(lab: &Lab, id: i64, v: &mut Verdict) -> Result<(), L
     let lb: HashMap<String, String> = lab.web_status().await?.into_iter().collect();
     v.in_lb(&lb, &h.name, "UP");
     let events = lab.events(next).await?;
-    let left_out = events.first().and_then(|e| serde_json::to_value(&e.event).ok()).map(|p| p["plan"]["left_out"].clone());
+    let left_out = events
+        .first()
+        .and_then(|e| serde_json::to_value(&e.event).ok())
+        .map(|p| p["plan"]["left_out"].clone());
     v.check(left_out == Some(json!([h.name])), format!("the 1.2 campaign's left_out: {left_out:?}"));
     Ok(())
 }

@@ -203,8 +203,9 @@ impl Lab {
             .map(|h| format!("{}=http://{}:2380", h.name, h.ip))
             .collect();
         let lab = self.lab_exe.display().to_string();
-        let mut fleet =
-            String::from("name = \"lab\"\nversions = [\"1.0\", \"1.1\", \"1.2\"]\nfunctional_level = \"1.0\"\n");
+        let mut fleet = String::from(
+            "name = \"lab\"\nversions = [\"1.0\", \"1.1\", \"1.2\"]\nfunctional_level = \"1.0\"\n",
+        );
         for (i, h) in self.hosts.iter().enumerate() {
             baton_pki::issue(&pki, &h.name, baton_pki::Role::Agent, std::slice::from_ref(&h.ip))
                 .map_err(issued(&h.name))?;

@@ -1324,18 +1324,55 @@ async fn step_job(
     rep.send(ev).await;
 }
 
+/// Runs one step on a node's agent to its end, asking again while the agent does not answer
+/// or is busy, for a job whose outcome the campaign does not wait on (fence, unfence). Its
+/// output goes to the run report. None: the agent refused it (logged).
+async fn agent_step(
+    client: AgentClient,
+    addr: String,
+    node: &str,
+    req: &StepRequest,
+    (writer, campaign): (crate::store::Writer, i64),
+) -> Option<baton_proto::StepStatus> {
+    let mut backoff = Backoff::new();
+    let mut agent = client.conn(node, &addr);
+    let mut st = loop {
+        match agent.start_step(req).await {
+            Ok(st) => break st,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) if e.code == "busy" || e.code == "journal" => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, step = %req.id, "refused by the agent: {}", e.message);
+                return None;
+            }
+        }
+    };
+    while st.state == StepState::Running {
+        match agent.step(&req.id, 5_000).await {
+            Ok(s) => st = s,
+            Err(ClientError::Unreachable(_)) => backoff.wait().await,
+            Err(ClientError::Refused(e)) => {
+                tracing::error!(%node, step = %req.id, "{}", e.message);
+                return None;
+            }
+        }
+    }
+    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
+    Some(st)
+}
+
 /// Fences a node: out of its load balancers (drained, then in maintenance), then its agent's
 /// fence step (its services stopped, and kept stopped until it is updated or unfenced). An agent
 /// that does not answer is asked again until it does, or until the job is stopped (a newer
-/// campaign); the step's output goes to the run report. Nothing is reported to the campaign:
-/// it counts the node as down from the moment it decided to fence it.
+/// campaign). Nothing is reported to the campaign: it counts the node as down from the moment
+/// it decided to fence it.
 async fn fence_job(
     client: AgentClient,
     addr: String,
     node: String,
     req: StepRequest,
     lbs: Vec<Haproxy>,
-    (writer, campaign): (crate::store::Writer, i64),
+    out: (crate::store::Writer, i64),
 ) {
     for lb in &lbs {
         let mut backoff = Backoff::new();
@@ -1349,33 +1386,12 @@ async fn fence_job(
             }
         }
     }
-    let mut backoff = Backoff::new();
-    let mut agent = client.conn(&node, &addr);
-    let mut st = loop {
-        match agent.start_step(&req).await {
-            Ok(st) => break st,
-            Err(ClientError::Unreachable(_)) => backoff.wait().await,
-            Err(ClientError::Refused(e)) if e.code == "busy" || e.code == "journal" => backoff.wait().await,
-            Err(ClientError::Refused(e)) => {
-                tracing::error!(%node, "fence refused by the agent: {}", e.message);
-                return;
-            }
+    match agent_step(client, addr, &node, &req, out).await {
+        Some(st) if st.state == StepState::Ok => {
+            tracing::warn!(%node, "fenced: out of the load balancers, services kept stopped")
         }
-    };
-    while st.state == StepState::Running {
-        match agent.step(&req.id, 5_000).await {
-            Ok(s) => st = s,
-            Err(ClientError::Unreachable(_)) => backoff.wait().await,
-            Err(ClientError::Refused(e)) => {
-                tracing::error!(%node, "fence step: {}", e.message);
-                return;
-            }
-        }
-    }
-    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
-    match st.state {
-        StepState::Ok => tracing::warn!(%node, "fenced: out of the load balancers, services kept stopped"),
-        _ => tracing::error!(%node, "fence step failed: {}", st.error.unwrap_or_default()),
+        Some(st) => tracing::error!(%node, "fence step failed: {}", st.error.unwrap_or_default()),
+        None => {}
     }
 }
 
@@ -1388,35 +1404,15 @@ async fn unfence_job(
     node: String,
     req: StepRequest,
     lbs: Vec<Haproxy>,
-    (writer, campaign): (crate::store::Writer, i64),
+    out: (crate::store::Writer, i64),
 ) {
-    let mut backoff = Backoff::new();
-    let mut agent = client.conn(&node, &addr);
-    let mut st = loop {
-        match agent.start_step(&req).await {
-            Ok(st) => break st,
-            Err(ClientError::Unreachable(_)) => backoff.wait().await,
-            Err(ClientError::Refused(e)) if e.code == "busy" || e.code == "journal" => backoff.wait().await,
-            Err(ClientError::Refused(e)) => {
-                tracing::error!(%node, "unfence refused by the agent: {}", e.message);
-                return;
-            }
+    match agent_step(client, addr, &node, &req, out).await {
+        Some(st) if st.state == StepState::Ok => {}
+        Some(st) => {
+            tracing::error!(%node, "unfence: the restore step failed: {}", st.error.unwrap_or_default());
+            return;
         }
-    };
-    while st.state == StepState::Running {
-        match agent.step(&req.id, 5_000).await {
-            Ok(s) => st = s,
-            Err(ClientError::Unreachable(_)) => backoff.wait().await,
-            Err(ClientError::Refused(e)) => {
-                tracing::error!(%node, "unfence step: {}", e.message);
-                return;
-            }
-        }
-    }
-    writer.put_output(campaign, req.id.clone(), st.output_tail.clone());
-    if st.state != StepState::Ok {
-        tracing::error!(%node, "unfence: the restore step failed: {}", st.error.unwrap_or_default());
-        return;
+        None => return,
     }
     for lb in &lbs {
         if let Err(e) = haproxy::ready(lb, &node, Duration::from_secs(60)).await {
