@@ -148,3 +148,47 @@ fn the_patch_tuesday_schedule_example_plans() {
     // 2026-11-30T12:00Z: the next Patch Tuesday is 8 December, 03:00 CET (02:00 UTC).
     assert_eq!(s.next_after(1_796_040_000_000), Some(1_796_695_200_000));
 }
+
+/// Issue 13: `examples/azure-fleet/scale-set.toml` takes the web tier only (`select`), walks
+/// fault domains (`walk`), and reads its percentages of the targeted nodes.
+#[test]
+fn the_scale_set_example_walks_fault_domains_over_the_web_tier() {
+    let (f, _) = files("azure-fleet");
+    let j: Value = serde_json::from_str(&baton(&[
+        "plan",
+        "--fleet",
+        &f,
+        "--campaign",
+        "examples/azure-fleet/scale-set.toml",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let waves: Vec<Vec<String>> = serde_json::from_value(j["waves"].clone()).unwrap();
+    let text = std::fs::read_to_string(root().join(&f)).unwrap();
+    let fleet = baton_core::load_fleet("fleet.toml", &text).unwrap();
+    let c = std::fs::read_to_string(root().join("examples/azure-fleet/scale-set.toml")).unwrap();
+    let spec = baton_core::load_campaign("scale-set.toml", &c, &fleet).unwrap();
+    let web: HashSet<&str> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.labels.get("role").map(String::as_str) == Some("web"))
+        .map(|n| n.name.as_str())
+        .collect();
+    // Planned or skipped (one is at 1.1 already): every web node, and only those.
+    let mut taken: HashSet<&str> = waves.iter().flatten().map(String::as_str).collect();
+    for s in j["skipped"].as_array().unwrap() {
+        taken.insert(s["node"].as_str().unwrap());
+    }
+    assert_eq!(taken, web, "every web node, and only those");
+    let mut fds = Vec::new();
+    for w in &waves {
+        let set: HashSet<Option<u32>> =
+            w.iter().map(|n| fleet.nodes[fleet.node_id(n).unwrap() as usize].fault_domain).collect();
+        assert_eq!(set.len(), 1, "wave spans fault domains: {w:?}");
+        fds.push(set.into_iter().next().unwrap());
+    }
+    assert!(fds.windows(2).all(|p| p[0] <= p[1]), "fault domains out of order: {fds:?}");
+    let n = web.len() as u32;
+    assert_eq!((spec.max_failed_nodes, spec.max_unhealthy), (n / 10, Some(n / 5)));
+}
