@@ -1072,7 +1072,7 @@ fn unfence(api: ApiArgs, node: String, yes: bool) -> Result<(), Failure> {
         }
         println!(
             "Unfence {node}: it is at {}, older than the committed level {}. It goes back into service at that \
-             version (its services started, back into its load balancers) and is not fenced again at it.",
+             version (its services started, back into its load balancers) and is not fenced again.",
             n.version.as_deref().unwrap_or("an unknown version"),
             f.functional_level.as_deref().unwrap_or("?")
         );

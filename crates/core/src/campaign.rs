@@ -896,6 +896,29 @@ impl Campaign {
     /// The commands to send again after the driver restarts: for every node the campaign waits
     /// on, the step it is on, with the same step id (an agent that ran it answers with the
     /// recorded outcome), or the watch it needs.
+    /// The fences and unfences this committed campaign decided, under their own step ids, to
+    /// be carried out again (after a restart, or once a refused creation left it guarding the
+    /// fleet again): an agent that ran one answers with what it recorded.
+    pub fn fence_commands(&self) -> Vec<Command> {
+        if self.phase != Phase::Committed {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, r) in self.nodes.iter().enumerate() {
+            let n = i as NodeId;
+            let node = self.fleet.node_name(n).to_string();
+            if self.is_fenced(n) {
+                let step = format!("{}/{node}/f{}/fence", self.id, r.fences - 1);
+                let reason = self.too_old(n).unwrap_or_default();
+                out.push(Command::Fence { node, step, stop_grace: self.spec.stop_grace, reason });
+            } else if r.unfenced {
+                let step = format!("{}/{node}/u{}/unfence", self.id, r.fences);
+                out.push(Command::Unfence { node, step });
+            }
+        }
+        out
+    }
+
     pub fn resume_commands(&self) -> Vec<Command> {
         let mut out = Vec::new();
         for (i, r) in self.nodes.iter().enumerate() {
@@ -1834,11 +1857,10 @@ impl Campaign {
                 return;
             }
         }
-        // `max_unhealthy`: no start while too many targeted nodes are unhealthy. Looked at
-        // again on the next event (a node seen up, restored or failing).
-        if self.spec.max_unhealthy.is_some_and(|limit| self.unhealthy() > limit) {
-            return;
-        }
+        // `max_unhealthy`: no start while too many targeted nodes are unhealthy (but a node
+        // handed over out of service, which starting takes nothing more down and which is how
+        // it comes back). Looked at again on the next event (a node seen up, restored, failing).
+        let too_unhealthy = self.spec.max_unhealthy.is_some_and(|limit| self.unhealthy() > limit);
         let mut cursor = 0u32;
         // A node named in `order` whose hold is in flight is not overtaken: nodes ranked after
         // it are held meanwhile but do not start (they stay candidates), so the order is kept
@@ -1864,6 +1886,9 @@ impl Campaign {
                 break;
             }
             if wait_rank.is_some_and(|w| r > w) && self.nodes[n as usize].hold == Hold::Held {
+                continue;
+            }
+            if too_unhealthy && !self.starts_while_down(n) {
                 continue;
             }
             self.candidates.remove(&r);

@@ -1030,3 +1030,25 @@ fn a_rollback_goes_no_lower_than_the_committed_level() {
     assert!(to.contains(&("a".into(), "1".into())), "{to:?}");
     assert!(to.contains(&("d".into(), "1".into())), "d goes back to the level, not to 0: {to:?}");
 }
+
+#[test]
+fn a_node_handed_over_out_of_service_starts_though_unhealthy_nodes_hold_back_the_others() {
+    let text = "name = \"t\"\nversions = [\"1\", \"2\"]\nfunctional_level = \"1\"\n\
+                [[node]]\nname = \"a\"\nversion = \"1\"\n[[node]]\nname = \"b\"\nversion = \"1\"\n\
+                [[node]]\nname = \"d\"\nversion = \"1\"\n\
+                [[service]]\nname = \"web\"\nnodes = [\"a\", \"b\", \"d\"]\nmax_unavailable = 2\n";
+    let fleet = Arc::new(load_fleet("f.toml", text).unwrap());
+    let spec = load_campaign(
+        "c.toml",
+        "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 3\nmax_unhealthy = 0\n",
+        &fleet,
+    )
+    .unwrap();
+    // d was fenced by the campaign before (handed over out of service) and is seen down (its
+    // checks fail while its services are stopped): it is the one unhealthy node, and it starts.
+    let mut c = Campaign::create("c1", fleet, spec, &[2]).unwrap().with_prechecks(false).with_holds(false);
+    c.handle(0, Event::Observed { node: "d".into(), up: false, version: None }).unwrap();
+    assert_eq!(c.unhealthy(), 1);
+    let cmds = c.handle(S, Event::Start { by: by() }).unwrap();
+    assert_eq!(drains(&cmds), vec!["d"], "only d: a waits on max_unhealthy");
+}

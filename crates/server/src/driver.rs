@@ -551,6 +551,12 @@ impl Driver {
         self.resend();
         self.census().await;
         self.watch_all();
+        // A committed campaign still guarding the fleet carries out its fences again.
+        if !*self.superseded.borrow() {
+            for cmd in self.campaign.fence_commands() {
+                self.dispatch(cmd);
+            }
+        }
         let mut moves = self.clock.moves();
         let mut superseded = self.superseded.clone();
         loop {
@@ -592,6 +598,9 @@ impl Driver {
                         self.reap(&[], true);
                     } else {
                         self.watch_all();
+                        for cmd in self.campaign.fence_commands() {
+                            self.dispatch(cmd);
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {

@@ -283,6 +283,8 @@ impl Hub {
     /// that guards the fleet (the newest), journaled with who did it.
     async fn unfence(&self, node: &str, by: String) -> Result<FleetView, crate::Fail> {
         use axum::http::StatusCode;
+        // Not while a campaign is being created (the guard is set aside meanwhile).
+        let _gate = self.fleet_gate.lock().await;
         if self.fleet.node_id(node).is_none() {
             return Err(crate::Fail::new(
                 StatusCode::NOT_FOUND,
@@ -311,7 +313,7 @@ impl Hub {
 }
 
 /// Lets a fenced node back into service at its older version: its agent's services are started
-/// again and it goes back into its load balancers. It is not fenced again at that version.
+/// again and it goes back into its load balancers. The committed campaign does not fence it again.
 #[utoipa::path(post, path = "/v1/fleet/nodes/{node}/unfence", tag = "fleet", security(("token" = [])),
     params(("node" = String, Path, description = "the node's name"),
            ("x-baton-operator" = Option<String>, Header, description = "who does it (journaled)")),

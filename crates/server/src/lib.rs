@@ -478,11 +478,7 @@ impl Hub {
     ) -> Result<CampaignView, Fail> {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
         let _gate = self.fleet_gate.lock().await;
-        // The campaigns before it stop guarding the fleet now, before its snapshot (no fence
-        // from here on that the snapshot could miss); they guard it again if this is refused.
-        let _supersede = Supersede::now(self);
-        let views = self.views();
-        if let Some(v) = views.iter().find(|v| v.holds_fleet) {
+        if let Some(v) = self.views().into_iter().find(|v| v.holds_fleet) {
             let why = if matches!(
                 v.phase,
                 Phase::Aborted | Phase::Completed | Phase::RolledBack | Phase::Committed
@@ -500,6 +496,10 @@ impl Hub {
                 format!("campaign {} (id {}) holds fleet {}: {why}", v.name, v.id, v.fleet),
             ));
         }
+        // The campaigns before it stop guarding the fleet now, before its snapshot (no fence
+        // from here on that the snapshot could miss); they guard it again if this is refused.
+        let _supersede = Supersede::now(self);
+        let views = self.views();
         let (committed, mut fleet) = self.as_committed(&views);
         let mut raised = committed.clone().unwrap_or_default();
         let spec = load_campaign(&file, &req.toml, &fleet)

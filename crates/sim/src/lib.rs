@@ -203,7 +203,11 @@ impl Observer {
 
     /// A node starts (its prechecks, or its drain when it had none): not while too many
     /// targeted nodes are unhealthy.
-    fn check_unhealthy(&mut self, now: Millis, node: &str) {
+    fn check_unhealthy(&mut self, now: Millis, fleet: &Fleet, node: &str) {
+        // A node handed over out of service may start however many are unhealthy.
+        if fleet.node_id(node).is_some_and(|n| self.left_out[n as usize]) {
+            return;
+        }
         if let Some(limit) = self.max_unhealthy {
             let u = self.unhealthy();
             if u > limit {
@@ -292,6 +296,10 @@ impl Observer {
     /// A restore step that completed: the node is back in service.
     pub fn on_restored(&mut self, n: NodeId) {
         self.set(n, Some(false), None);
+        // Back in service: no longer handed over out of service (as the core has it).
+        if let Some(l) = self.left_out.get_mut(n as usize) {
+            *l = false;
+        }
     }
 
     /// Rule 5: a step id is sent once (restarts resend through `Sim::restart`, not here).
@@ -324,7 +332,7 @@ impl Observer {
             Command::Drain { node, step, .. } => {
                 self.once(now, step);
                 if !self.prechecked.remove(node) {
-                    self.check_unhealthy(now, node);
+                    self.check_unhealthy(now, fleet, node);
                 }
                 if let Some(n) = fleet.node_id(node) {
                     self.finished_nodes.remove(&n);
@@ -374,7 +382,7 @@ impl Observer {
             }
             Command::Precheck { node, step } => {
                 self.once(now, step);
-                self.check_unhealthy(now, node);
+                self.check_unhealthy(now, fleet, node);
                 self.prechecked.insert(node.clone());
             }
             Command::Update { step, .. } | Command::Restore { step, .. } => self.once(now, step),
