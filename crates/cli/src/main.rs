@@ -1031,32 +1031,33 @@ fn confirmed(api: ApiArgs, id: i64, action: &str, yes: bool) -> Result<(), Failu
             if action == "commit" { ops::commit_preview(&v, &f) } else { ops::rollback_preview(&v, &f) };
         print!("{preview}");
         if !yes {
-            use std::io::Write;
-            print!("Type the campaign's name ({}) to {action} it: ", v.name);
-            let _ = std::io::stdout().flush();
-            let mut typed = String::new();
-            let read =
-                tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
-                    .await
-                    .map_err(|e| Failure::Internal(e.to_string()))?;
-            let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
-            if typed.trim() != v.name {
-                println!();
-                let what = if typed.trim().is_empty() {
-                    "nothing was typed".to_string()
-                } else {
-                    format!("`{}` was typed", typed.trim())
-                };
-                return Err(Failure::Declined(format!(
-                    "not done: {what}, not the campaign's name {} (or pass --yes)",
-                    v.name
-                )));
-            }
+            ask_name("campaign", &v.name, action).await?;
         }
         let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
         Ok(())
     })
+}
+
+/// Asks for the `what`'s name to be typed before `action`; anything else, or nothing (stdin
+/// closed), declines (exit 2).
+async fn ask_name(what: &str, name: &str, action: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    print!("Type the {what}'s name ({name}) to {action} it: ");
+    let _ = std::io::stdout().flush();
+    let mut typed = String::new();
+    let read = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
+    let typed = typed.trim();
+    if typed == name {
+        return Ok(());
+    }
+    println!();
+    let said =
+        if typed.is_empty() { "nothing was typed".to_string() } else { format!("`{typed}` was typed") };
+    Err(Failure::Declined(format!("not done: {said}, not the {what}'s name {name} (or pass --yes)")))
 }
 
 /// `baton unfence`: the node's state shown, its name typed (unless `--yes`), then let back in.
@@ -1077,18 +1078,7 @@ fn unfence(api: ApiArgs, node: String, yes: bool) -> Result<(), Failure> {
             f.functional_level.as_deref().unwrap_or("?")
         );
         if !yes {
-            use std::io::Write;
-            print!("Type the node's name ({node}) to unfence it: ");
-            let _ = std::io::stdout().flush();
-            let mut typed = String::new();
-            let read = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
-                .await
-                .map_err(|e| Failure::Internal(e.to_string()))?;
-            let typed = read.map_err(|e| Failure::Declined(format!("cannot read the confirmation: {e}")))?;
-            if typed.trim() != node {
-                println!();
-                return Err(Failure::Declined(format!("not done: the node's name {node} was not typed (or pass --yes)")));
-            }
+            ask_name("node", &node, "unfence").await?;
         }
         api.unfence(&node).await.map_err(Failure::Api)?;
         println!("{node} is unfenced: back into service");

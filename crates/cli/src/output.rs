@@ -50,37 +50,9 @@ pub fn report_failure(f: Failure, tty: bool) {
     eprint!("{out}");
 }
 
-#[derive(Serialize)]
-struct PlanJson<'a> {
-    campaign: &'a str,
-    strategy: &'a str,
-    waves: Vec<Vec<&'a str>>,
-    skipped: Vec<SkipJson<'a>>,
-    lower_bound: usize,
-    binding: &'a str,
-}
-
-#[derive(Serialize)]
-struct SkipJson<'a> {
-    node: &'a str,
-    reason: &'a str,
-}
-
-/// DESIGN.md §Plan JSON (**contract**).
+/// DESIGN.md §Plan JSON (**contract**), as `POST /v1/plan` answers it.
 pub fn plan_json(fleet: &Fleet, plan: &Plan) -> String {
-    let j = PlanJson {
-        campaign: &plan.campaign,
-        strategy: plan.strategy.as_str(),
-        waves: plan.waves.iter().map(|w| w.iter().map(|&n| fleet.node_name(n)).collect()).collect(),
-        skipped: plan
-            .skipped
-            .iter()
-            .map(|(n, r)| SkipJson { node: fleet.node_name(*n), reason: r })
-            .collect(),
-        lower_bound: plan.lower_bound,
-        binding: &plan.binding,
-    };
-    serde_json::to_string(&j).expect("plan serializes")
+    serde_json::to_string(&baton_server::plan_view(fleet, plan)).expect("plan serializes")
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

@@ -236,8 +236,8 @@ pub struct NodeRun {
     /// Fence steps sent to the node (each has its own id); fenced since the last one.
     #[serde(default)]
     pub fences: u32,
-    /// An operator let it back into service at its older version (`unfence`): it is not fenced
-    /// again for that version.
+    /// An operator let it back into service at its older version (`unfence`): this campaign
+    /// does not fence it again.
     #[serde(default)]
     pub unfenced: bool,
 }
@@ -893,9 +893,6 @@ impl Campaign {
         best
     }
 
-    /// The commands to send again after the driver restarts: for every node the campaign waits
-    /// on, the step it is on, with the same step id (an agent that ran it answers with the
-    /// recorded outcome), or the watch it needs.
     /// The fences and unfences this committed campaign decided, under their own step ids, to
     /// be carried out again (after a restart, or once a refused creation left it guarding the
     /// fleet again): an agent that ran one answers with what it recorded.
@@ -908,17 +905,19 @@ impl Campaign {
             let n = i as NodeId;
             let node = self.fleet.node_name(n).to_string();
             if self.is_fenced(n) {
-                let step = format!("{}/{node}/f{}/fence", self.id, r.fences - 1);
+                let step = self.fence_step(n, r.fences - 1, "fence");
                 let reason = self.too_old(n).unwrap_or_default();
                 out.push(Command::Fence { node, step, stop_grace: self.spec.stop_grace, reason });
             } else if r.unfenced {
-                let step = format!("{}/{node}/u{}/unfence", self.id, r.fences);
-                out.push(Command::Unfence { node, step });
+                out.push(Command::Unfence { node, step: self.fence_step(n, r.fences, "unfence") });
             }
         }
         out
     }
 
+    /// The commands to send again after the driver restarts: for every node the campaign waits
+    /// on, the step it is on, with the same step id (an agent that ran it answers with the
+    /// recorded outcome), or the watch it needs.
     pub fn resume_commands(&self) -> Vec<Command> {
         let mut out = Vec::new();
         for (i, r) in self.nodes.iter().enumerate() {
@@ -1232,8 +1231,7 @@ impl Campaign {
                     return Err(CampaignError::NotFenced(node));
                 }
                 self.nodes[n as usize].unfenced = true;
-                let k = self.nodes[n as usize].fences;
-                let step = format!("{}/{node}/u{k}/unfence", self.id);
+                let step = self.fence_step(n, self.nodes[n as usize].fences, "unfence");
                 self.set_observed_down(n, false);
                 out.push(Command::Unfence { node, step });
             }
@@ -1394,10 +1392,9 @@ impl Campaign {
                 if up && self.phase == Phase::Committed && !self.nodes[n as usize].unfenced {
                     if let Some(reason) = self.too_old(n) {
                         self.set_observed_down(n, true);
-                        let k = self.nodes[n as usize].fences;
+                        let step = self.fence_step(n, self.nodes[n as usize].fences, "fence");
                         self.nodes[n as usize].fences += 1;
                         self.touch(n);
-                        let step = format!("{}/{node}/f{k}/fence", self.id);
                         out.push(Command::Fence { node, step, stop_grace: self.spec.stop_grace, reason });
                         return Ok(());
                     }
@@ -1961,6 +1958,13 @@ impl Campaign {
             && self.in_order[n as usize]
             && !r.observed_down
             && matches!(r.hold, Hold::Holding { .. })
+    }
+
+    /// The id of a node's `k`th fence (`f{k}/fence`) or of its unfence after `k` fences
+    /// (`u{k}/unfence`).
+    fn fence_step(&self, n: NodeId, k: u32, what: &str) -> String {
+        let tag = if what == "fence" { "f" } else { "u" };
+        format!("{}/{}/{tag}{k}/{what}", self.id, self.fleet.node_name(n))
     }
 
     fn hold_step(&self, n: NodeId, attempt: u32, what: &str) -> String {

@@ -204,8 +204,9 @@ pub struct CampaignSpec {
     /// What `domain-walk` walks (`walk`): update domains (the default) or fault domains.
     pub walk: Walk,
     /// No node starts while more targeted nodes than this are unhealthy: seen down (agent
-    /// unreachable, health checks failing) or failed and out of service (`max_unhealthy`, a
-    /// count or a percentage of the targeted nodes, rounded down).
+    /// unreachable, health checks failing), or updated or failed and not back in service
+    /// (`max_unhealthy`, a count or a percentage of the targeted nodes, rounded down); a node
+    /// handed over out of service may start regardless.
     pub max_unhealthy: Option<u32>,
 }
 

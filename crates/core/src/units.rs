@@ -175,9 +175,7 @@ impl Amount {
             }
         }
     }
-}
 
-impl Amount {
     /// `floor(n · p / 100)` for a percentage; the count itself otherwise.
     pub fn of_floor(self, n: usize) -> usize {
         match self {

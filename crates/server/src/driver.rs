@@ -550,13 +550,7 @@ impl Driver {
         self.main.spawn(eta_task(self.id, self.eta.subscribe(), self.shown.clone(), self.stream.clone()));
         self.resend();
         self.census().await;
-        self.watch_all();
-        // A committed campaign still guarding the fleet carries out its fences again.
-        if !*self.superseded.borrow() {
-            for cmd in self.campaign.fence_commands() {
-                self.dispatch(cmd);
-            }
-        }
+        self.guard();
         let mut moves = self.clock.moves();
         let mut superseded = self.superseded.clone();
         loop {
@@ -587,7 +581,6 @@ impl Driver {
                 Ok(()) = moves.changed(), if resume_at.is_none() => {
                     self.apply(Event::Tick).await
                 }
-                // A newer campaign: this one's watches and fences stop.
                 // A newer campaign is being created: this one's watches and fences stop (or
                 // start again, when that creation was refused).
                 Ok(()) = superseded.changed() => {
@@ -597,10 +590,7 @@ impl Driver {
                         }
                         self.reap(&[], true);
                     } else {
-                        self.watch_all();
-                        for cmd in self.campaign.fence_commands() {
-                            self.dispatch(cmd);
-                        }
+                        self.guard();
                     }
                 }
                 _ = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
@@ -624,6 +614,17 @@ impl Driver {
     fn resend(&mut self) {
         for cmd in self.campaign.resume_commands() {
             self.dispatch(cmd);
+        }
+    }
+
+    /// Watches every node and, while no newer campaign exists, carries out again the fences and
+    /// unfences a committed campaign decided (after a restart, or a refused creation).
+    fn guard(&mut self) {
+        self.watch_all();
+        if !*self.superseded.borrow() {
+            for cmd in self.campaign.fence_commands() {
+                self.dispatch(cmd);
+            }
         }
     }
 
@@ -1014,6 +1015,12 @@ impl Driver {
         }
     }
 
+    /// Runs a fence or unfence job, kept to be stopped when a newer campaign comes.
+    fn fence_job(&mut self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.fence_jobs.retain(|h| !h.is_finished());
+        self.fence_jobs.push(self.main.spawn(job).abort_handle());
+    }
+
     /// The load balancers in front of the node's services.
     fn balancers(&self, node: &str) -> Vec<Haproxy> {
         let f = &self.campaign.fleet;
@@ -1157,8 +1164,7 @@ impl Driver {
                 };
                 let job =
                     fence_job(self.client.clone(), addr, node, req, lbs, (self.writer.clone(), self.id));
-                self.fence_jobs.retain(|h| !h.is_finished());
-                self.fence_jobs.push(self.main.spawn(job).abort_handle());
+                self.fence_job(job);
             }
             Command::Unfence { node, step } => {
                 tracing::warn!(campaign = self.id, %node, "unfencing: back into service at its version");
@@ -1166,8 +1172,7 @@ impl Driver {
                 let req = StepRequest::new(step, StepKind::Restore);
                 let job =
                     unfence_job(self.client.clone(), addr, node, req, lbs, (self.writer.clone(), self.id));
-                self.fence_jobs.retain(|h| !h.is_finished());
-                self.fence_jobs.push(self.main.spawn(job).abort_handle());
+                self.fence_job(job);
             }
             Command::Notify { notice } => match notice {
                 Notice::Phase { from, to, by } => {

@@ -293,6 +293,16 @@ impl Fail {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Fail { status, code, message: message.into() }
     }
+
+    /// A campaign file that does not read against the fleet (422 `bad-campaign`).
+    fn bad_campaign(d: baton_core::Diagnostic) -> Self {
+        Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string())
+    }
+
+    /// Rules that can never be met (422 `infeasible`).
+    fn infeasible(i: baton_core::Infeasible) -> Self {
+        Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
+    }
 }
 
 impl IntoResponse for Fail {
@@ -502,8 +512,7 @@ impl Hub {
         let views = self.views();
         let (committed, mut fleet) = self.as_committed(&views);
         let mut raised = committed.clone().unwrap_or_default();
-        let spec = load_campaign(&file, &req.toml, &fleet)
-            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        let spec = load_campaign(&file, &req.toml, &fleet).map_err(Fail::bad_campaign)?;
         // And at the versions their agents report now: a node already at the target is skipped
         // whatever the fleet file says (kept with the campaign, so that it replays the same).
         // Only the nodes it targets, and within PROBE_WITHIN: an agent that does not answer by
@@ -522,8 +531,7 @@ impl Hub {
             }
         }
         raised.apply(&mut fleet);
-        let mut spec = load_campaign(&file, &req.toml, &fleet)
-            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
+        let mut spec = load_campaign(&file, &req.toml, &fleet).map_err(Fail::bad_campaign)?;
         if let Some(program) = spec.before_start.first() {
             self.hook_allowed(program, StatusCode::UNPROCESSABLE_ENTITY)?;
         }
@@ -548,9 +556,7 @@ impl Hub {
         }
         let uid = store::random_id()
             .map_err(|e| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "no-entropy", e.to_string()))?;
-        let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(|i| {
-            Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
-        })?;
+        let c = Campaign::create(uid, Arc::new(fleet), spec, &left_out).map_err(Fail::infeasible)?;
         if by_schedule.is_some() && c.plan.waves.iter().all(|w| w.is_empty()) {
             return Err(Fail::new(
                 StatusCode::CONFLICT,
@@ -1065,6 +1071,24 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// A plan as DESIGN.md's plan JSON (**contract**): `POST /v1/plan` and `baton plan --format
+/// json` both answer with it.
+pub fn plan_view(fleet: &Fleet, plan: &baton_core::Plan) -> baton_proto::PlanView {
+    let name = |n: &NodeId| fleet.node_name(*n).to_string();
+    baton_proto::PlanView {
+        campaign: plan.campaign.clone(),
+        strategy: plan.strategy.as_str().into(),
+        waves: plan.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
+        skipped: plan
+            .skipped
+            .iter()
+            .map(|(n, r)| baton_proto::PlanSkip { node: name(n), reason: r.clone() })
+            .collect(),
+        lower_bound: plan.lower_bound,
+        binding: plan.binding.clone(),
+    }
+}
+
 /// Plans a campaign file against the fleet as the last commit left it, without creating it:
 /// the waves, the nodes skipped and why, the lower bound and what binds (as `baton plan
 /// --format json`). Nothing is journaled. A campaign created from the file is planned again then,
@@ -1084,24 +1108,9 @@ async fn plan_post(
     let fleet = h.current_fleet();
     tokio::task::spawn_blocking(move || {
         let file = req.file.unwrap_or_else(|| "campaign.toml".into());
-        let spec = load_campaign(&file, &req.toml, &fleet)
-            .map_err(|d| Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-campaign", d.to_string()))?;
-        let plan = baton_core::plan(&fleet, &spec).map_err(|i| {
-            Fail::new(StatusCode::UNPROCESSABLE_ENTITY, "infeasible", format!("{} ({})", i.message, i.help))
-        })?;
-        let name = |n: &NodeId| fleet.node_name(*n).to_string();
-        Ok(Json(baton_proto::PlanView {
-            campaign: plan.campaign.clone(),
-            strategy: plan.strategy.as_str().into(),
-            waves: plan.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
-            skipped: plan
-                .skipped
-                .iter()
-                .map(|(n, r)| baton_proto::PlanSkip { node: name(n), reason: r.clone() })
-                .collect(),
-            lower_bound: plan.lower_bound,
-            binding: plan.binding.clone(),
-        }))
+        let spec = load_campaign(&file, &req.toml, &fleet).map_err(Fail::bad_campaign)?;
+        let plan = baton_core::plan(&fleet, &spec).map_err(Fail::infeasible)?;
+        Ok(Json(plan_view(&fleet, &plan)))
     })
     .await
     .map_err(|_| stopped())?
