@@ -4,7 +4,7 @@
 //! is the same for both.
 
 use crate::config::{self, CheckKind, Config, RebootPolicy, RebootVia};
-use crate::{run, MOVES_ENV_MAX, MOVES_FILE, MOVES_TOO_LARGE};
+use crate::{run, MOVES_ENV_MAX, MOVES_FILE, MOVES_TOO_LARGE, RESTORE_MOVES_FILE};
 use baton_proto::{CheckResult, StepKind, StepRequest};
 use std::future::Future;
 use std::pin::Pin;
@@ -138,31 +138,10 @@ impl System {
                 }
             }
             StepKind::Drain => {
-                if !self.cfg.drain_hooks.is_empty() {
-                    let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
-                    let file = self.cfg.state_dir.join(MOVES_FILE);
-                    let path = file.display().to_string();
-                    match tokio::fs::write(&file, &moves).await {
-                        Ok(()) => {
-                            let mut env = vec![("BATON_MOVES_FILE", path.as_str())];
-                            // Within what one environment string may hold (128 KiB on Linux);
-                            // beyond, a hook still reading $BATON_MOVES gets what is not JSON
-                            // and fails, rather than an empty list it would take for "nothing
-                            // to move".
-                            env.push((
-                                "BATON_MOVES",
-                                if moves.len() <= MOVES_ENV_MAX { &moves } else { MOVES_TOO_LARGE },
-                            ));
-                            for h in &self.cfg.drain_hooks {
-                                let o = run::run_with_env(&config::fill(h, &base), &env, 600_000, tail).await;
-                                step(o, "drain hook");
-                            }
-                        }
-                        Err(e) => {
-                            let error = Some(format!("cannot write the moves to {path}: {e}"));
-                            step(run::Outcome { ok: false, error, tail: String::new() }, "drain hook");
-                        }
-                    }
+                for (o, what) in
+                    self.hooks_with_moves(&self.cfg.drain_hooks, req, MOVES_FILE, &base, "drain hook").await
+                {
+                    step(o, what);
                 }
                 let grace = req.stop_grace_ms.unwrap_or(300_000);
                 for (o, what) in self.stop_services(&base, grace).await {
@@ -197,8 +176,11 @@ impl System {
                     step(o, &what);
                 }
                 self.set_drained(None);
-                for h in &self.cfg.restore_hooks {
-                    step(run::run(&config::fill(h, &base), 600_000, tail).await, "restore hook");
+                let hooks = &self.cfg.restore_hooks;
+                for (o, what) in
+                    self.hooks_with_moves(hooks, req, RESTORE_MOVES_FILE, &base, "restore hook").await
+                {
+                    step(o, what);
                 }
             }
             StepKind::Action => {
@@ -396,6 +378,41 @@ impl System {
 
     /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
     /// failure if the kill works (its output is kept).
+    /// Runs `hooks` in turn with the step's workload moves in `$BATON_MOVES_FILE` (written to
+    /// `file` in the state directory) and, within what one environment string may hold (128 KiB
+    /// on Linux), in `$BATON_MOVES`; beyond that, a hook still reading `$BATON_MOVES` gets what
+    /// is not JSON and fails, rather than an empty list it would take for "nothing to move".
+    async fn hooks_with_moves(
+        &self,
+        hooks: &[config::Argv],
+        req: &StepRequest,
+        file: &str,
+        base: &[(&str, &str)],
+        what: &'static str,
+    ) -> Vec<(run::Outcome, &'static str)> {
+        if hooks.is_empty() {
+            return Vec::new();
+        }
+        let moves = serde_json::to_string(&req.moves).unwrap_or_else(|_| "[]".into());
+        let file = self.cfg.state_dir.join(file);
+        let path = file.display().to_string();
+        if let Err(e) = tokio::fs::write(&file, &moves).await {
+            let error = Some(format!("cannot write the moves to {path}: {e}"));
+            return vec![(run::Outcome { ok: false, error, tail: String::new() }, what)];
+        }
+        let env = [
+            ("BATON_MOVES_FILE", path.as_str()),
+            ("BATON_MOVES", if moves.len() <= MOVES_ENV_MAX { &moves } else { MOVES_TOO_LARGE }),
+        ];
+        let mut out = Vec::new();
+        for h in hooks {
+            let o =
+                run::run_with_env(&config::fill(h, base), &env, 600_000, self.cfg.output_tail_bytes).await;
+            out.push((o, what));
+        }
+        out
+    }
+
     async fn stop_services(&self, base: &[(&str, &str)], grace: u64) -> Vec<(run::Outcome, String)> {
         let tail = self.cfg.output_tail_bytes;
         let mut out = Vec::new();

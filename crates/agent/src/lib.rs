@@ -30,6 +30,9 @@ pub const MAX_STEP_ID: usize = 256;
 /// Where a drain's workload moves are written for its hooks (`$BATON_MOVES_FILE`), in the state
 /// directory.
 pub const MOVES_FILE: &str = "drain-moves.json";
+/// Where a restore's failback moves (workloads going back to their preferred nodes) are written
+/// for its hooks, in the state directory.
+pub const RESTORE_MOVES_FILE: &str = "restore-moves.json";
 /// Moves up to this size also reach hooks in `$BATON_MOVES`; larger ones only in the file, since
 /// Linux refuses to start a program with one environment string over 128 KiB.
 pub const MOVES_ENV_MAX: usize = 64 * 1024;

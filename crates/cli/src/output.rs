@@ -1,7 +1,8 @@
 //! What `baton` prints: plan and simulation reports, and errors.
 
 use crate::Failure;
-use baton_core::campaign::Phase;
+use baton_core::campaign::{Command, Phase};
+use baton_core::model::Movable;
 use baton_core::units::format_duration;
 use baton_core::{CampaignSpec, Fleet, Plan};
 use baton_sim::{SimOptions, SimReport};
@@ -109,6 +110,25 @@ pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
         plan.lower_bound,
         plan.binding
     );
+    let movable: Vec<_> = fleet.workloads.iter().filter(|w| w.movable != Movable::None).collect();
+    if !movable.is_empty() {
+        let away: Vec<String> = movable
+            .iter()
+            .filter(|w| w.node != w.preferred)
+            .map(|w| format!("{} ({} → {})", w.name, fleet.node_name(w.node), fleet.node_name(w.preferred)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "failback: {} leave a node as it drains and go back to their preferred node when that \
+             node is restored, within its capacity{}",
+            plural(movable.len(), "movable workload", "movable workloads"),
+            if away.is_empty() {
+                String::new()
+            } else {
+                format!("; going to it at the first restore: {}", away.join(", "))
+            }
+        );
+    }
     s
 }
 
@@ -266,6 +286,30 @@ pub fn simulate_text(
             format!("{violations} SAFETY VIOLATIONS")
         }
     );
+    let count = |restore: bool| -> usize {
+        first
+            .commands
+            .iter()
+            .map(|(_, c)| match c {
+                Command::Drain { moves, .. } if !restore => moves.len(),
+                Command::Restore { moves, .. } if restore => moves.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let displaced = first.campaign.displaced();
+    if count(false) + count(true) > 0 || !displaced.is_empty() {
+        let _ = writeln!(
+            s,
+            "workloads: {} moved off drained nodes, {} moved back to their preferred nodes (failback){}",
+            count(false),
+            count(true),
+            if displaced.is_empty() { "; every one ends on its preferred node." } else { "; not back:" }
+        );
+        for d in &displaced {
+            let _ = writeln!(s, "  {} on {}, not {}: {}", d.workload, d.at, d.preferred, d.reason);
+        }
+    }
     s
 }
 

@@ -44,6 +44,19 @@ pub fn markdown(r: &Report) -> String {
         "| nodes | updated | failed | skipped | retries | reboots |\n|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} |\n",
         r.nodes_targeted, r.updated, r.failed, r.skipped, r.retries, r.reboots
     );
+    if r.workloads_moved + r.workloads_returned > 0 || !r.displaced.is_empty() {
+        let _ = writeln!(
+            s,
+            "Workloads: {} moved off drained nodes, {} moved back to their preferred nodes (failback).\n",
+            r.workloads_moved, r.workloads_returned
+        );
+        for d in &r.displaced {
+            let _ = writeln!(s, "- {} is on {}, not {}: {}", d.workload, d.at, d.preferred, d.reason);
+        }
+        if !r.displaced.is_empty() {
+            s.push('\n');
+        }
+    }
     for h in &r.hooks {
         let out = h.output.trim().replace('\n', " ⏎ ").replace('|', "\\|");
         let _ = writeln!(
@@ -215,6 +228,27 @@ pub fn html(r: &Report) -> String {
             if h.ok { "ok" } else { "failed" },
             esc(h.output.trim())
         );
+    }
+    if r.workloads_moved + r.workloads_returned > 0 || !r.displaced.is_empty() {
+        let _ = write!(
+            s,
+            "<p>Workloads: {} moved off drained nodes, {} moved back to their preferred nodes (failback).</p>",
+            r.workloads_moved, r.workloads_returned
+        );
+        if !r.displaced.is_empty() {
+            s.push_str("<ul>");
+            for d in &r.displaced {
+                let _ = write!(
+                    s,
+                    "<li>{} is on {}, not {}: {}</li>",
+                    esc(&d.workload),
+                    esc(&d.at),
+                    esc(&d.preferred),
+                    esc(&d.reason)
+                );
+            }
+            s.push_str("</ul>");
+        }
     }
     s.push_str(&timeline_svg(r));
     for n in &r.nodes {

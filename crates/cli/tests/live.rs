@@ -1086,3 +1086,63 @@ async fn drain_hooks_get_the_workload_moves() {
     assert_eq!(env, baton_agent::MOVES_TOO_LARGE, "too large for the environment: not JSON, and says where");
     f.stop().await;
 }
+
+/// Failback end to end (issue 13): each node's drain moves its VM away and its restore step
+/// brings it back, both in the moves its agent's hooks get; the report counts them and finds no
+/// VM away from its preferred node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_hooks_get_the_workloads_coming_back() {
+    let dir = fresh_dir("failback");
+    let opts = LocalOptions { nodes: 3, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() };
+    let mut f = LocalFleet::create(&dir, &opts).unwrap();
+    for (i, n) in f.nodes.iter().enumerate() {
+        f.fleet_text.push_str(&format!(
+            "\n[[workload]]\nname = \"vm{}\"\nnode = \"{}\"\ndemand = 8\nmovable = \"live\"\n",
+            i + 1,
+            n.name
+        ));
+    }
+    std::fs::write(&f.fleet_file, &f.fleet_text).unwrap();
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nprintf '%s\\n' \"$BATON_MOVES\" >> \"$1/$2.log\"\n").unwrap();
+    for n in &f.nodes {
+        let cfg = n.dir.join("agent.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[drain]\ndrain_hooks = [[\"/bin/sh\", \"{h}\", \"{{state_dir}}\", \"drain\"]]\n\
+             restore_hooks = [[\"/bin/sh\", \"{h}\", \"{{state_dir}}\", \"restore\"]]\n",
+            h = hook.display()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+    }
+    start_and_wait(&mut f, opts.reboot_ms).await;
+    let serve = Serve::start(&f, port()).await;
+    let v = serve.create_and_start(LocalFleet::campaign_toml("")).await;
+    serve.wait(v.id, Duration::from_secs(120), |v| v.phase == Phase::Completed && v.active == 0).await;
+    let moves = |node: &baton_agent::local::LocalNode, step: &str| -> Vec<baton_proto::WorkloadMove> {
+        let text = std::fs::read_to_string(node.dir.join(format!("state/{step}.log"))).unwrap_or_default();
+        text.lines()
+            .flat_map(|l| serde_json::from_str::<Vec<baton_proto::WorkloadMove>>(l).unwrap())
+            .collect()
+    };
+    let mut back = Vec::new();
+    for (i, n) in f.nodes.iter().enumerate() {
+        let vm = format!("vm{}", i + 1);
+        let out = moves(n, "drain");
+        assert_eq!(out.len(), 1, "{}'s drain moved {out:?}", n.name);
+        assert_eq!(out[0].workload, vm);
+        assert_ne!(out[0].to, n.name);
+        back.extend(moves(n, "restore"));
+    }
+    // Every VM went back to its own node, each once, on restore steps.
+    back.sort_by(|a, b| a.workload.cmp(&b.workload));
+    let got: Vec<(String, String)> = back.iter().map(|m| (m.workload.clone(), m.to.clone())).collect();
+    let want: Vec<(String, String)> =
+        f.nodes.iter().enumerate().map(|(i, n)| (format!("vm{}", i + 1), n.name.clone())).collect();
+    assert_eq!(got, want);
+    let r = serve.report(v.id).await;
+    assert_eq!((r.workloads_moved, r.workloads_returned), (3, 3));
+    assert!(r.displaced.is_empty(), "{:?}", r.displaced);
+    drop(serve);
+    f.stop().await;
+}

@@ -274,6 +274,11 @@ pub struct PlanRecord {
     /// down (absent: journaled before, when none of that held).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fence_rules: bool,
+    /// Whether a node's restore step carries its workloads back from where its drain (or an
+    /// earlier one) moved them, to their preferred nodes (absent: journaled before failback,
+    /// when workloads stayed where they were moved).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,7 +389,16 @@ pub enum Event {
     },
 }
 
-/// A workload to move off a node being drained.
+/// A movable workload not on its preferred node, where it is and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Displaced {
+    pub workload: String,
+    pub at: String,
+    pub preferred: String,
+    pub reason: String,
+}
+
+/// A workload to move: off a node being drained, or back to its preferred node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadMove {
     pub workload: String,
@@ -411,8 +425,14 @@ pub enum Command {
     WatchBoot { node: String, old_boot: Option<String>, deadline: Millis },
     /// Report `Health` for the node until told otherwise.
     WatchHealth { node: String },
-    /// Put the node back into service.
-    Restore { node: String, step: String },
+    /// Put the node back into service; `moves` are the workloads that go back to their
+    /// preferred nodes with it (failback): onto this node, or onto others already back.
+    Restore {
+        node: String,
+        step: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        moves: Vec<WorkloadMove>,
+    },
     /// Keep the node out of service: out of its load balancers and its services kept stopped
     /// (the agent's fence step), since it may not rejoin (older than the committed level).
     Fence { node: String, step: String, stop_grace: Millis, reason: String },
@@ -482,6 +502,10 @@ pub struct Campaign {
     /// and nodes handed over out of service may start while seen down (every campaign created
     /// now; not one journaled before).
     fence_rules: bool,
+    /// Restore steps carry workloads back to their preferred nodes (every campaign created now).
+    failback: bool,
+    /// The failback moves each node's restore step carries (so a resent restore is the same).
+    restore_moves: std::collections::BTreeMap<NodeId, Vec<WorkloadMove>>,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
     /// its hold is answered: one whose hold failed or was not answered in time loses it, so
     /// that an agent that never finishes a hold cannot keep the others waiting.
@@ -555,6 +579,7 @@ impl Campaign {
         c.holds = true;
         c.order_waits = true;
         c.fence_rules = true;
+        c.failback = true;
         Ok(c)
     }
 
@@ -598,6 +623,7 @@ impl Campaign {
                 holds: self.holds,
                 order_waits: self.order_waits,
                 fence_rules: self.fence_rules,
+                failback: self.failback,
             },
         }
     }
@@ -654,7 +680,13 @@ impl Campaign {
         c.holds = rec.holds;
         c.order_waits = rec.order_waits;
         c.fence_rules = rec.fence_rules;
+        c.failback = rec.failback;
         Ok((c, 1))
+    }
+
+    /// Whether restore steps carry workloads back to their preferred nodes (failback).
+    pub fn fails_back(&self) -> bool {
+        self.failback
     }
 
     /// Whether nodes' auto-updaters are held for this campaign.
@@ -773,6 +805,8 @@ impl Campaign {
             started_at: None,
             order_waits: false,
             fence_rules: false,
+            failback: false,
+            restore_moves: Default::default(),
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
                 for &n in &spec.order {
@@ -959,9 +993,11 @@ impl Campaign {
                 }
                 NodeState::Restoring
                 | NodeState::Done { back: Back::Restoring }
-                | NodeState::Failed { back: Back::Restoring, .. } => {
-                    out.push(Command::Restore { node, step: self.step_id(n, 0, "restore") })
-                }
+                | NodeState::Failed { back: Back::Restoring, .. } => out.push(Command::Restore {
+                    node,
+                    step: self.step_id(n, 0, "restore"),
+                    moves: self.restore_moves.get(&n).cloned().unwrap_or_default(),
+                }),
                 _ => {}
             }
         }
@@ -1724,10 +1760,7 @@ impl Campaign {
                 NodeState::Verifying { since, healthy_since } => {
                     if healthy_since.is_some_and(|h| now >= h + self.spec.health_stable) {
                         self.set_state(n, NodeState::Restoring);
-                        out.push(Command::Restore {
-                            node: self.fleet.node_name(n).to_string(),
-                            step: self.step_id(n, 0, "restore"),
-                        });
+                        out.push(self.restore(n));
                     } else if now >= since + self.spec.ready_timeout {
                         let mut late = format!(
                             "not healthy within ready_timeout {}",
@@ -1780,10 +1813,7 @@ impl Campaign {
                     if now >= h + self.spec.health_stable =>
                 {
                     self.set_back(n, Back::Restoring);
-                    out.push(Command::Restore {
-                        node: self.fleet.node_name(n).to_string(),
-                        step: self.step_id(n, 0, "restore"),
-                    });
+                    out.push(self.restore(n));
                 }
                 _ => {}
             }
@@ -2167,17 +2197,22 @@ impl Campaign {
             && self.spec.windows.as_ref().is_none_or(|w| w.contains(now))
     }
 
-    /// Takes node `n` out of service, moving its workloads.
-    fn drain(&mut self, n: NodeId, now: Millis, moves: Vec<(u32, NodeId)>, out: &mut Vec<Command>) {
-        self.placement.apply(&self.fleet, &moves);
-        let moves: Vec<WorkloadMove> = moves
-            .into_iter()
-            .map(|(w, to)| WorkloadMove {
+    /// Moves as the agent's steps carry them.
+    fn moves_out(&self, moves: &[(u32, NodeId)]) -> Vec<WorkloadMove> {
+        moves
+            .iter()
+            .map(|&(w, to)| WorkloadMove {
                 workload: self.fleet.workloads[w as usize].name.clone(),
                 to: self.fleet.node_name(to).to_string(),
                 live: self.fleet.workloads[w as usize].movable == Movable::Live,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Takes node `n` out of service, moving its workloads.
+    fn drain(&mut self, n: NodeId, now: Millis, moves: Vec<(u32, NodeId)>, out: &mut Vec<Command>) {
+        self.placement.apply(&self.fleet, &moves);
+        let moves = self.moves_out(&moves);
         self.set_state(n, NodeState::Draining { moves: moves.clone() });
         self.nodes[n as usize].started_at = Some(now);
         self.touch(n);
@@ -2187,6 +2222,85 @@ impl Campaign {
             stop_grace: self.spec.stop_grace,
             moves,
         });
+    }
+
+    /// The restore step of node `n`, whose state says it is being put back: with failback, it
+    /// carries every movable workload that can go back to its preferred node now (this node,
+    /// or one already back in service) within that node's capacity, applied to the placement
+    /// as sent, as drains are.
+    fn restore(&mut self, n: NodeId) -> Command {
+        let mut found: Vec<(u32, NodeId)> = Vec::new();
+        if self.failback {
+            // Each move puts a workload where it prefers to be, where it then stays: at most one
+            // move per workload, and room made by one may let another go back.
+            loop {
+                let mut moved = false;
+                for (w, wl) in self.fleet.workloads.iter().enumerate() {
+                    let (w, p) = (w as u32, wl.preferred);
+                    if wl.movable == Movable::None
+                        || self.placement.at[w as usize] == p
+                        || (p != n && self.is_down(p))
+                        || !self.placement.fits(&self.fleet, p, wl.demand)
+                    {
+                        continue;
+                    }
+                    self.placement.apply(&self.fleet, &[(w, p)]);
+                    found.push((w, p));
+                    moved = true;
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        let moves = self.moves_out(&found);
+        if self.failback {
+            self.restore_moves.insert(n, moves.clone());
+        }
+        Command::Restore {
+            node: self.fleet.node_name(n).to_string(),
+            step: self.step_id(n, 0, "restore"),
+            moves,
+        }
+    }
+
+    /// Movable workloads away from their preferred node, and why each is still away.
+    pub fn displaced(&self) -> Vec<Displaced> {
+        let mut v = Vec::new();
+        for (w, wl) in self.fleet.workloads.iter().enumerate() {
+            let (at, p) = (self.placement.at[w], wl.preferred);
+            if wl.movable == Movable::None || at == p {
+                continue;
+            }
+            let r = &self.nodes[p as usize];
+            let reason = if self.is_down(p) {
+                let why = if r.observed_down { "seen down".to_string() } else { r.state.name().to_string() };
+                format!("its preferred node {} is not back in service ({why})", self.fleet.node_name(p))
+            } else if !self.placement.fits(&self.fleet, p, wl.demand) {
+                format!(
+                    "no room on its preferred node {}: {} of {} used, it needs {}",
+                    self.fleet.node_name(p),
+                    self.placement.used[p as usize],
+                    self.fleet.nodes[p as usize].capacity.unwrap_or(u64::MAX),
+                    wl.demand
+                )
+            } else if !self.failback {
+                "the campaign predates failback".to_string()
+            } else {
+                format!(
+                    "waiting for the next restore step: its preferred node {} has room, and is in \
+                     service since the last one",
+                    self.fleet.node_name(p)
+                )
+            };
+            v.push(Displaced {
+                workload: wl.name.clone(),
+                at: self.fleet.node_name(at).to_string(),
+                preferred: self.fleet.node_name(p).to_string(),
+                reason,
+            });
+        }
+        v
     }
 
     /// Back to waiting, untouched.

@@ -95,6 +95,8 @@ struct RawWorkload {
     demand: u64,
     #[serde(default = "default_movable")]
     movable: Movable,
+    #[serde(default)]
+    preferred: Option<String>,
 }
 
 fn default_movable() -> Movable {
@@ -555,7 +557,20 @@ fn validate_fleet(raw: RawFleet<'_>, src: &Src) -> Result<Fleet, Diagnostic> {
                 "fix the node's name or add a [[node]] with it",
             ));
         };
-        workloads.push(Workload { name: w.name, node, demand: w.demand, movable: w.movable });
+        let preferred = match &w.preferred {
+            None => node,
+            Some(p_) => match by_name.get(p_.as_str()) {
+                Some(&n) => n,
+                None => {
+                    return Err(src.err(
+                        p().key("preferred"),
+                        format!("workload {} prefers {p_}, which is not a node of this fleet", w.name),
+                        "fix the node's name, or leave preferred out (the node it is on)",
+                    ))
+                }
+            },
+        };
+        workloads.push(Workload { name: w.name, node, demand: w.demand, movable: w.movable, preferred });
     }
 
     Ok(Fleet {

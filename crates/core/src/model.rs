@@ -88,6 +88,9 @@ pub struct Workload {
     pub node: NodeId,
     pub demand: u64,
     pub movable: Movable,
+    /// The node it returns to once that node is back in service (failback): the fleet file's
+    /// `preferred`, else the node it is on when the campaign starts.
+    pub preferred: NodeId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -707,6 +707,11 @@ impl Placement {
         Ok(moves)
     }
 
+    /// Whether `demand` more fits on node `n`.
+    pub fn fits(&self, fleet: &Fleet, n: NodeId, demand: u64) -> bool {
+        fleet.nodes[n as usize].capacity.is_none_or(|c| self.used[n as usize] + demand <= c)
+    }
+
     pub fn apply(&mut self, fleet: &Fleet, moves: &[(u32, NodeId)]) {
         for &(w, to) in moves {
             let d = fleet.workloads[w as usize].demand;

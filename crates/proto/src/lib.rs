@@ -472,6 +472,23 @@ pub struct Report {
     /// Campaign hooks that ran on the orchestrator's host (`before_start`), in order.
     #[serde(default)]
     pub hooks: Vec<HookReport>,
+    /// Workload moves the drains carried, and those the restores carried back (failback).
+    #[serde(default)]
+    pub workloads_moved: u32,
+    #[serde(default)]
+    pub workloads_returned: u32,
+    /// Movable workloads not on their preferred node when the report was made, and why.
+    #[serde(default)]
+    pub displaced: Vec<DisplacedReport>,
+}
+
+/// A movable workload away from its preferred node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DisplacedReport {
+    pub workload: String,
+    pub at: String,
+    pub preferred: String,
+    pub reason: String,
 }
 
 /// One run of a campaign hook.

@@ -1120,13 +1120,9 @@ impl Driver {
                 self.step(node, StepRequest::new(step, StepKind::Precheck), rep)
             }
             Command::Drain { node, step, stop_grace, moves } => {
-                let moves = moves
-                    .into_iter()
-                    .map(|m| baton_proto::WorkloadMove { workload: m.workload, to: m.to, live: m.live })
-                    .collect();
                 let req = StepRequest {
                     stop_grace_ms: Some(stop_grace),
-                    moves,
+                    moves: wire_moves(moves),
                     ..StepRequest::new(step, StepKind::Drain)
                 };
                 self.step(node, req, rep);
@@ -1139,8 +1135,10 @@ impl Driver {
                 };
                 self.step(node, req, rep);
             }
-            Command::Restore { node, step } => {
-                self.step(node, StepRequest::new(step, StepKind::Restore), rep)
+            Command::Restore { node, step, moves } => {
+                let req =
+                    StepRequest { moves: wire_moves(moves), ..StepRequest::new(step, StepKind::Restore) };
+                self.step(node, req, rep)
             }
             Command::WatchBoot { node, old_boot, .. } => {
                 let addr = self.addr(&node);
@@ -1227,6 +1225,13 @@ impl Reach {
 /// Sends a step (idempotent by its id) and reports how it ended. While the agent does not
 /// answer, nothing is assumed: the campaign hears `Unreachable`, then `Reachable` and the
 /// outcome the agent recorded.
+fn wire_moves(moves: Vec<baton_core::campaign::WorkloadMove>) -> Vec<baton_proto::WorkloadMove> {
+    moves
+        .into_iter()
+        .map(|m| baton_proto::WorkloadMove { workload: m.workload, to: m.to, live: m.live })
+        .collect()
+}
+
 async fn step_job(
     client: AgentClient,
     addr: String,

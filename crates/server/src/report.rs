@@ -3,9 +3,9 @@
 //! Built by replaying the journal.
 
 use crate::store::Entry;
-use baton_core::campaign::Event;
+use baton_core::campaign::{Command, Event};
 use baton_core::{Campaign, NodeState};
-use baton_proto::{HookReport, NodeReport, Report, StepReport};
+use baton_proto::{DisplacedReport, HookReport, NodeReport, Report, StepReport};
 use std::collections::HashMap;
 
 /// The key that changes when a node moves to another step (an update retry is a new step).
@@ -28,6 +28,8 @@ pub struct Builder {
     started: Option<u64>,
     ended: Option<u64>,
     hooks: Vec<HookReport>,
+    moved: u32,
+    returned: u32,
 }
 
 impl Builder {
@@ -49,7 +51,7 @@ impl Builder {
             })
             .collect();
         let keys = c.nodes.iter().map(|r| key(&r.state)).collect();
-        Builder { id, c, nodes, keys, started: None, ended: None, hooks: Vec::new() }
+        Builder { id, c, nodes, keys, started: None, ended: None, hooks: Vec::new(), moved: 0, returned: 0 }
     }
 
     /// Replays one journal entry; only the nodes it changed are looked at.
@@ -57,7 +59,14 @@ impl Builder {
         if matches!(e.event, Event::Start { .. }) {
             self.started = Some(e.at_ms);
         }
-        let Ok((_, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
+        let Ok((commands, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
+        for c in &commands {
+            match c {
+                Command::Drain { moves, .. } => self.moved += moves.len() as u32,
+                Command::Restore { moves, .. } => self.returned += moves.len() as u32,
+                _ => {}
+            }
+        }
         if let Event::Hook { hook, ok, output } = &e.event {
             self.hooks.push(HookReport {
                 hook: hook.clone(),
@@ -116,7 +125,7 @@ impl Builder {
     }
 
     pub fn finish(self) -> Report {
-        let Builder { id, c, mut nodes, started, ended, hooks, .. } = self;
+        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, .. } = self;
         let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
         for (i, r) in nodes.iter_mut().enumerate() {
             let st = &c.nodes[i].state;
@@ -161,6 +170,18 @@ impl Builder {
             reboots,
             nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
             hooks,
+            workloads_moved: moved,
+            workloads_returned: returned,
+            displaced: c
+                .displaced()
+                .into_iter()
+                .map(|d| DisplacedReport {
+                    workload: d.workload,
+                    at: d.at,
+                    preferred: d.preferred,
+                    reason: d.reason,
+                })
+                .collect(),
         }
     }
 }

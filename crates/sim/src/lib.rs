@@ -7,7 +7,7 @@
 
 pub mod gen;
 
-use baton_core::campaign::{Command, Event, Notice, Phase};
+use baton_core::campaign::{Command, Event, Notice, Phase, WorkloadMove};
 use baton_core::plan::Infeasible;
 use baton_core::{Campaign, CampaignSpec, Fleet, Millis, NodeId, NodeState};
 use std::cmp::Reverse;
@@ -154,6 +154,16 @@ pub struct Observer {
     prechecked: HashSet<String>,
     pub drained_at: HashMap<NodeId, Millis>,
     pub work: HashMap<NodeId, Millis>,
+    /// Where each workload is, as the commands moved it, what each node holds, its capacity,
+    /// and whether the core's failback is checked.
+    wl_at: Vec<NodeId>,
+    wl_used: Vec<u64>,
+    capacity: Vec<Option<u64>>,
+    /// Whether the campaign fails workloads back (journaled before failback: not).
+    failback: bool,
+    /// Whether a restore step was sent yet, and the nodes back in service since the last one.
+    swept: bool,
+    back_since_sweep: HashSet<NodeId>,
 }
 
 impl Observer {
@@ -175,9 +185,116 @@ impl Observer {
             max_unhealthy: c.spec.max_unhealthy,
             in_scope: c.nodes.iter().map(|r| r.state != baton_core::NodeState::NotTargeted).collect(),
             left_out: c.nodes.iter().map(|r| r.left_out).collect(),
+            wl_at: f.workloads.iter().map(|w| w.node).collect(),
+            wl_used: {
+                let mut u = vec![0; f.nodes.len()];
+                for w in &f.workloads {
+                    u[w.node as usize] += w.demand;
+                }
+                u
+            },
+            capacity: f.nodes.iter().map(|n| n.capacity).collect(),
+            failback: c.fails_back(),
             ..Default::default()
         }
         .with_left_out(c)
+    }
+
+    /// Where workload `w` is now, as the commands moved it.
+    pub fn workload_at(&self, w: usize) -> NodeId {
+        self.wl_at[w]
+    }
+
+    /// Whether node `n` has room for `demand` more.
+    pub fn has_room(&self, n: NodeId, demand: u64) -> bool {
+        self.capacity[n as usize].is_none_or(|c| self.wl_used[n as usize] + demand <= c)
+    }
+
+    /// Whether node `n` is out of service (the campaign's, or seen down) now.
+    pub fn is_down(&self, n: NodeId) -> bool {
+        self.out[n as usize] || self.lost[n as usize]
+    }
+
+    /// Whether a workload on its way back to node `n` may be waiting for the next restore
+    /// step: no restore was sent yet, or `n` came back into service (or may have ended its
+    /// prechecks untouched) since the last one.
+    pub fn may_wait_for_failback(&self, fleet: &Fleet, n: NodeId) -> bool {
+        !self.swept || self.back_since_sweep.contains(&n) || self.prechecked.contains(fleet.node_name(n))
+    }
+
+    /// After a restore step's moves: no movable workload is left away from its preferred
+    /// node while that node is in service (or the one restored) and has room for it.
+    fn check_failback(&mut self, fleet: &Fleet, now: Millis, node: NodeId) {
+        for (w, wl) in fleet.workloads.iter().enumerate() {
+            let p = wl.preferred;
+            let eligible = p == node || !(self.is_down(p) || self.prechecked.contains(fleet.node_name(p)));
+            if wl.movable != baton_core::model::Movable::None
+                && self.wl_at[w] != p
+                && eligible
+                && self.has_room(p, wl.demand)
+            {
+                self.violations.push(format!(
+                    "at {now}ms: restoring {} left {} on {} though its preferred {} has room",
+                    fleet.node_name(node),
+                    wl.name,
+                    fleet.node_name(self.wl_at[w]),
+                    fleet.node_name(p)
+                ));
+            }
+        }
+        self.swept = true;
+        self.back_since_sweep.clear();
+    }
+
+    /// Workload moves a drain or restore step of `node` carries: never a workload that may
+    /// not move, never beyond a node's capacity, and only onto nodes in service (or, for a
+    /// restore, onto the node coming back itself).
+    fn apply_moves(
+        &mut self,
+        fleet: &Fleet,
+        now: Millis,
+        node: NodeId,
+        moves: &[WorkloadMove],
+        restore: bool,
+    ) {
+        for m in moves {
+            let (Some(w), Some(to)) =
+                (fleet.workloads.iter().position(|w| w.name == m.workload), fleet.node_id(&m.to))
+            else {
+                self.violations.push(format!("at {now}ms: a move names what the fleet has not: {m:?}"));
+                continue;
+            };
+            let wl = &fleet.workloads[w];
+            let from = self.wl_at[w];
+            if wl.movable == baton_core::model::Movable::None {
+                self.violations.push(format!("at {now}ms: {} moved, which may not move", wl.name));
+            }
+            if !restore && from != node {
+                self.violations.push(format!(
+                    "at {now}ms: draining {} moves {}, which is on {}",
+                    fleet.node_name(node),
+                    wl.name,
+                    fleet.node_name(from)
+                ));
+            }
+            if to == from || (to == node && !restore) || (to != node && self.is_down(to)) {
+                self.violations.push(format!(
+                    "at {now}ms: {} moved from {} to {}, which is out of service or where it is",
+                    wl.name,
+                    fleet.node_name(from),
+                    m.to
+                ));
+            }
+            if !self.has_room(to, wl.demand) {
+                self.violations.push(format!(
+                    "at {now}ms: moving {} takes {} over its capacity ({} + {} > {:?})",
+                    wl.name, m.to, self.wl_used[to as usize], wl.demand, self.capacity[to as usize]
+                ));
+            }
+            self.wl_used[from as usize] -= wl.demand;
+            self.wl_used[to as usize] += wl.demand;
+            self.wl_at[w] = to;
+        }
     }
 
     /// Nodes handed over out of service count as down from the start.
@@ -236,6 +353,9 @@ impl Observer {
             self.lost[i] = l;
         }
         let after = self.out[i] || self.lost[i];
+        if before && !after {
+            self.back_since_sweep.insert(n);
+        }
         if before != after {
             for &s in &self.members[i] {
                 let d = &mut self.down[s as usize];
@@ -329,8 +449,11 @@ impl Observer {
                 }
                 self.release_steps.insert(step.clone(), node.clone());
             }
-            Command::Drain { node, step, .. } => {
+            Command::Drain { node, step, moves, .. } => {
                 self.once(now, step);
+                if let Some(n) = fleet.node_id(node) {
+                    self.apply_moves(fleet, now, n, moves, false);
+                }
                 if !self.prechecked.remove(node) {
                     self.check_unhealthy(now, fleet, node);
                 }
@@ -385,7 +508,16 @@ impl Observer {
                 self.check_unhealthy(now, fleet, node);
                 self.prechecked.insert(node.clone());
             }
-            Command::Update { step, .. } | Command::Restore { step, .. } => self.once(now, step),
+            Command::Update { step, .. } => self.once(now, step),
+            Command::Restore { node, step, moves } => {
+                self.once(now, step);
+                if let Some(n) = fleet.node_id(node) {
+                    self.apply_moves(fleet, now, n, moves, true);
+                    if self.failback {
+                        self.check_failback(fleet, now, n);
+                    }
+                }
+            }
             Command::Notify { notice } => match notice {
                 Notice::HoldNotReleased { node, .. } => {
                     self.to_release.remove(node);
@@ -749,7 +881,7 @@ impl Sim {
                 self.record(step, now, e);
             }
             // Draining and restoring take no simulated time and always work.
-            Command::Drain { node, step, .. } | Command::Restore { node, step } => {
+            Command::Drain { node, step, .. } | Command::Restore { node, step, .. } => {
                 self.steps_sent += 1;
                 self.record(step, now, done(node, step));
             }

@@ -269,6 +269,10 @@ fn fleet_toml(f: &FleetCase) -> String {
                 "[[workload]]\nname = \"w{k}\"\nnode = \"{}\"\ndemand = {demand}\nmovable = \"{movable}\"\n",
                 name(*node)
             );
+            // One in four prefers another node than the one it is on (failback takes it there).
+            if (k + *demand as usize).is_multiple_of(4) {
+                let _ = writeln!(s, "preferred = \"{}\"", name((node + 1) % f.uds.len()));
+            }
         }
     }
     s
@@ -415,6 +419,35 @@ proptest! {
         // Every node's auto-updaters are given back once the campaign has ended.
         if sim.campaign.phase != Phase::Halted {
             prop_assert!(sim.observer.to_release.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.to_release, sim.campaign.phase);
+        }
+        // Failback: every movable workload is on its preferred node (as the commands moved it),
+        // or the campaign says why not, and what it says is so.
+        let displaced = sim.campaign.displaced();
+        for (w, wl) in fleet.workloads.iter().enumerate() {
+            let at = sim.observer.workload_at(w);
+            let said = displaced.iter().find(|d| d.workload == wl.name);
+            if wl.movable == Movable::None || at == wl.preferred {
+                prop_assert!(said.is_none(), "{} is said displaced: {said:?}", wl.name);
+                continue;
+            }
+            let Some(d) = said else {
+                prop_assert!(false, "{} is on {} not its preferred {}, and nothing says why", wl.name,
+                    fleet.node_name(at), fleet.node_name(wl.preferred));
+                continue;
+            };
+            prop_assert_eq!(&d.at, fleet.node_name(at));
+            let p = wl.preferred;
+            let true_ = if d.reason.contains("is not back in service") {
+                sim.observer.is_down(p)
+            } else if d.reason.starts_with("no room") {
+                !sim.observer.has_room(p, wl.demand)
+            } else if d.reason.starts_with("waiting for the next restore step") {
+                sim.observer.may_wait_for_failback(&fleet, p)
+            } else {
+                false
+            };
+            prop_assert!(true_, "{} on {}: {} (down {}, room {})", wl.name, d.at, d.reason,
+                sim.observer.is_down(p), sim.observer.has_room(p, wl.demand));
         }
         let report = sim.report();
 
