@@ -68,8 +68,26 @@ pub enum Back {
     Out,
     /// Out of service; healthy since then (if at all) and to be restored once stable.
     Checking { healthy_since: Option<Millis> },
-    /// Out of service; the restore step was sent.
-    Restoring,
+    /// Out of service; being put back (its agent's restore step, then its load balancers).
+    Restoring {
+        #[serde(default)]
+        stage: Stage,
+    },
+}
+
+/// Which half of a drain or a restore is in flight: the node's load balancers (out of them
+/// first on a drain, back into them last on a restore) or the node's own step on its agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    #[default]
+    Agent,
+    Balancers,
+    /// Restored by its agent, but seen down since `since`: back into its load balancers once
+    /// seen up, or given up on (kept out) after `ready_timeout`.
+    Waiting {
+        since: Millis,
+    },
 }
 
 /// Hold or release steps a node's agent may fail before the campaign stops trying.
@@ -122,6 +140,8 @@ pub enum NodeState {
     /// same drain.
     Draining {
         moves: Vec<WorkloadMove>,
+        #[serde(default)]
+        stage: Stage,
     },
     Updating {
         attempt: u32,
@@ -134,7 +154,11 @@ pub enum NodeState {
         since: Millis,
         healthy_since: Option<Millis>,
     },
-    Restoring,
+    /// Being put back into service: its agent's restore step, then its load balancers.
+    Restoring {
+        #[serde(default)]
+        stage: Stage,
+    },
     Done {
         back: Back,
     },
@@ -157,7 +181,7 @@ impl NodeState {
             NodeState::Updating { .. } => "updating",
             NodeState::Rebooting { .. } => "rebooting",
             NodeState::Verifying { .. } => "verifying",
-            NodeState::Restoring => "restoring",
+            NodeState::Restoring { .. } => "restoring",
             NodeState::Done { .. } => "done",
             NodeState::Failed { .. } => "failed",
             NodeState::Skipped { .. } => "skipped",
@@ -172,7 +196,7 @@ impl NodeState {
                 | NodeState::Updating { .. }
                 | NodeState::Rebooting { .. }
                 | NodeState::Verifying { .. }
-                | NodeState::Restoring
+                | NodeState::Restoring { .. }
         )
     }
     pub fn is_terminal(&self) -> bool {
@@ -279,6 +303,10 @@ pub struct PlanRecord {
     /// when workloads stayed where they were moved).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failback: bool,
+    /// Whether load balancers are told in steps of their own, ordered by the core (absent:
+    /// journaled before, when the drain and restore steps did it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lb_steps: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +447,12 @@ pub enum Command {
     /// Take the node out of service: out of the load balancer, workloads moved, local services
     /// stopped with `stop_grace` then forced.
     Drain { node: String, step: String, stop_grace: Millis, moves: Vec<WorkloadMove> },
+    /// Take the node out of every load balancer in front of its services (drained of sessions,
+    /// then in maintenance), before its drain stops anything.
+    LbOut { node: String, step: String },
+    /// Put the node back into its load balancers, after its restore step (services started,
+    /// health checks passed for `health_stable`).
+    LbIn { node: String, step: String },
     /// Run the allow-listed `action` on the node's agent.
     Update { node: String, step: String, action: String, version: String },
     /// Report `Booted` when the node answers with a boot id other than `old_boot`.
@@ -504,6 +538,8 @@ pub struct Campaign {
     fence_rules: bool,
     /// Restore steps carry workloads back to their preferred nodes (every campaign created now).
     failback: bool,
+    /// Load balancers are told in steps of their own (every campaign created now).
+    lb_steps: bool,
     /// The failback moves each node's restore step carries (so a resent restore is the same).
     restore_moves: std::collections::BTreeMap<NodeId, Vec<WorkloadMove>>,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
@@ -580,6 +616,7 @@ impl Campaign {
         c.order_waits = true;
         c.fence_rules = true;
         c.failback = true;
+        c.lb_steps = true;
         Ok(c)
     }
 
@@ -624,6 +661,7 @@ impl Campaign {
                 order_waits: self.order_waits,
                 fence_rules: self.fence_rules,
                 failback: self.failback,
+                lb_steps: self.lb_steps,
             },
         }
     }
@@ -681,7 +719,13 @@ impl Campaign {
         c.order_waits = rec.order_waits;
         c.fence_rules = rec.fence_rules;
         c.failback = rec.failback;
+        c.lb_steps = rec.lb_steps;
         Ok((c, 1))
+    }
+
+    /// Whether the core orders the load balancers' steps (else the drain and restore steps do).
+    pub fn balancer_steps(&self) -> bool {
+        self.lb_steps
     }
 
     /// Whether restore steps carry workloads back to their preferred nodes (failback).
@@ -806,6 +850,7 @@ impl Campaign {
             order_waits: false,
             fence_rules: false,
             failback: false,
+            lb_steps: false,
             restore_moves: Default::default(),
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
@@ -875,7 +920,7 @@ impl Campaign {
         live || self.nodes.iter().any(|r| {
             r.state.is_active()
                 || matches!(r.state, NodeState::Pending { out_of_service: true })
-                || matches!(r.state.back(), Some(Back::Checking { .. } | Back::Restoring))
+                || matches!(r.state.back(), Some(Back::Checking { .. } | Back::Restoring { .. }))
                 || matches!(r.hold, Hold::Holding { .. } | Hold::Held | Hold::Releasing { .. })
         })
     }
@@ -971,7 +1016,10 @@ impl Campaign {
                 NodeState::Prechecking { attempt } => {
                     out.push(Command::Precheck { node, step: self.step_id(n, *attempt, "precheck") })
                 }
-                NodeState::Draining { moves } => out.push(Command::Drain {
+                NodeState::Draining { stage: Stage::Balancers, .. } => {
+                    out.push(Command::LbOut { node, step: self.step_id(n, 0, "lb-out") })
+                }
+                NodeState::Draining { moves, stage: Stage::Agent } => out.push(Command::Drain {
                     node,
                     step: self.step_id(n, 0, "drain"),
                     stop_grace: self.spec.stop_grace,
@@ -991,9 +1039,18 @@ impl Campaign {
                 | NodeState::Failed { back: Back::Checking { .. }, .. } => {
                     out.push(Command::WatchHealth { node })
                 }
-                NodeState::Restoring
-                | NodeState::Done { back: Back::Restoring }
-                | NodeState::Failed { back: Back::Restoring, .. } => out.push(Command::Restore {
+                NodeState::Restoring { stage: Stage::Balancers }
+                | NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
+                | NodeState::Failed { back: Back::Restoring { stage: Stage::Balancers }, .. } => {
+                    out.push(Command::LbIn { node, step: self.step_id(n, 0, "lb-in") })
+                }
+                // Restored, waiting to be seen up (its watch reports it).
+                NodeState::Restoring { stage: Stage::Waiting { .. } }
+                | NodeState::Done { back: Back::Restoring { stage: Stage::Waiting { .. } } }
+                | NodeState::Failed { back: Back::Restoring { stage: Stage::Waiting { .. } }, .. } => {}
+                NodeState::Restoring { .. }
+                | NodeState::Done { back: Back::Restoring { .. } }
+                | NodeState::Failed { back: Back::Restoring { .. }, .. } => out.push(Command::Restore {
                     node,
                     step: self.step_id(n, 0, "restore"),
                     moves: self.restore_moves.get(&n).cloned().unwrap_or_default(),
@@ -1076,10 +1133,15 @@ impl Campaign {
     fn deadline_of(&self, n: NodeId, st: &NodeState, unreachable_since: Option<Millis>) -> Option<Millis> {
         let stable = self.spec.health_stable;
         match st {
+            NodeState::Restoring { stage: Stage::Waiting { since } }
+            | NodeState::Done { back: Back::Restoring { stage: Stage::Waiting { since } } }
+            | NodeState::Failed { back: Back::Restoring { stage: Stage::Waiting { since } }, .. } => {
+                Some(since + self.spec.ready_timeout)
+            }
             NodeState::Prechecking { .. }
             | NodeState::Draining { .. }
             | NodeState::Updating { .. }
-            | NodeState::Restoring => unreachable_since.map(|t| t + self.spec.reboot_timeout),
+            | NodeState::Restoring { .. } => unreachable_since.map(|t| t + self.spec.reboot_timeout),
             NodeState::Rebooting { deadline, .. } => Some(*deadline),
             NodeState::Verifying { since, healthy_since } => {
                 let ready = since + self.spec.ready_timeout;
@@ -1282,7 +1344,21 @@ impl Campaign {
                     NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
                         self.prechecked(n, now, out);
                     }
-                    NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
+                    NodeState::Draining { moves, stage: Stage::Balancers }
+                        if step == self.step_id(n, 0, "lb-out") =>
+                    {
+                        // Out of every load balancer: only now are its services stopped.
+                        self.set_state(n, NodeState::Draining { moves: moves.clone(), stage: Stage::Agent });
+                        out.push(Command::Drain {
+                            node,
+                            step: self.step_id(n, 0, "drain"),
+                            stop_grace: self.spec.stop_grace,
+                            moves,
+                        });
+                    }
+                    NodeState::Draining { stage: Stage::Agent, .. }
+                        if step == self.step_id(n, 0, "drain") =>
+                    {
                         self.send_update(n, 0, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
@@ -1322,12 +1398,39 @@ impl Campaign {
                             self.start_verify(n, now, out);
                         }
                     }
-                    NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
+                    NodeState::Restoring { stage: Stage::Agent } if step == self.step_id(n, 0, "restore") => {
+                        // Its services are started and it was healthy for health_stable: back
+                        // into its load balancers last.
+                        if !self.balanced(n) {
+                            self.finish(n, now, NodeState::Done { back: Back::In }, out);
+                        } else if self.nodes[n as usize].observed_down {
+                            self.set_state(n, NodeState::Restoring { stage: Stage::Waiting { since: now } });
+                        } else {
+                            self.set_state(n, NodeState::Restoring { stage: Stage::Balancers });
+                            out.push(Command::LbIn { node, step: self.step_id(n, 0, "lb-in") });
+                        }
+                    }
+                    NodeState::Restoring { stage: Stage::Balancers }
+                        if step == self.step_id(n, 0, "lb-in") =>
+                    {
                         self.finish(n, now, NodeState::Done { back: Back::In }, out);
                     }
-                    NodeState::Done { back: Back::Restoring }
-                    | NodeState::Failed { back: Back::Restoring, .. }
+                    NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
+                    | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
                         if step == self.step_id(n, 0, "restore") =>
+                    {
+                        if !self.balanced(n) {
+                            self.set_back(n, Back::In);
+                        } else if self.nodes[n as usize].observed_down {
+                            self.set_back(n, Back::Restoring { stage: Stage::Waiting { since: now } });
+                        } else {
+                            self.set_back(n, Back::Restoring { stage: Stage::Balancers });
+                            out.push(Command::LbIn { node, step: self.step_id(n, 0, "lb-in") });
+                        }
+                    }
+                    NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
+                    | NodeState::Failed { back: Back::Restoring { stage: Stage::Balancers }, .. }
+                        if step == self.step_id(n, 0, "lb-in") =>
                     {
                         self.set_back(n, Back::In);
                     }
@@ -1344,19 +1447,46 @@ impl Campaign {
                     NodeState::Prechecking { attempt } if step == self.step_id(n, attempt, "precheck") => {
                         self.precheck_failed(n, now, format!("precheck failed: {reason}"), out);
                     }
-                    NodeState::Draining { .. } if step == self.step_id(n, 0, "drain") => {
+                    NodeState::Draining { stage: Stage::Agent, .. }
+                        if step == self.step_id(n, 0, "drain") =>
+                    {
                         let back = Back::Checking { healthy_since: None };
                         self.fail(n, now, format!("drain failed: {reason}"), back, out);
+                    }
+                    NodeState::Draining { moves, stage: Stage::Balancers }
+                        if step == self.step_id(n, 0, "lb-out") =>
+                    {
+                        // Its workloads never left (the drain that moves them was not sent).
+                        let undo: Vec<(u32, NodeId)> = moves
+                            .iter()
+                            .filter_map(|m| self.fleet.workloads.iter().position(|w| w.name == m.workload))
+                            .map(|w| (w as u32, n))
+                            .collect();
+                        self.placement.apply(&self.fleet, &undo);
+                        // Perhaps out of some of them: put back once healthy, as any failed drain.
+                        let back = Back::Checking { healthy_since: None };
+                        self.fail(n, now, format!("drain failed: load balancer: {reason}"), back, out);
                     }
                     NodeState::Updating { attempt } if step == self.step_id(n, attempt, "update") => {
                         self.retry_or_fail(n, now, attempt, reason, out);
                     }
-                    NodeState::Restoring if step == self.step_id(n, 0, "restore") => {
+                    NodeState::Restoring { stage: Stage::Agent } if step == self.step_id(n, 0, "restore") => {
                         self.fail(n, now, format!("restore failed: {reason}"), Back::Out, out);
                     }
-                    NodeState::Done { back: Back::Restoring }
-                    | NodeState::Failed { back: Back::Restoring, .. }
+                    NodeState::Restoring { stage: Stage::Balancers }
+                        if step == self.step_id(n, 0, "lb-in") =>
+                    {
+                        self.fail(n, now, format!("restore failed: load balancer: {reason}"), Back::Out, out);
+                    }
+                    NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
+                    | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
                         if step == self.step_id(n, 0, "restore") =>
+                    {
+                        self.set_back(n, Back::Out);
+                    }
+                    NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
+                    | NodeState::Failed { back: Back::Restoring { stage: Stage::Balancers }, .. }
+                        if step == self.step_id(n, 0, "lb-in") =>
                     {
                         self.set_back(n, Back::Out);
                     }
@@ -1436,6 +1566,9 @@ impl Campaign {
                     }
                 }
                 self.set_observed_down(n, !up);
+                if up {
+                    self.rejoin_if_waiting(n, out);
+                }
             }
             Event::Unreachable { node } => {
                 let n = self.node(&node)?;
@@ -1445,7 +1578,7 @@ impl Campaign {
                     NodeState::Prechecking { .. }
                         | NodeState::Draining { .. }
                         | NodeState::Updating { .. }
-                        | NodeState::Restoring
+                        | NodeState::Restoring { .. }
                 );
                 if waiting && self.nodes[n as usize].unreachable_since.is_none() {
                     self.set_unreachable(n, Some(now));
@@ -1658,7 +1791,7 @@ impl Campaign {
             return;
         }
         let out_of_service = match &r.state {
-            NodeState::Done { back: Back::Restoring } => return,
+            NodeState::Done { back: Back::Restoring { .. } } => return,
             NodeState::Done { back } => *back != Back::In,
             _ => return,
         };
@@ -1739,7 +1872,7 @@ impl Campaign {
                     self.set_unreachable(n, None);
                     self.precheck_failed(n, now, why, out);
                 }
-                NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring
+                NodeState::Draining { .. } | NodeState::Updating { .. } | NodeState::Restoring { .. }
                     if lost_for.is_some() =>
                 {
                     let why = format!(
@@ -1750,6 +1883,21 @@ impl Campaign {
                     self.set_unreachable(n, None);
                     self.fail(n, now, why, Back::Out, out);
                 }
+                NodeState::Restoring { stage: Stage::Waiting { since } }
+                    if now >= since + self.spec.ready_timeout =>
+                {
+                    let why = format!(
+                        "seen down since its restore, not up within ready_timeout {}: kept out of its load balancers",
+                        format_duration(self.spec.ready_timeout)
+                    );
+                    self.fail(n, now, why, Back::Out, out);
+                }
+                NodeState::Done { back: Back::Restoring { stage: Stage::Waiting { since } } }
+                | NodeState::Failed { back: Back::Restoring { stage: Stage::Waiting { since } }, .. }
+                    if now >= since + self.spec.ready_timeout =>
+                {
+                    self.set_back(n, Back::Out);
+                }
                 NodeState::Rebooting { deadline, .. } if now >= deadline => {
                     let why = format!(
                         "no new boot id within reboot_timeout {}",
@@ -1759,7 +1907,7 @@ impl Campaign {
                 }
                 NodeState::Verifying { since, healthy_since } => {
                     if healthy_since.is_some_and(|h| now >= h + self.spec.health_stable) {
-                        self.set_state(n, NodeState::Restoring);
+                        self.set_state(n, NodeState::Restoring { stage: Stage::Agent });
                         out.push(self.restore(n));
                     } else if now >= since + self.spec.ready_timeout {
                         let mut late = format!(
@@ -1812,7 +1960,7 @@ impl Campaign {
                 | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. }
                     if now >= h + self.spec.health_stable =>
                 {
-                    self.set_back(n, Back::Restoring);
+                    self.set_back(n, Back::Restoring { stage: Stage::Agent });
                     out.push(self.restore(n));
                 }
                 _ => {}
@@ -2170,7 +2318,7 @@ impl Campaign {
                 let st = &self.nodes[n as usize].state;
                 !st.is_active()
                     && !matches!(st, NodeState::Pending { .. })
-                    && !matches!(st.back(), Some(Back::Checking { .. } | Back::Restoring))
+                    && !matches!(st.back(), Some(Back::Checking { .. } | Back::Restoring { .. }))
             })
             .collect();
         for n in ready {
@@ -2197,6 +2345,41 @@ impl Campaign {
             && self.spec.windows.as_ref().is_none_or(|w| w.contains(now))
     }
 
+    /// A node restored while it was seen down, and now seen up: back into its load balancers.
+    fn rejoin_if_waiting(&mut self, n: NodeId, out: &mut Vec<Command>) {
+        let st = match &self.nodes[n as usize].state {
+            NodeState::Restoring { stage: Stage::Waiting { .. } } => {
+                NodeState::Restoring { stage: Stage::Balancers }
+            }
+            NodeState::Done { back: Back::Restoring { stage: Stage::Waiting { .. } } } => {
+                NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
+            }
+            NodeState::Failed { reason, back: Back::Restoring { stage: Stage::Waiting { .. } } } => {
+                NodeState::Failed {
+                    reason: reason.clone(),
+                    back: Back::Restoring { stage: Stage::Balancers },
+                }
+            }
+            _ => return,
+        };
+        self.set_state(n, st);
+        out.push(Command::LbIn {
+            node: self.fleet.node_name(n).to_string(),
+            step: self.step_id(n, 0, "lb-in"),
+        });
+    }
+
+    /// Whether node `n`'s load balancers are told by steps of their own that the core orders
+    /// (out before its drain, in after its restore): it is in a service behind one, and the
+    /// campaign was created since those steps exist (before, the driver did both within the
+    /// drain and restore steps, and such a campaign replays as it ran).
+    fn balanced(&self, n: NodeId) -> bool {
+        self.lb_steps
+            && self.fleet.memberships[n as usize]
+                .iter()
+                .any(|&s| self.fleet.services[s as usize].haproxy.is_some())
+    }
+
     /// Moves as the agent's steps carry them.
     fn moves_out(&self, moves: &[(u32, NodeId)]) -> Vec<WorkloadMove> {
         moves
@@ -2213,14 +2396,21 @@ impl Campaign {
     fn drain(&mut self, n: NodeId, now: Millis, moves: Vec<(u32, NodeId)>, out: &mut Vec<Command>) {
         self.placement.apply(&self.fleet, &moves);
         let moves = self.moves_out(&moves);
-        self.set_state(n, NodeState::Draining { moves: moves.clone() });
+        // Out of its load balancers first (its own step), so that no request reaches its
+        // services once they stop.
+        let stage = if self.balanced(n) { Stage::Balancers } else { Stage::Agent };
+        self.set_state(n, NodeState::Draining { moves: moves.clone(), stage });
         self.nodes[n as usize].started_at = Some(now);
         self.touch(n);
-        out.push(Command::Drain {
-            node: self.fleet.node_name(n).to_string(),
-            step: self.step_id(n, 0, "drain"),
-            stop_grace: self.spec.stop_grace,
-            moves,
+        let node = self.fleet.node_name(n).to_string();
+        out.push(match stage {
+            Stage::Balancers => Command::LbOut { node, step: self.step_id(n, 0, "lb-out") },
+            Stage::Agent | Stage::Waiting { .. } => Command::Drain {
+                node,
+                step: self.step_id(n, 0, "drain"),
+                stop_grace: self.spec.stop_grace,
+                moves,
+            },
         });
     }
 

@@ -362,7 +362,7 @@ fn an_unreachable_agent_is_given_reboot_timeout_and_nothing_is_assumed_meanwhile
     c.handle(4 * M + S, Event::Health { node: "a".into(), healthy: true, version: None, detail: None })
         .unwrap();
     c.handle(c.next_deadline().unwrap(), Event::Tick).unwrap();
-    assert!(matches!(c.nodes[0].state, NodeState::Restoring));
+    assert!(matches!(c.nodes[0].state, NodeState::Restoring { .. }));
     c.handle(6 * M, Event::Unreachable { node: "a".into() }).unwrap();
     assert!(c.handle(6 * M + 10 * M - 1, Event::Tick).unwrap().is_empty());
     c.handle(6 * M + 10 * M, Event::Tick).unwrap();
@@ -1051,4 +1051,90 @@ fn a_node_handed_over_out_of_service_starts_though_unhealthy_nodes_hold_back_the
     assert_eq!(c.unhealthy(), 1);
     let cmds = c.handle(S, Event::Start { by: by() }).unwrap();
     assert_eq!(drains(&cmds), vec!["d"], "only d: a waits on max_unhealthy");
+}
+
+fn lb_campaign() -> Campaign {
+    let text = fleet3().replace(
+        "max_unavailable = 1\n",
+        "max_unavailable = 1\nhaproxy = { socket = \"/run/haproxy.sock\", backend = \"web\" }\n",
+    );
+    let fleet = load_fleet("f.toml", &text).unwrap();
+    let spec = load_campaign(
+        "c.toml",
+        "name = \"c1\"\ntarget_version = \"2\"\nmax_parallel = 1\nhealth_wait = \"10s\"\nhealth_stable = \"1m\"\nready_timeout = \"5m\"\n",
+        &fleet,
+    )
+    .unwrap();
+    Campaign::new("c1", Arc::new(fleet), spec).unwrap().with_prechecks(false).with_holds(false)
+}
+
+fn names(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::LbOut { node, .. } => Some(format!("lb-out {node}")),
+            Command::Drain { node, .. } => Some(format!("drain {node}")),
+            Command::Update { node, .. } => Some(format!("update {node}")),
+            Command::Restore { node, .. } => Some(format!("restore {node}")),
+            Command::LbIn { node, .. } => Some(format!("lb-in {node}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 13: the load balancers' steps are the core's: out of them before the drain stops the
+/// node's services, back into them only after its restore (services started, healthy for
+/// health_stable), and a node restored while seen down waits to be seen up.
+#[test]
+fn load_balancer_steps_are_ordered_by_the_core() {
+    let mut c = lb_campaign();
+    assert_eq!(names(&c.handle(0, Event::Start { by: by() }).unwrap()), ["lb-out a"]);
+    assert!(c.nodes[0].state.is_out(), "counted out from the moment it leaves the load balancer");
+    assert_eq!(names(&c.handle(S, ok("a", "c1/a/0/lb-out")).unwrap()), ["drain a"]);
+    assert_eq!(names(&c.handle(2 * S, ok("a", "c1/a/0/drain")).unwrap()), ["update a"]);
+    c.handle(3 * S, upd("a", "c1/a/0/update")).unwrap();
+    let healthy = |n: &str| Event::Health { node: n.into(), healthy: true, version: None, detail: None };
+    c.handle(13 * S, healthy("a")).unwrap();
+    assert_eq!(names(&c.handle(13 * S + M, Event::Tick).unwrap()), ["restore a"]);
+    // Seen down as its restore ends: not back into the load balancer until seen up.
+    c.handle(14 * S + M, Event::Observed { node: "a".into(), up: false, version: None }).unwrap();
+    assert!(names(&c.handle(15 * S + M, ok("a", "c1/a/0/restore")).unwrap()).is_empty());
+    assert!(c.nodes[0].state.is_out());
+    let back = c.handle(20 * S + M, Event::Observed { node: "a".into(), up: true, version: None }).unwrap();
+    assert_eq!(names(&back), ["lb-in a"]);
+    assert!(c.nodes[0].state.is_out(), "out until the load balancer has it back");
+    // In service once back in the load balancer; only then does b start.
+    assert_eq!(names(&c.handle(21 * S + M, ok("a", "c1/a/0/lb-in")).unwrap()), ["lb-out b"]);
+    assert!(matches!(c.nodes[0].state, NodeState::Done { back: Back::In }));
+
+    // A load balancer that refuses: b fails before anything stopped, and is put back (restore,
+    // then the load balancer) once healthy for health_stable.
+    let failed = c
+        .handle(
+            22 * S + M,
+            Event::StepFailed { node: "b".into(), step: "c1/b/0/lb-out".into(), reason: "socket refused".into() },
+        )
+        .unwrap();
+    assert!(!names(&failed).contains(&"drain b".to_string()));
+    assert!(
+        matches!(&c.nodes[1].state, NodeState::Failed { reason, .. } if reason.contains("load balancer: socket refused"))
+    );
+    c.handle(23 * S + M, healthy("b")).unwrap();
+    assert_eq!(names(&c.handle(23 * S + 2 * M, Event::Tick).unwrap()), ["restore b"]);
+    assert_eq!(names(&c.handle(24 * S + 2 * M, ok("b", "c1/b/0/restore")).unwrap()), ["lb-in b"]);
+    c.handle(25 * S + 2 * M, ok("b", "c1/b/0/lb-in")).unwrap();
+    assert!(matches!(c.nodes[1].state, NodeState::Failed { back: Back::In, .. }));
+}
+
+/// A campaign journaled before the core ordered the load balancers replays as it ran: its
+/// drain and restore steps told them (the driver did), and no load balancer step is sent.
+#[test]
+fn a_journal_from_before_load_balancer_steps_replays_as_it_ran() {
+    let c = lb_campaign();
+    let Event::Planned { id, mut plan } = c.planned_event() else { panic!() };
+    assert!(plan.lb_steps);
+    plan.lb_steps = false;
+    let journal = vec![(0, Event::Planned { id, plan }), (0, Event::Start { by: by() })];
+    let old = Campaign::replay(c.fleet.clone(), c.spec.clone(), &journal).unwrap();
+    assert!(!old.balancer_steps());
+    assert_eq!(names(&old.resume_commands()), ["drain a"]);
 }

@@ -7,7 +7,7 @@ use crate::client::{AgentClient, ClientError};
 use crate::haproxy;
 use crate::metrics::{KindLabel, StepLabel, Telemetry};
 use crate::store::Store;
-use baton_core::campaign::{Back, Command, Event, Hold, Notice};
+use baton_core::campaign::{Back, Command, Event, Hold, Notice, Stage};
 use baton_core::model::Haproxy;
 use baton_core::{Campaign, CampaignError, Millis, NodeState};
 use baton_proto::{CampaignView, NodeView, ServiceView, StepKind, StepRequest, StepState};
@@ -471,11 +471,17 @@ fn watch_ended(c: &Campaign, superseded: bool) -> bool {
 /// (A hold or release step runs beside it, in `hold_jobs`: the node's watch goes on meanwhile.)
 fn needs_job(r: &baton_core::campaign::NodeRun) -> bool {
     let st = &r.state;
+    // Restored while seen down: its watch tells the campaign when it is up again.
+    if matches!(st, NodeState::Restoring { stage: Stage::Waiting { .. } })
+        || matches!(st.back(), Some(Back::Restoring { stage: Stage::Waiting { .. } }))
+    {
+        return false;
+    }
     st.is_active()
         || matches!(
             st,
-            NodeState::Done { back: Back::Checking { .. } | Back::Restoring }
-                | NodeState::Failed { back: Back::Checking { .. } | Back::Restoring, .. }
+            NodeState::Done { back: Back::Checking { .. } | Back::Restoring { .. } }
+                | NodeState::Failed { back: Back::Checking { .. } | Back::Restoring { .. }, .. }
         )
 }
 
@@ -1000,7 +1006,9 @@ impl Driver {
     fn step(&mut self, node: String, req: StepRequest, rep: Reporter) {
         let addr = self.addr(&node);
         let out = (self.writer.clone(), self.id);
-        let lbs = self.balancers(&node);
+        // A campaign created before the core ordered the load balancers' steps has its drain
+        // and restore steps tell them, as it ran.
+        let lbs = if self.campaign.balancer_steps() { Vec::new() } else { self.balancers(&node) };
         let job = step_job(self.client.clone(), addr, node.clone(), req, rep, out, lbs);
         self.job(&node, JobKind::Step, job);
     }
@@ -1095,7 +1103,11 @@ impl Driver {
     fn dispatch(&mut self, cmd: Command) {
         match &cmd {
             Command::Precheck { node, .. } => self.enter(node, "prechecking"),
-            Command::Drain { node, .. } => self.enter(node, "draining"),
+            Command::LbOut { node, .. } => self.enter(node, "draining"),
+            // After its own load balancer step, the drain goes on.
+            Command::Drain { node, .. } if self.entered.get(node).map(|e| e.0) != Some("draining") => {
+                self.enter(node, "draining")
+            }
             Command::Update { node, .. } => self.enter(node, "updating"),
             Command::WatchBoot { node, .. } => self.enter(node, "rebooting"),
             Command::WatchHealth { node } if self.entered.contains_key(node) => self.enter(node, "verifying"),
@@ -1126,6 +1138,14 @@ impl Driver {
                     ..StepRequest::new(step, StepKind::Drain)
                 };
                 self.step(node, req, rep);
+            }
+            Command::LbOut { node, step } => {
+                let lbs = self.balancers(&node);
+                self.job(&node.clone(), JobKind::Step, balancer_job(node, step, lbs, false, rep));
+            }
+            Command::LbIn { node, step } => {
+                let lbs = self.balancers(&node);
+                self.job(&node.clone(), JobKind::Step, balancer_job(node, step, lbs, true, rep));
             }
             Command::Update { node, step, action, version } => {
                 let req = StepRequest {
@@ -1230,6 +1250,31 @@ fn wire_moves(moves: Vec<baton_core::campaign::WorkloadMove>) -> Vec<baton_proto
         .into_iter()
         .map(|m| baton_proto::WorkloadMove { workload: m.workload, to: m.to, live: m.live })
         .collect()
+}
+
+/// A node's load balancer step, as the core ordered it: out of every backend it is in (drained
+/// of sessions, then in maintenance) or back into them (ready, until HAProxy's own check sees it
+/// up), reported to the campaign as a step.
+async fn balancer_job(node: String, step: String, lbs: Vec<Haproxy>, into: bool, rep: Reporter) {
+    for lb in &lbs {
+        let done = if into {
+            haproxy::ready(lb, &node, Duration::from_secs(60)).await
+        } else {
+            match haproxy::drain(lb, &node).await {
+                Ok(0) => Ok(()),
+                Ok(left) => {
+                    tracing::warn!(%node, backend = %lb.backend, "drain timeout with {left} sessions left");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = done {
+            rep.send(Event::StepFailed { node, step, reason: format!("{}: {e}", lb.backend) }).await;
+            return;
+        }
+    }
+    rep.send(Event::StepOk { node, step, reboot: false, boot_id: None, version: None }).await;
 }
 
 async fn step_job(

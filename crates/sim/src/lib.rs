@@ -106,6 +106,8 @@ const SALT_UNHEALTHY: u64 = 4;
 const SALT_LEARNED: u64 = 5;
 const SALT_PRECHECK: u64 = 6;
 const SALT_HOLD: u64 = 7;
+const SALT_LB_OUT: u64 = 8;
+const SALT_LB_IN: u64 = 9;
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -161,6 +163,14 @@ pub struct Observer {
     capacity: Vec<Option<u64>>,
     /// Whether the campaign fails workloads back (journaled before failback: not).
     failback: bool,
+    /// Load balancers: whether each node is behind one and the core orders their steps, whether
+    /// it is in rotation now, whether its services run (stopped by a drain, started by a
+    /// restore that worked), whether its last health report was healthy, and fenced nodes.
+    balanced: Vec<bool>,
+    in_rotation: Vec<bool>,
+    services_up: Vec<bool>,
+    healthy: Vec<bool>,
+    fenced: Vec<bool>,
     /// Whether a restore step was sent yet, and the nodes back in service since the last one.
     swept: bool,
     back_since_sweep: HashSet<NodeId>,
@@ -195,6 +205,18 @@ impl Observer {
             },
             capacity: f.nodes.iter().map(|n| n.capacity).collect(),
             failback: c.fails_back(),
+            balanced: (0..f.nodes.len())
+                .map(|i| {
+                    c.balancer_steps()
+                        && f.memberships[i].iter().any(|&s| f.services[s as usize].haproxy.is_some())
+                })
+                .collect(),
+            // A node handed over out of service is out of its load balancers (a failed or
+            // fenced node), with its services perhaps stopped.
+            in_rotation: c.nodes.iter().map(|r| !r.left_out).collect(),
+            services_up: c.nodes.iter().map(|r| !r.left_out).collect(),
+            healthy: vec![true; f.nodes.len()],
+            fenced: vec![false; f.nodes.len()],
             ..Default::default()
         }
         .with_left_out(c)
@@ -208,6 +230,23 @@ impl Observer {
     /// Whether node `n` has room for `demand` more.
     pub fn has_room(&self, n: NodeId, demand: u64) -> bool {
         self.capacity[n as usize].is_none_or(|c| self.wl_used[n as usize] + demand <= c)
+    }
+
+    /// Whether node `n` is behind a load balancer whose steps the core orders.
+    pub fn is_balanced(&self, n: NodeId) -> bool {
+        self.balanced[n as usize]
+    }
+
+    /// A node out of its load balancers is counted down (by the campaign, or seen down): else
+    /// a service would have fewer members serving than the rules count.
+    fn check_rotation(&mut self, now: Millis, fleet: &Fleet, n: NodeId) {
+        let i = n as usize;
+        if self.balanced[i] && !self.in_rotation[i] && !self.fenced[i] && !(self.out[i] || self.lost[i]) {
+            self.violations.push(format!(
+                "at {now}ms: {} is out of its load balancers but not counted down",
+                fleet.node_name(n)
+            ));
+        }
     }
 
     /// Whether node `n` is out of service (the campaign's, or seen down) now.
@@ -400,6 +439,16 @@ impl Observer {
                     self.set(n, None, Some(!up));
                 }
             }
+            Event::StepOk { node, step, .. } if step.ends_with("/restore") => {
+                if let Some(n) = fleet.node_id(node) {
+                    self.services_up[n as usize] = true;
+                }
+            }
+            Event::Health { node, healthy, .. } => {
+                if let Some(n) = fleet.node_id(node) {
+                    self.healthy[n as usize] = *healthy;
+                }
+            }
             Event::Window { open } => self.window_open = *open,
             Event::Rollback { .. } => self.rollbacks += 1,
             Event::Gate { name, open } => {
@@ -413,7 +462,8 @@ impl Observer {
         }
     }
 
-    /// A restore step that completed: the node is back in service.
+    /// A restore step that completed (for a node behind a load balancer, the step that put it
+    /// back into it): the node is back in service.
     pub fn on_restored(&mut self, n: NodeId) {
         self.set(n, Some(false), None);
         // Back in service: no longer handed over out of service (as the core has it).
@@ -429,8 +479,58 @@ impl Observer {
         }
     }
 
+    /// A node starts being taken out of service: the rules that hold for every start.
+    fn start(&mut self, fleet: &Fleet, now: Millis, node: &str, step: &str) {
+        if !self.prechecked.remove(node) {
+            self.check_unhealthy(now, fleet, node);
+        }
+        if let Some(n) = fleet.node_id(node) {
+            self.finished_nodes.remove(&n);
+        }
+        let n = fleet.node_id(node).expect("core names fleet nodes");
+        if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
+            self.violations
+                .push(format!("at {now}ms: {node} started while the campaign is {:?}", self.phase));
+        }
+        let outside = self.windows.as_ref().is_some_and(|w| !w.contains(now));
+        if !self.window_open || outside || !self.closed_gates.is_empty() {
+            self.violations.push(format!("at {now}ms: {node} started while a window or gate is closed"));
+        }
+        if self.failed > self.max_failed + self.accepted {
+            self.violations.push(format!("at {now}ms: {node} started after {} failures", self.failed));
+        }
+        // A node handed over out of service may start seen down: it adds nothing down.
+        if self.lost[n as usize] && !self.left_out[n as usize] {
+            self.violations.push(format!("at {now}ms: {node} started while it is down"));
+        }
+        self.active.insert(node.to_string());
+        if self.active.len() as u32 > self.max_parallel {
+            self.violations.push(format!(
+                "at {now}ms: {} nodes active, max_parallel {}",
+                self.active.len(),
+                self.max_parallel
+            ));
+        }
+        let was_down = self.out[n as usize] || self.lost[n as usize];
+        self.set(n, Some(true), None);
+        // A start that takes a service above its allowance breaks rule 1; a node that
+        // was out of service already adds nothing.
+        for &s in self.members[n as usize].iter().filter(|_| !was_down) {
+            if self.down[s as usize] > self.allowance[s as usize] {
+                self.violations.push(format!(
+                    "at {now}ms: starting {node} takes service {} to {} down, allowance {}",
+                    fleet.services[s as usize].name, self.down[s as usize], self.allowance[s as usize]
+                ));
+            }
+        }
+        self.drained_at.insert(n, now);
+        self.last_drain.insert(node.to_string(), step.to_string());
+    }
+
     pub fn on_command(&mut self, fleet: &Fleet, now: Millis, cmd: &Command) {
-        if let Command::Precheck { node, .. } | Command::Drain { node, .. } = cmd {
+        if let Command::Precheck { node, .. } | Command::Drain { node, .. } | Command::LbOut { node, .. } =
+            cmd
+        {
             if self.holds && !self.held.contains(node) {
                 self.violations
                     .push(format!("at {now}ms: {node} started while its auto-updaters are not held"));
@@ -449,59 +549,46 @@ impl Observer {
                 }
                 self.release_steps.insert(step.clone(), node.clone());
             }
-            Command::Drain { node, step, moves, .. } => {
+            Command::LbOut { node, step } => {
                 self.once(now, step);
-                if let Some(n) = fleet.node_id(node) {
-                    self.apply_moves(fleet, now, n, moves, false);
-                }
-                if !self.prechecked.remove(node) {
-                    self.check_unhealthy(now, fleet, node);
-                }
-                if let Some(n) = fleet.node_id(node) {
-                    self.finished_nodes.remove(&n);
-                }
                 let n = fleet.node_id(node).expect("core names fleet nodes");
-                if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
+                if !self.balanced[n as usize] {
                     self.violations
-                        .push(format!("at {now}ms: {node} started while the campaign is {:?}", self.phase));
+                        .push(format!("at {now}ms: {node} taken out of load balancers it is not behind"));
                 }
-                let outside = self.windows.as_ref().is_some_and(|w| !w.contains(now));
-                if !self.window_open || outside || !self.closed_gates.is_empty() {
-                    self.violations
-                        .push(format!("at {now}ms: {node} started while a window or gate is closed"));
-                }
-                if self.failed > self.max_failed + self.accepted {
-                    self.violations
-                        .push(format!("at {now}ms: {node} started after {} failures", self.failed));
-                }
-                // A node handed over out of service may start seen down: it adds nothing down.
-                if self.lost[n as usize] && !self.left_out[n as usize] {
-                    self.violations.push(format!("at {now}ms: {node} started while it is down"));
-                }
-                self.active.insert(node.clone());
-                if self.active.len() as u32 > self.max_parallel {
+                // Out of rotation is where it starts: from now its services serve no one.
+                self.start(fleet, now, node, step);
+                self.in_rotation[n as usize] = false;
+                self.check_rotation(now, fleet, n);
+            }
+            Command::LbIn { node, step } => {
+                self.once(now, step);
+                let n = fleet.node_id(node).expect("core names fleet nodes");
+                let i = n as usize;
+                // Back in rotation only once its services run again and it is healthy.
+                if !self.services_up[i] || !self.healthy[i] || self.lost[i] {
                     self.violations.push(format!(
-                        "at {now}ms: {} nodes active, max_parallel {}",
-                        self.active.len(),
-                        self.max_parallel
+                        "at {now}ms: {node} put back into its load balancers before it is ready \
+                         (services up {}, healthy {}, seen down {})",
+                        self.services_up[i], self.healthy[i], self.lost[i]
                     ));
                 }
-                let was_down = self.out[n as usize] || self.lost[n as usize];
-                self.set(n, Some(true), None);
-                // A start that takes a service above its allowance breaks rule 1; a node that
-                // was out of service already adds nothing.
-                for &s in self.members[n as usize].iter().filter(|_| !was_down) {
-                    if self.down[s as usize] > self.allowance[s as usize] {
-                        self.violations.push(format!(
-                            "at {now}ms: starting {node} takes service {} to {} down, allowance {}",
-                            fleet.services[s as usize].name,
-                            self.down[s as usize],
-                            self.allowance[s as usize]
-                        ));
+                self.in_rotation[i] = true;
+            }
+            Command::Drain { node, step, moves, .. } => {
+                self.once(now, step);
+                let n = fleet.node_id(node).expect("core names fleet nodes");
+                self.apply_moves(fleet, now, n, moves, false);
+                if self.balanced[n as usize] {
+                    // Its services stop: only once no load balancer sends it anything.
+                    if self.in_rotation[n as usize] {
+                        self.violations
+                            .push(format!("at {now}ms: {node}'s services stopped while it is in rotation"));
                     }
+                } else {
+                    self.start(fleet, now, node, step);
                 }
-                self.drained_at.insert(n, now);
-                self.last_drain.insert(node.clone(), step.clone());
+                self.services_up[n as usize] = false;
             }
             Command::Precheck { node, step } => {
                 self.once(now, step);
@@ -789,9 +876,11 @@ impl Sim {
     pub fn step(&mut self, t: Millis, ev: Event) {
         self.now = self.now.max(t);
         let now = self.now;
+        // Back in service: for a node behind a load balancer, once back into it.
         let restored = match &ev {
+            Event::StepOk { node, step, .. } if step.ends_with("/lb-in") => self.campaign.fleet.node_id(node),
             Event::StepOk { node, step, .. } if step.ends_with("/restore") => {
-                self.campaign.fleet.node_id(node)
+                self.campaign.fleet.node_id(node).filter(|&n| !self.observer.is_balanced(n))
             }
             _ => None,
         };
@@ -849,7 +938,9 @@ impl Sim {
         | Command::Precheck { step, .. }
         | Command::Drain { step, .. }
         | Command::Update { step, .. }
-        | Command::Restore { step, .. } = cmd
+        | Command::Restore { step, .. }
+        | Command::LbOut { step, .. }
+        | Command::LbIn { step, .. } = cmd
         {
             if let Some((ready, ev)) = self.outcomes.get(step).cloned() {
                 self.answer(now.max(ready), ev);
@@ -875,6 +966,21 @@ impl Sim {
                 };
                 let e = if self.chance(id(node), attempt, salt, self.opts.precheck_fail_rate) {
                     Event::StepFailed { node: node.clone(), step: step.clone(), reason: why.into() }
+                } else {
+                    done(node, step)
+                };
+                self.record(step, now, e);
+            }
+            // A load balancer's step takes no simulated time; it fails a quarter as often as a
+            // precheck (HAProxy's socket refusing, say).
+            Command::LbOut { node, step } | Command::LbIn { node, step } => {
+                let salt = if matches!(cmd, Command::LbOut { .. }) { SALT_LB_OUT } else { SALT_LB_IN };
+                let e = if self.chance(id(node), 0, salt, self.opts.precheck_fail_rate / 4.0) {
+                    Event::StepFailed {
+                        node: node.clone(),
+                        step: step.clone(),
+                        reason: "haproxy: socket refused".into(),
+                    }
                 } else {
                     done(node, step)
                 };

@@ -260,6 +260,11 @@ fn fleet_toml(f: &FleetCase) -> String {
             RuleKind::Quorum => "quorum = true\nmax_unavailable = 9".to_string(),
         };
         let _ = write!(s, "[[service]]\nname = \"s{k}\"\nnodes = [{}]\n{rule}\n", members.join(", "));
+        // Half the services are behind HAProxy: their members' load balancer steps are ordered
+        // by the core, and the observer checks that order.
+        if (k + members.len()).is_multiple_of(2) {
+            let _ = writeln!(s, "haproxy = {{ socket = \"/run/haproxy-{k}.sock\", backend = \"s{k}\" }}");
+        }
     }
     if let Some((_, wls)) = &f.capacity {
         for (k, (node, demand, mv)) in wls.iter().enumerate() {
