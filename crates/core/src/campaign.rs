@@ -540,6 +540,9 @@ pub struct Campaign {
     failback: bool,
     /// Load balancers are told in steps of their own (every campaign created now).
     lb_steps: bool,
+    /// Per node, workload moves onto it that a drain or restore in flight carries: it does not
+    /// start meanwhile (its own drain would move what has not arrived yet).
+    arriving: Vec<u32>,
     /// The failback moves each node's restore step carries (so a resent restore is the same).
     restore_moves: std::collections::BTreeMap<NodeId, Vec<WorkloadMove>>,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
@@ -851,6 +854,7 @@ impl Campaign {
             fence_rules: false,
             failback: false,
             lb_steps: false,
+            arriving: vec![0; fleet.nodes.len()],
             restore_moves: Default::default(),
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
@@ -1090,6 +1094,9 @@ impl Campaign {
         let lost = self.nodes[n as usize].unreachable_since;
         let same = std::mem::discriminant(&self.nodes[n as usize].state) == std::mem::discriminant(&state);
         let keep = if same { lost } else { None };
+        if self.lb_steps {
+            self.track_arrivals(n, &state);
+        }
         let old = self.deadline_of(n, &self.nodes[n as usize].state, lost);
         let new = self.deadline_of(n, &state, keep);
         self.retime(n, old, new);
@@ -1191,6 +1198,43 @@ impl Campaign {
             self.active -= 1;
         } else if !was_active && is_active {
             self.active += 1;
+        }
+    }
+
+    /// Workload moves node `n`'s state carries while the step carrying them is in flight: its
+    /// drain's, or its restore's (failback).
+    fn moves_in_flight(&self, n: NodeId, st: &NodeState) -> Vec<NodeId> {
+        let moves = match st {
+            NodeState::Draining { moves, .. } => moves,
+            NodeState::Restoring { stage: Stage::Agent }
+            | NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
+            | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. } => {
+                match self.restore_moves.get(&n) {
+                    Some(m) => m,
+                    None => return Vec::new(),
+                }
+            }
+            _ => return Vec::new(),
+        };
+        moves.iter().filter_map(|m| self.fleet.node_id(&m.to)).collect()
+    }
+
+    /// Counts the moves onto each node as node `n` goes to `state`; a node with nothing more on
+    /// its way may start again.
+    fn track_arrivals(&mut self, n: NodeId, state: &NodeState) {
+        let before = self.moves_in_flight(n, &self.nodes[n as usize].state);
+        let after = self.moves_in_flight(n, state);
+        if before == after {
+            return;
+        }
+        for d in before {
+            self.arriving[d as usize] -= 1;
+            if self.arriving[d as usize] == 0 {
+                self.wake(vec![self.rank[d as usize]]);
+            }
+        }
+        for d in after {
+            self.arriving[d as usize] += 1;
         }
     }
 
@@ -1907,8 +1951,9 @@ impl Campaign {
                 }
                 NodeState::Verifying { since, healthy_since } => {
                     if healthy_since.is_some_and(|h| now >= h + self.spec.health_stable) {
+                        let restore = self.restore(n);
                         self.set_state(n, NodeState::Restoring { stage: Stage::Agent });
-                        out.push(self.restore(n));
+                        out.push(restore);
                     } else if now >= since + self.spec.ready_timeout {
                         let mut late = format!(
                             "not healthy within ready_timeout {}",
@@ -1960,8 +2005,9 @@ impl Campaign {
                 | NodeState::Failed { back: Back::Checking { healthy_since: Some(h) }, .. }
                     if now >= h + self.spec.health_stable =>
                 {
+                    let restore = self.restore(n);
                     self.set_back(n, Back::Restoring { stage: Stage::Agent });
-                    out.push(self.restore(n));
+                    out.push(restore);
                 }
                 _ => {}
             }
@@ -2003,6 +2049,10 @@ impl Campaign {
         }
         if self.fleet.workloads.is_empty() {
             return Ok(Vec::new());
+        }
+        // Not while workloads are on their way to it: its drain would move what is not there yet.
+        if self.arriving[n as usize] > 0 {
+            return Err(Blocked::Capacity);
         }
         let settled = |d: NodeId| match &self.nodes[d as usize].state {
             NodeState::NotTargeted | NodeState::Skipped { .. } => true,

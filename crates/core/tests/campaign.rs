@@ -1111,7 +1111,11 @@ fn load_balancer_steps_are_ordered_by_the_core() {
     let failed = c
         .handle(
             22 * S + M,
-            Event::StepFailed { node: "b".into(), step: "c1/b/0/lb-out".into(), reason: "socket refused".into() },
+            Event::StepFailed {
+                node: "b".into(),
+                step: "c1/b/0/lb-out".into(),
+                reason: "socket refused".into(),
+            },
         )
         .unwrap();
     assert!(!names(&failed).contains(&"drain b".to_string()));

@@ -241,7 +241,8 @@ impl Observer {
     /// a service would have fewer members serving than the rules count.
     fn check_rotation(&mut self, now: Millis, fleet: &Fleet, n: NodeId) {
         let i = n as usize;
-        if self.balanced[i] && !self.in_rotation[i] && !self.fenced[i] && !(self.out[i] || self.lost[i]) {
+        let counted = self.out[i] || self.lost[i] || self.fenced[i];
+        if self.balanced[i] && !self.in_rotation[i] && !counted {
             self.violations.push(format!(
                 "at {now}ms: {} is out of its load balancers but not counted down",
                 fleet.node_name(n)
@@ -645,6 +646,15 @@ impl Observer {
                     }
                 }
             },
+            // A fenced node is out of its load balancers, and the committed campaign counts it
+            // down (as seen down) until it is unfenced.
+            Command::Fence { node, .. } | Command::Unfence { node, .. } => {
+                if let Some(n) = fleet.node_id(node) {
+                    let fence = matches!(cmd, Command::Fence { .. });
+                    self.fenced[n as usize] = fence;
+                    self.in_rotation[n as usize] = !fence;
+                }
+            }
             _ => {}
         }
     }
