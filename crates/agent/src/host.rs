@@ -376,8 +376,6 @@ impl System {
         ));
     }
 
-    /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
-    /// failure if the kill works (its output is kept).
     /// Runs `hooks` in turn with the step's workload moves in `$BATON_MOVES_FILE` (written to
     /// `file` in the state directory) and, within what one environment string may hold (128 KiB
     /// on Linux), in `$BATON_MOVES`; beyond that, a hook still reading `$BATON_MOVES` gets what
@@ -413,6 +411,8 @@ impl System {
         out
     }
 
+    /// Stops each drained service within `grace`, else kills it. A stop that fails is not a
+    /// failure if the kill works (its output is kept).
     async fn stop_services(&self, base: &[(&str, &str)], grace: u64) -> Vec<(run::Outcome, String)> {
         let tail = self.cfg.output_tail_bytes;
         let mut out = Vec::new();

@@ -125,7 +125,7 @@ pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
             if away.is_empty() {
                 String::new()
             } else {
-                format!("; going to it at the first restore: {}", away.join(", "))
+                format!("; not on it now, to go there at a restore when it has room: {}", away.join(", "))
             }
         );
     }

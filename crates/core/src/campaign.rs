@@ -540,11 +540,17 @@ pub struct Campaign {
     failback: bool,
     /// Load balancers are told in steps of their own (every campaign created now).
     lb_steps: bool,
-    /// Per node, workload moves onto it that a drain or restore in flight carries: it does not
-    /// start meanwhile (its own drain would move what has not arrived yet).
-    arriving: Vec<u32>,
+    /// Per node, workload moves onto or off it that a drain or restore in flight carries: it
+    /// neither starts (its drain would move what has not arrived, or what is still leaving) nor
+    /// takes other workloads meanwhile (a move undone must find its room).
+    busy: Vec<u32>,
+    /// Per workload, moves of it in flight (one at most).
+    in_flight: Vec<u32>,
+    /// Workload index by name (the moves in node states name them).
+    wl_index: std::collections::HashMap<String, u32>,
     /// The failback moves each node's restore step carries (so a resent restore is the same).
-    restore_moves: std::collections::BTreeMap<NodeId, Vec<WorkloadMove>>,
+    /// As (workload, from, to).
+    restore_moves: std::collections::BTreeMap<NodeId, Vec<(u32, NodeId, NodeId)>>,
     /// Whether each node is named in the campaign's `order` and still keeps its place while
     /// its hold is answered: one whose hold failed or was not answered in time loses it, so
     /// that an agent that never finishes a hold cannot keep the others waiting.
@@ -854,7 +860,9 @@ impl Campaign {
             fence_rules: false,
             failback: false,
             lb_steps: false,
-            arriving: vec![0; fleet.nodes.len()],
+            busy: vec![0; fleet.nodes.len()],
+            in_flight: vec![0; fleet.workloads.len()],
+            wl_index: fleet.workloads.iter().enumerate().map(|(i, w)| (w.name.clone(), i as u32)).collect(),
             restore_moves: Default::default(),
             in_order: {
                 let mut v = vec![false; fleet.nodes.len()];
@@ -1057,7 +1065,7 @@ impl Campaign {
                 | NodeState::Failed { back: Back::Restoring { .. }, .. } => out.push(Command::Restore {
                     node,
                     step: self.step_id(n, 0, "restore"),
-                    moves: self.restore_moves.get(&n).cloned().unwrap_or_default(),
+                    moves: self.restore_moves_out(n),
                 }),
                 _ => {}
             }
@@ -1203,39 +1211,67 @@ impl Campaign {
 
     /// Workload moves node `n`'s state carries while the step carrying them is in flight: its
     /// drain's, or its restore's (failback).
-    fn moves_in_flight(&self, n: NodeId, st: &NodeState) -> Vec<NodeId> {
-        let moves = match st {
-            NodeState::Draining { moves, .. } => moves,
+    fn moves_in_flight(&self, n: NodeId, st: &NodeState) -> Vec<(u32, NodeId, NodeId)> {
+        match st {
+            NodeState::Draining { moves, .. } => moves
+                .iter()
+                .filter_map(|m| Some((*self.wl_index.get(&m.workload)?, n, self.fleet.node_id(&m.to)?)))
+                .collect(),
             NodeState::Restoring { stage: Stage::Agent }
             | NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
             | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. } => {
-                match self.restore_moves.get(&n) {
-                    Some(m) => m,
-                    None => return Vec::new(),
-                }
+                self.restore_moves.get(&n).cloned().unwrap_or_default()
             }
-            _ => return Vec::new(),
-        };
-        moves.iter().filter_map(|m| self.fleet.node_id(&m.to)).collect()
+            _ => Vec::new(),
+        }
     }
 
-    /// Counts the moves onto each node as node `n` goes to `state`; a node with nothing more on
-    /// its way may start again.
+    /// Counts the moves in flight onto and off each node, and of each workload, as node `n`
+    /// goes to `state`; a node with none left may start again.
     fn track_arrivals(&mut self, n: NodeId, state: &NodeState) {
         let before = self.moves_in_flight(n, &self.nodes[n as usize].state);
         let after = self.moves_in_flight(n, state);
         if before == after {
             return;
         }
-        for d in before {
-            self.arriving[d as usize] -= 1;
-            if self.arriving[d as usize] == 0 {
-                self.wake(vec![self.rank[d as usize]]);
+        for (w, from, to) in before {
+            self.in_flight[w as usize] -= 1;
+            for d in [from, to] {
+                self.busy[d as usize] -= 1;
+                if self.busy[d as usize] == 0 {
+                    self.wake(vec![self.rank[d as usize]]);
+                }
             }
         }
-        for d in after {
-            self.arriving[d as usize] += 1;
+        for (w, from, to) in after {
+            self.in_flight[w as usize] += 1;
+            self.busy[from as usize] += 1;
+            self.busy[to as usize] += 1;
         }
+    }
+
+    /// A restore step that failed: its failback moves are taken as not done (their sources kept
+    /// their room meanwhile: a node with moves in flight takes no other workload).
+    fn undo_restore_moves(&mut self, n: NodeId) {
+        let undo: Vec<(u32, NodeId)> = (self.restore_moves.get(&n).into_iter().flatten())
+            .filter(|&&(w, _, to)| self.placement.at[w as usize] == to)
+            .map(|&(w, from, _)| (w, from))
+            .collect();
+        self.placement.apply(&self.fleet, &undo);
+    }
+
+    /// A drain's moves not sent after all: its workloads are where they were, on `n`.
+    fn undo_drain_moves(&mut self, n: NodeId, moves: &[WorkloadMove]) {
+        let undo: Vec<(u32, NodeId)> =
+            moves.iter().filter_map(|m| self.wl_index.get(&m.workload)).map(|&w| (w, n)).collect();
+        self.placement.apply(&self.fleet, &undo);
+    }
+
+    /// The failback moves node `n`'s restore step carries, as sent.
+    fn restore_moves_out(&self, n: NodeId) -> Vec<WorkloadMove> {
+        let moves: Vec<(u32, NodeId)> =
+            self.restore_moves.get(&n).into_iter().flatten().map(|&(w, _, to)| (w, to)).collect();
+        self.moves_out(&moves)
     }
 
     /// Makes waiting pending nodes candidates again.
@@ -1391,7 +1427,41 @@ impl Campaign {
                     NodeState::Draining { moves, stage: Stage::Balancers }
                         if step == self.step_id(n, 0, "lb-out") =>
                     {
-                        // Out of every load balancer: only now are its services stopped.
+                        // Out of every load balancer: only now are its services stopped. Where a
+                        // workload was to go went down meanwhile, its moves are found again.
+                        let gone = moves.iter().any(|m| {
+                            self.fleet.node_id(&m.to).is_some_and(|d| self.nodes[d as usize].observed_down)
+                        });
+                        let moves = if gone {
+                            self.undo_drain_moves(n, &moves);
+                            // Its own moves count in `busy` until its state changes below.
+                            let mut own = vec![0u32; self.nodes.len()];
+                            for m in &moves {
+                                if let Some(d) = self.fleet.node_id(&m.to) {
+                                    own[d as usize] += 1;
+                                }
+                            }
+                            let found = self.placement.find_moves(
+                                &self.fleet,
+                                n,
+                                |d| !self.is_down(d) && self.busy[d as usize] == own[d as usize],
+                                |d| self.settled(d),
+                            );
+                            match found {
+                                Ok(found) => {
+                                    self.placement.apply(&self.fleet, &found);
+                                    self.moves_out(&found)
+                                }
+                                Err(_) => {
+                                    let why = "drain failed: a node its workloads were to move to went down, and no other has room";
+                                    let back = Back::Checking { healthy_since: None };
+                                    self.fail(n, now, why.to_string(), back, out);
+                                    return Ok(());
+                                }
+                            }
+                        } else {
+                            moves
+                        };
                         self.set_state(n, NodeState::Draining { moves: moves.clone(), stage: Stage::Agent });
                         out.push(Command::Drain {
                             node,
@@ -1501,12 +1571,7 @@ impl Campaign {
                         if step == self.step_id(n, 0, "lb-out") =>
                     {
                         // Its workloads never left (the drain that moves them was not sent).
-                        let undo: Vec<(u32, NodeId)> = moves
-                            .iter()
-                            .filter_map(|m| self.fleet.workloads.iter().position(|w| w.name == m.workload))
-                            .map(|w| (w as u32, n))
-                            .collect();
-                        self.placement.apply(&self.fleet, &undo);
+                        self.undo_drain_moves(n, &moves);
                         // Perhaps out of some of them: put back once healthy, as any failed drain.
                         let back = Back::Checking { healthy_since: None };
                         self.fail(n, now, format!("drain failed: load balancer: {reason}"), back, out);
@@ -1515,6 +1580,7 @@ impl Campaign {
                         self.retry_or_fail(n, now, attempt, reason, out);
                     }
                     NodeState::Restoring { stage: Stage::Agent } if step == self.step_id(n, 0, "restore") => {
+                        self.undo_restore_moves(n);
                         self.fail(n, now, format!("restore failed: {reason}"), Back::Out, out);
                     }
                     NodeState::Restoring { stage: Stage::Balancers }
@@ -1526,6 +1592,7 @@ impl Campaign {
                     | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
                         if step == self.step_id(n, 0, "restore") =>
                     {
+                        self.undo_restore_moves(n);
                         self.set_back(n, Back::Out);
                     }
                     NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
@@ -1925,6 +1992,12 @@ impl Campaign {
                         state.name()
                     );
                     self.set_unreachable(n, None);
+                    // A restore never answered: its failback moves are taken as not done (a drain
+                    // hook asked to move a workload that is not there fails loudly; one that is
+                    // there and not moved would go down with its node).
+                    if matches!(state, NodeState::Restoring { stage: Stage::Agent }) {
+                        self.undo_restore_moves(n);
+                    }
                     self.fail(n, now, why, Back::Out, out);
                 }
                 NodeState::Restoring { stage: Stage::Waiting { since } }
@@ -2034,6 +2107,15 @@ impl Campaign {
         }
     }
 
+    /// Already updated in this pass, or never to be: where workloads prefer to go, to move once.
+    fn settled(&self, d: NodeId) -> bool {
+        match &self.nodes[d as usize].state {
+            NodeState::NotTargeted | NodeState::Skipped { .. } => true,
+            NodeState::Done { .. } => self.nodes[d as usize].pass == self.pass,
+            _ => false,
+        }
+    }
+
     /// Whether `n` may start now without breaking a rule: the moves its workloads need, or
     /// what blocks it.
     fn may_start(&self, n: NodeId) -> Result<Vec<(u32, NodeId)>, Blocked> {
@@ -2051,16 +2133,16 @@ impl Campaign {
             return Ok(Vec::new());
         }
         // Not while workloads are on their way to it: its drain would move what is not there yet.
-        if self.arriving[n as usize] > 0 {
+        if self.busy[n as usize] > 0 {
             return Err(Blocked::Capacity);
         }
-        let settled = |d: NodeId| match &self.nodes[d as usize].state {
-            NodeState::NotTargeted | NodeState::Skipped { .. } => true,
-            NodeState::Done { .. } => self.nodes[d as usize].pass == self.pass,
-            _ => false,
-        };
         self.placement
-            .find_moves(&self.fleet, n, |d| !self.is_down(d), settled)
+            .find_moves(
+                &self.fleet,
+                n,
+                |d| !self.is_down(d) && self.busy[d as usize] == 0,
+                |d| self.settled(d),
+            )
             .map_err(|_| Blocked::Capacity)
     }
 
@@ -2469,38 +2551,46 @@ impl Campaign {
     /// or one already back in service) within that node's capacity, applied to the placement
     /// as sent, as drains are.
     fn restore(&mut self, n: NodeId) -> Command {
-        let mut found: Vec<(u32, NodeId)> = Vec::new();
+        let mut found: Vec<(u32, NodeId, NodeId)> = Vec::new();
         if self.failback {
             // Each move puts a workload where it prefers to be, where it then stays: at most one
-            // move per workload, and room made by one may let another go back.
+            // move per workload, and room made by one may let another go back. Not a workload
+            // already on its way somewhere, nor onto or off a node with moves in flight (a move
+            // undone must find its room), nor onto this node while it is seen down.
             loop {
                 let mut moved = false;
                 for (w, wl) in self.fleet.workloads.iter().enumerate() {
                     let (w, p) = (w as u32, wl.preferred);
+                    let from = self.placement.at[w as usize];
                     if wl.movable == Movable::None
-                        || self.placement.at[w as usize] == p
-                        || (p != n && self.is_down(p))
+                        || from == p
+                        || self.in_flight[w as usize] > 0
+                        || (p == n && self.nodes[n as usize].observed_down)
+                        || (p != n && (self.is_down(p) || self.busy[p as usize] > 0))
+                        || (from != n && self.busy[from as usize] > 0)
                         || !self.placement.fits(&self.fleet, p, wl.demand)
                     {
                         continue;
                     }
                     self.placement.apply(&self.fleet, &[(w, p)]);
-                    found.push((w, p));
+                    found.push((w, from, p));
                     moved = true;
                 }
                 if !moved {
                     break;
                 }
             }
-        }
-        let moves = self.moves_out(&found);
-        if self.failback {
-            self.restore_moves.insert(n, moves.clone());
+            if !found.is_empty() {
+                // Room made where they were: a node waiting for room may start.
+                let woken = std::mem::take(&mut self.cap_waiters);
+                self.wake(woken);
+            }
+            self.restore_moves.insert(n, found);
         }
         Command::Restore {
             node: self.fleet.node_name(n).to_string(),
             step: self.step_id(n, 0, "restore"),
-            moves,
+            moves: self.restore_moves_out(n),
         }
     }
 
@@ -2528,8 +2618,8 @@ impl Campaign {
                 "the campaign predates failback".to_string()
             } else {
                 format!(
-                    "waiting for the next restore step: its preferred node {} has room, and is in \
-                     service since the last one",
+                    "waiting for the next restore step to take it back to {} (in service, with room \
+                     now; it was not free to go at the last one, or that one failed)",
                     self.fleet.node_name(p)
                 )
             };

@@ -467,14 +467,19 @@ fn watch_ended(c: &Campaign, superseded: bool) -> bool {
     superseded || matches!(c.phase, Phase::Aborted | Phase::RolledBack)
 }
 
+/// Restored while seen down: only its watch can tell the campaign it is up again (and so let it
+/// back into its load balancers), whatever the campaign's phase.
+fn waits_to_be_seen(r: &baton_core::campaign::NodeRun) -> bool {
+    matches!(r.state, NodeState::Restoring { stage: Stage::Waiting { .. } })
+        || matches!(r.state.back(), Some(Back::Restoring { stage: Stage::Waiting { .. } }))
+}
+
 /// Whether the campaign still waits on something from this node's agent.
 /// (A hold or release step runs beside it, in `hold_jobs`: the node's watch goes on meanwhile.)
 fn needs_job(r: &baton_core::campaign::NodeRun) -> bool {
     let st = &r.state;
     // Restored while seen down: its watch tells the campaign when it is up again.
-    if matches!(st, NodeState::Restoring { stage: Stage::Waiting { .. } })
-        || matches!(st.back(), Some(Back::Restoring { stage: Stage::Waiting { .. } }))
-    {
+    if waits_to_be_seen(r) {
         return false;
     }
     st.is_active()
@@ -921,7 +926,7 @@ impl Driver {
         let keep = |kind: JobKind, n: baton_core::NodeId| {
             let needed = needs_job(&c.nodes[n as usize]);
             if kind == JobKind::Watch {
-                !needed && !ended
+                !needed && (!ended || waits_to_be_seen(&c.nodes[n as usize]))
             } else {
                 needed
             }
@@ -1041,7 +1046,7 @@ impl Driver {
     fn watch(&mut self, node: &str) {
         let c = &self.campaign;
         let Some(n) = c.fleet.node_id(node) else { return };
-        if watch_ended(c, *self.superseded.borrow())
+        if (watch_ended(c, *self.superseded.borrow()) && !waits_to_be_seen(&c.nodes[n as usize]))
             || self.jobs.contains_key(node)
             || c.fleet.nodes[n as usize].address.is_none()
         {
@@ -1242,9 +1247,7 @@ impl Reach {
     }
 }
 
-/// Sends a step (idempotent by its id) and reports how it ended. While the agent does not
-/// answer, nothing is assumed: the campaign hears `Unreachable`, then `Reachable` and the
-/// outcome the agent recorded.
+/// Workload moves as the agent's wire type has them.
 fn wire_moves(moves: Vec<baton_core::campaign::WorkloadMove>) -> Vec<baton_proto::WorkloadMove> {
     moves
         .into_iter()
@@ -1257,26 +1260,42 @@ fn wire_moves(moves: Vec<baton_core::campaign::WorkloadMove>) -> Vec<baton_proto
 /// up), reported to the campaign as a step.
 async fn balancer_job(node: String, step: String, lbs: Vec<Haproxy>, into: bool, rep: Reporter) {
     for lb in &lbs {
-        let done = if into {
-            haproxy::ready(lb, &node, Duration::from_secs(60)).await
-        } else {
-            match haproxy::drain(lb, &node).await {
-                Ok(0) => Ok(()),
-                Ok(left) => {
-                    tracing::warn!(%node, backend = %lb.backend, "drain timeout with {left} sessions left");
-                    Ok(())
+        // Asked again a few times (a socket refused during a reload), then the step fails.
+        let mut backoff = Backoff::new();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let done = if into {
+                haproxy::ready(lb, &node, Duration::from_secs(60)).await
+            } else {
+                match haproxy::drain(lb, &node).await {
+                    Ok(0) => Ok(()),
+                    Ok(left) => {
+                        tracing::warn!(%node, backend = %lb.backend, "drain timeout with {left} sessions left");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) if tries < 3 => {
+                    tracing::warn!(%node, backend = %lb.backend, tries, "load balancer: {e}");
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    rep.send(Event::StepFailed { node, step, reason: format!("{}: {e}", lb.backend) }).await;
+                    return;
+                }
             }
-        };
-        if let Err(e) = done {
-            rep.send(Event::StepFailed { node, step, reason: format!("{}: {e}", lb.backend) }).await;
-            return;
         }
     }
     rep.send(Event::StepOk { node, step, reboot: false, boot_id: None, version: None }).await;
 }
 
+/// Sends a step (idempotent by its id) and reports how it ended. While the agent does not
+/// answer, nothing is assumed: the campaign hears `Unreachable`, then `Reachable` and the
+/// outcome the agent recorded.
 async fn step_job(
     client: AgentClient,
     addr: String,

@@ -30,6 +30,9 @@ pub struct Builder {
     hooks: Vec<HookReport>,
     moved: u32,
     returned: u32,
+    /// Per node, the output of the last step that ended within the report step still open (a
+    /// restore's, before its load balancer step closes "restoring").
+    tails: Vec<Option<String>>,
 }
 
 impl Builder {
@@ -51,7 +54,19 @@ impl Builder {
             })
             .collect();
         let keys = c.nodes.iter().map(|r| key(&r.state)).collect();
-        Builder { id, c, nodes, keys, started: None, ended: None, hooks: Vec::new(), moved: 0, returned: 0 }
+        let tails = vec![None; n];
+        Builder {
+            id,
+            c,
+            nodes,
+            keys,
+            started: None,
+            ended: None,
+            hooks: Vec::new(),
+            moved: 0,
+            returned: 0,
+            tails,
+        }
     }
 
     /// Replays one journal entry; only the nodes it changed are looked at.
@@ -80,6 +95,11 @@ impl Builder {
             Event::StepOk { step, .. } | Event::StepFailed { step, .. } => outputs.get(step).cloned(),
             _ => None,
         };
+        if let (Some(t), Event::StepOk { node, .. } | Event::StepFailed { node, .. }) = (&tail, &e.event) {
+            if let Some(n) = self.c.fleet.node_id(node) {
+                self.tails[n as usize] = Some(t.clone()).filter(|t| !t.is_empty());
+            }
+        }
         for i in touched {
             let i = i as usize;
             let st = &self.c.nodes[i].state;
@@ -87,6 +107,7 @@ impl Builder {
             if k == self.keys[i] {
                 continue;
             }
+            let tail = self.tails[i].take();
             let r = &mut self.nodes[i];
             if let Some(open) = r.steps.last_mut().filter(|s| s.ended_ms.is_none()) {
                 open.ended_ms = Some(e.at_ms);
@@ -102,7 +123,7 @@ impl Builder {
                 if open.output_tail.is_none()
                     && matches!(open.step.as_str(), "prechecking" | "draining" | "updating" | "restoring")
                 {
-                    open.output_tail = tail.clone().filter(|t| !t.is_empty());
+                    open.output_tail = tail;
                 }
             }
             if st.is_active() {

@@ -33,6 +33,10 @@ pub struct SimOptions {
     /// When the campaign starts, in ms since the Unix epoch: maintenance windows are wall-clock
     /// times. Injected events are timed from here.
     pub start: Millis,
+    /// Load balancer steps and restores take time (up to 2 minutes and 30 s), so that steps in
+    /// flight overlap, and restores fail as often as load balancer steps (`precheck_fail_rate`
+    /// / 4). Off by default: the planner's figures count the update alone.
+    pub slow_steps: bool,
 }
 
 impl Default for SimOptions {
@@ -46,6 +50,7 @@ impl Default for SimOptions {
             precheck_fail_rate: 0.0,
             max_events: 50_000_000,
             start: 0,
+            slow_steps: false,
         }
     }
 }
@@ -108,6 +113,11 @@ const SALT_PRECHECK: u64 = 6;
 const SALT_HOLD: u64 = 7;
 const SALT_LB_OUT: u64 = 8;
 const SALT_LB_IN: u64 = 9;
+const SALT_RESTORE: u64 = 10;
+const SALT_SLOW: u64 = 11;
+
+/// A workload move as sent: (workload, from, to).
+type Move = (usize, NodeId, NodeId);
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -171,6 +181,18 @@ pub struct Observer {
     services_up: Vec<bool>,
     healthy: Vec<bool>,
     fenced: Vec<bool>,
+    /// Moves sent with a drain or restore step not yet answered, by step: (workload, from, to),
+    /// and whether it is a restore's. Workloads a restore left away because they or their
+    /// preferred node were busy with such moves.
+    flying: HashMap<String, (bool, Vec<Move>)>,
+    /// Nodes out of their load balancers whose drain (and its moves) is not sent yet: what is
+    /// on them is about to leave.
+    leaving: HashSet<NodeId>,
+    /// Nodes the core holds room on for a drain not sent yet (the moves a node out of its load
+    /// balancers will carry): set by the simulator from the core's states before each command,
+    /// only to excuse a failback that waits for them.
+    pub reserved: HashSet<NodeId>,
+    excused: HashSet<usize>,
     /// Whether a restore step was sent yet, and the nodes back in service since the last one.
     swept: bool,
     back_since_sweep: HashSet<NodeId>,
@@ -258,21 +280,56 @@ impl Observer {
     /// Whether a workload on its way back to node `n` may be waiting for the next restore
     /// step: no restore was sent yet, or `n` came back into service (or may have ended its
     /// prechecks untouched) since the last one.
-    pub fn may_wait_for_failback(&self, fleet: &Fleet, n: NodeId) -> bool {
-        !self.swept || self.back_since_sweep.contains(&n) || self.prechecked.contains(fleet.node_name(n))
+    pub fn may_wait_for_failback(&self, fleet: &Fleet, n: NodeId, w: usize) -> bool {
+        !self.swept
+            || self.back_since_sweep.contains(&n)
+            || self.prechecked.contains(fleet.node_name(n))
+            || self.excused.contains(&w)
+    }
+
+    /// Whether node `n` is out of its load balancers with its drain not sent yet.
+    pub fn is_leaving(&self, n: NodeId) -> bool {
+        self.leaving.contains(&n)
+    }
+
+    fn moving(&self, w: usize) -> bool {
+        self.flying.values().any(|(_, m)| m.iter().any(|x| x.0 == w))
+    }
+
+    fn node_busy(&self, n: NodeId) -> bool {
+        self.flying.values().any(|(_, m)| m.iter().any(|x| x.1 == n || x.2 == n))
     }
 
     /// After a restore step's moves: no movable workload is left away from its preferred
     /// node while that node is in service (or the one restored) and has room for it.
-    fn check_failback(&mut self, fleet: &Fleet, now: Millis, node: NodeId) {
+    fn check_failback(&mut self, fleet: &Fleet, now: Millis, node: NodeId, step: &str) {
+        self.excused.clear();
         for (w, wl) in fleet.workloads.iter().enumerate() {
             let p = wl.preferred;
             let eligible = p == node || !(self.is_down(p) || self.prechecked.contains(fleet.node_name(p)));
-            if wl.movable != baton_core::model::Movable::None
-                && self.wl_at[w] != p
-                && eligible
-                && self.has_room(p, wl.demand)
-            {
+            if wl.movable == baton_core::model::Movable::None || self.wl_at[w] == p || !eligible {
+                continue;
+            }
+            // On its way somewhere (by another step), or its node busy with other moves, or the
+            // node restored seen down: the next restore takes it.
+            let own = self.flying.get(step).is_some_and(|(_, m)| m.iter().any(|x| x.0 == w));
+            let others_moving = self.flying.iter().any(|(k, (_, m))| k != step && m.iter().any(|x| x.0 == w))
+                || self.leaving.contains(&self.wl_at[w]);
+            let busy = |x: NodeId| {
+                x != node
+                    && (self.leaving.contains(&x)
+                        || self.reserved.contains(&x)
+                        || self
+                            .flying
+                            .iter()
+                            .any(|(k, (_, m))| k != step && m.iter().any(|y| y.1 == x || y.2 == x)))
+            };
+            let p_busy = busy(p) || busy(self.wl_at[w]);
+            if !own && (others_moving || p_busy || (p == node && self.lost[node as usize])) {
+                self.excused.insert(w);
+                continue;
+            }
+            if self.has_room(p, wl.demand) {
                 self.violations.push(format!(
                     "at {now}ms: restoring {} left {} on {} though its preferred {} has room",
                     fleet.node_name(node),
@@ -293,10 +350,11 @@ impl Observer {
         &mut self,
         fleet: &Fleet,
         now: Millis,
-        node: NodeId,
+        (node, step): (NodeId, &str),
         moves: &[WorkloadMove],
         restore: bool,
     ) {
+        let mut sent = Vec::new();
         for m in moves {
             let (Some(w), Some(to)) =
                 (fleet.workloads.iter().position(|w| w.name == m.workload), fleet.node_id(&m.to))
@@ -331,9 +389,42 @@ impl Observer {
                     wl.name, m.to, self.wl_used[to as usize], wl.demand, self.capacity[to as usize]
                 ));
             }
-            self.wl_used[from as usize] -= wl.demand;
-            self.wl_used[to as usize] += wl.demand;
-            self.wl_at[w] = to;
+            // One move at a time per workload, and none onto a node whose own moves are in
+            // flight (that a move undone could not find its room again).
+            if self.moving(w) || (to != node && self.node_busy(to)) {
+                self.violations.push(format!(
+                    "at {now}ms: {} moved to {} while a move of it or onto/off {} is in flight",
+                    wl.name, m.to, m.to
+                ));
+            }
+            self.move_workload(fleet, w, to);
+            sent.push((w, from, to));
+        }
+        if !sent.is_empty() {
+            self.flying.insert(step.to_string(), (restore, sent));
+        }
+    }
+
+    fn move_workload(&mut self, fleet: &Fleet, w: usize, to: NodeId) {
+        let d = fleet.workloads[w].demand;
+        let from = self.wl_at[w];
+        self.wl_used[from as usize] -= d;
+        self.wl_used[to as usize] += d;
+        self.wl_at[w] = to;
+    }
+
+    /// A drain or restore step answered: its moves are no longer in flight. A restore that
+    /// failed moved nothing (the simulated agent fails before its hooks).
+    fn landed(&mut self, fleet: &Fleet, step: &str, ok: bool) {
+        if let Some((restore, moves)) = self.flying.remove(step) {
+            if restore && !ok {
+                for (w, from, to) in moves.into_iter().rev() {
+                    if self.wl_at[w] == to {
+                        self.move_workload(fleet, w, from);
+                        self.excused.insert(w);
+                    }
+                }
+            }
         }
     }
 
@@ -441,9 +532,18 @@ impl Observer {
                 }
             }
             Event::StepOk { node, step, .. } if step.ends_with("/restore") => {
+                self.landed(fleet, step, true);
                 if let Some(n) = fleet.node_id(node) {
                     self.services_up[n as usize] = true;
                 }
+            }
+            Event::StepFailed { node, step, .. } if step.ends_with("/lb-out") => {
+                if let Some(n) = fleet.node_id(node) {
+                    self.leaving.remove(&n);
+                }
+            }
+            Event::StepOk { step, .. } | Event::StepFailed { step, .. } if self.flying.contains_key(step) => {
+                self.landed(fleet, step, matches!(ev, Event::StepOk { .. }));
             }
             Event::Health { node, healthy, .. } => {
                 if let Some(n) = fleet.node_id(node) {
@@ -559,6 +659,7 @@ impl Observer {
                 }
                 // Out of rotation is where it starts: from now its services serve no one.
                 self.start(fleet, now, node, step);
+                self.leaving.insert(n);
                 self.in_rotation[n as usize] = false;
                 self.check_rotation(now, fleet, n);
             }
@@ -579,7 +680,13 @@ impl Observer {
             Command::Drain { node, step, moves, .. } => {
                 self.once(now, step);
                 let n = fleet.node_id(node).expect("core names fleet nodes");
-                self.apply_moves(fleet, now, n, moves, false);
+                self.leaving.remove(&n);
+                self.apply_moves(fleet, now, (n, step), moves, false);
+                // Nothing leaves or reaches it while it is taken apart.
+                if self.flying.iter().any(|(k, (_, m))| k != step && m.iter().any(|x| x.1 == n || x.2 == n)) {
+                    self.violations
+                        .push(format!("at {now}ms: {node} drained while moves onto or off it are in flight"));
+                }
                 if self.balanced[n as usize] {
                     // Its services stop: only once no load balancer sends it anything.
                     if self.in_rotation[n as usize] {
@@ -600,9 +707,9 @@ impl Observer {
             Command::Restore { node, step, moves } => {
                 self.once(now, step);
                 if let Some(n) = fleet.node_id(node) {
-                    self.apply_moves(fleet, now, n, moves, true);
+                    self.apply_moves(fleet, now, (n, step), moves, true);
                     if self.failback {
-                        self.check_failback(fleet, now, n);
+                        self.check_failback(fleet, now, n, step);
                     }
                 }
             }
@@ -842,6 +949,11 @@ impl Sim {
         }
     }
 
+    /// A slow step's time for node `n`, up to `most`.
+    fn slow(&self, n: NodeId, most: Millis) -> Millis {
+        draw(self.opts.seed, n as u64, self.gen, SALT_SLOW) % (most + 1)
+    }
+
     fn duration(&self, n: NodeId) -> Millis {
         node_duration(&self.opts, n)
     }
@@ -916,9 +1028,41 @@ impl Sim {
                 if !self.light {
                     self.journal.push((now, ev));
                 }
+                if cmds.iter().any(|c| matches!(c, Command::Restore { .. })) {
+                    self.observer.reserved = self
+                        .campaign
+                        .nodes
+                        .iter()
+                        .filter_map(|r| match &r.state {
+                            NodeState::Draining { moves, stage: baton_core::campaign::Stage::Balancers } => {
+                                Some(moves)
+                            }
+                            _ => None,
+                        })
+                        .flatten()
+                        .filter_map(|m| fleet.node_id(&m.to))
+                        .collect();
+                }
                 for c in &cmds {
                     self.observer.on_command(&fleet, now, c);
                     self.carry_out(now, c);
+                }
+                // Where the core believes each workload is, is where the steps took it.
+                // (Not a workload on a node out of its load balancers whose drain is not sent: the
+                // core holds its room already.)
+                if let Some(w) = (0..fleet.workloads.len()).find(|&w| {
+                    self.campaign.placement.at[w] != self.observer.workload_at(w)
+                        && !self.observer.is_leaving(self.observer.workload_at(w))
+                }) {
+                    let v = format!(
+                        "at {now}ms: the core has {} on {}, the steps took it to {}",
+                        fleet.workloads[w].name,
+                        fleet.node_name(self.campaign.placement.at[w]),
+                        fleet.node_name(self.observer.workload_at(w))
+                    );
+                    if !self.observer.violations.contains(&v) {
+                        self.observer.violations.push(v);
+                    }
                 }
                 if !self.light {
                     self.commands.extend(cmds.into_iter().map(|c| (now, c)));
@@ -984,7 +1128,8 @@ impl Sim {
             // A load balancer's step takes no simulated time; it fails a quarter as often as a
             // precheck (HAProxy's socket refusing, say).
             Command::LbOut { node, step } | Command::LbIn { node, step } => {
-                let salt = if matches!(cmd, Command::LbOut { .. }) { SALT_LB_OUT } else { SALT_LB_IN };
+                let out = matches!(cmd, Command::LbOut { .. });
+                let salt = if out { SALT_LB_OUT } else { SALT_LB_IN };
                 let e = if self.chance(id(node), 0, salt, self.opts.precheck_fail_rate / 4.0) {
                     Event::StepFailed {
                         node: node.clone(),
@@ -994,12 +1139,35 @@ impl Sim {
                 } else {
                     done(node, step)
                 };
-                self.record(step, now, e);
+                // Sessions drain for up to 2 minutes.
+                let took = if self.opts.slow_steps && out { self.slow(id(node), 120_000) } else { 0 };
+                self.record(step, now + took, e);
             }
-            // Draining and restoring take no simulated time and always work.
-            Command::Drain { node, step, .. } | Command::Restore { node, step, .. } => {
+            // Draining takes no simulated time and always works.
+            Command::Drain { node, step, .. } => {
                 self.steps_sent += 1;
                 self.record(step, now, done(node, step));
+            }
+            // A restore migrates workloads back: with slow steps it takes up to 30 s and fails
+            // now and then (a service that will not start).
+            Command::Restore { node, step, .. } => {
+                self.steps_sent += 1;
+                let n = id(node);
+                let (took, e) = if self.opts.slow_steps {
+                    let e = if self.chance(n, 0, SALT_RESTORE, self.opts.precheck_fail_rate / 4.0) {
+                        Event::StepFailed {
+                            node: node.clone(),
+                            step: step.clone(),
+                            reason: "web: failed to start".into(),
+                        }
+                    } else {
+                        done(node, step)
+                    };
+                    (self.slow(n, 30_000), e)
+                } else {
+                    (0, done(node, step))
+                };
+                self.record(step, now + took, e);
             }
             Command::Update { node, step, version, .. } => {
                 self.steps_sent += 1;

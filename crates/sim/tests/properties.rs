@@ -220,6 +220,7 @@ fn sim_opts() -> impl Strategy<Value = SimOptions> {
                 max_events: 200_000,
                 // Within 60 days of 2026-02-15T00:00Z: across both daylight-saving changes of March.
                 start: 1_771_113_600_000 + start_min * MIN,
+                slow_steps: true,
             },
         )
 }
@@ -447,7 +448,7 @@ proptest! {
             } else if d.reason.starts_with("no room") {
                 !sim.observer.has_room(p, wl.demand)
             } else if d.reason.starts_with("waiting for the next restore step") {
-                sim.observer.may_wait_for_failback(&fleet, p)
+                sim.observer.may_wait_for_failback(&fleet, p, w)
             } else {
                 false
             };
