@@ -1117,7 +1117,10 @@ async fn restore_hooks_get_the_workloads_coming_back() {
     }
     start_and_wait(&mut f, opts.reboot_ms).await;
     let serve = Serve::start(&f, port()).await;
-    let v = serve.create_and_start(LocalFleet::campaign_toml("")).await;
+    // One node at a time, so that each drain moves its own VM only (with two, a node may drain
+    // while a VM moved onto it has not gone back yet, and move it on).
+    let toml = LocalFleet::campaign_toml("").replace("max_parallel = 2", "max_parallel = 1");
+    let v = serve.create_and_start(toml).await;
     serve.wait(v.id, Duration::from_secs(120), |v| v.phase == Phase::Completed && v.active == 0).await;
     let moves = |node: &baton_agent::local::LocalNode, step: &str| -> Vec<baton_proto::WorkloadMove> {
         let text = std::fs::read_to_string(node.dir.join(format!("state/{step}.log"))).unwrap_or_default();

@@ -1157,6 +1157,12 @@ impl Campaign {
             | NodeState::Draining { .. }
             | NodeState::Updating { .. }
             | NodeState::Restoring { .. } => unreachable_since.map(|t| t + self.spec.reboot_timeout),
+            NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
+            | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
+                if self.lb_steps =>
+            {
+                unreachable_since.map(|t| t + self.spec.reboot_timeout)
+            }
             NodeState::Rebooting { deadline, .. } => Some(*deadline),
             NodeState::Verifying { since, healthy_since } => {
                 let ready = since + self.spec.ready_timeout;
@@ -1239,7 +1245,10 @@ impl Campaign {
             for d in [from, to] {
                 self.busy[d as usize] -= 1;
                 if self.busy[d as usize] == 0 {
-                    self.wake(vec![self.rank[d as usize]]);
+                    // It may start now, and others may move workloads onto it.
+                    let mut woken = std::mem::take(&mut self.cap_waiters);
+                    woken.push(self.rank[d as usize]);
+                    self.wake(woken);
                 }
             }
         }
@@ -1690,7 +1699,11 @@ impl Campaign {
                         | NodeState::Draining { .. }
                         | NodeState::Updating { .. }
                         | NodeState::Restoring { .. }
-                );
+                ) || (self.lb_steps
+                    && matches!(
+                        self.nodes[n as usize].state.back(),
+                        Some(Back::Restoring { stage: Stage::Agent })
+                    ));
                 if waiting && self.nodes[n as usize].unreachable_since.is_none() {
                     self.set_unreachable(n, Some(now));
                 }
@@ -1995,10 +2008,23 @@ impl Campaign {
                     // A restore never answered: its failback moves are taken as not done (a drain
                     // hook asked to move a workload that is not there fails loudly; one that is
                     // there and not moved would go down with its node).
-                    if matches!(state, NodeState::Restoring { stage: Stage::Agent }) {
-                        self.undo_restore_moves(n);
+                    match &state {
+                        NodeState::Restoring { stage: Stage::Agent } => self.undo_restore_moves(n),
+                        NodeState::Draining { moves, stage: Stage::Balancers } => {
+                            self.undo_drain_moves(n, moves)
+                        }
+                        _ => {}
                     }
                     self.fail(n, now, why, Back::Out, out);
+                }
+                NodeState::Done { back: Back::Restoring { stage: Stage::Agent } }
+                | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
+                    if lost_for.is_some() =>
+                {
+                    // Its restore never answered: kept out, its failback moves taken as not done.
+                    self.set_unreachable(n, None);
+                    self.undo_restore_moves(n);
+                    self.set_back(n, Back::Out);
                 }
                 NodeState::Restoring { stage: Stage::Waiting { since } }
                     if now >= since + self.spec.ready_timeout =>
@@ -2566,7 +2592,8 @@ impl Campaign {
                         || from == p
                         || self.in_flight[w as usize] > 0
                         || (p == n && self.nodes[n as usize].observed_down)
-                        || (p != n && (self.is_down(p) || self.busy[p as usize] > 0))
+                        || self.busy[p as usize] > 0
+                        || (p != n && self.is_down(p))
                         || (from != n && self.busy[from as usize] > 0)
                         || !self.placement.fits(&self.fleet, p, wl.demand)
                     {

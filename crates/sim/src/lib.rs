@@ -116,8 +116,8 @@ const SALT_LB_IN: u64 = 9;
 const SALT_RESTORE: u64 = 10;
 const SALT_SLOW: u64 = 11;
 
-/// A workload move as sent: (workload, from, to).
-type Move = (usize, NodeId, NodeId);
+/// A workload move as sent: (workload, from, to, what `from` held just after).
+type Move = (usize, NodeId, NodeId, u64);
 
 /// Checks DESIGN.md's safety rules from what the core commands, not from its own counters.
 #[derive(Debug, Default)]
@@ -193,7 +193,8 @@ pub struct Observer {
     /// only to excuse a failback that waits for them.
     pub reserved: HashSet<NodeId>,
     excused: HashSet<usize>,
-    /// Whether a restore step was sent yet, and the nodes back in service since the last one.
+    /// Whether a restore step was sent yet, and the nodes back in service (or with room freed by
+    /// a failed restore) since the last one.
     swept: bool,
     back_since_sweep: HashSet<NodeId>,
 }
@@ -316,13 +317,12 @@ impl Observer {
             let others_moving = self.flying.iter().any(|(k, (_, m))| k != step && m.iter().any(|x| x.0 == w))
                 || self.leaving.contains(&self.wl_at[w]);
             let busy = |x: NodeId| {
-                x != node
-                    && (self.leaving.contains(&x)
-                        || self.reserved.contains(&x)
-                        || self
-                            .flying
-                            .iter()
-                            .any(|(k, (_, m))| k != step && m.iter().any(|y| y.1 == x || y.2 == x)))
+                self.leaving.contains(&x)
+                    || self.reserved.contains(&x)
+                    || self
+                        .flying
+                        .iter()
+                        .any(|(k, (_, m))| k != step && m.iter().any(|y| y.1 == x || y.2 == x))
             };
             let p_busy = busy(p) || busy(self.wl_at[w]);
             if !own && (others_moving || p_busy || (p == node && self.lost[node as usize])) {
@@ -391,14 +391,14 @@ impl Observer {
             }
             // One move at a time per workload, and none onto a node whose own moves are in
             // flight (that a move undone could not find its room again).
-            if self.moving(w) || (to != node && self.node_busy(to)) {
+            if self.moving(w) || self.node_busy(to) {
                 self.violations.push(format!(
                     "at {now}ms: {} moved to {} while a move of it or onto/off {} is in flight",
                     wl.name, m.to, m.to
                 ));
             }
             self.move_workload(fleet, w, to);
-            sent.push((w, from, to));
+            sent.push((w, from, to, self.wl_used[from as usize]));
         }
         if !sent.is_empty() {
             self.flying.insert(step.to_string(), (restore, sent));
@@ -418,10 +418,21 @@ impl Observer {
     fn landed(&mut self, fleet: &Fleet, step: &str, ok: bool) {
         if let Some((restore, moves)) = self.flying.remove(step) {
             if restore && !ok {
-                for (w, from, to) in moves.into_iter().rev() {
+                for (w, from, to, held) in moves.into_iter().rev() {
                     if self.wl_at[w] == to {
+                        // Nothing took its room meanwhile (a node with moves in flight takes no
+                        // other workload).
+                        if self.wl_used[from as usize] > held {
+                            self.violations.push(format!(
+                                "a failed restore's move of {} back to {} finds no room there",
+                                fleet.workloads[w].name,
+                                fleet.node_name(from)
+                            ));
+                        }
                         self.move_workload(fleet, w, from);
+                        // Room freed where it was to go: another may go there at the next restore.
                         self.excused.insert(w);
+                        self.back_since_sweep.insert(to);
                     }
                 }
             }
