@@ -2172,6 +2172,24 @@ impl Campaign {
             .map_err(|_| Blocked::Capacity)
     }
 
+    /// Pending nodes that the rules would let start now, looked at afresh (not through the
+    /// candidate sets a start scan uses): for tests, that a campaign with nothing in flight and
+    /// nodes left pending is truly blocked, and no wake-up was missed.
+    pub fn startable_now(&self, now: Millis) -> Vec<NodeId> {
+        if !self.starts_allowed(now)
+            || self.active >= self.max_parallel
+            || self.barriers()
+            || self.spec.max_unhealthy.is_some()
+        {
+            return Vec::new();
+        }
+        self.pending
+            .iter()
+            .map(|&r| self.by_rank[r as usize])
+            .filter(|&n| self.may_start(n).is_ok())
+            .collect()
+    }
+
     fn start_nodes(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.window_wait = None;
         if !matches!(self.phase, Phase::Running | Phase::RollingBack)

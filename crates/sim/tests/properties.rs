@@ -412,6 +412,14 @@ proptest! {
             }
         }
         sim.run_to_end();
+        // With nothing more to happen, a running campaign with nodes left pending is truly
+        // blocked by a rule: no wake-up of a waiting node was missed (a stall).
+        if sim.campaign.phase == Phase::Running {
+            let now = sim.now;
+            let missed = sim.campaign.startable_now(now);
+            prop_assert!(missed.is_empty(), "campaign stalled with startable nodes {:?}: {:?}", missed,
+                sim.campaign.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+        }
         // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
         let t = sim.now + 1;
         sim.step(t, Event::Window { open: true });
