@@ -172,11 +172,24 @@ impl System {
                     }
                     _ => {}
                 }
+                let mut started = true;
                 for (o, what) in self.start_services(&base).await {
-                    step(o, &what);
+                    started &= step(o, &what);
                 }
                 self.set_drained(None);
-                let hooks = &self.cfg.restore_hooks;
+                // A node whose services did not start fails its restore and stays out: nothing
+                // is moved onto it (the orchestrator takes the moves as not done).
+                let hooks: &[config::Argv] = if started { &self.cfg.restore_hooks } else { &[] };
+                if !started && !self.cfg.restore_hooks.is_empty() {
+                    step(
+                        run::Outcome {
+                            ok: false,
+                            error: Some("not run: a service did not start".into()),
+                            tail: String::new(),
+                        },
+                        "restore hooks",
+                    );
+                }
                 for (o, what) in
                     self.hooks_with_moves(hooks, req, RESTORE_MOVES_FILE, &base, "restore hook").await
                 {

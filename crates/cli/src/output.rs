@@ -1,7 +1,7 @@
 //! What `baton` prints: plan and simulation reports, and errors.
 
 use crate::Failure;
-use baton_core::campaign::{Command, Phase};
+use baton_core::campaign::Phase;
 use baton_core::model::Movable;
 use baton_core::units::format_duration;
 use baton_core::{CampaignSpec, Fleet, Plan};
@@ -286,24 +286,12 @@ pub fn simulate_text(
             format!("{violations} SAFETY VIOLATIONS")
         }
     );
-    let count = |restore: bool| -> usize {
-        first
-            .commands
-            .iter()
-            .map(|(_, c)| match c {
-                Command::Drain { moves, .. } if !restore => moves.len(),
-                Command::Restore { moves, .. } if restore => moves.len(),
-                _ => 0,
-            })
-            .sum()
-    };
+    let (away, back) = baton_sim::moves_sent(&first.commands);
     let displaced = first.campaign.displaced();
-    if count(false) + count(true) > 0 || !displaced.is_empty() {
+    if away + back > 0 || !displaced.is_empty() {
         let _ = writeln!(
             s,
-            "workloads: {} moved off drained nodes, {} moved back to their preferred nodes (failback){}",
-            count(false),
-            count(true),
+            "workloads: {away} moved off drained nodes, {back} moved back to their preferred nodes (failback){}",
             if displaced.is_empty() { "; every one ends on its preferred node." } else { "; not back:" }
         );
         for d in &displaced {

@@ -1149,3 +1149,39 @@ async fn restore_hooks_get_the_workloads_coming_back() {
     drop(serve);
     f.stop().await;
 }
+
+/// A restore whose service does not start fails, and its hooks are not run: nothing is moved
+/// onto a node that stays out (the orchestrator takes the moves as not done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_hooks_are_not_run_when_a_service_does_not_start() {
+    let dir = fresh_dir("restore-fails");
+    let mut f = LocalFleet::create(&dir, &LocalOptions { nodes: 1, ..Default::default() }).unwrap();
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nprintf '%s' \"$BATON_MOVES\" > \"$1/restored.json\"\n").unwrap();
+    let cfg = f.nodes[0].dir.join("agent.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[drain]\nservices = [\"web\"]\nstart_command = [\"/bin/false\"]\n\
+         restore_hooks = [[\"/bin/sh\", \"{}\", \"{{state_dir}}\"]]\n",
+        hook.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    start_and_wait(&mut f, 200).await;
+    let c = client(&f);
+    let (name, addr) = (f.nodes[0].name.clone(), f.nodes[0].addr.clone());
+    let moves = vec![baton_proto::WorkloadMove { workload: "vm1".into(), to: name.clone(), live: true }];
+    let req = StepRequest {
+        id: "c/node1/0/restore".into(),
+        kind: StepKind::Restore,
+        action: None,
+        version: None,
+        stop_grace_ms: None,
+        moves,
+    };
+    c.start_step(&name, &addr, &req).await.unwrap();
+    let st = c.step(&name, &addr, &req.id, 10_000).await.unwrap();
+    assert_eq!(st.state, baton_proto::StepState::Failed, "{st:?}");
+    assert!(st.error.as_deref().unwrap_or_default().contains("web"), "{st:?}");
+    assert!(!f.nodes[0].dir.join("state/restored.json").exists(), "a restore hook ran");
+    f.stop().await;
+}

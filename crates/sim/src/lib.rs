@@ -817,6 +817,19 @@ pub fn run(
     Ok(sim.report())
 }
 
+/// Workload moves the commands sent: off drained nodes, and back to preferred nodes (failback).
+pub fn moves_sent(commands: &[(Millis, Command)]) -> (usize, usize) {
+    let mut sent = (0, 0);
+    for (_, c) in commands {
+        match c {
+            Command::Drain { moves, .. } => sent.0 += moves.len(),
+            Command::Restore { moves, .. } => sent.1 += moves.len(),
+            _ => {}
+        }
+    }
+    sent
+}
+
 /// When the campaign would end, simulated as [`run`] does but keeping only what that needs: no
 /// journal, commands or step outcomes are kept (the orchestrator's estimate of the end runs this
 /// on its own task every few seconds, and at 10,000 nodes the records of a whole run are tens of

@@ -1,7 +1,6 @@
 //! Failback (issue 13): after a rolling update, each workload is back on its preferred node.
 //! Before it, the hosts drained first ended empty and the last ones crowded.
 
-use baton_core::campaign::Command;
 use baton_core::{load_campaign, load_fleet, Campaign};
 use baton_sim::{Sim, SimOptions};
 use std::collections::BTreeMap;
@@ -42,18 +41,9 @@ fn every_vm_of_the_hyperv_example_ends_on_its_own_host() {
     assert_eq!(load(&sim.campaign), before);
     // The moves back rode on restore steps: as many as the drains moved away (the pinned GPU
     // VM moved neither way).
-    let moved = |restore: bool| -> usize {
-        sim.commands
-            .iter()
-            .map(|(_, c)| match c {
-                Command::Drain { moves, .. } if !restore => moves.len(),
-                Command::Restore { moves, .. } if restore => moves.len(),
-                _ => 0,
-            })
-            .sum()
-    };
-    assert_eq!(moved(false), fleet.workloads.len() - 1);
-    assert_eq!(moved(true), moved(false));
+    let (away, back) = baton_sim::moves_sent(&sim.commands);
+    assert_eq!(away, fleet.workloads.len() - 1);
+    assert_eq!(back, away);
 }
 
 /// A workload whose `preferred` names another node goes there once that node is back in
