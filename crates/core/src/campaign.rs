@@ -1524,13 +1524,12 @@ impl Campaign {
                     NodeState::Restoring { stage: Stage::Agent } if step == self.step_id(n, 0, "restore") => {
                         // Its services are started and it was healthy for health_stable: back
                         // into its load balancers last.
-                        if !self.balanced(n) {
-                            self.finish(n, now, NodeState::Done { back: Back::In }, out);
-                        } else if self.nodes[n as usize].observed_down {
-                            self.set_state(n, NodeState::Restoring { stage: Stage::Waiting { since: now } });
-                        } else {
-                            self.set_state(n, NodeState::Restoring { stage: Stage::Balancers });
-                            out.push(Command::LbIn { node, step: self.step_id(n, 0, "lb-in") });
+                        match self.rejoin_stage(n, now) {
+                            None => self.finish(n, now, NodeState::Done { back: Back::In }, out),
+                            Some(stage) => {
+                                self.set_state(n, NodeState::Restoring { stage });
+                                self.lb_in_if_sent(n, stage, out);
+                            }
                         }
                     }
                     NodeState::Restoring { stage: Stage::Balancers }
@@ -1542,13 +1541,12 @@ impl Campaign {
                     | NodeState::Failed { back: Back::Restoring { stage: Stage::Agent }, .. }
                         if step == self.step_id(n, 0, "restore") =>
                     {
-                        if !self.balanced(n) {
-                            self.set_back(n, Back::In);
-                        } else if self.nodes[n as usize].observed_down {
-                            self.set_back(n, Back::Restoring { stage: Stage::Waiting { since: now } });
-                        } else {
-                            self.set_back(n, Back::Restoring { stage: Stage::Balancers });
-                            out.push(Command::LbIn { node, step: self.step_id(n, 0, "lb-in") });
+                        match self.rejoin_stage(n, now) {
+                            None => self.set_back(n, Back::In),
+                            Some(stage) => {
+                                self.set_back(n, Back::Restoring { stage });
+                                self.lb_in_if_sent(n, stage, out);
+                            }
                         }
                     }
                     NodeState::Done { back: Back::Restoring { stage: Stage::Balancers } }
@@ -2539,10 +2537,29 @@ impl Campaign {
             _ => return,
         };
         self.set_state(n, st);
-        out.push(Command::LbIn {
-            node: self.fleet.node_name(n).to_string(),
-            step: self.step_id(n, 0, "lb-in"),
-        });
+        self.lb_in_if_sent(n, Stage::Balancers, out);
+    }
+
+    /// After node `n`'s restore step worked: back into its load balancers now (`Balancers`),
+    /// once seen up (`Waiting`), or at once in service when it is behind none (`None`).
+    fn rejoin_stage(&self, n: NodeId, now: Millis) -> Option<Stage> {
+        if !self.balanced(n) {
+            None
+        } else if self.nodes[n as usize].observed_down {
+            Some(Stage::Waiting { since: now })
+        } else {
+            Some(Stage::Balancers)
+        }
+    }
+
+    /// Node `n`'s `lb-in` step, when its restoring stage says it is to be sent now.
+    fn lb_in_if_sent(&self, n: NodeId, stage: Stage, out: &mut Vec<Command>) {
+        if stage == Stage::Balancers {
+            out.push(Command::LbIn {
+                node: self.fleet.node_name(n).to_string(),
+                step: self.step_id(n, 0, "lb-in"),
+            });
+        }
     }
 
     /// Whether node `n`'s load balancers are told by steps of their own that the core orders
