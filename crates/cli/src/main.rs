@@ -1016,6 +1016,12 @@ fn act(api: ApiArgs, id: i64, action: &str) -> Result<(), Failure> {
     runtime()?.block_on(async move {
         let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
+        if let (baton_proto::Phase::AfterCommit, Some(a)) = (v.phase, &v.after_commit_action) {
+            println!(
+                "the level is committed; {a} now runs on every node (its after-commit pass): `baton status {}` shows it",
+                v.id
+            );
+        }
         Ok(())
     })
 }
@@ -1035,6 +1041,12 @@ fn confirmed(api: ApiArgs, id: i64, action: &str, yes: bool) -> Result<(), Failu
         }
         let v = api.act(id, action).await.map_err(Failure::Api)?;
         println!("campaign {} (id {}) is {}", v.name, v.id, v.phase);
+        if let (baton_proto::Phase::AfterCommit, Some(a)) = (v.phase, &v.after_commit_action) {
+            println!(
+                "the level is committed; {a} now runs on every node (its after-commit pass): `baton status {}` shows it",
+                v.id
+            );
+        }
         Ok(())
     })
 }

@@ -288,6 +288,14 @@ pub fn print_view(v: &CampaignView) {
         "{} updated, {} failed, {} skipped, {} pending, {} active",
         v.updated, v.failed, v.skipped, v.pending, v.active
     );
+    match (v.pass.as_str(), &v.after_commit_action) {
+        ("after-commit", Some(a)) => println!(
+            "committed at {}; after-commit pass: {a} on every node of the fleet (the counts above are this pass's)",
+            v.target_version
+        ),
+        ("forward", Some(a)) => println!("once committed, {a} runs on every node of the fleet (after-commit pass)"),
+        _ => {}
+    }
     let at = |ms: u64| {
         jiff::Timestamp::from_millisecond(ms as i64).map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
     };
@@ -397,6 +405,13 @@ pub fn commit_preview(v: &CampaignView, f: &FleetView) -> String {
     }
     out += "\nThis cannot be undone: after it, the campaign cannot be rolled back, and a node at an older \
             version is fenced (kept out of the load balancer, its services stopped) until it is updated.\n";
+    if let Some(a) = &v.after_commit_action {
+        out += &format!(
+            "Then after_commit_action {a} runs on every node of the fleet ({} nodes), under the campaign's \
+             rules and strategy: each node drained, the action, a reboot only if it asks, verified, restored.\n",
+            f.nodes.len()
+        );
+    }
     out
 }
 

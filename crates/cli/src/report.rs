@@ -26,6 +26,30 @@ fn ver(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("?")
 }
 
+/// A step's name with its pass when not the forward one: `after-commit: updating`.
+fn step_name(st: &baton_proto::StepReport) -> String {
+    match &st.pass {
+        Some(p) => format!("{p}: {}", st.step),
+        None => st.step.clone(),
+    }
+}
+
+/// The after-commit pass in a sentence, if the campaign ran one.
+fn after_commit_line(r: &Report) -> Option<String> {
+    let a = r.after_commit.as_ref()?;
+    Some(format!(
+        "After-commit pass: {} on every node, from {} to {} ({}): {} done, {} failed, {} skipped. \
+         The counts above are the forward pass's.",
+        a.action,
+        time(Some(a.started_ms)),
+        time(a.ended_ms),
+        dur(Some(a.started_ms), a.ended_ms),
+        a.done,
+        a.failed,
+        a.skipped
+    ))
+}
+
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Campaign {} (id {}) on fleet {}\n", r.name, r.id, r.fleet);
@@ -44,6 +68,9 @@ pub fn markdown(r: &Report) -> String {
         "| nodes | updated | failed | skipped | retries | reboots |\n|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} |\n",
         r.nodes_targeted, r.updated, r.failed, r.skipped, r.retries, r.reboots
     );
+    if let Some(line) = after_commit_line(r) {
+        let _ = writeln!(s, "{line}\n");
+    }
     if r.workloads_moved + r.workloads_returned > 0 || !r.displaced.is_empty() {
         let _ = writeln!(
             s,
@@ -83,6 +110,7 @@ pub fn markdown(r: &Report) -> String {
             n.retries,
             n.reboots,
             n.failure.as_ref().map(|f| format!("; **failed: {f}**")).unwrap_or_default()
+                + &n.after_commit.as_ref().map(|a| format!("; after-commit pass: {a}")).unwrap_or_default()
         );
         if n.steps.is_empty() {
             continue;
@@ -97,7 +125,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {outcome} | {out} |",
-                st.step,
+                step_name(st),
                 time(Some(st.started_ms)),
                 dur(Some(st.started_ms), st.ended_ms)
             );
@@ -151,13 +179,15 @@ pub fn timeline_svg(r: &Report) -> String {
             let failed = st.outcome == "failed";
             let _ = write!(
                 s,
-                "<rect class=\"step\" data-node=\"{node}\" data-step=\"{step}\" x=\"{a:.1}\" y=\"{y1:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"{fill}\"{stroke}>\
-                 <title>{node} {step}: {outcome}, {took}</title></rect>",
+                "<rect class=\"step\" data-node=\"{node}\" data-step=\"{step}\" data-pass=\"{pass}\" x=\"{a:.1}\" y=\"{y1:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"{fill}\"{stroke}>\
+                 <title>{node} {name}: {outcome}, {took}</title></rect>",
                 node = esc(&n.name),
                 step = esc(&st.step),
+                pass = esc(st.pass.as_deref().unwrap_or("forward")),
                 y1 = y + 2.0,
                 w = (b - a).max(1.0),
                 h = row - 4.0,
+                name = esc(&step_name(st)),
                 fill = step_colour(&st.step),
                 stroke = if failed { " stroke=\"#b00020\" stroke-width=\"2\"" } else { "" },
                 outcome = esc(&st.outcome),
@@ -218,6 +248,9 @@ pub fn html(r: &Report) -> String {
         re = r.retries,
         rb = r.reboots
     );
+    if let Some(line) = after_commit_line(r) {
+        let _ = write!(s, "<p data-testid=\"after-commit\">{}</p>", esc(&line));
+    }
     for h in &r.hooks {
         let _ = write!(
             s,
@@ -256,7 +289,8 @@ pub fn html(r: &Report) -> String {
             .failure
             .as_ref()
             .map(|f| format!(" <span class=\"failed\">failed: {}</span>", esc(f)))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + &n.after_commit.as_ref().map(|a| format!("; after-commit pass: {}", esc(a))).unwrap_or_default();
         let _ = write!(
             s,
             "<h2>{} ({}): {}</h2><p>{} → {}, from {} to {} ({}), {} retries, {} reboots{fail}</p>",
@@ -283,7 +317,7 @@ pub fn html(r: &Report) -> String {
             let _ = write!(
                 s,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{outcome}</td><td><pre>{}</pre></td></tr>",
-                esc(&st.step),
+                esc(&step_name(st)),
                 time(Some(st.started_ms)),
                 dur(Some(st.started_ms), st.ended_ms),
                 esc(st.output_tail.as_deref().unwrap_or("").trim())

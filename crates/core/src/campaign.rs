@@ -22,6 +22,8 @@ pub enum Phase {
     Paused,
     Halted,
     Completed,
+    /// Committed (the level is raised), and `after_commit_action` runs on every node.
+    AfterCommit,
     Committed,
     RollingBack,
     RolledBack,
@@ -36,6 +38,7 @@ impl Phase {
             Phase::Paused => "paused",
             Phase::Halted => "halted",
             Phase::Completed => "completed",
+            Phase::AfterCommit => "after-commit",
             Phase::Committed => "committed",
             Phase::RollingBack => "rolling-back",
             Phase::RolledBack => "rolled-back",
@@ -50,12 +53,24 @@ impl fmt::Display for Phase {
     }
 }
 
-/// Forward (to the target) or back (rollback to the version each node had).
+/// Forward (to the target), back (rollback to the version each node had), or after the commit
+/// (`after_commit_action` on every node, at the level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pass {
     Forward,
     Back,
+    AfterCommit,
+}
+
+impl Pass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::Back => "rollback",
+            Pass::AfterCommit => "after-commit",
+        }
+    }
 }
 
 /// Whether a node that left the campaign's active states is back in service.
@@ -307,6 +322,23 @@ pub struct PlanRecord {
     /// journaled before, when the drain and restore steps did it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lb_steps: bool,
+    /// The after-commit pass, planned with the campaign (absent: no `after_commit_action`, or
+    /// journaled before the pass existed, when a commit ended the campaign).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_commit: Option<AfterCommitRecord>,
+}
+
+/// The plan of the after-commit pass, by node name: the action and the order every node of the
+/// fleet takes it in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterCommitRecord {
+    pub action: String,
+    pub waves: Vec<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start: Vec<String>,
+    pub lower_bound: usize,
+    pub binding: String,
+    pub max_parallel: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -561,7 +593,10 @@ pub struct Campaign {
     to_release: BTreeSet<NodeId>,
     pub spec: CampaignSpec,
     pub fleet: Arc<Fleet>,
+    /// The plan of the pass that runs: the campaign's own, then the after-commit pass's.
     pub plan: Plan,
+    /// The after-commit pass's plan and action, until the commit starts it.
+    after_commit: Option<(String, Plan)>,
     pub phase: Phase,
     pub pass: Pass,
     pub nodes: Vec<NodeRun>,
@@ -619,7 +654,20 @@ impl Campaign {
         left_out: &[NodeId],
     ) -> Result<Campaign, Infeasible> {
         let plan = plan(&fleet, &spec)?;
+        // The after-commit pass is planned now, so that a campaign that could never run it is
+        // refused before it starts, and it replays with the order it ran.
+        let after = match &spec.after_commit_action {
+            Some(action) => {
+                let p = crate::plan::plan_after_commit(&fleet, &spec).map_err(|e| Infeasible {
+                    message: format!("after_commit_action {action} on every node: {}", e.message),
+                    ..e
+                })?;
+                Some((action.clone(), p))
+            }
+            None => None,
+        };
         let mut c = Campaign::from_plan(id.into(), fleet, spec, plan, left_out);
+        c.after_commit = after;
         c.prechecks = true;
         c.holds = true;
         c.order_waits = true;
@@ -671,6 +719,14 @@ impl Campaign {
                 fence_rules: self.fence_rules,
                 failback: self.failback,
                 lb_steps: self.lb_steps,
+                after_commit: self.after_commit.as_ref().map(|(action, p)| AfterCommitRecord {
+                    action: action.clone(),
+                    waves: p.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
+                    start: p.start.iter().map(name).collect(),
+                    lower_bound: p.lower_bound,
+                    binding: p.binding.clone(),
+                    max_parallel: p.max_parallel,
+                }),
             },
         }
     }
@@ -722,7 +778,42 @@ impl Campaign {
             max_parallel: rec.max_parallel,
             start,
         };
+        let after = match &rec.after_commit {
+            Some(a) => {
+                let mut waves = Vec::with_capacity(a.waves.len());
+                for w in &a.waves {
+                    waves.push(w.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?);
+                }
+                let start = a.start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
+                let mut planned: Vec<NodeId> = waves.iter().flatten().copied().collect();
+                planned.sort_unstable();
+                planned.dedup();
+                if planned.len() != waves.iter().map(Vec::len).sum::<usize>() {
+                    return Err(ReplayError::BadStart);
+                }
+                if !start.is_empty() {
+                    let mut named = start.clone();
+                    named.sort_unstable();
+                    if spec.strategy != Strategy::Continuous || planned != named {
+                        return Err(ReplayError::BadStart);
+                    }
+                }
+                let p = Plan {
+                    campaign: spec.name.clone(),
+                    strategy: spec.strategy,
+                    waves,
+                    skipped: Vec::new(),
+                    lower_bound: a.lower_bound,
+                    binding: a.binding.clone(),
+                    max_parallel: a.max_parallel,
+                    start,
+                };
+                Some((a.action.clone(), p))
+            }
+            None => None,
+        };
         let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
+        c.after_commit = after;
         c.prechecks = rec.prechecks;
         c.holds = rec.holds;
         c.order_waits = rec.order_waits;
@@ -759,7 +850,6 @@ impl Campaign {
         plan: Plan,
         left_out: &[NodeId],
     ) -> Campaign {
-        let n = fleet.nodes.len();
         let mut nodes: Vec<NodeRun> = fleet
             .nodes
             .iter()
@@ -793,54 +883,9 @@ impl Campaign {
         for (id, reason) in &plan.skipped {
             nodes[*id as usize].state = NodeState::Skipped { reason: reason.clone() };
         }
-        let mut rank = vec![u32::MAX; n];
-        let mut by_rank = Vec::with_capacity(plan.to_update());
-        let mut group = vec![0u32; n];
-        let mut groups = 0u32;
-        let mut last_ud = None;
-        for (w, wave) in plan.waves.iter().enumerate() {
-            for &id in wave {
-                let ud = spec.walk_domain(&fleet, id);
-                let g = match spec.strategy {
-                    Strategy::Batch => w as u32,
-                    Strategy::DomainWalk => {
-                        if by_rank.is_empty() || ud != last_ud {
-                            groups += 1;
-                        }
-                        groups - 1
-                    }
-                    _ => 0,
-                };
-                last_ud = ud;
-                group[id as usize] = g;
-                rank[id as usize] = by_rank.len() as u32;
-                by_rank.push(id);
-                nodes[id as usize].state = NodeState::Pending { out_of_service: false };
-            }
-        }
-        // Continuous starts in the plan's start order when it names each planned node once.
-        if spec.strategy == Strategy::Continuous && plan.start.len() == by_rank.len() {
-            let mut seen = vec![false; n];
-            let whole = plan.start.iter().all(|&id| {
-                (id as usize) < n
-                    && rank[id as usize] != u32::MAX
-                    && !std::mem::replace(&mut seen[id as usize], true)
-            });
-            if whole {
-                for (r, &id) in plan.start.iter().enumerate() {
-                    rank[id as usize] = r as u32;
-                }
-                by_rank.clone_from(&plan.start);
-            }
-        }
-        let ngroups = match spec.strategy {
-            Strategy::Batch => plan.waves.len(),
-            Strategy::DomainWalk => groups as usize,
-            _ => 1,
-        };
-        let mut group_left = vec![0u32; ngroups.max(1)];
+        let Order { rank, by_rank, group, group_left } = Order::of(&fleet, &spec, &plan);
         for &id in &by_rank {
-            group_left[group[id as usize] as usize] += 1;
+            nodes[id as usize].state = NodeState::Pending { out_of_service: false };
         }
         let mut down = vec![0; fleet.services.len()];
         for (i, r) in nodes.iter().enumerate() {
@@ -886,6 +931,7 @@ impl Campaign {
             cap_waiters: Vec::new(),
             spec,
             plan,
+            after_commit: None,
             phase: Phase::Planned,
             pass: Pass::Forward,
             nodes,
@@ -927,7 +973,12 @@ impl Campaign {
     pub fn holds_fleet(&self) -> bool {
         let live = matches!(
             self.phase,
-            Phase::Planned | Phase::Running | Phase::Paused | Phase::Halted | Phase::RollingBack
+            Phase::Planned
+                | Phase::Running
+                | Phase::Paused
+                | Phase::Halted
+                | Phase::RollingBack
+                | Phase::AfterCommit
         );
         live || self.nodes.iter().any(|r| {
             r.state.is_active()
@@ -978,7 +1029,10 @@ impl Campaign {
             best = Some(best.map_or(h, |b| b.min(h)));
         }
         // A barrier pause that has not passed yet (it is cleared once it has).
-        if self.phase == Phase::Running && self.group_open_at > 0 && !self.pending.is_empty() {
+        if matches!(self.phase, Phase::Running | Phase::AfterCommit)
+            && self.group_open_at > 0
+            && !self.pending.is_empty()
+        {
             best = Some(best.map_or(self.group_open_at, |b| b.min(self.group_open_at)));
         }
         best
@@ -1084,6 +1138,7 @@ impl Campaign {
         let pass = match self.nodes[n as usize].pass {
             Pass::Forward => "",
             Pass::Back => "rb",
+            Pass::AfterCommit => "ac",
         };
         format!("{}/{}/{pass}{attempt}/{step}", self.id, self.fleet.node_name(n))
     }
@@ -1361,7 +1416,7 @@ impl Campaign {
                 }
             }
             Event::Pause { by } => {
-                if !matches!(self.phase, Phase::Running | Phase::RollingBack) {
+                if !matches!(self.phase, Phase::Running | Phase::RollingBack | Phase::AfterCommit) {
                     return Err(self.not_allowed("pause"));
                 }
                 self.set_phase(Phase::Paused, Some(&by), out);
@@ -1374,8 +1429,7 @@ impl Campaign {
                     // Resuming a halted campaign accepts the failures so far.
                     self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
                 }
-                let to = if self.pass == Pass::Back { Phase::RollingBack } else { Phase::Running };
-                self.set_phase(to, Some(&by), out);
+                self.set_phase(self.running_phase(), Some(&by), out);
             }
             Event::Abort { by } => {
                 if matches!(
@@ -1384,10 +1438,20 @@ impl Campaign {
                 ) {
                     return Err(self.not_allowed("abort"));
                 }
+                if self.pass == Pass::AfterCommit {
+                    // The level stays raised (a commit cannot be undone): the campaign ends
+                    // committed, the nodes the pass had not reached skipped.
+                    self.skip_pending(now, &format!("after-commit pass aborted by {by}"));
+                    self.set_phase(Phase::Committed, Some(&by), out);
+                    return Ok(());
+                }
                 self.skip_pending(now, &format!("campaign aborted by {by}"));
                 self.set_phase(Phase::Aborted, Some(&by), out);
             }
             Event::Rollback { by } => {
+                if self.pass == Pass::AfterCommit {
+                    return Err(CampaignError::NotAllowed { action: "roll back", phase: Phase::Committed });
+                }
                 if !matches!(self.phase, Phase::Paused | Phase::Halted | Phase::Completed)
                     || self.pass == Pass::Back
                 {
@@ -1407,7 +1471,13 @@ impl Campaign {
                 }
                 self.check_commit()?;
                 self.level = Some(self.spec.target_version.clone());
-                self.set_phase(Phase::Committed, Some(&by), out);
+                match self.after_commit.take() {
+                    Some((_, plan)) => {
+                        self.begin_after_commit(plan);
+                        self.set_phase(Phase::AfterCommit, Some(&by), out);
+                    }
+                    None => self.set_phase(Phase::Committed, Some(&by), out),
+                }
             }
             Event::Unfence { node, by: _ } => {
                 let n = self.node(&node)?;
@@ -1825,7 +1895,7 @@ impl Campaign {
 
     fn target_for(&self, n: NodeId) -> &str {
         match self.nodes[n as usize].pass {
-            Pass::Forward => &self.spec.target_version,
+            Pass::Forward | Pass::AfterCommit => &self.spec.target_version,
             Pass::Back => {
                 let from = self.nodes[n as usize].from_version.as_deref().unwrap_or("");
                 // No lower than the committed level: a fenced node updated by this campaign goes
@@ -1847,6 +1917,7 @@ impl Campaign {
         match self.nodes[n as usize].pass {
             Pass::Forward => &self.spec.action,
             Pass::Back => "rollback",
+            Pass::AfterCommit => self.spec.after_commit_action.as_deref().unwrap_or(&self.spec.action),
         }
     }
 
@@ -1903,6 +1974,44 @@ impl Campaign {
         self.repend_for_rollback(n);
     }
 
+    /// The phase a resumed campaign runs in: its pass's.
+    fn running_phase(&self) -> Phase {
+        match self.pass {
+            Pass::Forward => Phase::Running,
+            Pass::Back => Phase::RollingBack,
+            Pass::AfterCommit => Phase::AfterCommit,
+        }
+    }
+
+    /// The commit starts the after-commit pass: every node of the fleet (all up, in service and
+    /// at the level, as the commit checked) is queued again, in the pass's own order, under the
+    /// same rules; their auto-updaters are held again before each starts.
+    fn begin_after_commit(&mut self, plan: Plan) {
+        let Order { rank, by_rank, group, group_left } = Order::of(&self.fleet, &self.spec, &plan);
+        self.pass = Pass::AfterCommit;
+        self.max_parallel = plan.max_parallel as u32;
+        self.plan = plan;
+        self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
+        for &n in &by_rank {
+            let r = &mut self.nodes[n as usize];
+            r.pass = Pass::AfterCommit;
+            r.started_at = None;
+            r.finished_at = None;
+            self.touch(n);
+            self.set_state(n, NodeState::Pending { out_of_service: false });
+        }
+        self.pending = (0..by_rank.len() as u32).collect();
+        self.candidates = self.pending.clone();
+        self.waiters.iter_mut().for_each(Vec::clear);
+        self.cap_waiters.clear();
+        self.rank = rank;
+        self.by_rank = by_rank;
+        self.group = group;
+        self.group_left = group_left;
+        self.current_group = 0;
+        self.group_open_at = 0;
+    }
+
     /// During a rollback, queues an updated node (Done in the forward pass) to go back. A node
     /// whose restore is in flight waits for its answer; one that never got back into service
     /// stays counted as down while it waits.
@@ -1950,7 +2059,7 @@ impl Campaign {
 
     /// A targeted node is through its forward pass: one fewer for its barrier group to wait on.
     fn settle_group(&mut self, n: NodeId) {
-        if self.nodes[n as usize].pass == Pass::Forward && self.rank[n as usize] != u32::MAX {
+        if self.nodes[n as usize].pass != Pass::Back && self.rank[n as usize] != u32::MAX {
             let g = self.group[n as usize] as usize;
             self.group_left[g] = self.group_left[g].saturating_sub(1);
         }
@@ -1960,7 +2069,9 @@ impl Campaign {
     fn advance(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.fire_timers(now, out);
         self.fire_hold_timers(now, out);
-        if self.failure_threshold_passed() && matches!(self.phase, Phase::Running | Phase::RollingBack) {
+        if self.failure_threshold_passed()
+            && matches!(self.phase, Phase::Running | Phase::RollingBack | Phase::AfterCommit)
+        {
             self.set_phase(Phase::Halted, None, out);
         }
         self.advance_group(now);
@@ -1972,6 +2083,7 @@ impl Campaign {
             match (self.phase, self.pass) {
                 (Phase::Running, Pass::Forward) => self.set_phase(Phase::Completed, None, out),
                 (Phase::RollingBack, Pass::Back) => self.set_phase(Phase::RolledBack, None, out),
+                (Phase::AfterCommit, Pass::AfterCommit) => self.set_phase(Phase::Committed, None, out),
                 _ => {}
             }
         }
@@ -2112,7 +2224,7 @@ impl Campaign {
     }
 
     fn barriers(&self) -> bool {
-        self.pass == Pass::Forward && matches!(self.spec.strategy, Strategy::Batch | Strategy::DomainWalk)
+        self.pass != Pass::Back && matches!(self.spec.strategy, Strategy::Batch | Strategy::DomainWalk)
     }
 
     fn advance_group(&mut self, now: Millis) {
@@ -2190,7 +2302,7 @@ impl Campaign {
 
     fn start_nodes(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.window_wait = None;
-        if !matches!(self.phase, Phase::Running | Phase::RollingBack)
+        if !matches!(self.phase, Phase::Running | Phase::RollingBack | Phase::AfterCommit)
             || !self.window_open
             || !self.closed_gates.is_empty()
             || self.failure_threshold_passed()
@@ -2263,7 +2375,7 @@ impl Campaign {
                 }
             };
             self.pending.remove(&r);
-            if self.pass == Pass::Forward && self.prechecks {
+            if self.pass != Pass::Back && self.prechecks {
                 // Its place is held (it counts as down and active) while its prechecks run;
                 // the workload moves are found again when it is drained.
                 let attempt = self.nodes[n as usize].prechecks;
@@ -2511,7 +2623,7 @@ impl Campaign {
 
     /// Whether a node may start now, as far as the campaign goes (not the node's own rules).
     fn starts_allowed(&self, now: Millis) -> bool {
-        matches!(self.phase, Phase::Running | Phase::RollingBack)
+        matches!(self.phase, Phase::Running | Phase::RollingBack | Phase::AfterCommit)
             && self.window_open
             && self.closed_gates.is_empty()
             && !self.failure_threshold_passed()
@@ -2729,6 +2841,9 @@ impl Campaign {
     fn stopped_starting(&self) -> Option<String> {
         match self.phase {
             Phase::Aborted => Some("campaign aborted before the node was drained".into()),
+            // The after-commit pass ends committed only once every node is through it, or
+            // when an operator aborted it.
+            Phase::Committed => Some("after-commit pass aborted before the node was drained".into()),
             _ if self.pass == Pass::Back => Some("campaign rolled back before the node was drained".into()),
             _ => None,
         }
@@ -2763,12 +2878,76 @@ impl Campaign {
             OnPrecheckFail::Fail => self.fail(n, now, why, self.untouched(n), out),
             OnPrecheckFail::Halt => {
                 self.fail(n, now, why, self.untouched(n), out);
-                if matches!(self.phase, Phase::Running) {
+                if matches!(self.phase, Phase::Running | Phase::AfterCommit) {
                     // Halted whatever the failure threshold: resuming accepts this failure.
                     self.set_phase(Phase::Halted, None, out);
                 }
             }
         }
+    }
+}
+
+/// The order nodes start in, by rank, and their barrier groups: the wave (batch) or walked
+/// domain (domain-walk); one group otherwise.
+struct Order {
+    rank: Vec<u32>,
+    by_rank: Vec<NodeId>,
+    group: Vec<u32>,
+    group_left: Vec<u32>,
+}
+
+impl Order {
+    fn of(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> Order {
+        let n = fleet.nodes.len();
+            let mut rank = vec![u32::MAX; n];
+            let mut by_rank = Vec::with_capacity(plan.to_update());
+            let mut group = vec![0u32; n];
+            let mut groups = 0u32;
+            let mut last_ud = None;
+            for (w, wave) in plan.waves.iter().enumerate() {
+                for &id in wave {
+                    let ud = spec.walk_domain(fleet, id);
+                    let g = match spec.strategy {
+                        Strategy::Batch => w as u32,
+                        Strategy::DomainWalk => {
+                            if by_rank.is_empty() || ud != last_ud {
+                                groups += 1;
+                            }
+                            groups - 1
+                        }
+                        _ => 0,
+                    };
+                    last_ud = ud;
+                    group[id as usize] = g;
+                    rank[id as usize] = by_rank.len() as u32;
+                    by_rank.push(id);
+                }
+            }
+            // Continuous starts in the plan's start order when it names each planned node once.
+            if spec.strategy == Strategy::Continuous && plan.start.len() == by_rank.len() {
+                let mut seen = vec![false; n];
+                let whole = plan.start.iter().all(|&id| {
+                    (id as usize) < n
+                        && rank[id as usize] != u32::MAX
+                        && !std::mem::replace(&mut seen[id as usize], true)
+                });
+                if whole {
+                    for (r, &id) in plan.start.iter().enumerate() {
+                        rank[id as usize] = r as u32;
+                    }
+                    by_rank.clone_from(&plan.start);
+                }
+            }
+            let ngroups = match spec.strategy {
+                Strategy::Batch => plan.waves.len(),
+                Strategy::DomainWalk => groups as usize,
+                _ => 1,
+            };
+            let mut group_left = vec![0u32; ngroups.max(1)];
+            for &id in &by_rank {
+                group_left[group[id as usize] as usize] += 1;
+            }
+        Order { rank, by_rank, group, group_left }
     }
 }
 

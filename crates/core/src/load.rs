@@ -148,6 +148,7 @@ struct RawCampaign {
     before_start: Vec<String>,
     schedule: Option<String>,
     mixed_mode_limit: Option<Dur>,
+    after_commit_action: Option<String>,
     select: Option<RawSelect>,
     walk: Option<crate::model::Walk>,
     max_unhealthy: Option<Amount>,
@@ -765,6 +766,15 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
             }
         }
     }
+    if let Some(a) = &raw.after_commit_action {
+        if a.trim().is_empty() {
+            return Err(src.err(
+                root().key("after_commit_action"),
+                "after_commit_action is empty",
+                "name the agent action to run on every node once the campaign is committed, e.g. \"config-version\", or remove the key",
+            ));
+        }
+    }
     if raw.mixed_mode_limit == Some(Dur(0)) {
         return Err(src.err(
             root().key("mixed_mode_limit"),
@@ -797,6 +807,7 @@ fn validate_campaign(raw: RawCampaign, src: &Src, fleet: &Fleet) -> Result<Campa
         before_start: raw.before_start,
         schedule,
         mixed_mode_limit: raw.mixed_mode_limit.map(Dur::ms),
+        after_commit_action: raw.after_commit_action,
         walk: raw.walk.unwrap_or_default(),
         max_unhealthy,
     })

@@ -204,6 +204,10 @@ pub struct CampaignSpec {
     /// Warn (event, metric, webhook) when the fleet stays in mixed mode longer than this after
     /// the campaign started (`mixed_mode_limit`; none: the orchestrator's default, 4 weeks).
     pub mixed_mode_limit: Option<crate::units::Millis>,
+    /// An agent action run on every node of the fleet once the campaign is committed, under the
+    /// same rules and strategy (the after-commit pass: drained, the action, a reboot only if it
+    /// asks, verified, restored); none: the commit ends the campaign.
+    pub after_commit_action: Option<String>,
     /// What `domain-walk` walks (`walk`): update domains (the default) or fault domains.
     pub walk: Walk,
     /// No node starts while more targeted nodes than this are unhealthy: seen down (agent

@@ -102,6 +102,23 @@ pub fn plan(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
 
 pub fn plan_by(fleet: &Fleet, spec: &CampaignSpec, rules: Rules) -> Result<Plan, Infeasible> {
     let (update, skipped) = targets(fleet, spec);
+    plan_nodes(fleet, spec, rules, update, skipped)
+}
+
+/// The plan of the after-commit pass (`after_commit_action`): every node of the fleet, under
+/// the campaign's rules and strategy, none skipped for its version (they are all at the level).
+pub fn plan_after_commit(fleet: &Fleet, spec: &CampaignSpec) -> Result<Plan, Infeasible> {
+    let every = (0..fleet.nodes.len() as NodeId).collect();
+    plan_nodes(fleet, spec, Rules::Current, every, Vec::new())
+}
+
+fn plan_nodes(
+    fleet: &Fleet,
+    spec: &CampaignSpec,
+    rules: Rules,
+    update: Vec<NodeId>,
+    skipped: Vec<(NodeId, String)>,
+) -> Result<Plan, Infeasible> {
     let p = resolve_parallel(spec, update.len());
     let mut in_update = vec![false; fleet.nodes.len()];
     for &n in &update {

@@ -14,6 +14,9 @@ pub enum Phase {
     Paused,
     Halted,
     Completed,
+    /// Committed (the level is raised) and `after_commit_action` runs on every node; then
+    /// committed.
+    AfterCommit,
     Committed,
     RollingBack,
     RolledBack,
@@ -28,6 +31,7 @@ impl Phase {
             Phase::Paused => "paused",
             Phase::Halted => "halted",
             Phase::Completed => "completed",
+            Phase::AfterCommit => "after-commit",
             Phase::Committed => "committed",
             Phase::RollingBack => "rolling-back",
             Phase::RolledBack => "rolled-back",
@@ -215,8 +219,17 @@ pub struct CampaignView {
     pub fleet: String,
     pub target_version: String,
     pub strategy: String,
-    /// planned, running, paused, halted, completed, committed, rolling-back, rolled-back, aborted
+    /// planned, running, paused, halted, completed, after-commit, committed, rolling-back,
+    /// rolled-back, aborted
     pub phase: Phase,
+    /// The pass its nodes are in: forward (to the target), rollback, or after-commit (its
+    /// `after_commit_action` on every node, once committed; paused or halted, it is still
+    /// committed).
+    #[serde(default = "forward")]
+    pub pass: String,
+    /// The campaign file's `after_commit_action`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_commit_action: Option<String>,
     /// Whether the campaign holds its fleet: from its creation until it has ended and none of
     /// its nodes is active or being brought back. While it does, no other campaign is created.
     #[serde(default)]
@@ -251,6 +264,18 @@ pub struct CampaignView {
     pub lower_bound: usize,
     #[serde(default)]
     pub binding: String,
+}
+
+fn forward() -> String {
+    "forward".into()
+}
+
+impl CampaignView {
+    /// Whether the campaign raised the fleet's functional level: committed, or running its
+    /// after-commit pass (which a pause or a halt does not undo).
+    pub fn committed(&self) -> bool {
+        self.phase == Phase::Committed || self.pass == "after-commit"
+    }
 }
 
 /// A plan (`POST /v1/plan`), as `baton plan --format json` prints it (DESIGN.md §Plan JSON).
@@ -435,6 +460,9 @@ pub struct StepReport {
     pub detail: Option<String>,
     /// The end of the step's output, as the agent recorded it.
     pub output_tail: Option<String>,
+    /// The pass it belongs to when not the forward one: `rollback` or `after-commit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -450,6 +478,10 @@ pub struct NodeReport {
     pub reboots: u32,
     pub failure: Option<String>,
     pub steps: Vec<StepReport>,
+    /// How the node ended the after-commit pass (`done`, `failed: …`, `skipped: …`), if the
+    /// campaign ran one; `state` and `failure` are then the forward pass's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -480,6 +512,22 @@ pub struct Report {
     /// Movable workloads not on their preferred node when the report was made, and why.
     #[serde(default)]
     pub displaced: Vec<DisplacedReport>,
+    /// The after-commit pass (`after_commit_action` on every node once committed), if it began;
+    /// the counts above are then the forward pass's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_commit: Option<AfterCommitReport>,
+}
+
+/// The after-commit pass of a run report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AfterCommitReport {
+    pub action: String,
+    /// The commit that began it, and when its last node finished.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub done: usize,
+    pub failed: usize,
+    pub skipped: usize,
 }
 
 /// A movable workload away from its preferred node.

@@ -104,6 +104,7 @@ pub fn phase_of(p: baton_core::Phase) -> baton_proto::Phase {
         C::Paused => W::Paused,
         C::Halted => W::Halted,
         C::Completed => W::Completed,
+        C::AfterCommit => W::AfterCommit,
         C::Committed => W::Committed,
         C::RollingBack => W::RollingBack,
         C::RolledBack => W::RolledBack,
@@ -199,6 +200,8 @@ fn head_of(id: i64, c: &Campaign, events: i64) -> CampaignView {
         target_version: c.spec.target_version.clone(),
         strategy: c.spec.strategy.as_str().into(),
         phase: phase_of(c.phase),
+        pass: c.pass.as_str().into(),
+        after_commit_action: c.spec.after_commit_action.clone(),
         holds_fleet: c.holds_fleet(),
         nodes: Vec::new(),
         services: (0..c.fleet.services.len()).map(|s| service_view(c, s)).collect(),
@@ -786,6 +789,10 @@ impl Driver {
     /// Brings the view up to date with the nodes an event changed (all of them after a phase
     /// change: cheap next to what a phase change does) and tells the stream what changed.
     fn show(&mut self, touched: &[baton_core::NodeId], all: bool) {
+        if all {
+            // A commit may have begun the after-commit pass, with a plan of its own.
+            self.wave = waves_of(&self.campaign);
+        }
         let c = &self.campaign;
         let ended = !matches!(
             c.phase,
@@ -822,6 +829,12 @@ impl Driver {
                 }
             }
             v.phase = phase_of(c.phase);
+            if all {
+                v.pass = c.pass.as_str().into();
+                v.waves = c.plan.waves.len();
+                v.lower_bound = c.plan.lower_bound;
+                v.binding.clone_from(&c.plan.binding);
+            }
             v.holds_fleet = c.holds_fleet();
             v.pending = c.pending();
             v.active = c.active() as usize;
@@ -853,7 +866,11 @@ impl Driver {
     fn estimate(&mut self, now: Millis) {
         use baton_core::Phase;
         let c = &self.campaign;
-        if !matches!(c.phase, Phase::Running | Phase::Paused | Phase::RollingBack) {
+        // Not for the after-commit pass: the simulator plans updates, and its nodes are all at
+        // the target already.
+        if !matches!(c.phase, Phase::Running | Phase::Paused | Phase::RollingBack)
+            || c.pass == baton_core::campaign::Pass::AfterCommit
+        {
             return;
         }
         if self.eta_sent.is_some_and(|at| at.elapsed() < ETA_EVERY) {

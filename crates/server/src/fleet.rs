@@ -10,7 +10,7 @@ use axum::Json;
 use baton_core::model::Fleet;
 use baton_core::units::{format_duration, DAY};
 use baton_core::Millis;
-use baton_proto::{ApiError, CampaignView, FleetNode, FleetView, Phase};
+use baton_proto::{ApiError, CampaignView, FleetNode, FleetView};
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -32,7 +32,7 @@ pub fn compute(
 ) -> FleetView {
     let mut views: Vec<&CampaignView> = views.iter().collect();
     views.sort_by_key(|v| v.id);
-    let commit = views.iter().rposition(|v| v.phase == Phase::Committed);
+    let commit = views.iter().rposition(|v| v.committed());
     let level = match commit {
         Some(i) => Some(views[i].target_version.clone()),
         None => base.functional_level.clone(),
@@ -293,7 +293,7 @@ impl Hub {
             ));
         }
         let newest = self.views().into_iter().max_by_key(|v| v.id);
-        let Some(v) = newest.filter(|v| v.phase == Phase::Committed) else {
+        let Some(v) = newest.filter(|v| v.committed()) else {
             return Err(crate::Fail::new(
                 StatusCode::CONFLICT,
                 "not-fenced",

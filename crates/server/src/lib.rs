@@ -465,7 +465,7 @@ impl Hub {
     /// raised, its nodes at their versions.
     fn as_committed(&self, views: &[CampaignView]) -> (Option<Raised>, Fleet) {
         let raised =
-            views.iter().filter(|v| v.phase == Phase::Committed).max_by_key(|v| v.id).map(Raised::of);
+            views.iter().filter(|v| v.committed()).max_by_key(|v| v.id).map(Raised::of);
         let mut fleet = (*self.fleet).clone();
         if let Some(r) = &raised {
             r.apply(&mut fleet);

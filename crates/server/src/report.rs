@@ -3,9 +3,9 @@
 //! Built by replaying the journal.
 
 use crate::store::Entry;
-use baton_core::campaign::{Command, Event};
-use baton_core::{Campaign, NodeState};
-use baton_proto::{DisplacedReport, HookReport, NodeReport, Report, StepReport};
+use baton_core::campaign::{Command, Event, Pass};
+use baton_core::{Campaign, NodeState, Phase};
+use baton_proto::{AfterCommitReport, DisplacedReport, HookReport, NodeReport, Report, StepReport};
 use std::collections::HashMap;
 
 /// The key that changes when a node moves to another step (an update retry is a new step).
@@ -33,6 +33,10 @@ pub struct Builder {
     /// Per node, the output of the last step that ended within the report step still open (a
     /// restore's, before its load balancer step closes "restoring").
     tails: Vec<Option<String>>,
+    /// Once a commit began the after-commit pass: when, each node's state at the end of the
+    /// forward pass, and when the pass ended.
+    after: Option<(u64, Vec<NodeState>)>,
+    after_ended: Option<u64>,
 }
 
 impl Builder {
@@ -51,6 +55,7 @@ impl Builder {
                 reboots: 0,
                 failure: None,
                 steps: Vec::new(),
+                after_commit: None,
             })
             .collect();
         let keys = c.nodes.iter().map(|r| key(&r.state)).collect();
@@ -66,6 +71,8 @@ impl Builder {
             moved: 0,
             returned: 0,
             tails,
+            after: None,
+            after_ended: None,
         }
     }
 
@@ -74,7 +81,16 @@ impl Builder {
         if matches!(e.event, Event::Start { .. }) {
             self.started = Some(e.at_ms);
         }
+        let forward: Option<Vec<NodeState>> = matches!(e.event, Event::Commit { .. })
+            .then(|| self.c.nodes.iter().map(|r| r.state.clone()).collect());
+        let phase = self.c.phase;
         let Ok((commands, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
+        if let (Some(states), Pass::AfterCommit) = (forward, self.c.pass) {
+            self.after = Some((e.at_ms, states));
+        }
+        if phase != Phase::Committed && self.c.phase == Phase::Committed && self.after.is_some() {
+            self.after_ended = Some(e.at_ms);
+        }
         for c in &commands {
             match c {
                 Command::Drain { moves, .. } => self.moved += moves.len() as u32,
@@ -128,6 +144,10 @@ impl Builder {
             }
             if st.is_active() {
                 r.started_ms.get_or_insert(e.at_ms);
+                let pass = match self.c.nodes[i].pass {
+                    Pass::Forward => None,
+                    p => Some(p.as_str().to_string()),
+                };
                 r.steps.push(StepReport {
                     step: st.name().into(),
                     started_ms: e.at_ms,
@@ -135,6 +155,7 @@ impl Builder {
                     outcome: "running".into(),
                     detail: None,
                     output_tail: None,
+                    pass,
                 });
             }
             if st.is_terminal() {
@@ -146,13 +167,42 @@ impl Builder {
     }
 
     pub fn finish(self) -> Report {
-        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, .. } = self;
+        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, after, after_ended, .. } = self;
         let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
+        let mut after_counts = (0, 0, 0);
         for (i, r) in nodes.iter_mut().enumerate() {
-            let st = &c.nodes[i].state;
+            // With an after-commit pass, the node's state is the forward pass's; how it ended
+            // that pass is said apart.
+            let st = match &after {
+                Some((_, states)) => {
+                    let end = &c.nodes[i].state;
+                    r.after_commit = Some(match end {
+                        NodeState::Done { .. } => {
+                            after_counts.0 += 1;
+                            "done".to_string()
+                        }
+                        NodeState::Failed { reason, .. } => {
+                            after_counts.1 += 1;
+                            format!("failed: {reason}")
+                        }
+                        NodeState::Skipped { reason } => {
+                            after_counts.2 += 1;
+                            format!("skipped: {reason}")
+                        }
+                        s => s.name().to_string(),
+                    });
+                    &states[i]
+                }
+                None => &c.nodes[i].state,
+            };
             r.state = st.name().into();
             r.version_after = c.nodes[i].version.clone();
-            r.retries = (r.steps.iter().filter(|s| s.step == "updating").count() as u32).saturating_sub(1);
+            // Retries per pass: each pass's first update is no retry.
+            let mut updates: HashMap<Option<&str>, u32> = HashMap::new();
+            for s in r.steps.iter().filter(|s| s.step == "updating") {
+                *updates.entry(s.pass.as_deref()).or_default() += 1;
+            }
+            r.retries = updates.values().map(|k| k.saturating_sub(1)).sum();
             r.reboots = r.steps.iter().filter(|s| s.step == "rebooting").count() as u32;
             match st {
                 NodeState::Done { .. } => updated += 1,
@@ -164,8 +214,8 @@ impl Builder {
                     skipped += 1;
                     r.failure = None;
                     // A node skipped after its prechecks failed keeps them: they say why.
-                    if !r.steps.iter().any(|s| s.step == "prechecking") {
-                        r.steps.clear();
+                    if !r.steps.iter().any(|s| s.step == "prechecking" && s.pass.is_none()) {
+                        r.steps.retain(|s| s.pass.is_some());
                     }
                     r.state = format!("skipped: {reason}");
                 }
@@ -189,7 +239,7 @@ impl Builder {
             skipped,
             retries,
             reboots,
-            nodes: nodes.into_iter().filter(|r| r.state != "not-targeted").collect(),
+            nodes: nodes.into_iter().filter(|r| r.state != "not-targeted" || r.after_commit.is_some()).collect(),
             hooks,
             workloads_moved: moved,
             workloads_returned: returned,
@@ -203,6 +253,14 @@ impl Builder {
                     reason: d.reason,
                 })
                 .collect(),
+            after_commit: after.map(|(at, _)| AfterCommitReport {
+                action: c.spec.after_commit_action.clone().unwrap_or_default(),
+                started_ms: at,
+                ended_ms: after_ended,
+                done: after_counts.0,
+                failed: after_counts.1,
+                skipped: after_counts.2,
+            }),
         }
     }
 }

@@ -78,7 +78,11 @@ pub fn event_of(n: &Notice) -> Option<What> {
                 (Phase::Planned, Phase::Running) => "started",
                 (_, Phase::Halted) => "halted",
                 (_, Phase::Completed) => "completed",
-                (_, Phase::Committed) => "committed",
+                // With an after_commit_action the commit starts its pass; its end (or its
+                // abort, by an operator) commits the campaign for good.
+                (Phase::Completed, Phase::AfterCommit | Phase::Committed) => "committed",
+                (_, Phase::Committed) if by.is_some() => "after-commit-aborted",
+                (_, Phase::Committed) => "after-commit-completed",
                 (_, Phase::Aborted) => "aborted",
                 (_, Phase::RolledBack) => "rolled-back",
                 _ => return None,

@@ -125,6 +125,8 @@ pub struct Observer {
     allowance: Vec<u32>,
     members: Vec<Vec<u32>>,
     max_parallel: u32,
+    /// The after-commit pass's `max_parallel`, from the journaled plan (none: no such pass).
+    after_max_parallel: Option<u32>,
     max_failed: u32,
     /// Out of service because of the campaign (drained, not yet restored).
     out: Vec<bool>,
@@ -149,8 +151,8 @@ pub struct Observer {
     /// given up on with a notice.
     pub to_release: HashSet<String>,
     holds: bool,
-    /// Rollbacks the core took (each starts a pass).
-    rollbacks: u32,
+    /// Passes begun after the forward one (each rollback, the after-commit pass).
+    passes: u32,
     closed_gates: HashSet<String>,
     /// Finishes per drain step (one per node and pass).
     finished: HashMap<String, u32>,
@@ -206,6 +208,10 @@ impl Observer {
             allowance: f.services.iter().map(|s| s.allowance).collect(),
             members: f.memberships.clone(),
             max_parallel: c.max_parallel,
+            after_max_parallel: match c.planned_event() {
+                Event::Planned { plan, .. } => plan.after_commit.map(|a| a.max_parallel as u32),
+                _ => None,
+            },
             max_failed: c.spec.max_failed_nodes,
             out: vec![false; f.nodes.len()],
             lost: vec![false; f.nodes.len()],
@@ -562,7 +568,7 @@ impl Observer {
                 }
             }
             Event::Window { open } => self.window_open = *open,
-            Event::Rollback { .. } => self.rollbacks += 1,
+            Event::Rollback { .. } => self.passes += 1,
             Event::Gate { name, open } => {
                 if *open {
                     self.closed_gates.remove(name);
@@ -600,7 +606,7 @@ impl Observer {
             self.finished_nodes.remove(&n);
         }
         let n = fleet.node_id(node).expect("core names fleet nodes");
-        if !matches!(self.phase, Some(Phase::Running) | Some(Phase::RollingBack)) {
+        if !matches!(self.phase, Some(Phase::Running | Phase::RollingBack | Phase::AfterCommit)) {
             self.violations
                 .push(format!("at {now}ms: {node} started while the campaign is {:?}", self.phase));
         }
@@ -729,8 +735,23 @@ impl Observer {
                     self.to_release.remove(node);
                 }
                 Notice::Phase { from, to, .. } => {
-                    if *from == Phase::Halted && matches!(to, Phase::Running | Phase::RollingBack) {
+                    if *from == Phase::Halted
+                        && matches!(to, Phase::Running | Phase::RollingBack | Phase::AfterCommit)
+                    {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
+                    }
+                    if *from == Phase::Completed && *to == Phase::AfterCommit {
+                        // The after-commit pass: every node of the fleet, in a pass of its own,
+                        // under its own plan's max_parallel.
+                        self.accepted = self.failed.saturating_sub(self.max_failed);
+                        self.passes += 1;
+                        self.in_scope.iter_mut().for_each(|x| *x = true);
+                        match self.after_max_parallel {
+                            Some(p) => self.max_parallel = p,
+                            None => self.violations.push(format!(
+                                "at {now}ms: an after-commit pass began that the journaled plan does not have"
+                            )),
+                        }
                     }
                     if *to == Phase::RollingBack {
                         self.accepted = self.failed.saturating_sub(self.max_failed);
@@ -755,7 +776,7 @@ impl Observer {
                         if reason.starts_with("precheck failed") || reason.starts_with("cannot hold"));
                     let run = match self.last_drain.get(node) {
                         Some(d) if !undrained => d.clone(),
-                        _ => format!("{node}/not-drained/{}", self.rollbacks),
+                        _ => format!("{node}/not-drained/{}", self.passes),
                     };
                     let k = self.finished.entry(run).or_default();
                     *k += 1;

@@ -379,114 +379,26 @@ proptest! {
         opts in sim_opts(),
         learned in any::<bool>(),
         left in prop::collection::vec(prop::bool::weighted(0.1), 16),
+        after_commit in any::<bool>(),
     ) {
-        let n = f.uds.len();
-        let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
-        let mut spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
-        // Half the campaigns know each node's time from an earlier one: continuous's start order
-        // is then searched (on fleets of up to 64 nodes), and must keep every rule as well.
-        if learned {
-            spec.expected = baton_sim::learned_times(&fleet, &opts);
-        }
-        // Some nodes handed over out of service by an earlier campaign (a failure left out, a
-        // fenced node): counted down until this campaign restores them.
-        let left_out: Vec<NodeId> = (0..n).filter(|&i| left[i % left.len()]).map(|i| i as NodeId).collect();
-        let campaign = match Campaign::create("prop", fleet.clone(), spec.clone(), &left_out) {
-            Ok(c) => c,
-            Err(inf) => {
-                // Refusing is only right when a rule truly can never be met.
-                let svc_zero = fleet.services.iter().any(|s| s.allowance == 0 && inf.subject == s.name);
-                let wl = fleet.workloads.iter().any(|w| w.name == inf.subject);
-                prop_assert!(svc_zero || wl, "refused without cause: {inf}");
-                return Ok(());
-            }
-        };
-        let t0 = opts.start;
-        let mut sim = Sim::new(campaign, opts);
-        sim.check_touched = true;
-        sim.push(t0, Event::Start { by: "prop".into() });
-        for (t, i) in &inj {
-            match i {
-                Inj::Restart => sim.push_restart(t0 + t),
-                _ => sim.push(t0 + t, event(i, n)),
-            }
-        }
-        sim.run_to_end();
-        // With nothing more to happen, a running campaign with nodes left pending is truly
-        // blocked by a rule: no wake-up of a waiting node was missed (a stall).
-        if sim.campaign.phase == Phase::Running {
-            let now = sim.now;
-            let missed = sim.campaign.startable_now(now);
-            prop_assert!(missed.is_empty(), "campaign stalled with startable nodes {:?}: {:?}", missed,
-                sim.campaign.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
-        }
-        // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
-        let t = sim.now + 1;
-        sim.step(t, Event::Window { open: true });
-        sim.step(t, Event::Gate { name: "alert".into(), open: true });
-        sim.step(t, Event::Abort { by: "prop-end".into() });
-        sim.run_to_end();
-        for (step, k) in &sim.executions {
-            prop_assert!(*k == 1, "step {step} executed {k} times");
-        }
-        prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
-        // Every node's auto-updaters are given back once the campaign has ended.
-        if sim.campaign.phase != Phase::Halted {
-            prop_assert!(sim.observer.to_release.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.to_release, sim.campaign.phase);
-        }
-        // Failback: every movable workload is on its preferred node (as the commands moved it),
-        // or the campaign says why not, and what it says is so.
-        let displaced = sim.campaign.displaced();
-        for (w, wl) in fleet.workloads.iter().enumerate() {
-            let at = sim.observer.workload_at(w);
-            let said = displaced.iter().find(|d| d.workload == wl.name);
-            if wl.movable == Movable::None || at == wl.preferred {
-                prop_assert!(said.is_none(), "{} is said displaced: {said:?}", wl.name);
-                continue;
-            }
-            let Some(d) = said else {
-                prop_assert!(false, "{} is on {} not its preferred {}, and nothing says why", wl.name,
-                    fleet.node_name(at), fleet.node_name(wl.preferred));
-                continue;
-            };
-            prop_assert_eq!(&d.at, fleet.node_name(at));
-            let p = wl.preferred;
-            let true_ = if d.reason.contains("is not back in service") {
-                sim.observer.is_down(p)
-            } else if d.reason.starts_with("no room") {
-                !sim.observer.has_room(p, wl.demand)
-            } else if d.reason.starts_with("waiting for the next restore step") {
-                sim.observer.may_wait_for_failback(&fleet, p, w)
-            } else {
-                false
-            };
-            prop_assert!(true_, "{} on {}: {} (down {}, room {})", wl.name, d.at, d.reason,
-                sim.observer.is_down(p), sim.observer.has_room(p, wl.demand));
-        }
-        let report = sim.report();
+        check_campaign(f, c, inj, opts, learned, left, after_commit)?;
+    }
 
-        prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
-        for (t, e, why) in &report.refused {
-            let operator = matches!(e, Event::Pause{..} | Event::Resume{..} | Event::Abort{..} | Event::Rollback{..} | Event::Commit{..});
-            prop_assert!(operator, "the core refused a report from the world at {t}: {e:?}: {why}");
-        }
-        let c = &report.campaign;
-        for (i, r) in c.nodes.iter().enumerate() {
-            prop_assert!(
-                matches!(r.state, NodeState::NotTargeted) || r.state.is_terminal(),
-                "node {} ended {:?} in phase {}", fleet.node_name(i as u32), r.state, c.phase
-            );
-        }
-        prop_assert!(matches!(c.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted),
-            "campaign ended {}", c.phase);
-        // Rule 7: an ended campaign lets go of its fleet once nothing of it is in flight (a node
-        // that never heals is given up on after ready_timeout and handed on as left out).
-        if c.phase != Phase::Halted {
-            prop_assert!(!c.holds_fleet(), "campaign {} still holds the fleet: {:?}", c.phase,
-                c.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
-        }
-        let replayed = Campaign::replay(fleet.clone(), spec, &report.journal).expect("journal replays");
-        prop_assert!(replayed == report.campaign, "replaying the journal gave another state");
+    /// The same rules in after-commit passes: every node of the fleet at the target already, so
+    /// the forward pass has nothing to do, and the commit (asked at once) starts the pass with
+    /// its faults, operator actions and outside losses.
+    #[test]
+    fn after_commit_passes_keep_every_safety_rule(
+        (mut f, c, mut inj) in fleet_case().prop_flat_map(|f| {
+            let n = f.uds.len();
+            (Just(f), campaign_case(n), injections(n))
+        }),
+        opts in sim_opts(),
+        learned in any::<bool>(),
+    ) {
+        f.at_target.iter_mut().for_each(|x| *x = true);
+        inj.insert(0, (1, Inj::Commit));
+        check_campaign(f, c, inj, opts, learned, vec![false], true)?;
     }
 
     /// Every plan respects max_parallel, every allowance, and covers each node to update once.
@@ -519,6 +431,153 @@ proptest! {
         prop_assert!(skipped.iter().all(|(n, _)| !seen.contains(n)));
         prop_assert!(plan.waves.len() >= plan.lower_bound);
     }
+}
+
+fn check_campaign(
+    f: FleetCase,
+    c: CampaignCase,
+    inj: Vec<(u64, Inj)>,
+    opts: SimOptions,
+    learned: bool,
+    left: Vec<bool>,
+    after_commit: bool,
+) -> Result<(), TestCaseError> {
+    let n = f.uds.len();
+    let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
+    let mut spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+    // Half the campaigns know each node's time from an earlier one: continuous's start order
+    // is then searched (on fleets of up to 64 nodes), and must keep every rule as well.
+    if learned {
+        spec.expected = baton_sim::learned_times(&fleet, &opts);
+    }
+    // Half the campaigns have an after-commit action: committed once they complete, the
+    // action runs on every node of the fleet in a pass of its own, under the same rules.
+    if after_commit {
+        spec.after_commit_action = Some("config-version".into());
+    }
+    // Some nodes handed over out of service by an earlier campaign (a failure left out, a
+    // fenced node): counted down until this campaign restores them.
+    let left_out: Vec<NodeId> = (0..n).filter(|&i| left[i % left.len()]).map(|i| i as NodeId).collect();
+    let campaign = match Campaign::create("prop", fleet.clone(), spec.clone(), &left_out) {
+        Ok(c) => c,
+        Err(inf) => {
+            // Refusing is only right when a rule truly can never be met.
+            let svc_zero = fleet.services.iter().any(|s| s.allowance == 0 && inf.subject == s.name);
+            let wl = fleet.workloads.iter().any(|w| w.name == inf.subject);
+            prop_assert!(svc_zero || wl, "refused without cause: {inf}");
+            return Ok(());
+        }
+    };
+    let t0 = opts.start;
+    let mut sim = Sim::new(campaign, opts);
+    sim.check_touched = true;
+    sim.push(t0, Event::Start { by: "prop".into() });
+    for (t, i) in &inj {
+        match i {
+            Inj::Restart => sim.push_restart(t0 + t),
+            _ => sim.push(t0 + t, event(i, n)),
+        }
+    }
+    sim.run_to_end();
+    // A completed campaign is committed (refused unless every node of the fleet is up at
+    // the target): with an after-commit action, its pass runs to its end under the rules.
+    let mut passes = 1;
+    if sim.campaign.phase == Phase::Completed {
+        let t = sim.now + 1;
+        sim.step(t, Event::Commit { by: "prop".into() });
+        if sim.campaign.phase == Phase::AfterCommit {
+            passes = 2;
+            prop_assert!(sim.campaign.nodes.iter().all(|r| r.state == NodeState::Pending { out_of_service: false }),
+                "the after-commit pass queues every node of the fleet");
+            sim.run_to_end();
+            // Unless halted (or paused by an injection), the pass ends with every node
+            // through it, and the campaign committed.
+            if sim.campaign.phase == Phase::Committed {
+                prop_assert!(sim.campaign.nodes.iter().all(|r| r.state.is_terminal()));
+            }
+        }
+    }
+    // With nothing more to happen, a running campaign with nodes left pending is truly
+    // blocked by a rule: no wake-up of a waiting node was missed (a stall).
+    if matches!(sim.campaign.phase, Phase::Running | Phase::AfterCommit) {
+        let now = sim.now;
+        let missed = sim.campaign.startable_now(now);
+        prop_assert!(missed.is_empty(), "campaign stalled with startable nodes {:?}: {:?}", missed,
+            sim.campaign.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+    }
+    // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
+    let t = sim.now + 1;
+    sim.step(t, Event::Window { open: true });
+    sim.step(t, Event::Gate { name: "alert".into(), open: true });
+    sim.step(t, Event::Abort { by: "prop-end".into() });
+    sim.run_to_end();
+    if passes == 2 {
+        // Nothing, an abort neither, takes the level back down once committed.
+        prop_assert_eq!(sim.campaign.phase, Phase::Committed);
+        prop_assert_eq!(sim.campaign.level.as_deref(), Some("2"));
+    }
+    for (step, k) in &sim.executions {
+        prop_assert!(*k == 1, "step {step} executed {k} times");
+    }
+    prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
+    // Every node's auto-updaters are given back once the campaign has ended.
+    if sim.campaign.phase != Phase::Halted {
+        prop_assert!(sim.observer.to_release.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.to_release, sim.campaign.phase);
+    }
+    // Failback: every movable workload is on its preferred node (as the commands moved it),
+    // or the campaign says why not, and what it says is so.
+    let displaced = sim.campaign.displaced();
+    for (w, wl) in fleet.workloads.iter().enumerate() {
+        let at = sim.observer.workload_at(w);
+        let said = displaced.iter().find(|d| d.workload == wl.name);
+        if wl.movable == Movable::None || at == wl.preferred {
+            prop_assert!(said.is_none(), "{} is said displaced: {said:?}", wl.name);
+            continue;
+        }
+        let Some(d) = said else {
+            prop_assert!(false, "{} is on {} not its preferred {}, and nothing says why", wl.name,
+                fleet.node_name(at), fleet.node_name(wl.preferred));
+            continue;
+        };
+        prop_assert_eq!(&d.at, fleet.node_name(at));
+        let p = wl.preferred;
+        let true_ = if d.reason.contains("is not back in service") {
+            sim.observer.is_down(p)
+        } else if d.reason.starts_with("no room") {
+            !sim.observer.has_room(p, wl.demand)
+        } else if d.reason.starts_with("waiting for the next restore step") {
+            sim.observer.may_wait_for_failback(&fleet, p, w)
+        } else {
+            false
+        };
+        prop_assert!(true_, "{} on {}: {} (down {}, room {})", wl.name, d.at, d.reason,
+            sim.observer.is_down(p), sim.observer.has_room(p, wl.demand));
+    }
+    let report = sim.report();
+
+    prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
+    for (t, e, why) in &report.refused {
+        let operator = matches!(e, Event::Pause{..} | Event::Resume{..} | Event::Abort{..} | Event::Rollback{..} | Event::Commit{..});
+        prop_assert!(operator, "the core refused a report from the world at {t}: {e:?}: {why}");
+    }
+    let c = &report.campaign;
+    for (i, r) in c.nodes.iter().enumerate() {
+        prop_assert!(
+            matches!(r.state, NodeState::NotTargeted) || r.state.is_terminal(),
+            "node {} ended {:?} in phase {}", fleet.node_name(i as u32), r.state, c.phase
+        );
+    }
+    prop_assert!(matches!(c.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted),
+        "campaign ended {}", c.phase);
+    // Rule 7: an ended campaign lets go of its fleet once nothing of it is in flight (a node
+    // that never heals is given up on after ready_timeout and handed on as left out).
+    if c.phase != Phase::Halted {
+        prop_assert!(!c.holds_fleet(), "campaign {} still holds the fleet: {:?}", c.phase,
+            c.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+    }
+    let replayed = Campaign::replay(fleet.clone(), spec, &report.journal).expect("journal replays");
+    prop_assert!(replayed == report.campaign, "replaying the journal gave another state");
+    Ok(())
 }
 
 /// The fewest waves any plan can have, found by exhaustive search, under a relaxation of baton's
