@@ -155,6 +155,11 @@ impl LocalFleet {
                     )
                 })
                 .collect();
+            // The demo's after-commit work (a configuration version raised once the level is):
+            // it records that it ran, changes no version and asks no reboot.
+            let actions = format!(
+                "{actions}[[action]]\nname = \"config-version\"\nkind = \"script\"\nargv = [\"/bin/sh\", \"-c\", \"echo \\\"$1\\\" >> \\\"$2\\\"/after-commit.log\", \"config-version\", \"{{version}}\", \"{{state_dir}}\"]\ntimeout = \"1m\"\nreboot = \"if-required\"\n\n"
+            );
             let cfg = format!(
                 r#"node = "{name}"
 listen = "127.0.0.1:{port}"

@@ -290,7 +290,10 @@ pub fn html(r: &Report) -> String {
             .as_ref()
             .map(|f| format!(" <span class=\"failed\">failed: {}</span>", esc(f)))
             .unwrap_or_default()
-            + &n.after_commit.as_ref().map(|a| format!("; after-commit pass: {}", esc(a))).unwrap_or_default();
+            + &n.after_commit
+                .as_ref()
+                .map(|a| format!("; after-commit pass: {}", esc(a)))
+                .unwrap_or_default();
         let _ = write!(
             s,
             "<h2>{} ({}): {}</h2><p>{} → {}, from {} to {} ({}), {} retries, {} reboots{fail}</p>",

@@ -1772,7 +1772,9 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
     );
 
     // Upgraded: mixed mode (all at 1.1, the level still 1.0), since the campaign started.
-    let toml = quick("mixed_mode_limit = \"2w\"\n");
+    // Once committed, the campaign runs its after-commit action (`config-version`, which records
+    // that it ran and asks no reboot) on every node as a pass of its own.
+    let toml = quick("mixed_mode_limit = \"2w\"\nafter_commit_action = \"config-version\"\n");
     let first = serve.create_and_start(toml.clone()).await;
     let done = serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
     let fl = wait_fleet(&serve, |f| f.mixed_mode).await;
@@ -1836,12 +1838,58 @@ async fn mixed_mode_is_shown_and_commit_and_rollback_ask_for_the_campaigns_name(
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("commit-refused") && err.contains("node2"), "{err}");
     assert_eq!(serve.view(again.id).await.unwrap().phase, Phase::Completed);
-    // All up: committed once its name is typed. The level is raised; mixed mode is over.
+    // All up: committed once its name is typed. The level is raised at once; mixed mode is
+    // over; the after-commit pass runs.
+    let reboots = f.reboots.load(Ordering::SeqCst);
     let (code, out, err) = baton_typed(&serve, &["commit", &id], &format!("{}\n", again.name));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("is committed"), "{out}");
+    assert!(
+        out.contains("Then after_commit_action config-version runs on every node of the fleet (3 nodes)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("is after-commit") && out.contains("config-version now runs on every node"),
+        "{out}"
+    );
     let fl = wait_fleet(&serve, |f| f.functional_level.as_deref() == Some("1.1")).await;
     assert!(!fl.mixed_mode && fl.nodes.iter().all(|n| !n.fenced), "{fl:#?}");
+    let v = serve.view(again.id).await.unwrap();
+    assert_eq!(v.after_commit_action.as_deref(), Some("config-version"));
+    assert!(v.committed(), "{v:#?}");
+    // The pass ends committed, every node through it once, within the campaign's budgets; the
+    // action asked no reboot, so none happened.
+    let end = serve.wait(again.id, Duration::from_secs(60), |v| settled(v, Phase::Committed)).await;
+    assert_eq!((end.pass.as_str(), end.updated, end.failed), ("after-commit", 3, 0), "{end:#?}");
+    for n in &f.nodes {
+        let log = std::fs::read_to_string(n.dir.join("state/after-commit.log")).unwrap_or_default();
+        assert_eq!(log, "1.1\n", "{}: config-version ran once, at the level", n.name);
+    }
+    assert_eq!(f.reboots.load(Ordering::SeqCst), reboots, "the after-commit action asked no reboot");
+    let journal = serve.events(again.id).await;
+    budget_violation_in(&std::fs::read_to_string(&f.fleet_file).unwrap(), &toml, &journal).unwrap();
+    let updates: Vec<String> = journal
+        .iter()
+        .filter_map(|e| match decoded(e) {
+            Event::StepOk { step, .. } if step.contains("/ac0/update") => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 3, "{updates:?}");
+    let report: baton_proto::Report = serve.report(again.id).await;
+    let a = report.after_commit.clone().expect("the report has the after-commit pass");
+    assert_eq!((a.action.as_str(), a.done, a.failed, a.skipped), ("config-version", 3, 0, 0), "{a:?}");
+    assert_eq!(report.updated, 3, "the forward pass's count");
+    assert!(
+        report.nodes.iter().all(|n| n.after_commit.as_deref() == Some("done")
+            && n.steps.iter().any(|s| s.pass.as_deref() == Some("after-commit") && s.step == "updating")),
+        "{report:#?}"
+    );
+    let (_, md, _) = baton_typed(&serve, &["report", &id], "");
+    assert!(
+        md.contains("After-commit pass: config-version on every node")
+            && md.contains("after-commit: updating"),
+        "{md}"
+    );
     let text = serve.http.get(format!("{}/metrics", serve.url)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("baton_functional_level{fleet=\"local\",level=\"1.1\"} 1"), "{text}");
     // And a committed campaign cannot be rolled back.

@@ -2899,54 +2899,54 @@ struct Order {
 impl Order {
     fn of(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> Order {
         let n = fleet.nodes.len();
-            let mut rank = vec![u32::MAX; n];
-            let mut by_rank = Vec::with_capacity(plan.to_update());
-            let mut group = vec![0u32; n];
-            let mut groups = 0u32;
-            let mut last_ud = None;
-            for (w, wave) in plan.waves.iter().enumerate() {
-                for &id in wave {
-                    let ud = spec.walk_domain(fleet, id);
-                    let g = match spec.strategy {
-                        Strategy::Batch => w as u32,
-                        Strategy::DomainWalk => {
-                            if by_rank.is_empty() || ud != last_ud {
-                                groups += 1;
-                            }
-                            groups - 1
+        let mut rank = vec![u32::MAX; n];
+        let mut by_rank = Vec::with_capacity(plan.to_update());
+        let mut group = vec![0u32; n];
+        let mut groups = 0u32;
+        let mut last_ud = None;
+        for (w, wave) in plan.waves.iter().enumerate() {
+            for &id in wave {
+                let ud = spec.walk_domain(fleet, id);
+                let g = match spec.strategy {
+                    Strategy::Batch => w as u32,
+                    Strategy::DomainWalk => {
+                        if by_rank.is_empty() || ud != last_ud {
+                            groups += 1;
                         }
-                        _ => 0,
-                    };
-                    last_ud = ud;
-                    group[id as usize] = g;
-                    rank[id as usize] = by_rank.len() as u32;
-                    by_rank.push(id);
-                }
-            }
-            // Continuous starts in the plan's start order when it names each planned node once.
-            if spec.strategy == Strategy::Continuous && plan.start.len() == by_rank.len() {
-                let mut seen = vec![false; n];
-                let whole = plan.start.iter().all(|&id| {
-                    (id as usize) < n
-                        && rank[id as usize] != u32::MAX
-                        && !std::mem::replace(&mut seen[id as usize], true)
-                });
-                if whole {
-                    for (r, &id) in plan.start.iter().enumerate() {
-                        rank[id as usize] = r as u32;
+                        groups - 1
                     }
-                    by_rank.clone_from(&plan.start);
+                    _ => 0,
+                };
+                last_ud = ud;
+                group[id as usize] = g;
+                rank[id as usize] = by_rank.len() as u32;
+                by_rank.push(id);
+            }
+        }
+        // Continuous starts in the plan's start order when it names each planned node once.
+        if spec.strategy == Strategy::Continuous && plan.start.len() == by_rank.len() {
+            let mut seen = vec![false; n];
+            let whole = plan.start.iter().all(|&id| {
+                (id as usize) < n
+                    && rank[id as usize] != u32::MAX
+                    && !std::mem::replace(&mut seen[id as usize], true)
+            });
+            if whole {
+                for (r, &id) in plan.start.iter().enumerate() {
+                    rank[id as usize] = r as u32;
                 }
+                by_rank.clone_from(&plan.start);
             }
-            let ngroups = match spec.strategy {
-                Strategy::Batch => plan.waves.len(),
-                Strategy::DomainWalk => groups as usize,
-                _ => 1,
-            };
-            let mut group_left = vec![0u32; ngroups.max(1)];
-            for &id in &by_rank {
-                group_left[group[id as usize] as usize] += 1;
-            }
+        }
+        let ngroups = match spec.strategy {
+            Strategy::Batch => plan.waves.len(),
+            Strategy::DomainWalk => groups as usize,
+            _ => 1,
+        };
+        let mut group_left = vec![0u32; ngroups.max(1)];
+        for &id in &by_rank {
+            group_left[group[id as usize] as usize] += 1;
+        }
         Order { rank, by_rank, group, group_left }
     }
 }

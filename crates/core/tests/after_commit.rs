@@ -127,8 +127,12 @@ fn the_commit_runs_the_after_commit_action_on_every_node_then_ends_committed() {
     assert_eq!(run.c.level.as_deref(), Some("2"));
     assert_eq!(run.c.phase, Phase::AfterCommit);
     assert_eq!(run.c.pass, Pass::AfterCommit);
-    assert!(cmds.iter().any(|x| matches!(x,
-        Command::Notify { notice: Notice::Phase { from: Phase::Completed, to: Phase::AfterCommit, by: Some(_) } })));
+    assert!(cmds.iter().any(|x| matches!(
+        x,
+        Command::Notify {
+            notice: Notice::Phase { from: Phase::Completed, to: Phase::AfterCommit, by: Some(_) }
+        }
+    )));
     // Every node is queued again, the one the forward pass skipped too; one at a time (web).
     assert!(run.c.nodes.iter().all(|r| r.pass == Pass::AfterCommit));
     let first = drains(&cmds);
@@ -206,15 +210,20 @@ fn an_after_commit_pass_pauses_halts_and_aborts_but_stays_committed() {
         )
         .unwrap();
     }
-    assert!(matches!(run.c.nodes[run.c.fleet.node_id(&second).unwrap() as usize].state, NodeState::Failed { .. }));
+    assert!(matches!(
+        run.c.nodes[run.c.fleet.node_id(&second).unwrap() as usize].state,
+        NodeState::Failed { .. }
+    ));
     assert_eq!(run.c.phase, Phase::Halted);
     // Aborted: the node not reached is skipped, and the campaign ends committed (the level
     // stays raised; an abort cannot lower it).
     let cmds = run.on(510 * S, Event::Abort { by: by() }).unwrap();
     assert_eq!(run.c.phase, Phase::Committed);
     assert_eq!(run.c.level.as_deref(), Some("2"));
-    assert!(cmds.iter().any(|x| matches!(x,
-        Command::Notify { notice: Notice::Phase { from: Phase::Halted, to: Phase::Committed, by: Some(_) } })));
+    assert!(cmds.iter().any(|x| matches!(
+        x,
+        Command::Notify { notice: Notice::Phase { from: Phase::Halted, to: Phase::Committed, by: Some(_) } }
+    )));
     let skipped: Vec<_> = run.c.nodes.iter().filter(|r| matches!(&r.state, NodeState::Skipped { reason } if reason.contains("after-commit pass aborted"))).collect();
     assert_eq!(skipped.len(), 1);
     let again = Campaign::replay(run.c.fleet.clone(), run.c.spec.clone(), &run.journal).unwrap();

@@ -93,7 +93,7 @@ async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, La
                 );
             }
         }
-        if !matches!(v.phase, Phase::Running | Phase::Planned | Phase::Paused) {
+        if !matches!(v.phase, Phase::Running | Phase::Planned | Phase::Paused | Phase::AfterCommit) {
             return Ok(v);
         }
         if t0.elapsed() > within {
@@ -283,7 +283,7 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError
         "unhealthy-after-update" => vec![("order", quoted(&["h4"])), ("ready_timeout", "\"6s\"".into())],
         "orchestrator-killed" => Vec::new(),
         "outside-host-killed" => Vec::new(),
-        "fenced-after-commit" => Vec::new(),
+        "fenced-after-commit" => vec![("after_commit_action", "\"config-version\"".into())],
         other => return Err(LabError::UnknownCase { name: other.into() }),
     };
     let o = Options { hosts: 6, reboot_ms: 1000, campaign, keep };
@@ -301,14 +301,26 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError
     Ok(ok)
 }
 
-/// fenced-after-commit: the completed campaign is committed; then an etcd host's version goes
-/// back to 1.0 behind baton's back (an old package reinstalled) and its agent restarts. The
-/// committed campaign, still watching the fleet, fences it: out of HAProxy (drained, then
-/// `MAINT`) and its services stopped by the agent, with no request failed and no write lost.
+/// fenced-after-commit: the completed campaign is committed, and its after-commit action
+/// (`config-version`) runs on every host as a pass of its own, each drained and put back under
+/// the same rules; then an etcd host's version goes back to 1.0 behind baton's back (an old
+/// package reinstalled) and its agent restarts. The committed campaign, still watching the
+/// fleet, fences it: out of HAProxy (drained, then `MAINT`) and its services stopped by the
+/// agent, with no request failed and no write lost.
 async fn fence_after_commit(lab: &Lab, id: i64, v: &mut Verdict) -> Result<(), LabError> {
     let c = lab.act(id, "commit").await?;
-    v.check(c.phase == Phase::Committed, format!("commit left the campaign {}", c.phase));
-    line(json!({"event": "committed", "campaign": id}));
+    v.check(c.phase == Phase::AfterCommit, format!("commit left the campaign {}", c.phase));
+    line(json!({"event": "committed", "campaign": id, "phase": c.phase}));
+    let end = follow(lab, id, Duration::from_secs(300)).await?;
+    v.check(
+        end.phase == Phase::Committed && end.updated == lab.hosts.len() && end.failed == 0,
+        format!("the after-commit pass ended {} with {} done, {} failed", end.phase, end.updated, end.failed),
+    );
+    for h in &lab.hosts {
+        let ran = std::fs::read_to_string(h.dir.join("after-commit.log")).unwrap_or_default();
+        v.check(ran == "ran\n", format!("config-version ran {} times on {}", ran.lines().count(), h.name));
+    }
+    line(json!({"event": "after-commit pass done", "campaign": id}));
     let h = lab
         .hosts
         .iter()

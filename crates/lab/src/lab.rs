@@ -293,6 +293,14 @@ argv = ["{lab}", "set-version", "--dir", "{dq}", "{{version}}"]
 timeout = "1m"
 reboot = "always"
 
+# The after-commit work: it records that it ran, changes no version and asks no reboot.
+[[action]]
+name = "config-version"
+kind = "script"
+argv = ["/bin/sh", "-c", "echo ran >> \"$1\"/after-commit.log", "config-version", "{dq}"]
+timeout = "1m"
+reboot = "never"
+
 {checks}
 # Before each drain: room on the host's disk (the lab's campaign halts if not).
 [[precheck]]

@@ -464,8 +464,7 @@ impl Hub {
     /// What the last commit raised (none without one), and the fleet as it left it: its level
     /// raised, its nodes at their versions.
     fn as_committed(&self, views: &[CampaignView]) -> (Option<Raised>, Fleet) {
-        let raised =
-            views.iter().filter(|v| v.committed()).max_by_key(|v| v.id).map(Raised::of);
+        let raised = views.iter().filter(|v| v.committed()).max_by_key(|v| v.id).map(Raised::of);
         let mut fleet = (*self.fleet).clone();
         if let Some(r) = &raised {
             r.apply(&mut fleet);

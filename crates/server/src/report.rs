@@ -167,7 +167,8 @@ impl Builder {
     }
 
     pub fn finish(self) -> Report {
-        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, after, after_ended, .. } = self;
+        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, after, after_ended, .. } =
+            self;
         let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
         let mut after_counts = (0, 0, 0);
         for (i, r) in nodes.iter_mut().enumerate() {
@@ -239,7 +240,10 @@ impl Builder {
             skipped,
             retries,
             reboots,
-            nodes: nodes.into_iter().filter(|r| r.state != "not-targeted" || r.after_commit.is_some()).collect(),
+            nodes: nodes
+                .into_iter()
+                .filter(|r| r.state != "not-targeted" || r.after_commit.is_some())
+                .collect(),
             hooks,
             workloads_moved: moved,
             workloads_returned: returned,

@@ -444,7 +444,8 @@ fn check_campaign(
 ) -> Result<(), TestCaseError> {
     let n = f.uds.len();
     let fleet = Arc::new(load_fleet("prop.toml", &fleet_toml(&f)).expect("generated fleet is valid"));
-    let mut spec = load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
+    let mut spec =
+        load_campaign("prop-campaign.toml", &campaign_toml(&c), &fleet).expect("generated campaign is valid");
     // Half the campaigns know each node's time from an earlier one: continuous's start order
     // is then searched (on fleets of up to 64 nodes), and must keep every rule as well.
     if learned {
@@ -487,8 +488,10 @@ fn check_campaign(
         sim.step(t, Event::Commit { by: "prop".into() });
         if sim.campaign.phase == Phase::AfterCommit {
             passes = 2;
-            prop_assert!(sim.campaign.nodes.iter().all(|r| r.state == NodeState::Pending { out_of_service: false }),
-                "the after-commit pass queues every node of the fleet");
+            prop_assert!(
+                sim.campaign.nodes.iter().all(|r| r.state == NodeState::Pending { out_of_service: false }),
+                "the after-commit pass queues every node of the fleet"
+            );
             sim.run_to_end();
             // Unless halted (or paused by an injection), the pass ends with every node
             // through it, and the campaign committed.
@@ -502,8 +505,12 @@ fn check_campaign(
     if matches!(sim.campaign.phase, Phase::Running | Phase::AfterCommit) {
         let now = sim.now;
         let missed = sim.campaign.startable_now(now);
-        prop_assert!(missed.is_empty(), "campaign stalled with startable nodes {:?}: {:?}", missed,
-            sim.campaign.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+        prop_assert!(
+            missed.is_empty(),
+            "campaign stalled with startable nodes {:?}: {:?}",
+            missed,
+            sim.campaign.nodes.iter().map(|r| &r.state).collect::<Vec<_>>()
+        );
     }
     // Bring every campaign to an end: open the doors, bring lost nodes back, then abort.
     let t = sim.now + 1;
@@ -519,10 +526,19 @@ fn check_campaign(
     for (step, k) in &sim.executions {
         prop_assert!(*k == 1, "step {step} executed {k} times");
     }
-    prop_assert!(sim.touch_misses.is_empty(), "views would miss changes: {:?}", &sim.touch_misses[..sim.touch_misses.len().min(3)]);
+    prop_assert!(
+        sim.touch_misses.is_empty(),
+        "views would miss changes: {:?}",
+        &sim.touch_misses[..sim.touch_misses.len().min(3)]
+    );
     // Every node's auto-updaters are given back once the campaign has ended.
     if sim.campaign.phase != Phase::Halted {
-        prop_assert!(sim.observer.to_release.is_empty(), "auto-updaters still held on {:?} ({})", sim.observer.to_release, sim.campaign.phase);
+        prop_assert!(
+            sim.observer.to_release.is_empty(),
+            "auto-updaters still held on {:?} ({})",
+            sim.observer.to_release,
+            sim.campaign.phase
+        );
     }
     // Failback: every movable workload is on its preferred node (as the commands moved it),
     // or the campaign says why not, and what it says is so.
@@ -535,8 +551,13 @@ fn check_campaign(
             continue;
         }
         let Some(d) = said else {
-            prop_assert!(false, "{} is on {} not its preferred {}, and nothing says why", wl.name,
-                fleet.node_name(at), fleet.node_name(wl.preferred));
+            prop_assert!(
+                false,
+                "{} is on {} not its preferred {}, and nothing says why",
+                wl.name,
+                fleet.node_name(at),
+                fleet.node_name(wl.preferred)
+            );
             continue;
         };
         prop_assert_eq!(&d.at, fleet.node_name(at));
@@ -550,30 +571,57 @@ fn check_campaign(
         } else {
             false
         };
-        prop_assert!(true_, "{} on {}: {} (down {}, room {})", wl.name, d.at, d.reason,
-            sim.observer.is_down(p), sim.observer.has_room(p, wl.demand));
+        prop_assert!(
+            true_,
+            "{} on {}: {} (down {}, room {})",
+            wl.name,
+            d.at,
+            d.reason,
+            sim.observer.is_down(p),
+            sim.observer.has_room(p, wl.demand)
+        );
     }
     let report = sim.report();
 
     prop_assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
     for (t, e, why) in &report.refused {
-        let operator = matches!(e, Event::Pause{..} | Event::Resume{..} | Event::Abort{..} | Event::Rollback{..} | Event::Commit{..});
+        let operator = matches!(
+            e,
+            Event::Pause { .. }
+                | Event::Resume { .. }
+                | Event::Abort { .. }
+                | Event::Rollback { .. }
+                | Event::Commit { .. }
+        );
         prop_assert!(operator, "the core refused a report from the world at {t}: {e:?}: {why}");
     }
     let c = &report.campaign;
     for (i, r) in c.nodes.iter().enumerate() {
         prop_assert!(
             matches!(r.state, NodeState::NotTargeted) || r.state.is_terminal(),
-            "node {} ended {:?} in phase {}", fleet.node_name(i as u32), r.state, c.phase
+            "node {} ended {:?} in phase {}",
+            fleet.node_name(i as u32),
+            r.state,
+            c.phase
         );
     }
-    prop_assert!(matches!(c.phase, Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted),
-        "campaign ended {}", c.phase);
+    prop_assert!(
+        matches!(
+            c.phase,
+            Phase::Completed | Phase::Committed | Phase::Aborted | Phase::RolledBack | Phase::Halted
+        ),
+        "campaign ended {}",
+        c.phase
+    );
     // Rule 7: an ended campaign lets go of its fleet once nothing of it is in flight (a node
     // that never heals is given up on after ready_timeout and handed on as left out).
     if c.phase != Phase::Halted {
-        prop_assert!(!c.holds_fleet(), "campaign {} still holds the fleet: {:?}", c.phase,
-            c.nodes.iter().map(|r| &r.state).collect::<Vec<_>>());
+        prop_assert!(
+            !c.holds_fleet(),
+            "campaign {} still holds the fleet: {:?}",
+            c.phase,
+            c.nodes.iter().map(|r| &r.state).collect::<Vec<_>>()
+        );
     }
     let replayed = Campaign::replay(fleet.clone(), spec, &report.journal).expect("journal replays");
     prop_assert!(replayed == report.campaign, "replaying the journal gave another state");
