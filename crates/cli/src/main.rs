@@ -1100,8 +1100,9 @@ fn unfence(api: ApiArgs, node: String, yes: bool) -> Result<(), Failure> {
 
 /// The exit that says how a campaign ended.
 fn ended(v: &baton_proto::CampaignView) -> Result<(), Failure> {
+    let done = if v.pass == "after-commit" { "done in its after-commit pass" } else { "updated" };
     println!(
-        "campaign {} {}: {} updated, {} failed, {} skipped",
+        "campaign {} {}: {} {done}, {} failed, {} skipped",
         v.name, v.phase, v.updated, v.failed, v.skipped
     );
     match v.phase {

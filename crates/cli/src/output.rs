@@ -129,6 +129,27 @@ pub fn plan_text(fleet: &Fleet, spec: &CampaignSpec, plan: &Plan) -> String {
             }
         );
     }
+    if let Some(action) = &spec.after_commit_action {
+        match baton_core::plan::plan_after_commit(fleet, spec) {
+            Ok(p) => {
+                let _ = writeln!(
+                    s,
+                    "after commit: {action} on every node ({}), a pass of its own in {}; lower bound {}: {}",
+                    plural(p.to_update(), "node", "nodes"),
+                    plural(p.waves.len(), "wave", "waves"),
+                    p.lower_bound,
+                    p.binding
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "after commit: {action} could never run on every node, so the orchestrator refuses this campaign: {}",
+                    e.message
+                );
+            }
+        }
+    }
     s
 }
 

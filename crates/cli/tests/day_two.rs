@@ -88,6 +88,43 @@ async fn a_campaign_run_again_under_its_name_runs_every_step_again() {
     f.stop().await;
 }
 
+/// A commit begins an after-commit pass that takes nodes out again: found in review, an earlier
+/// completed campaign could be committed while a later one held the fleet, and its pass would
+/// have drained nodes beside the later campaign's. Now a commit, as a rollback, is refused while
+/// another campaign holds the fleet, and for any campaign but the fleet's latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_campaign_is_not_committed_beside_a_later_one() {
+    let mut f = local(
+        "commit-latest",
+        LocalOptions { nodes: 2, action_seconds: "0.2".into(), reboot_ms: 200, ..Default::default() },
+    )
+    .await;
+    let serve = Serve::start(&f, port()).await;
+    let first = serve.create_and_start(quick("after_commit_action = \"config-version\"\n")).await;
+    serve.wait(first.id, Duration::from_secs(60), |v| settled(v, Phase::Completed)).await;
+    // A later campaign, created (it holds the fleet from its creation).
+    let later: CampaignView =
+        serve.post("/v1/campaigns", Some(serde_json::json!({ "toml": quick("") }))).await.unwrap();
+    let commit = format!("/v1/campaigns/{}/commit", first.id);
+    let (code, text) = serve.post::<CampaignView>(&commit, None).await.unwrap_err();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("fleet-locked"), "{text}");
+    // Ended, it holds the fleet no more; the earlier campaign is still not the latest.
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/abort", later.id), None).await.unwrap();
+    serve.wait(later.id, Duration::from_secs(30), |v| !v.holds_fleet).await;
+    let (code, text) = serve.post::<CampaignView>(&commit, None).await.unwrap_err();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("not-latest") && text.contains("can be committed"), "{text}");
+    assert_eq!(serve.view(first.id).await.unwrap().phase, Phase::Completed);
+    let passed = serve.events(first.id).await.iter().any(|e| format!("{:?}", decoded(e)).contains("/ac0/"));
+    assert!(!passed, "no step of an after-commit pass was run");
+    for n in &f.nodes {
+        assert!(!n.dir.join("state/after-commit.log").exists(), "{}", n.name);
+    }
+    drop(serve);
+    f.stop().await;
+}
+
 /// Issue 10, item 2: two creations at the same instant both got 201 and both ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_campaigns_created_at_the_same_instant_exactly_one_is_accepted() {

@@ -513,7 +513,7 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     c.find(fantoccini::Locator::Css("#token")).await.unwrap().send_keys(&serve.token).await.unwrap();
     c.execute("document.getElementById('token').dispatchEvent(new Event('change'))", vec![]).await.unwrap();
     // A campaign from the page: pasted, its plan previewed, then created (it is planned).
-    let toml = LocalFleet::campaign_toml("");
+    let toml = LocalFleet::campaign_toml("after_commit_action = \"config-version\"\n");
     c.execute("document.getElementById('new-toml').value = arguments[0]", vec![serde_json::json!(toml)])
         .await
         .unwrap();
@@ -700,6 +700,7 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     c.find(fantoccini::Locator::Css("#commit")).await.unwrap().click().await.unwrap();
     let asked = c.get_alert_text().await.unwrap();
     assert!(asked.contains("from 1.0 to 1.1") && asked.contains("cannot be undone"), "{asked}");
+    assert!(asked.contains("Then config-version runs on every node of the fleet"), "{asked}");
     c.send_alert_text("not-the-name").await.unwrap();
     c.accept_alert().await.unwrap();
     until(
@@ -713,9 +714,21 @@ async fn the_dashboard_shows_the_rollout_live_and_pauses_and_resumes_it() {
     c.find(fantoccini::Locator::Css("#commit")).await.unwrap().click().await.unwrap();
     c.send_alert_text(&v.name).await.unwrap();
     c.accept_alert().await.unwrap();
+    // The level is raised at once, and the after-commit pass (config-version on every node) runs
+    // as a pass of its own before the campaign shows committed.
     let committed =
         format!("return document.querySelector('[data-testid=phase-{}]').textContent === 'committed'", v.id);
-    until(&c, "the campaign to show committed", Duration::from_secs(20), &committed).await;
+    until(&c, "the campaign to show committed", Duration::from_secs(90), &committed).await;
+    let end = serve.view(v.id).await.unwrap();
+    assert_eq!((end.pass.as_str(), end.updated), ("after-commit", 6), "{end:#?}");
+    until(
+        &c,
+        "the after-commit pass in the plan line and the timeline",
+        Duration::from_secs(20),
+        "return document.querySelector('[data-testid=plan-line]').textContent.startsWith('After-commit pass (config-version') \
+         && new Set([...document.querySelectorAll('#timeline rect.step[data-pass=after-commit][data-step=updating]')].map((r) => r.dataset.node)).size === 6",
+    )
+    .await;
     until(
         &c,
         "the raised level in the header",

@@ -597,6 +597,8 @@ pub struct Campaign {
     pub plan: Plan,
     /// The after-commit pass's plan and action, until the commit starts it.
     after_commit: Option<(String, Plan)>,
+    /// The after-commit pass's action, once the commit started it.
+    after_action: Option<String>,
     pub phase: Phase,
     pub pass: Pass,
     pub nodes: Vec<NodeRun>,
@@ -932,6 +934,7 @@ impl Campaign {
             spec,
             plan,
             after_commit: None,
+            after_action: None,
             phase: Phase::Planned,
             pass: Pass::Forward,
             nodes,
@@ -1042,7 +1045,7 @@ impl Campaign {
     /// be carried out again (after a restart, or once a refused creation left it guarding the
     /// fleet again): an agent that ran one answers with what it recorded.
     pub fn fence_commands(&self) -> Vec<Command> {
-        if self.phase != Phase::Committed {
+        if !self.level_raised() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -1472,16 +1475,16 @@ impl Campaign {
                 self.check_commit()?;
                 self.level = Some(self.spec.target_version.clone());
                 match self.after_commit.take() {
-                    Some((_, plan)) => {
-                        self.begin_after_commit(plan);
+                    Some((action, plan)) => {
                         self.set_phase(Phase::AfterCommit, Some(&by), out);
+                        self.begin_after_commit(action, plan, now, out);
                     }
                     None => self.set_phase(Phase::Committed, Some(&by), out),
                 }
             }
             Event::Unfence { node, by: _ } => {
                 let n = self.node(&node)?;
-                if self.phase != Phase::Committed {
+                if !self.level_raised() {
                     return Err(self.not_allowed("unfence a node of"));
                 }
                 if !self.is_fenced(n) {
@@ -1743,8 +1746,23 @@ impl Campaign {
                     self.nodes[n as usize].version = Some(v);
                     self.touch(n);
                 }
-                if up && self.phase == Phase::Committed && !self.nodes[n as usize].unfenced {
+                // Once the level is raised (its after-commit pass too), a node seen back older
+                // than it is fenced; one in flight in the pass is judged by its verification.
+                if up
+                    && self.level_raised()
+                    && !self.nodes[n as usize].unfenced
+                    && !self.nodes[n as usize].state.is_active()
+                {
                     if let Some(reason) = self.too_old(n) {
+                        if self.pass == Pass::AfterCommit
+                            && matches!(self.nodes[n as usize].state, NodeState::Pending { .. })
+                        {
+                            // Not taken through the pass: kept out until it is updated.
+                            let r = self.rank[n as usize];
+                            self.pending.remove(&r);
+                            self.candidates.remove(&r);
+                            self.skip_node(n, now, format!("fenced: {reason}"));
+                        }
                         self.set_observed_down(n, true);
                         let step = self.fence_step(n, self.nodes[n as usize].fences, "fence");
                         self.nodes[n as usize].fences += 1;
@@ -1814,11 +1832,7 @@ impl Campaign {
     /// let back in by an operator.
     pub fn is_fenced(&self, n: NodeId) -> bool {
         let r = &self.nodes[n as usize];
-        self.phase == Phase::Committed
-            && r.fences > 0
-            && !r.unfenced
-            && r.observed_down
-            && self.too_old(n).is_some()
+        self.level_raised() && r.fences > 0 && !r.unfenced && r.observed_down && self.too_old(n).is_some()
     }
 
     fn too_old(&self, n: NodeId) -> Option<String> {
@@ -1917,7 +1931,8 @@ impl Campaign {
         match self.nodes[n as usize].pass {
             Pass::Forward => &self.spec.action,
             Pass::Back => "rollback",
-            Pass::AfterCommit => self.spec.after_commit_action.as_deref().unwrap_or(&self.spec.action),
+            // The action journaled with the plan (the campaign file's `after_commit_action`).
+            Pass::AfterCommit => self.after_action.as_deref().unwrap_or(&self.spec.action),
         }
     }
 
@@ -1974,6 +1989,12 @@ impl Campaign {
         self.repend_for_rollback(n);
     }
 
+    /// Whether this campaign raised the fleet's level: committed, or in its after-commit pass
+    /// (which no pause, halt or abort undoes). Nodes older than the level are fenced meanwhile.
+    pub fn level_raised(&self) -> bool {
+        self.phase == Phase::Committed || self.pass == Pass::AfterCommit
+    }
+
     /// The phase a resumed campaign runs in: its pass's.
     fn running_phase(&self) -> Phase {
         match self.pass {
@@ -1986,9 +2007,10 @@ impl Campaign {
     /// The commit starts the after-commit pass: every node of the fleet (all up, in service and
     /// at the level, as the commit checked) is queued again, in the pass's own order, under the
     /// same rules; their auto-updaters are held again before each starts.
-    fn begin_after_commit(&mut self, plan: Plan) {
+    fn begin_after_commit(&mut self, action: String, plan: Plan, now: Millis, out: &mut Vec<Command>) {
         let Order { rank, by_rank, group, group_left } = Order::of(&self.fleet, &self.spec, &plan);
         self.pass = Pass::AfterCommit;
+        self.after_action = Some(action);
         self.max_parallel = plan.max_parallel as u32;
         self.plan = plan;
         self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
@@ -2010,6 +2032,19 @@ impl Campaign {
         self.group_left = group_left;
         self.current_group = 0;
         self.group_open_at = 0;
+        if self.holds {
+            // As at the start: every node's auto-updaters held before any of them starts, so
+            // that none patches or reboots a node while others are out (one whose release is
+            // still in flight is held again once it is answered; one seen down once it is up).
+            for r in 0..self.by_rank.len() {
+                let n = self.by_rank[r];
+                if matches!(self.nodes[n as usize].hold, Hold::None | Hold::Released)
+                    && !self.nodes[n as usize].observed_down
+                {
+                    self.send_hold(n, now, out);
+                }
+            }
+        }
     }
 
     /// During a rollback, queues an updated node (Done in the forward pass) to go back. A node

@@ -257,3 +257,40 @@ fn a_campaign_without_an_after_commit_action_ends_at_its_commit() {
     every.sort();
     assert_eq!(every, ["a", "b", "c"]);
 }
+
+#[test]
+fn a_node_seen_back_older_than_the_level_during_the_pass_is_fenced_and_not_taken_through_it() {
+    let mut run = completed();
+    let cmds = run.on(300 * S, Event::Commit { by: by() }).unwrap();
+    let (first, _) = drains(&cmds)[0].clone();
+    // Another node, queued for the pass, comes back at 1 (an old image) while the pass runs.
+    let old = ["a", "b", "c"].into_iter().find(|n| *n != first).unwrap();
+    let cmds =
+        run.on(301 * S, Event::Observed { node: old.into(), up: true, version: Some("1".into()) }).unwrap();
+    assert!(
+        matches!(&cmds[..], [Command::Fence { node, step, .. }, ..] if node == old && step.ends_with("/f0/fence")),
+        "{cmds:?}"
+    );
+    let i = run.c.fleet.node_id(old).unwrap() as usize;
+    assert!(
+        matches!(&run.c.nodes[i].state, NodeState::Skipped { reason } if reason.starts_with("fenced: node is at 1"))
+    );
+    assert!(run.c.is_fenced(i as u32));
+    // The node in flight is not fenced (its verification judges it). The fenced node counts as
+    // down: web allows one, so the last node waits for it.
+    let (cmds, _) = run.walk(&first, "ac", 400 * S);
+    assert!(drains(&cmds).is_empty(), "web is at its allowance with the fenced node out: {cmds:?}");
+    assert_eq!(run.c.phase, Phase::AfterCommit);
+    // An operator lets it back in as it is: the pass goes on without it and ends committed.
+    let cmds = run.on(500 * S, Event::Unfence { node: old.into(), by: by() }).unwrap();
+    assert!(matches!(&cmds[0], Command::Unfence { node, .. } if node == old), "{cmds:?}");
+    let last = drains(&cmds);
+    assert_eq!(last.len(), 1, "{cmds:?}");
+    run.walk(&last[0].0, "ac", 600 * S);
+    assert_eq!(run.c.phase, Phase::Committed);
+    assert!(matches!(&run.c.nodes[i].state, NodeState::Skipped { .. }));
+    assert!(!run.c.is_fenced(i as u32));
+    assert!(!run.c.holds_fleet());
+    let again = Campaign::replay(run.c.fleet.clone(), run.c.spec.clone(), &run.journal).unwrap();
+    assert_eq!(again.nodes, run.c.nodes);
+}

@@ -829,7 +829,10 @@ impl Driver {
                 }
             }
             v.phase = phase_of(c.phase);
-            if all {
+            // A new pass (the after-commit pass, with a plan of its own) goes out as a whole
+            // view: a delta carries no plan.
+            let new_pass = all && v.pass != c.pass.as_str();
+            if new_pass {
                 v.pass = c.pass.as_str().into();
                 v.waves = c.plan.waves.len();
                 v.lower_bound = c.plan.lower_bound;
@@ -845,7 +848,11 @@ impl Driver {
                 v.eta_ms = None;
             }
             // Sent under the view's lock: deltas reach the stream in the order they were made.
-            let _ = stream.send(crate::StreamItem::Delta(Box::new(ViewDelta::of(v, changed, svc))));
+            if new_pass {
+                let _ = stream.send(crate::StreamItem::View(Box::new(v.clone())));
+            } else {
+                let _ = stream.send(crate::StreamItem::Delta(Box::new(ViewDelta::of(v, changed, svc))));
+            }
         });
     }
 
@@ -898,6 +905,7 @@ impl Driver {
             .filter(|&n| matches!(c.nodes[n as usize].state, NodeState::Pending { .. }))
             .collect();
         let mut spec = c.spec.clone();
+        spec.after_commit_action = None;
         spec.nodes = Some(pending);
         spec.order.clear();
         spec.health_wait = 0;

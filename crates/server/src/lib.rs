@@ -648,10 +648,12 @@ impl Hub {
             .ok_or_else(|| {
                 Fail::new(StatusCode::NOT_FOUND, "unknown-campaign", format!("no campaign {id}"))
             })?;
-        // A rollback takes nodes out again: like a creation, only while no other campaign
-        // holds the fleet, checked and done under the fleet gate.
+        // A rollback takes nodes out again, and so does a commit's after-commit pass: like a
+        // creation, only while no other campaign holds the fleet, checked and done under the
+        // fleet gate; and only for the fleet's latest campaign.
+        let what = if matches!(event, Event::Commit { .. }) { "committed" } else { "rolled back" };
         let _gate = match event {
-            Event::Rollback { .. } => {
+            Event::Rollback { .. } | Event::Commit { .. } => {
                 let gate = self.fleet_gate.lock().await;
                 let views = self.views();
                 if let Some(v) = views.iter().find(|v| v.holds_fleet && v.id != id) {
@@ -665,13 +667,14 @@ impl Hub {
                     ));
                 }
                 // Only the fleet's latest campaign goes back: a later one may have moved the
-                // nodes on (or committed), and it is what hands its left-out nodes on.
+                // nodes on (or committed), and it is what hands its left-out nodes on. Nor is an
+                // earlier one committed: the later one is what the fleet is at now.
                 if let Some(v) = views.iter().filter(|v| v.id > id).max_by_key(|v| v.id) {
                     return Err(Fail::new(
                         StatusCode::CONFLICT,
                         "not-latest",
                         format!(
-                            "campaign {} (id {}) came after this one; only the latest campaign can be rolled back",
+                            "campaign {} (id {}) came after this one; only the latest campaign can be {what}",
                             v.name, v.id
                         ),
                     ));

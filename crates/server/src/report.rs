@@ -36,7 +36,6 @@ pub struct Builder {
     /// Once a commit began the after-commit pass: when, each node's state at the end of the
     /// forward pass, and when the pass ended.
     after: Option<(u64, Vec<NodeState>)>,
-    after_ended: Option<u64>,
 }
 
 impl Builder {
@@ -72,7 +71,6 @@ impl Builder {
             returned: 0,
             tails,
             after: None,
-            after_ended: None,
         }
     }
 
@@ -83,13 +81,9 @@ impl Builder {
         }
         let forward: Option<Vec<NodeState>> = matches!(e.event, Event::Commit { .. })
             .then(|| self.c.nodes.iter().map(|r| r.state.clone()).collect());
-        let phase = self.c.phase;
         let Ok((commands, touched)) = self.c.handle_changes(e.at_ms, e.event.clone()) else { return };
         if let (Some(states), Pass::AfterCommit) = (forward, self.c.pass) {
             self.after = Some((e.at_ms, states));
-        }
-        if phase != Phase::Committed && self.c.phase == Phase::Committed && self.after.is_some() {
-            self.after_ended = Some(e.at_ms);
         }
         for c in &commands {
             match c {
@@ -167,8 +161,18 @@ impl Builder {
     }
 
     pub fn finish(self) -> Report {
-        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, after, after_ended, .. } =
-            self;
+        let Builder { id, c, mut nodes, started, ended, hooks, moved, returned, after, .. } = self;
+        // The pass ended when its last node did, once the campaign is committed and lets go of
+        // the fleet (after an abort, nodes in flight finish after it).
+        let over = c.phase == Phase::Committed && !c.holds_fleet();
+        let after_ended = nodes
+            .iter()
+            .flat_map(|n| n.steps.iter())
+            .filter(|s| s.pass.as_deref() == Some("after-commit"))
+            .filter_map(|s| s.ended_ms)
+            .max()
+            .or(after.as_ref().map(|a| a.0))
+            .filter(|_| over);
         let (mut updated, mut failed, mut skipped, mut retries, mut reboots) = (0, 0, 0, 0, 0);
         let mut after_counts = (0, 0, 0);
         for (i, r) in nodes.iter_mut().enumerate() {
@@ -234,7 +238,11 @@ impl Builder {
             phase: c.phase.as_str().into(),
             started_ms: started,
             ended_ms: ended,
-            nodes_targeted: c.nodes.iter().filter(|r| !matches!(r.state, NodeState::NotTargeted)).count(),
+            // The forward pass's, as the counts beside it.
+            nodes_targeted: match &after {
+                Some((_, states)) => states.iter().filter(|s| !matches!(s, NodeState::NotTargeted)).count(),
+                None => c.nodes.iter().filter(|r| !matches!(r.state, NodeState::NotTargeted)).count(),
+            },
             updated,
             failed,
             skipped,
