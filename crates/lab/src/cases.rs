@@ -93,7 +93,10 @@ async fn follow(lab: &Lab, id: i64, within: Duration) -> Result<CampaignView, La
                 );
             }
         }
-        if !matches!(v.phase, Phase::Running | Phase::Planned | Phase::Paused | Phase::AfterCommit) {
+        if !matches!(
+            v.phase,
+            Phase::Running | Phase::Planned | Phase::Paused | Phase::AfterCommit | Phase::RollingBack
+        ) {
             return Ok(v);
         }
         if t0.elapsed() > within {
@@ -301,14 +304,54 @@ pub async fn fault(exes: &Exes, case: &str, keep: bool) -> Result<bool, LabError
     Ok(ok)
 }
 
-/// fenced-after-commit: the completed campaign is committed, and its after-commit action
-/// (`config-version`) runs on every host as a pass of its own, each drained and put back under
-/// the same rules; then an etcd host's version goes back to 1.0 behind baton's back (an old
-/// package reinstalled) and its agent restarts. The committed campaign, still watching the
+/// fenced-after-commit, the cluster OS upgrade's whole lifecycle under load: the completed
+/// campaign (mixed mode) is rolled back to 1.0, and the upgrade run again; a commit is refused
+/// while a host's agent is cut off, and accepted once it answers again; the after-commit action
+/// (`config-version`) then runs on every host as a pass of its own, each drained and put back
+/// under the same rules; then an etcd host's version goes back to 1.0 behind baton's back (an
+/// old package reinstalled) and its agent restarts. The committed campaign, still watching the
 /// fleet, fences it: out of HAProxy (drained, then `MAINT`) and its services stopped by the
-/// agent, with no request failed and no write lost.
-async fn fence_after_commit(lab: &Lab, id: i64, v: &mut Verdict) -> Result<(), LabError> {
-    let c = lab.act(id, "commit").await?;
+/// agent; a 1.2 campaign then updates it. No request failed and no write lost throughout.
+async fn fence_after_commit(lab: &Lab, first: i64, v: &mut Verdict) -> Result<(), LabError> {
+    let f = lab.fleet().await?;
+    v.check(
+        f.mixed_mode && f.mixed_age_ms.is_some() && f.functional_level.as_deref() == Some("1.0"),
+        format!("mixed mode after the upgrade: {f:?}"),
+    );
+    line(json!({"event": "mixed mode", "age_ms": f.mixed_age_ms}));
+    let c = lab.act(first, "rollback").await?;
+    line(json!({"event": "rollback", "campaign": first, "phase": c.phase}));
+    let back = follow(lab, first, Duration::from_secs(300)).await?;
+    v.check(back.phase == Phase::RolledBack, format!("the rollback ended {}", back.phase));
+    for h in &lab.hosts {
+        v.check(h.version() == "1.0", format!("{} at {} after the rollback", h.name, h.version()));
+    }
+    let id = lab.start_campaign_with(&[("name", "\"lab-1.1-again\"".into())]).await?;
+    let again = follow(lab, id, Duration::from_secs(300)).await?;
+    v.check(again.phase == Phase::Completed, format!("the upgrade again ended {}", again.phase));
+    // A host whose agent does not answer: the commit is refused, naming it.
+    let cut = lab.hosts.iter().find(|h| !h.etcd).map_or("h6".to_string(), |h| h.name.clone());
+    crate::net::cut_agent(&cut, AGENT_PORT)?;
+    let refused = lab.act(id, "commit").await;
+    crate::net::heal_agent(&cut, AGENT_PORT)?;
+    let said = match &refused {
+        Err(LabError::OrchestratorStatus { status, body }) => format!("{status} {body}"),
+        other => format!("{other:?}"),
+    };
+    v.check(
+        said.contains("commit-refused") && said.contains(&cut),
+        format!("commit with {cut} cut off: {said}"),
+    );
+    line(json!({"event": "commit refused while an agent is cut off", "host": cut}));
+    // Answering again: accepted (asked again until the host is seen up).
+    let t = Instant::now();
+    let c = loop {
+        match lab.act(id, "commit").await {
+            Ok(c) => break c,
+            Err(e) if t.elapsed() > Duration::from_secs(60) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
     v.check(c.phase == Phase::AfterCommit, format!("commit left the campaign {}", c.phase));
     line(json!({"event": "committed", "campaign": id, "phase": c.phase}));
     let end = follow(lab, id, Duration::from_secs(300)).await?;

@@ -293,6 +293,14 @@ argv = ["{lab}", "set-version", "--dir", "{dq}", "{{version}}"]
 timeout = "1m"
 reboot = "always"
 
+# A rollback installs the version it is given, as the upgrade does.
+[[action]]
+name = "rollback"
+kind = "script"
+argv = ["{lab}", "set-version", "--dir", "{dq}", "{{version}}"]
+timeout = "1m"
+reboot = "always"
+
 # The after-commit work: it records that it ran, changes no version and asks no reboot.
 [[action]]
 name = "config-version"
