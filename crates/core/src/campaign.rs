@@ -325,7 +325,7 @@ pub struct PlanRecord {
     /// The after-commit pass, planned with the campaign (absent: no `after_commit_action`, or
     /// journaled before the pass existed, when a commit ended the campaign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_commit: Option<AfterCommitRecord>,
+    pub after_commit: Option<Box<AfterCommitRecord>>,
 }
 
 /// The plan of the after-commit pass, by node name: the action and the order every node of the
@@ -721,13 +721,15 @@ impl Campaign {
                 fence_rules: self.fence_rules,
                 failback: self.failback,
                 lb_steps: self.lb_steps,
-                after_commit: self.after_commit.as_ref().map(|(action, p)| AfterCommitRecord {
-                    action: action.clone(),
-                    waves: p.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
-                    start: p.start.iter().map(name).collect(),
-                    lower_bound: p.lower_bound,
-                    binding: p.binding.clone(),
-                    max_parallel: p.max_parallel,
+                after_commit: self.after_commit.as_ref().map(|(action, p)| {
+                    Box::new(AfterCommitRecord {
+                        action: action.clone(),
+                        waves: p.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
+                        start: p.start.iter().map(name).collect(),
+                        lower_bound: p.lower_bound,
+                        binding: p.binding.clone(),
+                        max_parallel: p.max_parallel,
+                    })
                 }),
             },
         }

@@ -236,7 +236,7 @@ fn a_campaign_whose_after_commit_pass_could_never_run_is_refused_before_it_start
     // `c` is at the target, so the forward pass never takes `db` down; its after-commit pass
     // would have to, and `db` allows none down.
     let fleet = format!("{FLEET}[[service]]\nname = \"db\"\nnodes = [\"c\"]\nmax_unavailable = 0\n");
-    let err = campaign_in(&fleet, "").err().expect("refused");
+    let Err(err) = campaign_in(&fleet, "") else { panic!("refused") };
     assert!(err.message.contains("after_commit_action config-version on every node"), "{}", err.message);
     assert!(err.message.contains("db"), "{}", err.message);
 }
