@@ -753,55 +753,38 @@ impl Campaign {
             return Ok((c, 0));
         };
         let node = |name: &str| fleet.node_id(name).ok_or_else(|| ReplayError::UnknownNode(name.to_string()));
-        let mut waves = Vec::with_capacity(rec.waves.len());
-        for w in &rec.waves {
-            waves.push(w.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?);
-        }
+        // A journaled plan, by node name: each planned node once, and a start order (for
+        // `continuous` only) that names each planned node once.
+        let journaled = |waves: &[Vec<String>], start: &[String]| {
+            let mut ids = Vec::with_capacity(waves.len());
+            for w in waves {
+                ids.push(w.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?);
+            }
+            let start = start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
+            let mut planned: Vec<NodeId> = ids.iter().flatten().copied().collect();
+            planned.sort_unstable();
+            planned.dedup();
+            if planned.len() != ids.iter().map(Vec::len).sum::<usize>() {
+                return Err(ReplayError::BadStart);
+            }
+            if !start.is_empty() {
+                let mut named = start.clone();
+                named.sort_unstable();
+                if spec.strategy != Strategy::Continuous || planned != named {
+                    return Err(ReplayError::BadStart);
+                }
+            }
+            Ok((ids, start))
+        };
+        let (waves, start) = journaled(&rec.waves, &rec.start)?;
         let mut skipped = Vec::with_capacity(rec.skipped.len());
         for s in &rec.skipped {
             skipped.push((node(&s.node)?, s.reason.clone()));
         }
         let left_out = rec.left_out.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
-        let start = rec.start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
-        if !start.is_empty() {
-            let mut planned: Vec<NodeId> = waves.iter().flatten().copied().collect();
-            let mut named = start.clone();
-            planned.sort_unstable();
-            named.sort_unstable();
-            if spec.strategy != Strategy::Continuous || planned != named {
-                return Err(ReplayError::BadStart);
-            }
-        }
-        let plan = Plan {
-            campaign: spec.name.clone(),
-            strategy: spec.strategy,
-            waves,
-            skipped,
-            lower_bound: rec.lower_bound,
-            binding: rec.binding.clone(),
-            max_parallel: rec.max_parallel,
-            start,
-        };
         let after = match &rec.after_commit {
             Some(a) => {
-                let mut waves = Vec::with_capacity(a.waves.len());
-                for w in &a.waves {
-                    waves.push(w.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?);
-                }
-                let start = a.start.iter().map(|n| node(n)).collect::<Result<Vec<_>, _>>()?;
-                let mut planned: Vec<NodeId> = waves.iter().flatten().copied().collect();
-                planned.sort_unstable();
-                planned.dedup();
-                if planned.len() != waves.iter().map(Vec::len).sum::<usize>() {
-                    return Err(ReplayError::BadStart);
-                }
-                if !start.is_empty() {
-                    let mut named = start.clone();
-                    named.sort_unstable();
-                    if spec.strategy != Strategy::Continuous || planned != named {
-                        return Err(ReplayError::BadStart);
-                    }
-                }
+                let (waves, start) = journaled(&a.waves, &a.start)?;
                 let p = Plan {
                     campaign: spec.name.clone(),
                     strategy: spec.strategy,
@@ -815,6 +798,16 @@ impl Campaign {
                 Some((a.action.clone(), p))
             }
             None => None,
+        };
+        let plan = Plan {
+            campaign: spec.name.clone(),
+            strategy: spec.strategy,
+            waves,
+            skipped,
+            lower_bound: rec.lower_bound,
+            binding: rec.binding.clone(),
+            max_parallel: rec.max_parallel,
+            start,
         };
         let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
         c.after_commit = after;
@@ -3001,7 +2994,7 @@ pub enum ReplayError {
     Infeasible(Infeasible),
     #[error("the journaled plan names node {0}, which is not in the fleet file")]
     UnknownNode(String),
-    #[error("the journaled plan's start order does not name each planned node once, or the campaign is not continuous")]
+    #[error("the journaled plan names a node twice, or its start order does not name each planned node once, or the campaign is not continuous")]
     BadStart,
     #[error("journal entry {index} does not apply: {err}")]
     Event { index: usize, err: CampaignError },
