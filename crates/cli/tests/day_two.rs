@@ -109,8 +109,9 @@ async fn an_earlier_campaign_is_not_committed_beside_a_later_one() {
     let (code, text) = serve.post::<CampaignView>(&commit, None).await.unwrap_err();
     assert_eq!(code, 409, "{text}");
     assert!(text.contains("fleet-locked"), "{text}");
-    // Ended, it holds the fleet no more; the earlier campaign is still not the latest.
-    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/abort", later.id), None).await.unwrap();
+    // Started (its plan is empty: both nodes are at 1.1), it ends at once and holds the fleet no
+    // more; the earlier campaign is still not the latest.
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/start", later.id), None).await.unwrap();
     serve.wait(later.id, Duration::from_secs(30), |v| !v.holds_fleet).await;
     let (code, text) = serve.post::<CampaignView>(&commit, None).await.unwrap_err();
     assert_eq!(code, 409, "{text}");
@@ -121,6 +122,14 @@ async fn an_earlier_campaign_is_not_committed_beside_a_later_one() {
     for n in &f.nodes {
         assert!(!n.dir.join("state/after-commit.log").exists(), "{}", n.name);
     }
+    // One created by mistake and aborted before it started moved nothing: it does not keep the
+    // latest that did from being committed.
+    let mistake: CampaignView =
+        serve.post("/v1/campaigns", Some(serde_json::json!({ "toml": quick("") }))).await.unwrap();
+    let _: CampaignView = serve.post(&format!("/v1/campaigns/{}/abort", mistake.id), None).await.unwrap();
+    serve.wait(mistake.id, Duration::from_secs(30), |v| !v.holds_fleet).await;
+    let c: CampaignView = serve.post(&format!("/v1/campaigns/{}/commit", later.id), None).await.unwrap();
+    assert!(c.committed(), "{c:#?}");
     drop(serve);
     f.stop().await;
 }

@@ -1742,12 +1742,11 @@ impl Campaign {
                     self.touch(n);
                 }
                 // Once the level is raised (its after-commit pass too), a node seen back older
-                // than it is fenced; one in flight in the pass is judged by its verification.
-                if up
-                    && self.level_raised()
-                    && !self.nodes[n as usize].unfenced
-                    && !self.nodes[n as usize].state.is_active()
-                {
+                // than it is fenced; not one in flight in the pass, or being put back (its
+                // verification, or the version it reports when restored, judges it).
+                let in_flight = self.nodes[n as usize].state.is_active()
+                    || matches!(self.nodes[n as usize].state.back(), Some(Back::Restoring { .. }));
+                if up && self.level_raised() && !self.nodes[n as usize].unfenced && !in_flight {
                     if let Some(reason) = self.too_old(n) {
                         if self.pass == Pass::AfterCommit
                             && matches!(self.nodes[n as usize].state, NodeState::Pending { .. })
@@ -1988,6 +1987,11 @@ impl Campaign {
     /// (which no pause, halt or abort undoes). Nodes older than the level are fenced meanwhile.
     pub fn level_raised(&self) -> bool {
         self.phase == Phase::Committed || self.pass == Pass::AfterCommit
+    }
+
+    /// The action of the after-commit pass: the journaled one, once the commit began it.
+    pub fn after_commit_action(&self) -> Option<&str> {
+        self.after_action.as_deref().or(self.after_commit.as_ref().map(|(a, _)| a.as_str()))
     }
 
     /// The phase a resumed campaign runs in: its pass's.

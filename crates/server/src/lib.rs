@@ -669,12 +669,24 @@ impl Hub {
                 // Only the fleet's latest campaign goes back: a later one may have moved the
                 // nodes on (or committed), and it is what hands its left-out nodes on. Nor is an
                 // earlier one committed: the later one is what the fleet is at now.
-                if let Some(v) = views.iter().filter(|v| v.id > id).max_by_key(|v| v.id) {
+                // A later campaign that never started (created, then aborted) moved nothing: it
+                // does not keep an earlier one from being committed.
+                let later = views
+                    .iter()
+                    .filter(|v| v.id > id)
+                    .filter(|v| !matches!(event, Event::Commit { .. }) || v.started_at_ms.is_some())
+                    .max_by_key(|v| v.id);
+                if let Some(v) = later {
+                    let way = if matches!(event, Event::Commit { .. }) {
+                        "; to raise the level, commit the latest campaign, or run one to this target and commit it"
+                    } else {
+                        ""
+                    };
                     return Err(Fail::new(
                         StatusCode::CONFLICT,
                         "not-latest",
                         format!(
-                            "campaign {} (id {}) came after this one; only the latest campaign can be {what}",
+                            "campaign {} (id {}) came after this one; only the latest campaign can be {what}{way}",
                             v.name, v.id
                         ),
                     ));

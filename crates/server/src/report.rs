@@ -266,7 +266,7 @@ impl Builder {
                 })
                 .collect(),
             after_commit: after.map(|(at, _)| AfterCommitReport {
-                action: c.spec.after_commit_action.clone().unwrap_or_default(),
+                action: c.after_commit_action().unwrap_or_default().to_string(),
                 started_ms: at,
                 ended_ms: after_ended,
                 done: after_counts.0,

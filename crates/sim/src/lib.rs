@@ -792,6 +792,9 @@ impl Observer {
                     let fence = matches!(cmd, Command::Fence { .. });
                     self.fenced[n as usize] = fence;
                     self.in_rotation[n as usize] = !fence;
+                    // Counted down from its fence (as seen down) until it is seen up at the
+                    // level again or unfenced.
+                    self.set(n, None, Some(fence));
                 }
             }
             _ => {}

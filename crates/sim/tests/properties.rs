@@ -69,6 +69,9 @@ enum Inj {
     Resume,
     Down(usize),
     Up(usize),
+    /// Seen up at the version before the target (reimaged from an old image): fenced once the
+    /// level is raised, the after-commit pass too.
+    Older(usize),
     WindowClose,
     WindowOpen,
     GateClose,
@@ -177,6 +180,7 @@ fn injections(n: usize) -> impl Strategy<Value = Vec<(u64, Inj)>> {
         3 => Just(Inj::Resume),
         4 => (0..n).prop_map(Inj::Down),
         4 => (0..n).prop_map(Inj::Up),
+        1 => (0..n).prop_map(Inj::Older),
         1 => Just(Inj::WindowClose),
         1 => Just(Inj::WindowOpen),
         1 => Just(Inj::GateClose),
@@ -350,6 +354,7 @@ fn event(i: &Inj, n: usize) -> Event {
         Inj::Resume => Event::Resume { by: by() },
         Inj::Down(k) => Event::Observed { node: name(k % n), up: false, version: None },
         Inj::Up(k) => Event::Observed { node: name(k % n), up: true, version: None },
+        Inj::Older(k) => Event::Observed { node: name(k % n), up: true, version: Some("1".into()) },
         Inj::WindowClose => Event::Window { open: false },
         Inj::WindowOpen => Event::Window { open: true },
         Inj::GateClose => Event::Gate { name: "alert".into(), open: false },
