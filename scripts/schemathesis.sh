@@ -3,6 +3,7 @@
 # real agents on loopback (crates/cli/tests/contract.rs; settings in scripts/schemathesis.toml).
 # Installs schemathesis in a venv under target/ when missing (python3 and python3-venv from
 # Debian's packages when those are missing). Exit 0 only when schemathesis finds no failure.
+#   bash scripts/schemathesis.sh [MAX_EXAMPLES]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/target/schemathesis-venv"
@@ -16,4 +17,8 @@ if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/st" --version | grep -q "$version"; t
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
 cd "$root"
+# An argument caps the cases per operation (schemathesis' --max-examples; default 100).
+if [ -n "${1:-}" ]; then
+  export BATON_SCHEMATHESIS_MAX_EXAMPLES="$1"
+fi
 BATON_SCHEMATHESIS="$venv/bin/st" cargo test -p baton-cli --test contract -- --ignored --nocapture
