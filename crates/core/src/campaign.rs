@@ -595,10 +595,10 @@ pub struct Campaign {
     pub fleet: Arc<Fleet>,
     /// The plan of the pass that runs: the campaign's own, then the after-commit pass's.
     pub plan: Plan,
-    /// The after-commit pass's plan and action, until the commit starts it.
-    after_commit: Option<(String, Plan)>,
-    /// The after-commit pass's action, once the commit started it.
+    /// The after-commit pass's action (journaled with the plan), and its plan until the commit
+    /// starts it (then `plan`).
     after_action: Option<String>,
+    after_plan: Option<Plan>,
     pub phase: Phase,
     pub pass: Pass,
     pub nodes: Vec<NodeRun>,
@@ -669,7 +669,7 @@ impl Campaign {
             None => None,
         };
         let mut c = Campaign::from_plan(id.into(), fleet, spec, plan, left_out);
-        c.after_commit = after;
+        (c.after_action, c.after_plan) = after.unzip();
         c.prechecks = true;
         c.holds = true;
         c.order_waits = true;
@@ -721,9 +721,9 @@ impl Campaign {
                 fence_rules: self.fence_rules,
                 failback: self.failback,
                 lb_steps: self.lb_steps,
-                after_commit: self.after_commit.as_ref().map(|(action, p)| {
+                after_commit: self.after_action.clone().zip(self.after_plan.as_ref()).map(|(action, p)| {
                     Box::new(AfterCommitRecord {
-                        action: action.clone(),
+                        action,
                         waves: p.waves.iter().map(|w| w.iter().map(name).collect()).collect(),
                         start: p.start.iter().map(name).collect(),
                         lower_bound: p.lower_bound,
@@ -810,7 +810,7 @@ impl Campaign {
             start,
         };
         let mut c = Campaign::from_plan(id.clone(), fleet, spec, plan, &left_out);
-        c.after_commit = after;
+        (c.after_action, c.after_plan) = after.unzip();
         c.prechecks = rec.prechecks;
         c.holds = rec.holds;
         c.order_waits = rec.order_waits;
@@ -928,8 +928,8 @@ impl Campaign {
             cap_waiters: Vec::new(),
             spec,
             plan,
-            after_commit: None,
             after_action: None,
+            after_plan: None,
             phase: Phase::Planned,
             pass: Pass::Forward,
             nodes,
@@ -1469,10 +1469,10 @@ impl Campaign {
                 }
                 self.check_commit()?;
                 self.level = Some(self.spec.target_version.clone());
-                match self.after_commit.take() {
-                    Some((action, plan)) => {
+                match self.after_plan.take() {
+                    Some(plan) => {
                         self.set_phase(Phase::AfterCommit, Some(&by), out);
-                        self.begin_after_commit(action, plan, now, out);
+                        self.begin_after_commit(plan, now, out);
                     }
                     None => self.set_phase(Phase::Committed, Some(&by), out),
                 }
@@ -1989,9 +1989,9 @@ impl Campaign {
         self.phase == Phase::Committed || self.pass == Pass::AfterCommit
     }
 
-    /// The action of the after-commit pass: the journaled one, once the commit began it.
+    /// The action of the after-commit pass, as journaled with the plan.
     pub fn after_commit_action(&self) -> Option<&str> {
-        self.after_action.as_deref().or(self.after_commit.as_ref().map(|(a, _)| a.as_str()))
+        self.after_action.as_deref()
     }
 
     /// The phase a resumed campaign runs in: its pass's.
@@ -2006,10 +2006,9 @@ impl Campaign {
     /// The commit starts the after-commit pass: every node of the fleet (all up, in service and
     /// at the level, as the commit checked) is queued again, in the pass's own order, under the
     /// same rules; their auto-updaters are held again before each starts.
-    fn begin_after_commit(&mut self, action: String, plan: Plan, now: Millis, out: &mut Vec<Command>) {
+    fn begin_after_commit(&mut self, plan: Plan, now: Millis, out: &mut Vec<Command>) {
         let Order { rank, by_rank, group, group_left } = Order::of(&self.fleet, &self.spec, &plan);
         self.pass = Pass::AfterCommit;
-        self.after_action = Some(action);
         self.max_parallel = plan.max_parallel as u32;
         self.plan = plan;
         self.failed_accepted = self.failed.saturating_sub(self.spec.max_failed_nodes);
